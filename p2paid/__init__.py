@@ -1,0 +1,64 @@
+"""p2paid: a peer-to-peer board of needs and offers for mutual-aid groups.
+
+The synchronous API (:func:`open_store`, :class:`Store`, :class:`Board`) works
+on a data dir; the async node (:func:`open_node`) adds live sync over the
+network. See README.md for a tour and ``protocol/SPEC.md`` for the wire format.
+"""
+
+from __future__ import annotations
+
+from .board import Board as Board
+from .board import ReceiveReport as ReceiveReport
+from .errors import AmbiguousIdError as AmbiguousIdError
+from .errors import BundleError as BundleError
+from .errors import EnvelopeError as EnvelopeError
+from .errors import InviteError as InviteError
+from .errors import LocalProtocolError as LocalProtocolError
+from .errors import NotFoundError as NotFoundError
+from .errors import P2paidError as P2paidError
+from .errors import RemoteProtocolError as RemoteProtocolError
+from .errors import StorageError as StorageError
+from .errors import UsageError as UsageError
+from .errors import ValidationError as ValidationError
+from .invite import Invite as Invite
+from .local import ImportReport as ImportReport
+from .local import Store as Store
+from .local import default_data_dir as default_data_dir
+from .local import open_store as open_store
+from .model import Category as Category
+from .model import Claim as Claim
+from .model import ClaimStatus as ClaimStatus
+from .model import Item as Item
+from .model import ItemKind as ItemKind
+from .model import Status as Status
+from .model import Urgency as Urgency
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousIdError",
+    "Board",
+    "BundleError",
+    "Category",
+    "Claim",
+    "ClaimStatus",
+    "EnvelopeError",
+    "ImportReport",
+    "Invite",
+    "InviteError",
+    "Item",
+    "ItemKind",
+    "LocalProtocolError",
+    "NotFoundError",
+    "P2paidError",
+    "ReceiveReport",
+    "RemoteProtocolError",
+    "Status",
+    "StorageError",
+    "Store",
+    "Urgency",
+    "UsageError",
+    "ValidationError",
+    "default_data_dir",
+    "open_store",
+]

@@ -1,0 +1,552 @@
+"""A joined board: its document, its feeds in the store, and the operations on it.
+
+:class:`Board` is the synchronous library API for one board. Every write runs
+under the store's write lock: it first catches up with envelopes that other
+processes on the same data dir have stored, then makes one Automerge change,
+seals it as the next envelope of the local author's feed and commits it durably.
+Remote envelopes (a bundle, a peer) go through :meth:`Board.receive`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, final
+
+from automerge.core import Document
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from .changes import ChangeHeader
+from .document import BoardDocument, SectionWriter, new_item_id
+from .envelope import Envelope, check_change, open_envelope, seal_envelope
+from .errors import (
+    AmbiguousIdError,
+    EnvelopeError,
+    NotFoundError,
+    P2paidError,
+    StorageError,
+    UsageError,
+    ValidationError,
+)
+from .feed import EMPTY_HEAD, FeedHead, Rejection
+from .identity import AuthorId, AuthorKey, fingerprint
+from .ingest import ingest
+from .invite import BoardId, BoardKeys, Invite, derive_board_keys
+from .model import (
+    DEFAULT_NEED_TTL_DAYS,
+    Category,
+    Claim,
+    ClaimStatus,
+    Item,
+    ItemKind,
+    Status,
+    Urgency,
+    clean_enum,
+    clean_quantity,
+    clean_text,
+    clean_ttl_days,
+    now_ms,
+)
+from .store import BoardRow, Database, EnvelopeRow, SnapshotRow
+
+__all__ = ["Board", "ReceiveReport"]
+
+log = logging.getLogger(__name__)
+
+#: Save a snapshot once this many changes were applied since the last one ...
+SNAPSHOT_EVERY: Final = 2000
+#: ... or, when the board is closed, once at least this many were.
+SNAPSHOT_ON_CLOSE: Final = 200
+#: Most out-of-order envelopes held in memory while waiting for earlier ones.
+MAX_HELD: Final = 50_000
+
+Clock = Callable[[], int]
+
+
+@final
+@dataclass(slots=True)
+class ReceiveReport:
+    """What :meth:`Board.receive` did with a batch."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    #: arrived before an earlier envelope of the same author; kept in memory
+    held: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    #: changes applied to the document (can exceed ``accepted`` when held ones became ready)
+    applied: list[ChangeHeader] = field(default_factory=list)
+
+    def merge(self, other: ReceiveReport) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.held = other.held
+        self.rejected.extend(other.rejected)
+        self.applied.extend(other.applied)
+
+
+_UNSET: Any = object()
+
+
+@final
+class Board:
+    """One joined board. Obtain it from :meth:`p2paid.Store.board`; do not construct it.
+
+    Reads (:meth:`items`, :meth:`get`) first pick up whatever other processes
+    stored. Writes return once the change is durable in the store.
+    """
+
+    def __init__(self, db: Database, row: BoardRow, *, clock: Clock = now_ms) -> None:
+        self._db = db
+        self._clock = clock
+        self.keys: BoardKeys = derive_board_keys(row.secret)
+        if self.keys.board_id != row.board_id:
+            raise StorageError("a stored board's id does not match its secret")
+        self.id = BoardId(row.board_id)
+        self.name = row.name
+        self.relays: tuple[str, ...] = row.relays
+        self._author_key = AuthorKey(row.author_key)
+        self.author = AuthorId(self._author_key.public)
+        self._cipher = ChaCha20Poly1305(self.keys.content_key)
+        self._doc: BoardDocument | None = None
+        self._heads: dict[bytes, FeedHead] = {}
+        self._seen_id = 0
+        self._held: dict[tuple[bytes, int], Envelope] = {}
+        self._since_snapshot = 0
+
+    def __repr__(self) -> str:
+        return f"<Board {self.name!r} {self.id.hex()[:12]}>"
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def author_fingerprint(self) -> str:
+        return fingerprint(self.author)
+
+    def invite(self, relays: Iterable[str] | None = None) -> str:
+        """The invite URI (board secret, name and relay hints): share it only with members."""
+        hints = tuple(self.relays if relays is None else relays)
+        return Invite(self.keys.secret, self.name, hints).to_uri()
+
+    # ------------------------------------------------------------------ loading
+
+    @property
+    def document(self) -> BoardDocument:
+        """The board's document, loaded from the store on first use."""
+        if self._doc is None:
+            self._load()
+        assert self._doc is not None
+        return self._doc
+
+    def _load(self) -> None:
+        db = self._db
+        with db.read():
+            snap = db.snapshot(self.id)
+            index = db.change_index(self.id)
+            heads = db.heads(self.id)
+        automerge_doc: Document | None = None
+        vector: dict[bytes, int] = {}
+        sections: dict[bytes, int] = {}
+        if snap is not None:
+            try:
+                automerge_doc = Document.load(snap.doc)
+                vector, sections = snap.vector, snap.sections
+            except Exception as exc:  # automerge raises bare Exception on a corrupt save
+                log.warning("board %s: snapshot unreadable (%s); rebuilding", self.name, exc)
+        applied = [h for _, a, s, h in index if h is not None and s <= vector.get(a, 0)]
+        tail = [i for i, a, s, _ in index if s > vector.get(a, 0)]
+        doc = BoardDocument(self.author, automerge_doc, applied, vector, sections)
+        rows = db.envelopes_by_id(tail) if tail else []
+        doc.add_changes(self._open_rows(rows))
+        self._doc = doc
+        self._heads = heads
+        self._seen_id = max((i for i, _, _, _ in index), default=0)
+        self._since_snapshot = len(tail)
+
+    def _open_rows(self, rows: Iterable[EnvelopeRow]) -> list[tuple[ChangeHeader, bytes]]:
+        """Decrypt envelopes this store already verified (bad ones are logged and skipped)."""
+        out = []
+        for row in rows:
+            try:
+                env = Envelope.decode(row.data)
+                out.append(self._open(env))
+            except P2paidError as exc:
+                log.error("board %s: stored envelope %d unreadable: %s", self.name, row.id, exc)
+        return out
+
+    def _open(self, env: Envelope) -> tuple[ChangeHeader, bytes]:
+        change = open_envelope(env, self._cipher)
+        return check_change(env, change), change
+
+    def refresh(self) -> list[ChangeHeader]:
+        """Apply envelopes that other processes stored since we last looked."""
+        if self._doc is None:
+            self._load()
+            return []
+        return self._catch_up()
+
+    def _catch_up(self) -> list[ChangeHeader]:
+        rows = self._db.envelopes_since(self.id, self._seen_id)
+        if not rows:
+            return []
+        for row in rows:
+            head = self._heads.get(row.author, EMPTY_HEAD)
+            if row.seq > head.seq:
+                self._heads[row.author] = FeedHead(row.seq, Envelope.decode(row.data).hash)
+        self._seen_id = rows[-1].id
+        applied = self.document.add_changes(self._open_rows(rows))
+        self._since_snapshot += len(applied)
+        return applied
+
+    # ------------------------------------------------------------------ replication
+
+    def heads(self) -> dict[bytes, FeedHead]:
+        """The newest envelope held per author."""
+        self.refresh()
+        return dict(self._heads)
+
+    def version_vector(self) -> dict[bytes, int]:
+        """``author -> highest contiguous seq`` held."""
+        return {a: h.seq for a, h in self.heads().items()}
+
+    def receive(self, envelopes: Iterable[bytes | Envelope]) -> ReceiveReport:
+        """Verify, store and apply envelopes from a peer or a bundle.
+
+        Envelopes that arrive before an earlier one of the same author are held
+        in memory until the gap is filled. Nothing invalid is stored.
+
+        Returns:
+            Counts of accepted, duplicate and held envelopes, and each rejection.
+        """
+        report = ReceiveReport()
+        decoded: list[Envelope] = []
+        for item in envelopes:
+            if isinstance(item, Envelope):
+                decoded.append(item)
+                continue
+            try:
+                decoded.append(Envelope.decode(item))
+            except EnvelopeError as exc:
+                report.rejected.append(Rejection(None, exc))
+        doc = self.document
+        with self._db.write():
+            self._catch_up()
+            batch = list(self._held.values()) + decoded
+            self._held.clear()
+            result = ingest(self._db, self.id, batch, self._heads, self._open)
+            for acc in result.accepted:
+                env = acc.envelope
+                self._heads[env.author] = FeedHead(env.seq, env.hash)
+            if result.last_id:
+                self._seen_id = result.last_id
+        for env in result.gaps[: max(0, MAX_HELD - len(self._held))]:
+            self._held[(env.author, env.seq)] = env
+        report.accepted = len(result.accepted)
+        report.duplicates = result.duplicates
+        report.held = len(self._held)
+        report.rejected.extend(result.rejected)
+        changes = [(a.header, a.change) for a in result.accepted if a.header and a.change]
+        report.applied = doc.add_changes(changes)
+        self._since_snapshot += len(report.applied)
+        if self._since_snapshot >= SNAPSHOT_EVERY:
+            self.save_snapshot()
+        return report
+
+    def envelopes(self) -> Iterable[bytes]:
+        """Every stored envelope of this board, per author in seq order."""
+        return self._db.envelopes(self.id)
+
+    def save_snapshot(self) -> None:
+        """Store the current document so the next open skips re-applying changes."""
+        doc = self.document
+        vector = dict(doc.applied_seq)
+        snap = SnapshotRow(doc.save(), vector, dict(doc.start_ops), sum(vector.values()))
+        self._db.put_snapshot(self.id, snap, self._clock())
+        self._since_snapshot = 0
+
+    def close(self) -> None:
+        """Save a snapshot if enough changed; the board stays usable."""
+        if self._doc is not None and self._since_snapshot >= SNAPSHOT_ON_CLOSE:
+            self.save_snapshot()
+
+    # ------------------------------------------------------------------ reading
+
+    def items(
+        self,
+        *,
+        kind: ItemKind | str | None = None,
+        status: str | None = None,
+        category: Category | str | None = None,
+    ) -> list[Item]:
+        """Needs and offers, oldest first, optionally filtered.
+
+        Args:
+            status: ``open``, ``fulfilled``, ``withdrawn`` or ``expired``
+                (``open`` excludes expired items).
+        """
+        self.refresh()
+        now = self._clock()
+        kind = None if kind is None else clean_enum(ItemKind, kind, "kind")
+        category = None if category is None else clean_enum(Category, category, "category")
+        if status is not None and status not in {*(s.value for s in Status), "expired"}:
+            raise ValidationError("status must be one of: open, fulfilled, withdrawn, expired")
+        return [
+            item for item in self.document.items()
+            if (kind is None or item.kind is kind)
+            and (category is None or item.category is category)
+            and (status is None or item.display_status(now) == status)
+        ]
+
+    def needs(self, **filters: Any) -> list[Item]:
+        return self.items(kind=ItemKind.NEED, **filters)
+
+    def offers(self, **filters: Any) -> list[Item]:
+        return self.items(kind=ItemKind.OFFER, **filters)
+
+    def get(self, item_id: str) -> Item:
+        """The item whose id starts with ``item_id`` (at least 4 hex characters).
+
+        Raises:
+            NotFoundError: no item matches.
+            AmbiguousIdError: several items match; give more characters.
+        """
+        prefix = item_id.strip().lower()
+        if len(prefix) < 4:
+            raise UsageError("give at least 4 characters of the item id")
+        matches = [item for item in self.items() if item.id.startswith(prefix)]
+        if not matches:
+            raise NotFoundError(f"no need or offer with id {prefix!r} on board {self.name!r}")
+        if len(matches) > 1:
+            listed = ", ".join(m.id[:12] for m in matches[:5])
+            raise AmbiguousIdError(f"id {prefix!r} matches {len(matches)} items ({listed}); "
+                                   "give more characters")
+        return matches[0]
+
+    def my_claims(self) -> list[Claim]:
+        self.refresh()
+        return self.document.claims_by(self.author)
+
+    def display_name(self, author: bytes | None = None) -> str:
+        self.refresh()
+        return self.document.display_name(self.author if author is None else author)
+
+    @property
+    def member_count(self) -> int:
+        return len(self.document.authors)
+
+    def export_automerge(self) -> bytes:
+        """The raw saved Automerge document, readable by any Automerge implementation."""
+        self.refresh()
+        return self.document.save()
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, edit: Callable[[SectionWriter], None]) -> Envelope:
+        doc = self.document
+        changed = False
+        try:
+            with self._db.write():
+                self._catch_up()
+                head = self._heads.get(self.author, EMPTY_HEAD)
+                header, change = doc.write(edit)
+                changed = True
+                if header.seq != head.seq + 1:
+                    raise StorageError(
+                        f"the local feed is out of step with the store (change seq {header.seq}, "
+                        f"stored head {head.seq}); reopen the store"
+                    )
+                env = seal_envelope(
+                    board_id=self.id, cipher=self._cipher, author_key=self._author_key,
+                    seq=header.seq, prev=head.hash, change=change,
+                )
+                self._seen_id = self._db.insert_envelopes(
+                    self.id, [(self.author, env.seq, env.hash, env.raw, header.hash)]
+                )
+        except BaseException:
+            if changed:
+                self._doc = None  # holds a change the store did not take: reload on next use
+            raise
+        self._heads[self.author] = FeedHead(env.seq, env.hash)
+        self._since_snapshot += 1
+        if self._since_snapshot >= SNAPSHOT_EVERY:
+            self.save_snapshot()
+        return env
+
+    def set_display_name(self, name: str) -> None:
+        """Publish the name other members see next to your needs, offers and claims."""
+        clean = clean_text(name, "display name")
+        self._write(lambda w: w.set_name(clean))
+
+    def publish_relays(self, relays: Iterable[str]) -> None:
+        """Publish relay addresses in your own section, as hints for other members."""
+        hints = tuple(relays)
+        self._write(lambda w: w.set_relays(hints))
+
+    def post_need(self, title: str, **fields: Any) -> Item:
+        """Post a need. Keyword fields as for :meth:`post`; expires in 14 days by default."""
+        fields.setdefault("expires_in_days", DEFAULT_NEED_TTL_DAYS)
+        return self.post(ItemKind.NEED, title, **fields)
+
+    def post_offer(self, title: str, **fields: Any) -> Item:
+        """Post an offer. Keyword fields as for :meth:`post`; no expiry by default."""
+        return self.post(ItemKind.OFFER, title, **fields)
+
+    def post(
+        self,
+        kind: ItemKind | str,
+        title: str,
+        *,
+        details: str = "",
+        category: Category | str = Category.OTHER,
+        quantity: int | None = None,
+        unit: str = "",
+        location: str = "",
+        urgency: Urgency | str = Urgency.NORMAL,
+        expires_in_days: int | None = None,
+    ) -> Item:
+        """Post a need or an offer.
+
+        Raises:
+            ValidationError: a field is out of range (nothing is written).
+        """
+        kind = clean_enum(ItemKind, kind, "kind")
+        now = self._clock()
+        fields: dict[str, str | int | None] = {
+            "title": clean_text(title, "title", required=True),
+            "details": clean_text(details, "details"),
+            "category": clean_enum(Category, category, "category").value,
+            "quantity": clean_quantity(quantity),
+            "unit": clean_text(unit, "unit"),
+            "location": clean_text(location, "location"),
+            "urgency": clean_enum(Urgency, urgency, "urgency").value,
+            "status": Status.OPEN.value,
+            "created": now,
+            "updated": now,
+            "expires": None if expires_in_days is None else now + clean_ttl_days(expires_in_days),
+        }
+        item_id = new_item_id()
+        self._write(lambda w: w.put_item(kind, item_id, fields))
+        return self._own_item(kind, item_id)
+
+    def _own_item(self, kind: ItemKind, item_id: str) -> Item:
+        return self.document.section(self.author).items[kind][item_id]
+
+    def _mine(self, item_id: str) -> Item:
+        item = self.get(item_id)
+        if item.author != self.author.hex():
+            raise UsageError(
+                f"{item.kind.value} {item.id[:8]} was posted by "
+                f"{item.author_name or 'another member'}; only its author can change it"
+            )
+        return item
+
+    def edit(
+        self,
+        item_id: str,
+        *,
+        title: str = _UNSET,
+        details: str = _UNSET,
+        category: Category | str = _UNSET,
+        quantity: int | None = _UNSET,
+        unit: str = _UNSET,
+        location: str = _UNSET,
+        urgency: Urgency | str = _UNSET,
+        expires_in_days: int | None = _UNSET,
+    ) -> Item:
+        """Change fields of your own need or offer; leave out what stays the same.
+
+        ``quantity=None`` removes the quantity; ``expires_in_days=None`` removes the expiry.
+        """
+        item = self._mine(item_id)
+        now = self._clock()
+        fields: dict[str, str | int | None] = {}
+        if title is not _UNSET:
+            fields["title"] = clean_text(title, "title", required=True)
+        for name, value in (("details", details), ("unit", unit), ("location", location)):
+            if value is not _UNSET:
+                fields[name] = clean_text(value, name)
+        if category is not _UNSET:
+            fields["category"] = clean_enum(Category, category, "category").value
+        if urgency is not _UNSET:
+            fields["urgency"] = clean_enum(Urgency, urgency, "urgency").value
+        if quantity is not _UNSET:
+            fields["quantity"] = clean_quantity(quantity)
+        if expires_in_days is not _UNSET:
+            fields["expires"] = (
+                None if expires_in_days is None else now + clean_ttl_days(expires_in_days)
+            )
+        if not fields:
+            raise UsageError("nothing to change: give at least one field")
+        fields["updated"] = now
+        self._write(lambda w: w.update_item(item.kind, item.id, fields))
+        return self._own_item(item.kind, item.id)
+
+    def _set_status(self, item_id: str, status: Status) -> Item:
+        item = self._mine(item_id)
+        if item.status is status:
+            raise UsageError(f"{item.kind.value} {item.id[:8]} is already {status.value}")
+        fields: Mapping[str, str | int] = {"status": status.value, "updated": self._clock()}
+        self._write(lambda w: w.update_item(item.kind, item.id, fields))
+        return self._own_item(item.kind, item.id)
+
+    def fulfil(self, item_id: str) -> Item:
+        """Mark your own need or offer as fulfilled."""
+        return self._set_status(item_id, Status.FULFILLED)
+
+    def withdraw(self, item_id: str) -> Item:
+        """Withdraw your own need or offer."""
+        return self._set_status(item_id, Status.WITHDRAWN)
+
+    def reopen(self, item_id: str) -> Item:
+        """Open again a need or offer you had fulfilled or withdrawn."""
+        return self._set_status(item_id, Status.OPEN)
+
+    def claim(self, item_id: str, *, quantity: int | None = None, note: str = "") -> Claim:
+        """Pledge to meet (part of) a need, or ask for an offer.
+
+        Raises:
+            UsageError: the item is your own or not open.
+        """
+        item = self.get(item_id)
+        if item.author == self.author.hex():
+            raise UsageError("you cannot claim your own need or offer")
+        if item.display_status(self._clock()) != Status.OPEN.value:
+            raise UsageError(f"{item.kind.value} {item.id[:8]} is {item.display_status()}, "
+                             "not open")
+        now = self._clock()
+        claim_id = new_item_id()
+        fields: dict[str, str | int | None] = {
+            "kind": item.kind.value,
+            "item_author": item.author,
+            "item": item.id,
+            "quantity": clean_quantity(quantity),
+            "note": clean_text(note, "note"),
+            "status": ClaimStatus.ACTIVE.value,
+            "created": now,
+            "updated": now,
+        }
+        self._write(lambda w: w.put_claim(claim_id, fields))
+        return self.document.section(self.author).claims[claim_id]
+
+    def unclaim(self, item_id: str) -> list[Claim]:
+        """Cancel your active claims on an item.
+
+        Raises:
+            NotFoundError: you have no active claim on it.
+        """
+        item = self.get(item_id)
+        mine = [c for c in item.claims if c.author == self.author.hex()]
+        if not mine:
+            raise NotFoundError(f"you have no active claim on {item.kind.value} {item.id[:8]}")
+        fields: Mapping[str, str | int] = {
+            "status": ClaimStatus.CANCELLED.value, "updated": self._clock(),
+        }
+
+        def cancel(w: SectionWriter) -> None:
+            for c in mine:
+                w.update_claim(c.id, fields)
+
+        self._write(cancel)
+        claims = self.document.section(self.author).claims
+        return [claims[c.id] for c in mine]
+

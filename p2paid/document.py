@@ -36,6 +36,7 @@ __all__ = ["BoardDocument", "SectionWriter", "new_item_id", "section_object_id"]
 
 SCHEMA_VERSION: Final = 1
 _COLLECTIONS: Final = {ItemKind.NEED: "needs", ItemKind.OFFER: "offers"}
+_KINDS: Final = {coll: kind for kind, coll in _COLLECTIONS.items()}
 _CLAIMS: Final = "claims"
 _PROFILE: Final = "profile"
 #: Most changes held waiting for a dependency; beyond it the oldest are dropped from
@@ -88,7 +89,9 @@ class _Section:
     """What one author's section holds, validated."""
 
     name: str = ""
-    items: dict[ItemKind, dict[str, Item]] = field(default_factory=dict)
+    items: dict[ItemKind, dict[str, Item]] = field(
+        default_factory=lambda: {kind: {} for kind in ItemKind}
+    )
     claims: dict[str, Claim] = field(default_factory=dict)
     relays: tuple[str, ...] = ()
 
@@ -97,10 +100,11 @@ class _Section:
 class SectionWriter:
     """Ops on the local author's own section, inside one Automerge transaction."""
 
-    def __init__(self, tx: Any, doc: BoardDocument, section: bytes) -> None:
+    def __init__(self, tx: Any, section: bytes) -> None:
         self._tx = tx
-        self._doc = doc
         self.section = section
+        #: ``(collection, id)`` of every entry written; collection "profile" has id "".
+        self.touched: list[tuple[str, str]] = []
 
     def _child(self, key: str) -> bytes:
         got = self._tx.get(self.section, key)
@@ -120,31 +124,37 @@ class SectionWriter:
             else:
                 self._tx.put(obj, key, ScalarType.Str, value)
 
+    def _put_entry(self, collection: str, entry_id: str, fields: Mapping[str, Value]) -> None:
+        obj = bytes(self._tx.put_object(self._child(collection), entry_id, ObjType.Map))
+        self._put_fields(obj, fields)
+        self.touched.append((collection, entry_id))
+
+    def _update_entry(self, collection: str, entry_id: str, fields: Mapping[str, Value]) -> None:
+        got = self._tx.get(self._child(collection), entry_id)
+        if got is None or got[0] != ObjType.Map:
+            raise NotFoundError(f"no {collection[:-1]} {entry_id} of yours")
+        self._put_fields(bytes(got[1]), fields)
+        self.touched.append((collection, entry_id))
+
     def set_name(self, name: str) -> None:
         self._put_fields(self._child(_PROFILE), {"name": name})
-
-    def put_item(self, kind: ItemKind, item_id: str, fields: Mapping[str, Value]) -> None:
-        obj = bytes(self._tx.put_object(self._child(_COLLECTIONS[kind]), item_id, ObjType.Map))
-        self._put_fields(obj, fields)
-
-    def update_item(self, kind: ItemKind, item_id: str, fields: Mapping[str, Value]) -> None:
-        got = self._tx.get(self._child(_COLLECTIONS[kind]), item_id)
-        if got is None:
-            raise NotFoundError(f"no {kind.value} {item_id} of yours")
-        self._put_fields(bytes(got[1]), fields)
-
-    def put_claim(self, claim_id: str, fields: Mapping[str, Value]) -> None:
-        obj = bytes(self._tx.put_object(self._child(_CLAIMS), claim_id, ObjType.Map))
-        self._put_fields(obj, fields)
-
-    def update_claim(self, claim_id: str, fields: Mapping[str, Value]) -> None:
-        got = self._tx.get(self._child(_CLAIMS), claim_id)
-        if got is None:
-            raise NotFoundError(f"no claim {claim_id} of yours")
-        self._put_fields(bytes(got[1]), fields)
+        self.touched.append((_PROFILE, ""))
 
     def set_relays(self, relays: Iterable[str]) -> None:
         self._put_fields(self._child(_PROFILE), {"relays": "\n".join(relays) or None})
+        self.touched.append((_PROFILE, ""))
+
+    def put_item(self, kind: ItemKind, item_id: str, fields: Mapping[str, Value]) -> None:
+        self._put_entry(_COLLECTIONS[kind], item_id, fields)
+
+    def update_item(self, kind: ItemKind, item_id: str, fields: Mapping[str, Value]) -> None:
+        self._update_entry(_COLLECTIONS[kind], item_id, fields)
+
+    def put_claim(self, claim_id: str, fields: Mapping[str, Value]) -> None:
+        self._put_entry(_CLAIMS, claim_id, fields)
+
+    def update_claim(self, claim_id: str, fields: Mapping[str, Value]) -> None:
+        self._update_entry(_CLAIMS, claim_id, fields)
 
 
 @final
@@ -239,12 +249,13 @@ class BoardDocument:
         for header, _ in ready:
             self._note_applied(header)
 
-    def _note_applied(self, header: ChangeHeader) -> None:
+    def _note_applied(self, header: ChangeHeader, *, drop_cache: bool = True) -> None:
         self._applied.add(header.hash)
         self.applied_seq[header.actor] = header.seq
         if header.seq == 1:
             self.start_ops.setdefault(header.actor, header.start_op)
-        self._cache.pop(header.actor, None)
+        if drop_cache:
+            self._cache.pop(header.actor, None)
 
     # ------------------------------------------------------------------ writing
 
@@ -267,14 +278,31 @@ class BoardDocument:
             if section is None:
                 section = bytes(tx.put_object(ROOT, self.author.hex(), ObjType.Map))
                 tx.put(section, "v", ScalarType.Int, SCHEMA_VERSION)
-            edit(SectionWriter(tx, self, section))
+            writer = SectionWriter(tx, section)
+            edit(writer)
         change = self._doc.get_last_local_change()
         if change is None or (before is not None and change.seq == before.seq):
             raise LocalProtocolError("the edit changed nothing")
         data = change.bytes
         header = parse_change(data)
-        self._note_applied(header)
+        self._note_applied(header, drop_cache=False)
+        self._refresh_entries(writer.touched)
         return header, data
+
+    def _refresh_entries(self, touched: list[tuple[str, str]]) -> None:
+        """Re-read only what a local write touched (a whole re-read costs O(section))."""
+        sec = self._cache.get(self.author)
+        if sec is None:
+            return
+        obj = self._section_id()
+        if obj is None or any(coll == _PROFILE for coll, _ in touched):
+            self._cache.pop(self.author, None)
+            return
+        doc = self._doc
+        for coll, entry_id in touched:
+            child = doc.get(obj, coll)
+            entry = None if child is None else doc.get(child[1], entry_id)
+            self._store_entry(sec, self.author.hex(), coll, entry_id, entry)
 
     def _section_id(self, author: bytes | None = None) -> bytes | None:
         author = self.author if author is None else author
@@ -355,26 +383,28 @@ class BoardDocument:
         relays = profile.get("relays")
         if isinstance(relays, str):
             sec.relays = tuple(r for r in relays.split("\n") if r)[:8]
-        for kind, key in _COLLECTIONS.items():
-            by_id: dict[str, Item] = {}
-            for item_id, value in self._child_map(fields, key).items():
-                if isinstance(value, tuple) and value[0] == ObjType.Map:
-                    try:
-                        by_id[item_id] = Item.from_fields(
-                            kind, item_id, author_hex, sec.name, self._read_map(value[1])
-                        )
-                    except ValidationError:
-                        continue  # a malformed item is not shown
-            sec.items[kind] = by_id
-        for claim_id, value in self._child_map(fields, _CLAIMS).items():
-            if isinstance(value, tuple) and value[0] == ObjType.Map:
-                try:
-                    sec.claims[claim_id] = Claim.from_fields(
-                        claim_id, author_hex, sec.name, self._read_map(value[1])
-                    )
-                except ValidationError:
-                    continue
+        for coll in (*_COLLECTIONS.values(), _CLAIMS):
+            for entry_id, value in self._child_map(fields, coll).items():
+                self._store_entry(sec, author_hex, coll, entry_id, value)
         return sec
+
+    def _store_entry(
+        self, sec: _Section, author_hex: str, coll: str, entry_id: str, value: Any
+    ) -> None:
+        """Validate one entry into ``sec``; a malformed or missing one is left out."""
+        kind = _KINDS.get(coll)
+        target: dict[str, Any] = sec.claims if kind is None else sec.items[kind]
+        target.pop(entry_id, None)
+        if not (isinstance(value, tuple) and value[0] == ObjType.Map):
+            return
+        fields = self._read_map(value[1])
+        try:
+            if kind is None:
+                target[entry_id] = Claim.from_fields(entry_id, author_hex, sec.name, fields)
+            else:
+                target[entry_id] = Item.from_fields(kind, entry_id, author_hex, sec.name, fields)
+        except ValidationError:
+            return  # a malformed entry is not shown
 
     # ------------------------------------------------------------------ persistence
 

@@ -58,8 +58,9 @@ log = logging.getLogger(__name__)
 SNAPSHOT_EVERY: Final = 2000
 #: ... or, when the board is closed, once at least this many were.
 SNAPSHOT_ON_CLOSE: Final = 200
-#: Most out-of-order envelopes held in memory while waiting for earlier ones.
-MAX_HELD: Final = 50_000
+#: Most bytes of out-of-order envelopes held in memory while waiting for earlier ones
+#: (they are unverified until the gap fills, so the bound is what matters).
+MAX_HELD_BYTES: Final = 16 * 1024 * 1024
 
 Clock = Callable[[], int]
 
@@ -239,7 +240,11 @@ class Board:
                 self._heads[env.author] = FeedHead(env.seq, env.hash)
             if result.last_id:
                 self._seen_id = result.last_id
-        for env in result.gaps[: max(0, MAX_HELD - len(self._held))]:
+        held_bytes = 0
+        for env in sorted(result.gaps, key=lambda e: e.seq):
+            held_bytes += len(env.raw)
+            if held_bytes > MAX_HELD_BYTES:
+                break  # dropped: a peer or bundle will offer them again after the gap
             self._held[(env.author, env.seq)] = env
         report.accepted = len(result.accepted)
         report.duplicates = result.duplicates

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from .envelope import MAX_ENVELOPE_BYTES
-from .errors import BundleError
+from .errors import BundleError, LocalProtocolError
 
 __all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "read_bundle", "write_bundle"]
 
@@ -42,6 +42,9 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> in
 
     Returns:
         The number of envelopes written.
+
+    Raises:
+        LocalProtocolError: a record is empty or larger than any envelope.
     """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -56,6 +59,8 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> in
 
             put(_HEADER)
             for raw in envelopes:
+                if not 0 < len(raw) <= MAX_ENVELOPE_BYTES:
+                    raise LocalProtocolError(f"a bundle record of {len(raw)} bytes is not an envelope")
                 put(_LEN.pack(len(raw)))
                 put(raw)
                 count += 1
@@ -82,6 +87,8 @@ def _records(f: BinaryIO, digest: hashlib._Hash) -> Iterator[bytes]:
     header = take(len(_HEADER))
     if header[:8] != BUNDLE_MAGIC:
         raise BundleError("not a p2paid bundle (bad magic)")
+    if header[8] < BUNDLE_VERSION:
+        raise BundleError(f"bundle version {header[8]} is not a valid p2paid bundle version")
     if header[8] != BUNDLE_VERSION:
         raise BundleError(
             f"bundle version {header[8]} is newer than this p2paid reads ({BUNDLE_VERSION}); "

@@ -32,6 +32,7 @@ from .errors import (
     ChangeMismatchError,
     EnvelopeDecryptError,
     FrameTooLargeError,
+    LocalProtocolError,
     MalformedEnvelopeError,
     OversizedEnvelopeError,
     OwnershipError,
@@ -140,8 +141,13 @@ def seal_envelope(
 
     Raises:
         FrameTooLargeError: the change is too large for one envelope.
+        LocalProtocolError: an argument is out of range.
     """
     nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    if not 1 <= seq <= _MAX_SEQ:
+        raise LocalProtocolError(f"seq {seq} out of range")
+    if len(board_id) != 32 or len(prev) != 32 or len(nonce) != NONCE_BYTES:
+        raise LocalProtocolError("board_id and prev are 32 bytes, nonce 12")
     author = author_key.public
     ciphertext = cipher.encrypt(nonce, change, associated_data(board_id, author, seq))
     if len(ciphertext) > MAX_CIPHERTEXT:

@@ -68,35 +68,64 @@ def verify_run(head: FeedHead, run: Sequence[Envelope]) -> tuple[list[Envelope],
     signature falls back to checking each one, so a valid prefix is still kept.
 
     Returns:
-        The verified prefix, and a rejection for the first envelope that failed
-        plus, as ChainError, everything after it.
+        The verified prefix, and one rejection for every other envelope of the
+        run: the first failure with its own error, the rest as ChainError.
     """
     linked: list[Envelope] = []
-    rejected: list[Rejection] = []
     prev = head.hash
     for env in run:
         if env.prev != prev:
-            rejected.append(Rejection(env, ChainError(f"seq {env.seq}: prev hash does not link")))
             break
         linked.append(env)
         prev = env.hash
+    good = linked
+    failed: Rejection | None = None
     if linked:
         try:
             linked[-1].verify_signature()
         except SignatureError:
-            good: list[Envelope] = []
+            good = []
             for env in linked:
                 try:
                     env.verify_signature()
                 except SignatureError as exc:
-                    rejected.insert(0, Rejection(env, exc))
+                    failed = Rejection(env, exc)
                     break
                 good.append(env)
-            linked = good
-    done = len(linked) + len(rejected)
-    for env in run[done:]:
-        rejected.append(Rejection(env, ChainError(f"seq {env.seq}: follows a refused envelope")))
-    return linked, rejected
+    rejected: list[Rejection] = []
+    rest = list(run[len(good):])
+    if failed is not None:
+        rejected.append(failed)
+        rest = rest[1:]
+    elif rest:
+        env = rest.pop(0)
+        rejected.append(Rejection(env, ChainError(f"seq {env.seq}: prev hash does not link")))
+    rejected.extend(
+        Rejection(env, ChainError(f"seq {env.seq}: follows a refused envelope")) for env in rest
+    )
+    return good, rejected
+
+
+def _pick(candidates: list[Envelope], plan: BatchPlan) -> Envelope:
+    """Of several different envelopes offered at one seq, keep one valid one.
+
+    Conflicts are rare, so each candidate's signature is checked: forgeries are
+    refused as such (and cannot brand the author as forked, nor block the genuine
+    envelope); two validly signed versions are a real fork: keep the first.
+    """
+    valid: list[Envelope] = []
+    for env in candidates:
+        try:
+            env.verify_signature()
+        except SignatureError as exc:
+            plan.rejected.append(Rejection(env, exc))
+            continue
+        valid.append(env)
+    if not valid:
+        return candidates[0]  # all forged: let verify_run refuse the first, already counted
+    for env in valid[1:]:
+        plan.rejected.append(Rejection(env, ForkError(f"seq {env.seq} offered in two versions")))
+    return valid[0]
 
 
 def plan_batch(
@@ -113,21 +142,25 @@ def plan_batch(
         held: looks up hashes of envelopes already held at or below the head.
     """
     plan = BatchPlan()
-    by_author: dict[bytes, dict[int, Envelope]] = {}
+    offered: dict[bytes, dict[int, list[Envelope]]] = {}
     for env in envelopes:
         if env.board_id != board_id:
             plan.rejected.append(Rejection(env, WrongBoardError("envelope is for another board")))
             continue
-        seen = by_author.setdefault(env.author, {})
-        other = seen.get(env.seq)
-        if other is None:
-            seen[env.seq] = env
-        elif other.hash == env.hash:
+        candidates = offered.setdefault(env.author, {}).setdefault(env.seq, [])
+        if any(c.hash == env.hash for c in candidates):
             plan.duplicates += 1
         else:
-            # Two versions in one batch: neither is trusted yet; keep the first offered.
-            plan.rejected.append(Rejection(env, ForkError(f"seq {env.seq} offered twice")))
-    for author, by_seq in by_author.items():
+            candidates.append(env)
+    for author, by_seq_candidates in offered.items():
+        by_seq: dict[int, Envelope] = {}
+        for seq, candidates in by_seq_candidates.items():
+            if len(candidates) == 1:
+                by_seq[seq] = candidates[0]
+            else:
+                chosen = _pick(candidates, plan)
+                if not any(r.envelope is chosen for r in plan.rejected):
+                    by_seq[seq] = chosen
         head = heads.get(author, EMPTY_HEAD)
         old = [seq for seq in by_seq if seq <= head.seq]
         if old:

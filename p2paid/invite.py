@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import NewType, final
@@ -49,6 +50,7 @@ INVITE_SCHEME = "p2paid:"
 INVITE_VERSION = 1
 _HKDF_SALT = b"p2paid/1"
 _CHECKSUM_BYTES = 4
+_BASE32 = re.compile("[A-Z2-7]+")
 
 
 def new_board_secret() -> bytes:
@@ -94,6 +96,8 @@ def validate_board_name(name: str) -> str:
         raise ValidationError("a board name cannot be empty")
     if len(name) > MAX_BOARD_NAME:
         raise ValidationError(f"a board name is at most {MAX_BOARD_NAME} characters")
+    if any(unicodedata.category(ch) == "Cs" for ch in name):
+        raise ValidationError("a board name is not valid text (check the terminal's encoding)")
     if any(unicodedata.category(ch) == "Cc" for ch in name):
         raise ValidationError("a board name cannot contain control characters")
     return name
@@ -121,7 +125,7 @@ class Invite:
             if not isinstance(relay, str) or not 0 < len(relay) <= MAX_RELAY_ADDRESS:
                 raise InviteError("an invite's relay hint is not a short string")
         try:
-            validate_board_name(self.name)
+            object.__setattr__(self, "name", validate_board_name(self.name))
         except ValidationError as exc:
             raise InviteError(f"invite board name: {exc}") from exc
 
@@ -149,6 +153,10 @@ class Invite:
         encoded = text[len(INVITE_SCHEME) :].upper()
         if not encoded:
             raise InviteError("the invite is empty after 'p2paid:'")
+        if not _BASE32.fullmatch(encoded):
+            raise InviteError("the invite contains characters that are not base32 (a-z, 2-7)")
+        if len(encoded) % 8 in (1, 3, 6):
+            raise InviteError("the invite is incomplete; was it cut off?")
         try:
             raw = base64.b32decode(encoded + "=" * (-len(encoded) % 8))
         except (binascii.Error, ValueError) as exc:

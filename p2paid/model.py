@@ -106,8 +106,12 @@ def clean_text(value: object, field_name: str, *, required: bool = False) -> str
     if len(text) > limit:
         raise ValidationError(f"{field_name} is at most {limit} characters (got {len(text)})")
     allowed_controls = "\n\t" if field_name in ("details", "note") else ""
-    if any(unicodedata.category(c) == "Cc" and c not in allowed_controls for c in text):
-        raise ValidationError(f"{field_name} cannot contain control characters")
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            raise ValidationError(f"{field_name} is not valid text (check the terminal's encoding)")
+        if category == "Cc" and char not in allowed_controls:
+            raise ValidationError(f"{field_name} cannot contain control characters")
     return text
 
 

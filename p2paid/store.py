@@ -140,7 +140,11 @@ class Database:
                 os.umask(old_umask)
             if fresh:
                 os.chmod(self.path, 0o600)
-            self._configure()
+            try:
+                self._configure()
+            except BaseException:
+                self._con.close()
+                raise
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open the store at {self.path}: {exc}") from exc
         except OSError as exc:
@@ -211,7 +215,10 @@ class Database:
         if self._depth:
             yield
             return
-        self._con.execute("BEGIN")
+        try:
+            self._con.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot read the store: {exc}") from exc
         self._depth = 1
         try:
             yield

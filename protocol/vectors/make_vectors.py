@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Regenerate the p2paid/1 data-format test vectors (everything except Noise).
+
+All inputs are fixed (keys are SHA-256 of a label, nonces are fixed bytes), so a
+re-run gives byte-identical files. Tests only *read* these files; run this
+script only when the format deliberately changes, and say so in SPEC.md.
+
+    python protocol/vectors/make_vectors.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType, ScalarType
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from p2paid.bundle import write_bundle
+from p2paid.changes import parse_change
+from p2paid.document import section_object_id
+from p2paid.envelope import ZERO_HASH, associated_data, seal_envelope
+from p2paid.identity import AuthorKey, fingerprint
+from p2paid.invite import Invite, derive_board_keys
+
+HERE = Path(__file__).parent
+
+
+def fixed(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+def write(name: str, doc: dict[str, Any]) -> None:
+    (HERE / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+def keys_and_invites() -> None:
+    vectors = []
+    for label, name, relays in (
+        ("board-1", "Riverside mutual aid", []),
+        ("board-2", "Ríverside – ayuda mutua 🌊", ["p2paid-relay:example"]),
+    ):
+        secret = fixed(label)
+        k = derive_board_keys(secret)
+        vectors.append({
+            "secret": secret.hex(), "name": name, "relays": relays,
+            "board_id": k.board_id.hex(), "content_key": k.content_key.hex(),
+            "tag_key": k.tag_key.hex(), "invite": Invite(secret, name, tuple(relays)).to_uri(),
+        })
+    authors = []
+    for label in ("author-a", "author-b"):
+        key = AuthorKey(fixed(label))
+        authors.append({"seed": fixed(label).hex(), "public": key.public.hex(),
+                        "fingerprint": fingerprint(key.public),
+                        "section_object_id_start_op_1": section_object_id(key.public, 1).hex(),
+                        "section_object_id_start_op_300":
+                            section_object_id(key.public, 300).hex()})
+    write("keys.json", {
+        "description": "HKDF board key derivation, invite URIs, author keys, fingerprints "
+                       "and section object ids (protocol/SPEC.md sections 2-3 and 6).",
+        "boards": vectors, "authors": authors,
+    })
+
+
+def feed() -> None:
+    secret = fixed("board-1")
+    k = derive_board_keys(secret)
+    cipher = ChaCha20Poly1305(k.content_key)
+    author = AuthorKey(fixed("author-a"))
+    doc = Document(actor_id=author.public)
+    changes = []
+    with doc.transaction() as tx:
+        sec = tx.put_object(ROOT, author.public.hex(), ObjType.Map)
+        tx.put(sec, "v", ScalarType.Int, 1)
+        profile = tx.put_object(sec, "profile", ObjType.Map)
+        tx.put(profile, "name", ScalarType.Str, "Amina")
+    changes.append(doc.get_last_local_change().bytes)
+    with doc.transaction() as tx:
+        needs = tx.put_object(sec, "needs", ObjType.Map)
+        need = tx.put_object(needs, "00112233445566778899aabbccddeeff", ObjType.Map)
+        for key, value in (("title", "Drinking water"), ("details", ""),
+                           ("category", "water"), ("unit", "litres"),
+                           ("location", "north camp"), ("urgency", "high"),
+                           ("status", "open")):
+            tx.put(need, key, ScalarType.Str, value)
+        for key, num in (("quantity", 40), ("created", 1_800_000_000_000),
+                         ("updated", 1_800_000_000_000), ("expires", 1_801_209_600_000)):
+            tx.put(need, key, ScalarType.Int, num)
+    changes.append(doc.get_last_local_change().bytes)
+    prev = ZERO_HASH
+    entries = []
+    envelopes = []
+    for seq, change in enumerate(changes, start=1):
+        nonce = fixed(f"nonce-{seq}")[:12]
+        env = seal_envelope(board_id=k.board_id, cipher=cipher, author_key=author, seq=seq,
+                            prev=prev, change=change, nonce=nonce)
+        header = parse_change(change)
+        entries.append({
+            "seq": seq, "prev": prev.hex(), "nonce": nonce.hex(), "change": change.hex(),
+            "change_hash": header.hash.hex(), "change_start_op": header.start_op,
+            "associated_data": associated_data(k.board_id, author.public, seq).hex(),
+            "signing_input": env.signing_input().hex(), "sig": env.sig.hex(),
+            "envelope": env.raw.hex(), "envelope_hash": env.hash.hex(),
+        })
+        envelopes.append(env.raw)
+        prev = env.hash
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "feed.p2paid"
+        write_bundle(path, envelopes)
+        bundle = path.read_bytes()
+    write("envelopes.json", {
+        "description": "A two-envelope feed of one author on board-1 (keys.json): the "
+                       "changes are real Automerge change chunks (the first creates the "
+                       "author's section), sealed with fixed nonces; then the bundle file "
+                       "holding both (protocol/SPEC.md sections 4, 5 and 8).",
+        "board_secret": secret.hex(), "author_seed": fixed("author-a").hex(),
+        "author": author.public.hex(), "feed": entries, "bundle": bundle.hex(),
+    })
+
+
+if __name__ == "__main__":
+    keys_and_invites()
+    feed()
+    print("wrote", ", ".join(p.name for p in sorted(HERE.glob("*.json"))))

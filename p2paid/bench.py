@@ -87,7 +87,9 @@ def make_feed(keys: BoardKeys, author: AuthorKey, n: int, start: int = 0) -> lis
         def edit(w: SectionWriter, f: dict[str, str | int | None] = fields) -> None:
             w.put_item(ItemKind.NEED, new_item_id(), f)
 
-        _, change = doc.write(edit)
+        written = doc.write(edit)
+        assert written is not None
+        _, change = written
         env = seal_envelope(board_id=keys.board_id, cipher=cipher, author_key=author,
                             seq=i + 1, prev=prev, change=change)
         prev = env.hash

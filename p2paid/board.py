@@ -18,11 +18,18 @@ from automerge.core import Document
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .changes import ChangeHeader
-from .document import BoardDocument, SectionWriter, new_item_id
+from .document import (
+    BoardDocument,
+    DocumentBrokenError,
+    SectionWriter,
+    new_item_id,
+    validate_change,
+)
 from .envelope import Envelope, check_change, open_envelope, seal_envelope
 from .errors import (
     AmbiguousIdError,
     EnvelopeError,
+    InvalidChangeError,
     NotFoundError,
     P2paidError,
     StorageError,
@@ -61,6 +68,7 @@ SNAPSHOT_ON_CLOSE: Final = 200
 #: Most bytes of out-of-order envelopes held in memory while waiting for earlier ones
 #: (they are unverified until the gap fills, so the bound is what matters).
 MAX_HELD_BYTES: Final = 16 * 1024 * 1024
+_MAX_RELOADS: Final = 50
 
 Clock = Callable[[], int]
 
@@ -114,6 +122,8 @@ class Board:
         self._seen_id = 0
         self._held: dict[tuple[bytes, int], Envelope] = {}
         self._since_snapshot = 0
+        self._careful = False
+        self._refused_envelopes: set[bytes] = set()
 
     def __repr__(self) -> str:
         return f"<Board {self.name!r} {self.id.hex()[:12]}>"
@@ -139,12 +149,31 @@ class Board:
         assert self._doc is not None
         return self._doc
 
+    def load(self) -> BoardDocument:
+        """Load the document now (otherwise it loads on first use); returns it."""
+        return self.document
+
     def _load(self) -> None:
+        for _ in range(_MAX_RELOADS):
+            try:
+                self._load_once()
+                return
+            except DocumentBrokenError as exc:
+                # A stored change makes Automerge panic: refuse it, then load again
+                # applying one change per call so that each culprit is found.
+                log.error("board %s: %s", self.name, exc)
+                self._careful = True
+                if exc.culprit is not None:
+                    self._purge([(exc.culprit, "automerge panicked applying it")])
+        raise StorageError(f"board {self.name!r} cannot be loaded: too many unusable changes")
+
+    def _load_once(self) -> None:
         db = self._db
         with db.read():
             snap = db.snapshot(self.id)
             index = db.change_index(self.id)
             heads = db.heads(self.id)
+            self._refused_envelopes = db.rejected_hashes(self.id, InvalidChangeError.code)
         automerge_doc: Document | None = None
         vector: dict[bytes, int] = {}
         sections: dict[bytes, int] = {}
@@ -157,12 +186,50 @@ class Board:
         applied = [h for _, a, s, h in index if h is not None and s <= vector.get(a, 0)]
         tail = [i for i, a, s, _ in index if s > vector.get(a, 0)]
         doc = BoardDocument(self.author, automerge_doc, applied, vector, sections)
-        rows = db.envelopes_by_id(tail) if tail else []
-        doc.add_changes(self._open_rows(rows))
+        doc.careful = self._careful
         self._doc = doc
         self._heads = heads
         self._seen_id = max((i for i, _, _, _ in index), default=0)
         self._since_snapshot = len(tail)
+        rows = db.envelopes_by_id(tail) if tail else []
+        try:
+            self._apply(self._open_rows(rows))
+        except BaseException:
+            self._doc = None
+            raise
+        doc.careful = False
+
+    def _apply(self, changes: list[tuple[ChangeHeader, bytes]]) -> list[ChangeHeader]:
+        """Apply changes to the document; purge any that Automerge refuses."""
+        doc = self._doc
+        assert doc is not None
+        applied = doc.add_changes(changes)
+        refused = doc.take_refused()
+        if refused:
+            self._purge(refused)
+        return applied
+
+    def _purge(self, refused: list[tuple[ChangeHeader, str]]) -> None:
+        """Drop stored changes Automerge refuses, with everything later of their authors.
+
+        Every honest replica refuses the same changes, so they converge; the
+        envelopes' hashes are remembered so a peer offering them again is refused
+        before anything is stored.
+        """
+        now = self._clock()
+        with self._db.write():
+            for header, reason in refused:
+                held = self._db.held_hashes(self.id, header.actor, header.seq, header.seq)
+                env_hash = held.get(header.seq)
+                if env_hash is None:
+                    continue
+                log.warning("board %s: refusing change %d of %s: %s", self.name, header.seq,
+                            fingerprint(header.actor), reason)
+                self._db.record_rejection(self.id, header.actor, header.seq, env_hash,
+                                          InvalidChangeError.code, reason, None, now)
+                self._db.delete_feed_from(self.id, header.actor, header.seq)
+                self._refused_envelopes.add(env_hash)
+            self._heads = self._db.heads(self.id)
 
     def _open_rows(self, rows: Iterable[EnvelopeRow]) -> list[tuple[ChangeHeader, bytes]]:
         """Decrypt envelopes this store already verified (bad ones are logged and skipped)."""
@@ -170,14 +237,20 @@ class Board:
         for row in rows:
             try:
                 env = Envelope.decode(row.data)
-                out.append(self._open(env))
+                change = open_envelope(env, self._cipher)
+                out.append((check_change(env, change), change))
             except P2paidError as exc:
                 log.error("board %s: stored envelope %d unreadable: %s", self.name, row.id, exc)
         return out
 
     def _open(self, env: Envelope) -> tuple[ChangeHeader, bytes]:
+        """Decrypt and check a remote envelope's change before it is stored."""
+        if env.hash in self._refused_envelopes:
+            raise InvalidChangeError(f"seq {env.seq} was refused before: it cannot be applied")
         change = open_envelope(env, self._cipher)
-        return check_change(env, change), change
+        header = check_change(env, change)
+        validate_change(change)
+        return header, change
 
     def refresh(self) -> list[ChangeHeader]:
         """Apply envelopes that other processes stored since we last looked."""
@@ -195,9 +268,23 @@ class Board:
             if row.seq > head.seq:
                 self._heads[row.author] = FeedHead(row.seq, Envelope.decode(row.data).hash)
         self._seen_id = rows[-1].id
-        applied = self.document.add_changes(self._open_rows(rows))
+        self.load()
+        applied = self._apply_guarded(self._open_rows(rows))
         self._since_snapshot += len(applied)
         return applied
+
+    def _apply_guarded(self, changes: list[tuple[ChangeHeader, bytes]]) -> list[ChangeHeader]:
+        """:meth:`_apply`, reloading the document if Automerge panics."""
+        try:
+            return self._apply(changes)
+        except DocumentBrokenError as exc:
+            log.error("board %s: %s; reloading", self.name, exc)
+            self._doc = None
+            self._careful = True
+            if exc.culprit is not None:
+                self._purge([(exc.culprit, "automerge panicked applying it")])
+            self.load()  # now, one change per Automerge call
+            return []
 
     # ------------------------------------------------------------------ replication
 
@@ -229,7 +316,7 @@ class Board:
                 decoded.append(Envelope.decode(item))
             except EnvelopeError as exc:
                 report.rejected.append(Rejection(None, exc))
-        doc = self.document
+        self.load()
         with self._db.write():
             self._catch_up()
             batch = list(self._held.values()) + decoded
@@ -251,7 +338,7 @@ class Board:
         report.held = len(self._held)
         report.rejected.extend(result.rejected)
         changes = [(a.header, a.change) for a in result.accepted if a.header and a.change]
-        report.applied = doc.add_changes(changes)
+        report.applied = self._apply_guarded(changes)
         self._since_snapshot += len(report.applied)
         if self._since_snapshot >= SNAPSHOT_EVERY:
             self.save_snapshot()
@@ -346,14 +433,18 @@ class Board:
 
     # ------------------------------------------------------------------ writing
 
-    def _write(self, edit: Callable[[SectionWriter], None]) -> Envelope:
+    def _write(self, edit: Callable[[SectionWriter], None]) -> Envelope | None:
+        """Make one change durable as the next envelope of our feed (None: no change)."""
         doc = self.document
         changed = False
         try:
             with self._db.write():
                 self._catch_up()
                 head = self._heads.get(self.author, EMPTY_HEAD)
-                header, change = doc.write(edit)
+                written = doc.write(edit)
+                if written is None:
+                    return None
+                header, change = written
                 changed = True
                 if header.seq != head.seq + 1:
                     raise StorageError(

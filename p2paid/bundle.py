@@ -60,7 +60,9 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> in
             put(_HEADER)
             for raw in envelopes:
                 if not 0 < len(raw) <= MAX_ENVELOPE_BYTES:
-                    raise LocalProtocolError(f"a bundle record of {len(raw)} bytes is not an envelope")
+                    raise LocalProtocolError(
+                        f"a bundle record of {len(raw)} bytes is not an envelope"
+                    )
                 put(_LEN.pack(len(raw)))
                 put(raw)
                 count += 1

@@ -137,11 +137,13 @@ def _post(args: argparse.Namespace, kind: str) -> int:
             "details": args.details, "category": args.category, "quantity": args.quantity,
             "unit": args.unit, "location": args.location,
         }
+        if args.expires_days is not None:
+            fields["expires_in_days"] = args.expires_days
         if kind == "need":
             fields["urgency"] = args.urgency
-            item = board.post_need(args.title, expires_in_days=args.expires_days, **fields)
+            item = board.post_need(args.title, **fields)
         else:
-            item = board.post_offer(args.title, expires_in_days=args.expires_days, **fields)
+            item = board.post_offer(args.title, **fields)
         if args.json:
             _print_json(item.to_json())
         else:

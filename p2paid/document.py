@@ -23,22 +23,26 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any, Final, final
 
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncState
 
+from .changeops import decode_ops
 from .changes import ChangeHeader, parse_change
-from .errors import LocalProtocolError, NotFoundError, ValidationError
-from .model import Claim, ClaimStatus, Item, ItemKind, clean_text
+from .errors import ChangeMismatchError, LocalProtocolError, NotFoundError
+from .model import BoardEvent, Claim, Item, ItemKind
+from .readmodel import CLAIMS, COLLECTIONS, PROFILE, ReadModel, Section, section_object_id, uleb
 
-__all__ = ["BoardDocument", "SectionWriter", "new_item_id", "section_object_id"]
+__all__ = [
+    "BoardDocument",
+    "DocumentBrokenError",
+    "SectionWriter",
+    "new_item_id",
+    "section_object_id",
+    "validate_change",
+]
 
 SCHEMA_VERSION: Final = 1
-_COLLECTIONS: Final = {ItemKind.NEED: "needs", ItemKind.OFFER: "offers"}
-_KINDS: Final = {coll: kind for kind, coll in _COLLECTIONS.items()}
-_CLAIMS: Final = "claims"
-_PROFILE: Final = "profile"
 #: Most changes held waiting for a dependency; beyond it the oldest are dropped from
 #: memory (they stay in the store and are retried when the board is next opened).
 MAX_PENDING: Final = 200_000
@@ -51,49 +55,51 @@ def new_item_id() -> str:
     return os.urandom(16).hex()
 
 
-def _uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+def _seq_key(author: bytes, seq: int) -> bytes:
+    """Waiting-list key for "the author's change ``seq`` is applied"."""
+    return b"seq:" + author + seq.to_bytes(8, "big")
 
 
-def section_object_id(author: bytes, start_op: int) -> bytes:
-    """Automerge's external object id for op ``start_op@author``.
+class DocumentBrokenError(LocalProtocolError):
+    """Automerge panicked while applying: the in-memory document must be reloaded.
 
-    Layout: ``0x10 (version 1, kind id) || uLEB(len(actor)) || actor ||
-    uLEB(actor index hint = 0) || uLEB(counter)``; the index is a hint that
-    Automerge corrects by the actor bytes.
+    ``culprit`` is the change being applied when it happened, when known.
     """
-    return b"\x10" + _uleb(len(author)) + author + _uleb(0) + _uleb(start_op)
+
+    def __init__(self, message: str, culprit: ChangeHeader | None = None) -> None:
+        super().__init__(message)
+        self.culprit = culprit
+
+
+def validate_change(change: bytes) -> None:
+    """Check that Automerge can decode a change's ops (cheap: a few microseconds).
+
+    Loading a lone change makes Automerge parse and check every op column before
+    it complains about missing dependencies, so "missing deps" means decodable.
+
+    Raises:
+        ChangeMismatchError: the ops do not decode.
+    """
+    try:
+        Document.load(change)
+    except Exception as exc:
+        if "deps" not in str(exc):
+            raise ChangeMismatchError(f"change does not decode: {exc}") from exc
+    except BaseException as exc:  # pyo3 PanicException
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        raise ChangeMismatchError(f"change makes automerge panic: {exc}") from exc
 
 
 def sync_message_with_changes(changes: Iterable[bytes]) -> bytes:
     """An Automerge sync message (type 0x42) carrying only changes (no heads, need, have)."""
     body = [b"\x42", b"\x00", b"\x00", b"\x00"]
     items = list(changes)
-    body.append(_uleb(len(items)))
+    body.append(uleb(len(items)))
     for change in items:
-        body.append(_uleb(len(change)))
+        body.append(uleb(len(change)))
         body.append(change)
     return b"".join(body)
-
-
-@dataclass(slots=True)
-class _Section:
-    """What one author's section holds, validated."""
-
-    name: str = ""
-    items: dict[ItemKind, dict[str, Item]] = field(
-        default_factory=lambda: {kind: {} for kind in ItemKind}
-    )
-    claims: dict[str, Claim] = field(default_factory=dict)
-    relays: tuple[str, ...] = ()
 
 
 @final
@@ -137,24 +143,24 @@ class SectionWriter:
         self.touched.append((collection, entry_id))
 
     def set_name(self, name: str) -> None:
-        self._put_fields(self._child(_PROFILE), {"name": name})
-        self.touched.append((_PROFILE, ""))
+        self._put_fields(self._child(PROFILE), {"name": name})
+        self.touched.append((PROFILE, ""))
 
     def set_relays(self, relays: Iterable[str]) -> None:
-        self._put_fields(self._child(_PROFILE), {"relays": "\n".join(relays) or None})
-        self.touched.append((_PROFILE, ""))
+        self._put_fields(self._child(PROFILE), {"relays": "\n".join(relays) or None})
+        self.touched.append((PROFILE, ""))
 
     def put_item(self, kind: ItemKind, item_id: str, fields: Mapping[str, Value]) -> None:
-        self._put_entry(_COLLECTIONS[kind], item_id, fields)
+        self._put_entry(COLLECTIONS[kind], item_id, fields)
 
     def update_item(self, kind: ItemKind, item_id: str, fields: Mapping[str, Value]) -> None:
-        self._update_entry(_COLLECTIONS[kind], item_id, fields)
+        self._update_entry(COLLECTIONS[kind], item_id, fields)
 
     def put_claim(self, claim_id: str, fields: Mapping[str, Value]) -> None:
-        self._put_entry(_CLAIMS, claim_id, fields)
+        self._put_entry(CLAIMS, claim_id, fields)
 
     def update_claim(self, claim_id: str, fields: Mapping[str, Value]) -> None:
-        self._update_entry(_CLAIMS, claim_id, fields)
+        self._update_entry(CLAIMS, claim_id, fields)
 
 
 @final
@@ -186,7 +192,12 @@ class BoardDocument:
         self._waiting: defaultdict[bytes, list[bytes]] = defaultdict(list)
         self.start_ops: dict[bytes, int] = dict(sections or {})
         self.applied_seq: dict[bytes, int] = dict(vector or {})
-        self._cache: dict[bytes, _Section] = {}
+        self.view = ReadModel(self._doc, self.start_ops)
+        self._heads = self._current_heads()
+        self._refused: list[tuple[ChangeHeader, str]] = []
+        self._bad_seq: set[tuple[bytes, int]] = set()
+        #: apply one change per Automerge call (after a panic, to find the culprit)
+        self.careful = False
 
     # ------------------------------------------------------------------ applying
 
@@ -205,12 +216,17 @@ class BoardDocument:
     def add_changes(self, changes: Iterable[tuple[ChangeHeader, bytes]]) -> list[ChangeHeader]:
         """Apply every change whose dependencies are met; hold the rest.
 
+        A change is ready once every hash in its deps is applied and its author's
+        previous seq is applied (Automerge panics on a seq gap). Changes that
+        Automerge refuses are left out and listed by :meth:`take_refused`.
+
         Returns:
             The headers of all changes applied by this call (including held ones
             that became ready), in the causal order they were applied.
         """
         ready: list[tuple[ChangeHeader, bytes]] = []
         ready_hashes: set[bytes] = set()
+        ready_seq: dict[bytes, int] = {}
         queue = list(changes)
         queue.reverse()
         applied = self._applied
@@ -221,6 +237,9 @@ class BoardDocument:
                 continue
             missing = next((d for d in header.deps if d not in applied and d not in ready_hashes),
                            None)
+            if missing is None and ready_seq.get(
+                    header.actor, self.applied_seq.get(header.actor, 0)) != header.seq - 1:
+                missing = _seq_key(header.actor, header.seq - 1)
             if missing is not None:
                 if h not in self._pending:
                     self._hold(header, data, missing)
@@ -228,13 +247,20 @@ class BoardDocument:
             self._pending.pop(h, None)
             ready.append((header, data))
             ready_hashes.add(h)
-            for waiter in reversed(self._waiting.pop(h, ())):
-                held = self._pending.pop(waiter, None)
-                if held is not None:
-                    queue.append(held)
-        if ready:
-            self._apply_ready(ready)
-        return [header for header, _ in ready]
+            ready_seq[header.actor] = header.seq
+            for key in (h, _seq_key(header.actor, header.seq)):
+                for waiter in reversed(self._waiting.pop(key, ())):
+                    held = self._pending.pop(waiter, None)
+                    if held is not None:
+                        queue.append(held)
+        if not ready:
+            return []
+        return self._apply_ready(ready)
+
+    def take_refused(self) -> list[tuple[ChangeHeader, str]]:
+        """Changes Automerge refused to apply since the last call, with the reason."""
+        refused, self._refused = self._refused, []
+        return refused
 
     def _hold(self, header: ChangeHeader, data: bytes, missing: bytes) -> None:
         if len(self._pending) >= MAX_PENDING:
@@ -243,33 +269,103 @@ class BoardDocument:
         self._pending[header.hash] = (header, data)
         self._waiting[missing].append(header.hash)
 
-    def _apply_ready(self, ready: list[tuple[ChangeHeader, bytes]]) -> None:
-        message = Message.decode(sync_message_with_changes(data for _, data in ready))
-        self._doc.receive_sync_message(SyncState(), message)
+    def _receive(self, changes: list[bytes]) -> bool:
+        """Feed changes to Automerge in one call; False if it refused (it then keeps
+        the document unchanged). A Rust panic leaves the document in an unknown
+        state, so it is raised as :class:`DocumentBrokenError`."""
+        try:
+            message = Message.decode(sync_message_with_changes(changes))
+            self._doc.receive_sync_message(SyncState(), message)
+        except Exception:
+            return False
+        except BaseException as exc:  # pyo3's PanicException derives from BaseException
+            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                raise
+            raise DocumentBrokenError(f"automerge panicked: {exc}") from exc
+        return True
+
+    def _expected_heads(self, ready: list[tuple[ChangeHeader, bytes]]) -> set[bytes]:
+        heads = set(self._heads)
+        for header, _ in ready:
+            heads.difference_update(header.deps)
+            heads.add(header.hash)
+        return heads
+
+    def _apply_ready(self, ready: list[tuple[ChangeHeader, bytes]]) -> list[ChangeHeader]:
+        if self.careful or not (
+            self._receive([data for _, data in ready])
+            and self._current_heads() == self._expected_heads(ready)
+        ):
+            ready = self._apply_one_by_one(ready)
         for header, _ in ready:
             self._note_applied(header)
+        self._heads = self._current_heads()
+        self._update_view(ready)
+        return [header for header, _ in ready]
 
-    def _note_applied(self, header: ChangeHeader, *, drop_cache: bool = True) -> None:
+    def _apply_one_by_one(
+        self, ready: list[tuple[ChangeHeader, bytes]]
+    ) -> list[tuple[ChangeHeader, bytes]]:
+        """Slow path after Automerge refused a batch: find the changes it refuses."""
+        good: list[tuple[ChangeHeader, bytes]] = []
+        bad: set[bytes] = set()
+        for header, data in ready:
+            if bad.intersection(header.deps) or (header.actor, header.seq - 1) in self._bad_seq:
+                reason = "depends on a change that was refused"
+            else:
+                expected = self._expected_heads([(header, data)])
+                try:
+                    ok = self._receive([data]) and self._current_heads() == expected
+                except DocumentBrokenError as exc:
+                    raise DocumentBrokenError(str(exc), culprit=header) from exc
+                if ok:
+                    good.append((header, data))
+                    self._heads = expected
+                    continue
+                reason = "automerge cannot apply it"
+            bad.add(header.hash)
+            self._bad_seq.add((header.actor, header.seq))
+            self._refused.append((header, reason))
+        return good
+
+    def _current_heads(self) -> set[bytes]:
+        return {bytes(h) for h in self._doc.get_heads()}
+
+    def _update_view(self, ready: list[tuple[ChangeHeader, bytes]]) -> None:
+        by_author: dict[bytes, list[bytes]] = {}
+        new_authors: set[bytes] = set()
+        for header, data in ready:
+            by_author.setdefault(header.actor, []).append(data)
+            if header.seq == 1:
+                new_authors.add(header.actor)
+        for author, changes in by_author.items():
+            ops = None
+            if author not in new_authors and self.view.wants_ops(author, len(changes)):
+                try:
+                    ops = [decode_ops(data) for data in changes]
+                except ChangeMismatchError:
+                    ops = None  # re-read the section whole
+            self.view.remote_changes(author, ops, author in new_authors)
+
+    def _note_applied(self, header: ChangeHeader) -> None:
         self._applied.add(header.hash)
         self.applied_seq[header.actor] = header.seq
         if header.seq == 1:
             self.start_ops.setdefault(header.actor, header.start_op)
-        if drop_cache:
-            self._cache.pop(header.actor, None)
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, edit: Callable[[SectionWriter], None]) -> tuple[ChangeHeader, bytes]:
+    def write(self, edit: Callable[[SectionWriter], None]) -> tuple[ChangeHeader, bytes] | None:
         """Run ``edit`` in one transaction on the local author's section.
 
         The first write also creates the section, as the first op of the
         author's first change (the ownership rule depends on it).
 
         Returns:
-            The new change's header and bytes.
+            The new change's header and bytes, or None if ``edit`` changed nothing
+            (e.g. it wrote values equal to the current ones).
 
         Raises:
-            LocalProtocolError: ``edit`` made no change.
             Whatever ``edit`` raises (the transaction is rolled back).
         """
         before = self._doc.get_last_local_change()
@@ -282,27 +378,14 @@ class BoardDocument:
             edit(writer)
         change = self._doc.get_last_local_change()
         if change is None or (before is not None and change.seq == before.seq):
-            raise LocalProtocolError("the edit changed nothing")
+            return None
         data = change.bytes
         header = parse_change(data)
-        self._note_applied(header, drop_cache=False)
-        self._refresh_entries(writer.touched)
+        self._note_applied(header)
+        self._heads = {header.hash}
+        full = header.seq == 1 or any(coll == PROFILE for coll, _ in writer.touched)
+        self.view.local_write(self.author, writer.touched, full)
         return header, data
-
-    def _refresh_entries(self, touched: list[tuple[str, str]]) -> None:
-        """Re-read only what a local write touched (a whole re-read costs O(section))."""
-        sec = self._cache.get(self.author)
-        if sec is None:
-            return
-        obj = self._section_id()
-        if obj is None or any(coll == _PROFILE for coll, _ in touched):
-            self._cache.pop(self.author, None)
-            return
-        doc = self._doc
-        for coll, entry_id in touched:
-            child = doc.get(obj, coll)
-            entry = None if child is None else doc.get(child[1], entry_id)
-            self._store_entry(sec, self.author.hex(), coll, entry_id, entry)
 
     def _section_id(self, author: bytes | None = None) -> bytes | None:
         author = self.author if author is None else author
@@ -316,95 +399,28 @@ class BoardDocument:
         """Every author whose section this document holds."""
         return list(self.start_ops)
 
-    def section(self, author: bytes) -> _Section:
+    def section(self, author: bytes) -> Section:
         """The validated content of one author's section (empty if none or malformed)."""
-        cached = self._cache.get(author)
-        if cached is None:
-            cached = self._cache[author] = self._read_section(author)
-        return cached
+        return self.view.section(author)
 
     def display_name(self, author: bytes) -> str:
-        return self.section(author).name
+        return self.view.section(author).name
 
     def items(self) -> list[Item]:
         """Every valid need and offer, with the active claims on each attached."""
-        claims: defaultdict[tuple[str, str], list[Claim]] = defaultdict(list)
-        sections = {author: self.section(author) for author in self.start_ops}
-        for sec in sections.values():
-            for claim in sec.claims.values():
-                if claim.status is ClaimStatus.ACTIVE:
-                    claims[(claim.item_author, claim.item_id)].append(claim)
-        out: list[Item] = []
-        for sec in sections.values():
-            for by_id in sec.items.values():
-                for item in by_id.values():
-                    mine = claims.get((item.author, item.id))
-                    if mine:
-                        mine.sort(key=lambda c: (c.created, c.id))
-                        item = _with_claims(item, tuple(mine))
-                    out.append(item)
-        out.sort(key=lambda i: (i.created, i.id))
-        return out
+        return self.view.items()
 
     def claims_by(self, author: bytes) -> list[Claim]:
-        return list(self.section(author).claims.values())
+        return list(self.view.section(author).claims.values())
 
-    def _read_map(self, obj: bytes) -> dict[str, Any]:
-        doc = self._doc
-        keys = doc.keys(obj)
-        return {
-            key: (value[1] if not isinstance(value, ObjType) else (value, oid))
-            for key, (value, oid) in zip(keys, doc.values(obj), strict=True)
-        }
+    def track_events(self) -> None:
+        """From now on, record a :class:`BoardEvent` for everything that changes."""
+        self.view.track()
 
-    def _child_map(self, fields: Mapping[str, Any], key: str) -> dict[str, Any]:
-        entry = fields.get(key)
-        if isinstance(entry, tuple) and entry[0] == ObjType.Map:
-            return self._read_map(entry[1])
-        return {}
-
-    def _read_section(self, author: bytes) -> _Section:
-        sec = _Section()
-        obj = self._section_id(author)
-        if obj is None:
-            return sec
-        try:
-            if self._doc.object_type(obj) != ObjType.Map:
-                return sec
-        except Exception:  # automerge raises a bare Exception for an unknown object id
-            return sec
-        fields = self._read_map(obj)
-        profile = self._child_map(fields, _PROFILE)
-        author_hex = author.hex()
-        try:
-            sec.name = clean_text(profile.get("name", ""), "display name")
-        except ValidationError:
-            sec.name = ""
-        relays = profile.get("relays")
-        if isinstance(relays, str):
-            sec.relays = tuple(r for r in relays.split("\n") if r)[:8]
-        for coll in (*_COLLECTIONS.values(), _CLAIMS):
-            for entry_id, value in self._child_map(fields, coll).items():
-                self._store_entry(sec, author_hex, coll, entry_id, value)
-        return sec
-
-    def _store_entry(
-        self, sec: _Section, author_hex: str, coll: str, entry_id: str, value: Any
-    ) -> None:
-        """Validate one entry into ``sec``; a malformed or missing one is left out."""
-        kind = _KINDS.get(coll)
-        target: dict[str, Any] = sec.claims if kind is None else sec.items[kind]
-        target.pop(entry_id, None)
-        if not (isinstance(value, tuple) and value[0] == ObjType.Map):
-            return
-        fields = self._read_map(value[1])
-        try:
-            if kind is None:
-                target[entry_id] = Claim.from_fields(entry_id, author_hex, sec.name, fields)
-            else:
-                target[entry_id] = Item.from_fields(kind, entry_id, author_hex, sec.name, fields)
-        except ValidationError:
-            return  # a malformed entry is not shown
+    def take_events(self) -> list[BoardEvent]:
+        """The events recorded since the last call."""
+        events, self.view.events = self.view.events, []
+        return events
 
     # ------------------------------------------------------------------ persistence
 
@@ -416,5 +432,3 @@ class BoardDocument:
         return sorted(bytes(h) for h in self._doc.get_heads())
 
 
-def _with_claims(item: Item, claims: tuple[Claim, ...]) -> Item:
-    return replace(item, claims=claims)

@@ -27,6 +27,7 @@ __all__ = [
     "ForkError",
     "FrameTooLargeError",
     "HandshakeError",
+    "InvalidChangeError",
     "InviteError",
     "LimitExceededError",
     "LocalProtocolError",
@@ -187,6 +188,12 @@ class OwnershipError(EnvelopeError):
     """The change touches objects owned by another member (its actor table is not empty)."""
 
     code = "ownership"
+
+
+class InvalidChangeError(EnvelopeError):
+    """Automerge refused to apply the change (its ops are malformed or inconsistent)."""
+
+    code = "invalid-change"
 
 
 class EnvelopeDecryptError(EnvelopeError, DecryptError):

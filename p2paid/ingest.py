@@ -20,6 +20,7 @@ from .errors import (
     EnvelopeDecryptError,
     EnvelopeError,
     ForkError,
+    InvalidChangeError,
     OwnershipError,
 )
 from .feed import FeedHead, Rejection, plan_batch
@@ -33,7 +34,8 @@ OpenChange = Callable[[Envelope], tuple[ChangeHeader, bytes]]
 
 #: Refusals worth remembering: each needs the author's valid signature, so it
 #: proves the author (not a forger) misbehaved.
-_RECORDED: Final = (ForkError, EnvelopeDecryptError, OwnershipError, ChangeMismatchError)
+_RECORDED: Final = (ForkError, EnvelopeDecryptError, OwnershipError, ChangeMismatchError,
+                    InvalidChangeError)
 MAX_RECORDED_PER_BATCH: Final = 100
 
 

@@ -36,7 +36,7 @@ from .errors import (
 from .feed import Rejection
 from .identity import AuthorKey, NodeKey, fingerprint
 from .ingest import ingest
-from .invite import BoardId, Invite, derive_board_keys, new_board_secret, validate_board_name
+from .invite import Invite, derive_board_keys, new_board_secret, validate_board_name
 from .model import now_ms
 from .store import DB_FILENAME, BoardRow, Database
 
@@ -291,19 +291,25 @@ class Store:
         return report
 
     def _import_batch(self, batch: dict[bytes, list[Envelope]], report: ImportReport) -> None:
-        joined = {b.id: b for b in self.boards()}
         for board_id, envelopes in batch.items():
-            board = joined.get(BoardId(board_id))
-            entry = report.boards.setdefault(
-                board_id, BoardReport(board_id, None if board is None else board.name)
-            )
-            if board is not None:
+            carried = self._carry(board_id, envelopes)
+            if carried is None:
+                board = self.board(board_id)
+                entry = report.boards.setdefault(board_id, BoardReport(board_id, board.name))
                 entry.add(board.receive(envelopes))
             else:
-                entry.add(self._carry(board_id, envelopes))
+                entry = report.boards.setdefault(board_id, BoardReport(board_id, None))
+                entry.add(carried)
 
-    def _carry(self, board_id: bytes, envelopes: list[Envelope]) -> ReceiveReport:
+    def _carry(self, board_id: bytes, envelopes: list[Envelope]) -> ReceiveReport | None:
+        """Store envelopes of a board not joined, blind; None if it is joined.
+
+        The check runs under the write lock, so a join by another process
+        cannot slip in between and leave unopened envelopes in a joined board.
+        """
         with self.db.write():
+            if any(row.board_id == board_id for row in self.db.boards()):
+                return None
             result = ingest(self.db, board_id, envelopes, self.db.heads(board_id), None)
         gaps = [Rejection(e, ChainError(f"seq {e.seq}: earlier envelopes missing"))
                 for e in result.gaps]

@@ -19,9 +19,11 @@ from .errors import ValidationError
 
 __all__ = [
     "DEFAULT_NEED_TTL_DAYS",
+    "BoardEvent",
     "Category",
     "Claim",
     "ClaimStatus",
+    "EventKind",
     "Item",
     "ItemKind",
     "Status",
@@ -291,3 +293,48 @@ class Item:
             "claimed_quantity": self.claimed_quantity,
             "claims": [c.to_json() for c in self.claims],
         }
+
+
+class EventKind(enum.StrEnum):
+    ITEM_ADDED = "item-added"
+    ITEM_CHANGED = "item-changed"  #: edited, fulfilled, withdrawn or reopened
+    ITEM_REMOVED = "item-removed"
+    CLAIM_ADDED = "claim-added"
+    CLAIM_CHANGED = "claim-changed"  #: e.g. cancelled
+    CLAIM_REMOVED = "claim-removed"
+    MEMBER_RENAMED = "member-renamed"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BoardEvent:
+    """Something that changed on a board, and who did it."""
+
+    kind: EventKind
+    author: str  #: hex author key of the member who made the change
+    author_name: str
+    item: Item | None = None  #: the item (for claim events: the claimed item, if known)
+    claim: Claim | None = None
+    previous: Item | Claim | None = None
+    local: bool = False  #: made on this node
+
+    def __str__(self) -> str:
+        who = self.author_name or f"member {self.author[:8]}"
+        item = self.item
+        what = f"{item.kind.value} {item.title!r}" if item is not None else "an item"
+        if self.kind is EventKind.ITEM_ADDED and item is not None:
+            qty = f" ({item.quantity} {item.unit})".replace(" )", ")") if item.quantity else ""
+            return f"{who} posted {what}{qty}"
+        if self.kind is EventKind.ITEM_CHANGED and item is not None:
+            old = self.previous
+            if isinstance(old, Item) and old.status is not item.status:
+                return f"{who} marked {what} {item.status.value}"
+            return f"{who} edited {what}"
+        if self.kind is EventKind.CLAIM_ADDED and self.claim is not None:
+            qty = f"{self.claim.quantity} of " if self.claim.quantity else ""
+            return f"{who} claimed {qty}{what}"
+        if self.kind is EventKind.CLAIM_CHANGED and self.claim is not None:
+            return f"{who} {self.claim.status.value} their claim on {what}"
+        if self.kind is EventKind.MEMBER_RENAMED:
+            return f"member {self.author[:8]} is now called {self.author_name!r}"
+        return f"{who}: {self.kind.value} {what}"

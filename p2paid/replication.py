@@ -41,7 +41,6 @@ from typing import Final, Protocol, final
 from .envelope import HEADER_BYTES
 from .errors import (
     EnvelopeError,
-    LocalProtocolError,
     MalformedEnvelopeError,
     OversizedEnvelopeError,
     RemoteProtocolError,
@@ -305,9 +304,10 @@ class SyncSession:
                 link.digest_key, not self._initiator, self._h)
             expected[ident] = link
         for index, entry in enumerate(hello.boards):
-            link = expected.get(entry.key)
-            if link is None or link.remote_index is not None:
+            found = expected.get(entry.key)
+            if found is None or found.remote_index is not None:
                 continue
+            link = found
             link.remote_index = index
             self._by_remote[index] = link
             if hmac.compare_digest(entry.digest, link.sent_digest):
@@ -394,6 +394,3 @@ class SyncSession:
                 break
         return batch
 
-
-def _unused() -> None:  # pragma: no cover - keeps LocalProtocolError in the module's vocabulary
-    raise LocalProtocolError("unreachable")

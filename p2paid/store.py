@@ -16,6 +16,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,12 +151,31 @@ class Database:
         except OSError as exc:
             raise StorageError(f"cannot use the data dir {self.data_dir}: {exc}") from exc
 
+    def _enable_wal(self) -> None:
+        """Switch to WAL, waiting out other processes that hold a lock meanwhile.
+
+        SQLite does not apply the busy timeout to a journal-mode change, so a
+        second process opening a new data dir at the same moment would fail at
+        once; retry for up to the busy timeout instead.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.005
+        while True:
+            try:
+                mode = self._con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        if mode != "wal":
+            raise StorageError(f"the store could not switch to WAL mode (got {mode})")
+
     def _configure(self) -> None:
         con = self._con
         con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise StorageError(f"the store could not switch to WAL mode (got {mode})")
+        self._enable_wal()
         con.execute("PRAGMA synchronous = FULL")
         con.execute("PRAGMA foreign_keys = ON")
         with self.write():
@@ -399,6 +419,11 @@ class Database:
             "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (board_id, author, seq, hash_, code, detail, data, now),
         )
+
+    def rejected_hashes(self, board_id: bytes, code: str) -> set[bytes]:
+        rows = self._query("SELECT hash FROM rejections WHERE board_id = ? AND code = ?",
+                           (board_id, code))
+        return {_bytes(h) for (h,) in rows}
 
     def rejections(self, board_id: bytes) -> list[tuple[bytes, int, str, str]]:
         rows = self._query(

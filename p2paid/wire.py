@@ -38,7 +38,9 @@ from .errors import (
 from .noise import MAX_MESSAGE_LEN, TAGLEN, HandshakeState, NoiseTransport
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
     "NEED_DATA",
+    "PROLOGUE",
     "Ack",
     "Close",
     "ConnectionClosed",
@@ -46,10 +48,8 @@ __all__ = [
     "HandshakeComplete",
     "Hello",
     "HelloBoard",
-    "MAX_MESSAGE_BYTES",
     "Message",
     "MessageReceived",
-    "PROLOGUE",
     "Ping",
     "Pong",
     "Refused",

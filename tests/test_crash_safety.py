@@ -13,12 +13,14 @@ write transaction or an fsync. Then it reopens the store and checks:
 * nothing was recorded as rejected (no fork of our own feed);
 * a new post still works and continues the feed at ``n + 1``.
 
+A third test kills a process in the middle of bundle imports (the receive path).
 The data dir is reused across kills, so the state (and any damage) accumulates.
 Seeds are printed in assertion messages; set ``P2PAID_CRASH_SEED`` to replay one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -89,6 +91,27 @@ CLI_DRIVER = textwrap.dedent(
 )
 
 
+#: The importer: imports the given bundles in order, printing each path once imported.
+IMPORTER = textwrap.dedent(
+    """
+    import sys
+    import p2paid
+
+    store = p2paid.open_store(sys.argv[1], create=False)
+    store.board().items()
+    sys.stdout.write("ready\\n")
+    sys.stdout.flush()
+    while True:
+        for path in sys.argv[2:]:
+            report = store.import_bundle(path)
+            if report.rejected:
+                sys.exit(f"{path}: {report.rejected} rejected")
+            sys.stdout.write(path + "\\n")
+            sys.stdout.flush()
+    """
+)
+
+
 @dataclass
 class CrashLog:
     """What the test knows across kills of one data dir."""
@@ -116,6 +139,10 @@ def _author_seqs(board: p2paid.Board) -> list[int]:
         for env in (Envelope.decode(raw) for raw in board.envelopes())
         if env.author == board.author
     ]
+
+
+def _author_seqs_of(board: p2paid.Board, author: bytes) -> list[int]:
+    return [e.seq for e in (Envelope.decode(r) for r in board.envelopes()) if e.author == author]
 
 
 def _check_store(data_dir: Path, log: CrashLog, context: str) -> None:
@@ -180,10 +207,8 @@ def _run_and_kill(
             assert time.monotonic() < deadline, f"{context}: writer too slow"
         time.sleep(delay)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=10)
     # Whatever the writer printed before it died was printed after a post returned.
     rest = proc.stdout.read()
@@ -246,3 +271,52 @@ def test_cli_writer_survives_sigkill(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "cli need r0 0" in done.stdout
+
+
+def test_bundle_import_survives_sigkill(tmp_path: Path) -> None:
+    """An importer killed at random moments while it applies ever larger bundles of a
+    peer's feed (150, 300, 450, 600 envelopes) keeps every
+    bundle it reported as imported, never holds a gap or a fork in the peer's feed, and
+    a later import completes the feed."""
+    seed = _seed()
+    rng = random.Random(seed)
+    data_dir = tmp_path / "node"
+    with p2paid.open_store(data_dir) as store:
+        invite = store.create_board(BOARD_NAME).invite()
+    bundles: list[Path] = []
+    sizes: dict[str, int] = {}
+    with p2paid.open_store(tmp_path / "peer") as peer:
+        board = peer.join(invite)
+        for step in range(4):
+            for i in range(150):
+                board.post_offer(f"peer offer {step}.{i}")
+            path = tmp_path / f"peer-{step}.p2paid"
+            sizes[str(path)] = peer.export_bundle(path)
+            bundles.append(path)
+        peer_author = bytes(board.author)
+    script = tmp_path / "importer.py"
+    script.write_text(IMPORTER)
+    log = CrashLog()
+    for round_ in range(4):
+        context = f"seed={seed} round={round_} (import)"
+        _run_and_kill(
+            [sys.executable, str(script), str(data_dir), *map(str, bundles)],
+            log, rng, min_ids=0, max_ids=3, max_delay=0.3, context=context,
+        )
+        with p2paid.open_store(data_dir, create=False) as store:
+            assert store.db.integrity_check() == [], context
+            board = store.board()
+            seqs = _author_seqs_of(board, peer_author)
+            assert sorted(seqs) == list(range(1, len(seqs) + 1)), context
+            assert len(seqs) >= max((sizes[p] for p in log.printed), default=0), context
+            assert board.version_vector().get(peer_author, 0) == len(seqs), context
+            assert len(board.items()) == len(seqs), context
+            assert store.db.rejections(board.id) == [], context
+    with p2paid.open_store(data_dir, create=False) as store:
+        report = store.import_bundle(bundles[-1])
+        assert report.rejected == 0
+        board = store.board()
+        assert len(board.items()) == 600
+        assert board.version_vector()[peer_author] == 600
+        board.post_need("still writable")
+        assert board.version_vector()[board.author] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def test_envelope_seal_and_open(v: dict[str, Any]) -> None:
 
 def test_feed_chain_links() -> None:
     feed = FEED["feed"]
-    for before, after in zip(feed, feed[1:], strict=False):
+    for before, after in itertools.pairwise(feed):
         assert after["prev"] == before["envelope_hash"]
 
 

@@ -42,6 +42,7 @@ from .ingest import ingest
 from .invite import BoardId, BoardKeys, Invite, derive_board_keys
 from .model import (
     DEFAULT_NEED_TTL_DAYS,
+    BoardEvent,
     Category,
     Claim,
     ClaimStatus,
@@ -123,6 +124,7 @@ class Board:
         self._held: dict[tuple[bytes, int], Envelope] = {}
         self._since_snapshot = 0
         self._careful = False
+        self._tracking = False
         self._refused_envelopes: set[bytes] = set()
 
     def __repr__(self) -> str:
@@ -148,6 +150,15 @@ class Board:
             self._load()
         assert self._doc is not None
         return self._doc
+
+    def track_events(self) -> None:
+        """Record a :class:`~p2paid.model.BoardEvent` for every change from now on."""
+        self._tracking = True
+        self.load().track_events()
+
+    def take_events(self) -> list[BoardEvent]:
+        """Events recorded since the last call (see :meth:`track_events`)."""
+        return [] if self._doc is None else self._doc.take_events()
 
     def load(self) -> BoardDocument:
         """Load the document now (otherwise it loads on first use); returns it."""
@@ -184,9 +195,13 @@ class Board:
             except Exception as exc:  # automerge raises bare Exception on a corrupt save
                 log.warning("board %s: snapshot unreadable (%s); rebuilding", self.name, exc)
         applied = [h for _, a, s, h in index if h is not None and s <= vector.get(a, 0)]
-        tail = [i for i, a, s, _ in index if s > vector.get(a, 0)]
+        # Envelopes never opened (no change hash) are applied again whatever the
+        # snapshot says: nothing may sit in a joined board unchecked.
+        tail = [i for i, a, s, h in index if s > vector.get(a, 0) or h is None]
         doc = BoardDocument(self.author, automerge_doc, applied, vector, sections)
         doc.careful = self._careful
+        if self._tracking:
+            doc.track_events()
         self._doc = doc
         self._heads = heads
         self._seen_id = max((i for i, _, _, _ in index), default=0)
@@ -251,6 +266,11 @@ class Board:
         header = check_change(env, change)
         validate_change(change)
         return header, change
+
+    @property
+    def seen_id(self) -> int:
+        """Arrival counter of the newest stored envelope of this board seen so far."""
+        return self._seen_id
 
     def refresh(self) -> list[ChangeHeader]:
         """Apply envelopes that other processes stored since we last looked."""

@@ -47,6 +47,8 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> in
         LocalProtocolError: a record is empty or larger than any envelope.
     """
     target = Path(path)
+    if not target.parent.is_dir():
+        raise FileNotFoundError(2, "the folder does not exist", str(target.parent))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
     count = 0

@@ -19,7 +19,7 @@ from .board import Board
 from .errors import AmbiguousIdError, NotFoundError, P2paidError, UsageError
 from .local import ImportReport, Store, default_data_dir, open_store
 from .model import Category, Item, Status, Urgency, now_ms
-from .render import item_csv, item_detail, item_table
+from .render import item_csv, item_detail, item_table, plural
 
 __all__ = ["main"]
 
@@ -83,7 +83,8 @@ def cmd_board_join(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"board": board.id.hex(), "name": board.name, "items": len(items)})
             return 0
-        print(f"joined board {board.name!r} ({board.id.hex()[:12]}); {len(items)} items so far")
+        count = plural(len(items), "item")
+        print(f"joined board {board.name!r} ({board.id.hex()[:12]}); {count} so far")
     return 0
 
 
@@ -106,11 +107,11 @@ def cmd_board_list(args: argparse.Namespace) -> int:
         if not rows:
             print("no boards joined yet")
         for r in rows:
-            print(f"{r['board'][:12]}  {r['name']}  ({r['needs']} needs, {r['offers']} offers, "
-                  f"{r['members']} members; you: {r['you'] or 'anonymous'}, "
+            counts = ", ".join(plural(r[k + "s"], k) for k in ("need", "offer", "member"))
+            print(f"{r['board'][:12]}  {r['name']}  ({counts}; you: {r['you'] or 'anonymous'}, "
                   f"key {r['author_fingerprint']})")
         for board_id, count in carried.items():
-            print(f"{board_id[:12]}  (carried for others, not joined: {count} envelopes)")
+            print(f"{board_id[:12]}  (carried for others, not joined: {plural(count, 'envelope')})")
     return 0
 
 
@@ -197,7 +198,7 @@ def cmd_unclaim(args: argparse.Namespace) -> int:
     with _store(args) as store:
         board, item = _find_item(store, args.board, args.id)
         cancelled = board.unclaim(item.id)
-        print(f"cancelled {len(cancelled)} claim(s) on {item.kind.value} {item.id[:8]}")
+        print(f"cancelled {plural(len(cancelled), 'claim')} on {item.kind.value} {item.id[:8]}")
     return 0
 
 
@@ -241,7 +242,7 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
                     raise
                 ids = carried
         count = store.export_bundle(args.file, ids)
-        print(f"wrote {count} envelopes to {args.file}")
+        print(f"wrote {plural(count, 'envelope')} to {args.file}")
     return 0
 
 
@@ -373,9 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     _board_opt(p)
 
     for kind in ("need", "offer"):
-        group = sub.add_parser(kind, help=f"post a {kind}")
+        article = "an" if kind == "offer" else "a"
+        group = sub.add_parser(kind, help=f"post {article} {kind}")
         gsub = group.add_subparsers(dest=f"{kind}_command", metavar="ACTION", required=True)
-        p = cmd("add", lambda a, k=kind: _post(a, k), f"post a {kind}", gsub, True)  # type: ignore[misc]
+        p = cmd("add", lambda a, k=kind: _post(a, k), f"post {article} {kind}", gsub, True)  # type: ignore[misc]
         p.add_argument("title", help="short title, e.g. 'Drinking water'")
         _item_fields(p, editing=False)
         if kind == "need":

@@ -10,13 +10,18 @@ from typing import Any
 
 from .model import Item, ItemKind
 
-__all__ = ["item_csv", "item_detail", "item_table", "when"]
+__all__ = ["item_csv", "item_detail", "item_table", "plural", "when"]
 
 _CSV_FIELDS = (
     "kind", "id", "title", "details", "category", "quantity", "unit", "claimed_quantity",
     "location", "urgency", "status", "expired", "author", "author_name", "created", "updated",
     "expires",
 )
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 need``, ``2 needs``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def when(ms: int | None) -> str:
@@ -98,5 +103,6 @@ def item_csv(items: Iterable[Item], now: int) -> str:
     writer.writeheader()
     for item in items:
         row: dict[str, Any] = item.to_json(now)
+        row["expired"] = "yes" if row["expired"] else "no"
         writer.writerow(row)
     return out.getvalue()

@@ -101,7 +101,10 @@ class Received:
 class Replica(Protocol):
     """The local side of replication: implemented by the node and by the relay."""
 
-    role: str  #: "node" or "relay"
+    @property
+    def role(self) -> str:
+        """ "node" or "relay"."""
+        ...
 
     def boards(self) -> Sequence[BoardAccess]: ...
 

@@ -328,6 +328,25 @@ class Database:
             raise StorageError(f"store write failed: {exc}") from exc
         return self.last_id()
 
+    def read_feed(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
+        """Envelopes ``after+1, after+2, ...`` of one author: at least one (if held), then
+        as many as fit in ``max_bytes``."""
+        out: list[bytes] = []
+        total = 0
+        cur = self._con.execute(
+            "SELECT data FROM envelopes WHERE board_id = ? AND author = ? AND seq > ? "
+            "ORDER BY seq", (board_id, author, after),
+        )
+        try:
+            for (data,) in cur:
+                if out and total + len(data) > max_bytes:
+                    break
+                out.append(bytes(data))
+                total += len(data)
+        finally:
+            cur.close()
+        return out
+
     def last_id(self) -> int:
         rows = self._query("SELECT MAX(id) FROM envelopes")
         return _int(rows[0][0] or 0)

@@ -397,7 +397,7 @@ class SecureChannel:
 
     # -------------------------------------------------------------- input
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes read from the socket; ``b""`` means the peer closed.
 
         Raises:

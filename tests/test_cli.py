@@ -198,7 +198,7 @@ def test_two_members_share_a_board_by_bundles(tmp_path: Path, env: dict[str, str
     assert a.ok("withdraw", need).strip() == f"need {need} is now withdrawn"
     b.fail("claim", offer, "--board", "nonexistent", needles=["nonexistent"])
 
-    assert b.ok("unclaim", need).strip() == f"cancelled 1 claim(s) on need {need}"
+    assert b.ok("unclaim", need).strip() == f"cancelled 1 claim on need {need}"
     assert b.json("show", need)["claims"] == []
     b.fail("unclaim", need, needles=["no active claim"])
     b.ok("bundle", "export", str(b_bundle))
@@ -267,13 +267,13 @@ def test_bundle_for_unjoined_board_is_carried_then_applied(
         "0 rejected")
     assert b.json("board", "list") == {"boards": [], "carried": {board_id: 1}}
     text = b.ok("board", "list")
-    assert f"{board_id[:12]}  (carried for others, not joined: 1 envelopes)" in text
+    assert f"{board_id[:12]}  (carried for others, not joined: 1 envelope)" in text
     assert "no boards joined yet" in b.ok("list")
     # B carries it on to C without being able to read it.
     relayed = tmp_path / "relayed.p2paid"
-    assert "wrote 1 envelopes" in b.ok("bundle", "export", str(relayed), "--board", board_id[:8])
+    assert "wrote 1 envelope" in b.ok("bundle", "export", str(relayed), "--board", board_id[:8])
 
-    assert "1 items so far" in b.ok("board", "join", created["invite"])
+    assert "1 item so far" in b.ok("board", "join", created["invite"])
     [item] = b.json("list")
     assert (item["title"], item["urgency"], item["board"]) == ("Insulin", "critical", board_id)
     assert b.json("board", "list")["carried"] == {}

@@ -12,8 +12,9 @@ says what it proves; together they check DESIGN.md "Ownership":
 * a hijacked root key (the one hole the rule leaves) is accepted but harmless,
   because readers address sections by object id, also after a save/load;
 * a change whose actor or seq differ from its envelope's is a ChangeMismatchError;
-* a change whose header is fine but whose body Automerge cannot apply must not
-  damage anyone's board (these tests currently FAIL: see their docstrings).
+* a change whose header is fine but whose body Automerge cannot apply, or which
+  reuses its author's op ids, must not damage anyone's board (see the docstrings
+  of those tests for what failed, and what still fails).
 """
 
 from __future__ import annotations
@@ -612,8 +613,9 @@ def test_change_whose_ops_do_not_decode_is_refused(world: World) -> None:
     """An envelope whose change Automerge cannot decode is refused and not stored
     (DESIGN: "Nothing invalid is stored").
 
-    Currently FAILS: parse_change/check_change read only the header, so the envelope
-    is accepted, stored, and reported as applied although Automerge never took it.
+    Failed up to 2f93c2e: parse_change/check_change read only the header, so the
+    envelope was accepted, stored, and reported as applied although Automerge never
+    took it. Passes since 8170265 (validate_change decodes the ops).
     """
     w = world
     env = _undecodable(w)
@@ -630,11 +632,11 @@ def test_change_whose_ops_do_not_decode_cannot_wipe_the_board(world: World) -> N
     """Whatever receive does with an undecodable change, every replica still shows A's
     need and stays writable after a restart.
 
-    Currently FAILS: the stored poison is replayed on load together with every other
-    change in ONE sync message (BoardDocument._apply_ready); automerge-py silently
-    drops the whole message, yet every change is marked applied. The reopened board
-    shows no items at all, and the next write raises a bare Exception ("id was not
-    an object id") from SectionWriter on A's section id.
+    Failed up to 2f93c2e: the stored poison was replayed on load together with every
+    other change in ONE sync message (BoardDocument._apply_ready); automerge-py
+    silently dropped the whole message, yet every change was marked applied. The
+    reopened board showed no items at all, and the next write raised a bare Exception
+    ("id was not an object id") from SectionWriter on A's section id.
     """
     w = world
     env = _undecodable(w)
@@ -652,11 +654,12 @@ def test_change_skipping_its_previous_seq_cannot_crash_receivers(world: World) -
     """B's seq k+1 depends on a hash nobody has (so it waits forever) and B's seq k+2
     does not depend on seq k+1. Receivers must neither crash nor lose A's need.
 
-    Currently FAILS: BoardDocument.add_changes releases seq k+2 as soon as its listed
-    deps are applied, without requiring B's seq k+1 first; Automerge then panics
-    (change_graph.rs "assertion left == right", a pyo3 PanicException, i.e. a
-    BaseException) inside Board.receive after the envelopes were stored, and again
-    on every later load of the board: one member bricks the board for everyone.
+    Failed up to 2f93c2e: BoardDocument.add_changes released seq k+2 as soon as its
+    listed deps were applied, without requiring B's seq k+1 first; Automerge then
+    panicked (change_graph.rs "assertion left == right", a pyo3 PanicException, i.e.
+    a BaseException) inside Board.receive after the envelopes were stored, and again
+    on every later load: one member bricked the board for everyone. Passes since
+    8170265 (seq-contiguous release).
     """
     w = world
     doc = Document(actor_id=w.b_id)
@@ -676,3 +679,35 @@ def test_change_skipping_its_previous_seq_cannot_crash_receivers(world: World) -
         w.reopen(name)
     assert_need_intact(w)
     assert_converged(w)
+
+
+def test_change_reusing_its_op_ids_keeps_the_board_exportable(world: World) -> None:
+    """B's next change, rewritten to start at op 1 (so its op ids collide with B's
+    first change's), must not leave a document that Automerge cannot load again.
+
+    Currently FAILS (8170265): the change passes every check (header, ops decode,
+    seq-contiguous release) and Automerge applies it in memory, but the saved form
+    (Board.export_automerge, and every snapshot) no longer loads: "error inflating
+    document chunk ops: max_op is lower than start_op". Exports promised to be
+    "readable by any Automerge implementation" are not, and each snapshot is
+    unreadable, so every open logs a warning and replays the whole board.
+    Fix: refuse a change whose start_op is not greater than the max op of each of
+    its deps (track start_op + op count per applied change; changeops already
+    counts the ops), or at least of its author's previous change.
+    """
+    w = world
+    doc = Document(actor_id=w.b_id)
+    doc.merge(Document.load(bytes(w.b.export_automerge())))
+    deps, actor, seq, _, time, message, rest = _chunk_parts(_b_own_change(w, doc, "x"))
+    colliding = _rechunk(deps, actor, seq, 1, time, message, rest)
+    env = seal_as_b(w, colliding)
+    for board in w.boards:
+        receive(board, [env.raw])
+    assert_need_intact(w)
+    assert_converged(w)
+    for board in w.boards:
+        try:
+            reloaded = Document.load(board.export_automerge())
+        except Exception as exc:
+            pytest.fail(f"the board's saved document no longer loads: {exc}")
+        assert sorted(bytes(h) for h in reloaded.get_heads()) == board.document.heads()

@@ -1,0 +1,56 @@
+"""The node's side of replication: a :class:`~p2paid.replication.Replica` over a store.
+
+Joined boards are offered to peers by tag and to relays by id. Envelopes from
+peers go through :meth:`Board.receive` (verify, store, apply); the store is the
+source for what peers lack. Callers learn what changed from ``changed_boards``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import final
+
+from .board import Board
+from .local import Store
+from .replication import BoardAccess, Received
+
+__all__ = ["StoreReplica"]
+
+@final
+class StoreReplica:
+    """Adapts a :class:`~p2paid.local.Store` to the replication protocol.
+
+    Args:
+        store: the node's store.
+    """
+
+    @property
+    def role(self) -> str:
+        return "node"
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._boards: dict[bytes, Board] = {}
+        #: boards whose local vector grew through :meth:`receive` since last taken
+        self.changed_boards: set[bytes] = set()
+
+    def board(self, board_id: bytes) -> Board:
+        board = self._boards.get(board_id)
+        if board is None:
+            board = self._boards[board_id] = self._store.board(board_id)
+        return board
+
+    def boards(self) -> Sequence[BoardAccess]:
+        return [BoardAccess(b.id, b.keys.tag_key) for b in self._store.boards()]
+
+    def vector(self, board_id: bytes) -> Mapping[bytes, int]:
+        return self.board(board_id).version_vector()
+
+    def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
+        return self._store.db.read_feed(board_id, author, after, max_bytes)
+
+    def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
+        report = self.board(board_id).receive(envelopes)
+        if report.accepted or report.applied:
+            self.changed_boards.add(board_id)
+        return Received(report.accepted, report.duplicates, [r.error for r in report.rejected])

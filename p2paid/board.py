@@ -17,7 +17,7 @@ from typing import Any, Final, final
 from automerge.core import Document
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .changes import ChangeHeader
+from .changes import ChangeHeader, parse_change
 from .document import (
     BoardDocument,
     DocumentBrokenError,
@@ -25,7 +25,7 @@ from .document import (
     new_item_id,
     validate_change,
 )
-from .envelope import Envelope, check_change, open_envelope, seal_envelope
+from .envelope import Envelope, check_change, check_header, open_envelope, seal_envelope
 from .errors import (
     AmbiguousIdError,
     EnvelopeError,
@@ -126,6 +126,7 @@ class Board:
         self._careful = False
         self._tracking = False
         self._refused_envelopes: set[bytes] = set()
+        self._refused_changes: set[bytes] = set()
 
     def __repr__(self) -> str:
         return f"<Board {self.name!r} {self.id.hex()[:12]}>"
@@ -185,20 +186,22 @@ class Board:
             index = db.change_index(self.id)
             heads = db.heads(self.id)
             self._refused_envelopes = db.rejected_hashes(self.id, InvalidChangeError.code)
+            self._refused_changes = db.refused_change_hashes(self.id)
         automerge_doc: Document | None = None
         vector: dict[bytes, int] = {}
         sections: dict[bytes, int] = {}
+        max_ops: dict[bytes, int] = {}
         if snap is not None:
             try:
                 automerge_doc = Document.load(snap.doc)
-                vector, sections = snap.vector, snap.sections
+                vector, sections, max_ops = snap.vector, snap.sections, snap.max_ops
             except Exception as exc:  # automerge raises bare Exception on a corrupt save
                 log.warning("board %s: snapshot unreadable (%s); rebuilding", self.name, exc)
         applied = [h for _, a, s, h in index if h is not None and s <= vector.get(a, 0)]
         # Envelopes never opened (no change hash) are applied again whatever the
         # snapshot says: nothing may sit in a joined board unchecked.
         tail = [i for i, a, s, h in index if s > vector.get(a, 0) or h is None]
-        doc = BoardDocument(self.author, automerge_doc, applied, vector, sections)
+        doc = BoardDocument(self.author, automerge_doc, applied, vector, sections, max_ops)
         doc.careful = self._careful
         if self._tracking:
             doc.track_events()
@@ -241,9 +244,11 @@ class Board:
                 log.warning("board %s: refusing change %d of %s: %s", self.name, header.seq,
                             fingerprint(header.actor), reason)
                 self._db.record_rejection(self.id, header.actor, header.seq, env_hash,
-                                          InvalidChangeError.code, reason, None, now)
+                                          InvalidChangeError.code, reason, None, now,
+                                          header.hash)
                 self._db.delete_feed_from(self.id, header.actor, header.seq)
                 self._refused_envelopes.add(env_hash)
+                self._refused_changes.add(header.hash)
             self._heads = self._db.heads(self.id)
 
     def _open_rows(self, rows: Iterable[EnvelopeRow]) -> list[tuple[ChangeHeader, bytes]]:
@@ -263,8 +268,16 @@ class Board:
         if env.hash in self._refused_envelopes:
             raise InvalidChangeError(f"seq {env.seq} was refused before: it cannot be applied")
         change = open_envelope(env, self._cipher)
-        header = check_change(env, change)
-        validate_change(change)
+        header = parse_change(change)
+        try:
+            if self._refused_changes.intersection(header.deps):
+                raise InvalidChangeError(f"seq {env.seq} depends on a refused change")
+            check_header(env, header)
+            validate_change(change)
+        except EnvelopeError as exc:
+            exc.change_hash = header.hash
+            self._refused_changes.add(header.hash)
+            raise
         return header, change
 
     @property
@@ -372,7 +385,8 @@ class Board:
         """Store the current document so the next open skips re-applying changes."""
         doc = self.document
         vector = dict(doc.applied_seq)
-        snap = SnapshotRow(doc.save(), vector, dict(doc.start_ops), sum(vector.values()))
+        snap = SnapshotRow(doc.save(), vector, dict(doc.start_ops), dict(doc.max_ops),
+                           sum(vector.values()))
         self._db.put_snapshot(self.id, snap, self._clock())
         self._since_snapshot = 0
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar, final
 
-from .changes import MAX_CHANGE_BYTES, _inflate, _Reader
+from .changes import MAX_CHANGE_BYTES, _inflate, _Reader, count_rle_values
 from .errors import ChangeMismatchError
 
 __all__ = ["ACTION_MAKE_MAP", "Op", "decode_ops"]
@@ -33,7 +33,6 @@ _ACTION: Final = 0x42
 _DEFLATE_BIT: Final = 0x08
 #: Automerge action code of "make a map".
 ACTION_MAKE_MAP: Final = 0
-_MAX_OPS: Final = 100_000
 
 _T = TypeVar("_T")
 
@@ -108,7 +107,7 @@ def decode_ops(chunk: bytes) -> list[Op]:
             except zlib.error as exc:
                 raise ChangeMismatchError("compressed column does not inflate") from exc
         columns[spec & ~_DEFLATE_BIT] = data
-    count = _count_ops(columns.get(_ACTION, b""))
+    count = count_rle_values(columns.get(_ACTION, b""))
     actors = _rle(columns.get(_OBJ_ACTOR, b""), _Reader.uleb, count)
     ctrs = _rle(columns.get(_OBJ_CTR, b""), _Reader.uleb, count)
     keys = _rle(columns.get(_KEY_STR, b""), _string, count)
@@ -120,23 +119,3 @@ def decode_ops(chunk: bytes) -> list[Op]:
         action = actions[i]
         ops.append(Op(start_op + i, obj, keys[i], -1 if action is None else action))
     return ops
-
-
-def _count_ops(action_column: bytes) -> int:
-    """Every op has an action, so the action column's length is the op count."""
-    r = _Reader(action_column)
-    count = 0
-    while r.pos < len(action_column):
-        n = r.sleb()
-        if n > 0:
-            r.uleb()
-            count += n
-        elif n < 0:
-            for _ in range(-n):
-                r.uleb()
-            count -= n
-        else:
-            count += r.uleb()
-        if count > _MAX_OPS:
-            raise ChangeMismatchError("change has too many ops")
-    return count

@@ -13,6 +13,9 @@ is raw DEFLATE of the type-1 body. The type-1 body starts with::
     time:          sLEB (ms since the epoch)
     message:       uLEB length, UTF-8 bytes
     other actors:  uLEB count, then count x (uLEB length, bytes)
+    columns:       uLEB count, then count x (uLEB spec, uLEB length), then the data
+
+The op count is the number of values in the action column (spec 0x42).
 
 The change hash is SHA-256 over ``type(1)=1 || uLEB(len(body)) || body``.
 """
@@ -93,6 +96,12 @@ class ChangeHeader:
     start_op: int
     time: int
     other_actors: tuple[bytes, ...]
+    op_count: int
+
+    @property
+    def max_op(self) -> int:
+        """Counter of the change's last op (``start_op - 1`` if it has none)."""
+        return self.start_op + self.op_count - 1
 
 
 def _inflate(compressed: bytes) -> bytes:
@@ -168,4 +177,49 @@ def parse_change(chunk: bytes) -> ChangeHeader:
         if size > _MAX_ACTOR_BYTES:
             raise ChangeMismatchError("change actor id too long")
         others.append(r.take(size))
-    return ChangeHeader(digest, deps, actor, seq, start_op, time, tuple(others))
+    return ChangeHeader(digest, deps, actor, seq, start_op, time, tuple(others), _op_count(r))
+
+
+_ACTION_COLUMN = 0x42
+_DEFLATE_BIT = 0x08
+_MAX_OPS = 100_000
+_MAX_COLUMNS = 64
+
+
+def _op_count(r: _Reader) -> int:
+    """Ops in the change: every op has an action, so count the action column's values."""
+    n_columns = r.uleb()
+    if n_columns > _MAX_COLUMNS:
+        raise ChangeMismatchError("change has too many columns")
+    specs = [(r.uleb(), r.uleb()) for _ in range(n_columns)]
+    for spec, length in specs:
+        data = r.take(length)
+        if spec & ~_DEFLATE_BIT == _ACTION_COLUMN:
+            if spec & _DEFLATE_BIT:
+                inflater = zlib.decompressobj(-15)
+                try:
+                    data = inflater.decompress(data, MAX_CHANGE_BYTES)
+                except zlib.error as exc:
+                    raise ChangeMismatchError("action column does not inflate") from exc
+            return count_rle_values(data)
+    return 0
+
+
+def count_rle_values(column: bytes) -> int:
+    """Number of values (nulls included) in a run-length encoded uLEB column."""
+    r = _Reader(column)
+    count = 0
+    while r.pos < len(column):
+        n = r.sleb()
+        if n > 0:
+            r.uleb()
+            count += n
+        elif n < 0:
+            for _ in range(-n):
+                r.uleb()
+            count -= n
+        else:
+            count += r.uleb()
+        if count > _MAX_OPS:
+            raise ChangeMismatchError("change has too many ops")
+    return count

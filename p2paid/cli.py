@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .board import Board
+from .cli_node import add_node_commands
 from .errors import AmbiguousIdError, NotFoundError, P2paidError, UsageError
 from .local import ImportReport, Store, default_data_dir, open_store
 from .model import Category, Item, Status, Urgency, now_ms
@@ -344,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cmd(name: str, handler: Handler, help_text: str, parent: Any = sub,
             json_opt: bool = False) -> argparse.ArgumentParser:
+        """Add a subcommand whose help and description say what it does."""
         p: argparse.ArgumentParser = parent.add_parser(name, help=help_text,
                                                        description=help_text)
         p.set_defaults(handler=handler)
@@ -433,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "csv", "automerge"], default="json")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
     _board_opt(p)
+
+    add_node_commands(sub, cmd)
 
     p = cmd("bench", cmd_bench, "measure this machine: apply, open and post figures", json_opt=True)
     p.add_argument("--quick", action="store_true", help="smaller workload (1,000 changes)")

@@ -173,6 +173,7 @@ class BoardDocument:
         applied: hashes of every change ``doc`` holds.
         vector: ``author -> highest seq`` that ``doc`` holds.
         sections: ``author -> start_op`` of each known section's creating op.
+        max_ops: ``author -> max_op`` of the author's newest change in ``doc``.
     """
 
     def __init__(
@@ -182,6 +183,7 @@ class BoardDocument:
         applied: Iterable[bytes] = (),
         vector: Mapping[bytes, int] | None = None,
         sections: Mapping[bytes, int] | None = None,
+        max_ops: Mapping[bytes, int] | None = None,
     ) -> None:
         self.author = author
         self._doc = doc if doc is not None else Document(actor_id=author)
@@ -192,6 +194,7 @@ class BoardDocument:
         self._waiting: defaultdict[bytes, list[bytes]] = defaultdict(list)
         self.start_ops: dict[bytes, int] = dict(sections or {})
         self.applied_seq: dict[bytes, int] = dict(vector or {})
+        self.max_ops: dict[bytes, int] = dict(max_ops or {})
         self.view = ReadModel(self._doc, self.start_ops)
         self._heads = self._current_heads()
         self._refused: list[tuple[ChangeHeader, str]] = []
@@ -227,6 +230,7 @@ class BoardDocument:
         ready: list[tuple[ChangeHeader, bytes]] = []
         ready_hashes: set[bytes] = set()
         ready_seq: dict[bytes, int] = {}
+        ready_max: dict[bytes, int] = {}
         queue = list(changes)
         queue.reverse()
         applied = self._applied
@@ -245,9 +249,16 @@ class BoardDocument:
                     self._hold(header, data, missing)
                 continue
             self._pending.pop(h, None)
+            if header.start_op <= ready_max.get(header.actor,
+                                                 self.max_ops.get(header.actor, 0)):
+                # Reusing op ids breaks every later save/load of the document.
+                self._refused.append((header, "it reuses op ids of its author"))
+                self._bad_seq.add((header.actor, header.seq))
+                continue
             ready.append((header, data))
             ready_hashes.add(h)
             ready_seq[header.actor] = header.seq
+            ready_max[header.actor] = header.max_op
             for key in (h, _seq_key(header.actor, header.seq)):
                 for waiter in reversed(self._waiting.pop(key, ())):
                     held = self._pending.pop(waiter, None)
@@ -350,6 +361,7 @@ class BoardDocument:
     def _note_applied(self, header: ChangeHeader) -> None:
         self._applied.add(header.hash)
         self.applied_seq[header.actor] = header.seq
+        self.max_ops[header.actor] = header.max_op
         if header.seq == 1:
             self.start_ops.setdefault(header.actor, header.start_op)
 

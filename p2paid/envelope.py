@@ -46,6 +46,7 @@ __all__ = [
     "ZERO_HASH",
     "Envelope",
     "check_change",
+    "check_header",
     "open_envelope",
     "seal_envelope",
 ]
@@ -183,7 +184,11 @@ def check_change(envelope: Envelope, change: bytes) -> ChangeHeader:
         ChangeMismatchError: malformed, or its actor or seq differ from the envelope's.
         OwnershipError: its actor table names another member (it would touch their objects).
     """
-    header = parse_change(change)
+    return check_header(envelope, parse_change(change))
+
+
+def check_header(envelope: Envelope, header: ChangeHeader) -> ChangeHeader:
+    """:func:`check_change` on an already parsed header."""
     if header.actor != envelope.author:
         raise ChangeMismatchError("change actor differs from the envelope's author")
     if header.seq != envelope.seq:

@@ -138,6 +138,8 @@ class EnvelopeError(RemoteProtocolError):
 
     code = "invalid-envelope"
     default_reason = "invalid-envelope"
+    #: hash of the refused Automerge change, when it was decrypted
+    change_hash: bytes | None = None
 
 
 class MalformedEnvelopeError(EnvelopeError, DecodeError):

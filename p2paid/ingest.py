@@ -120,5 +120,6 @@ def _record(db: Database, board_id: bytes, rejected: list[Rejection]) -> None:
         db.record_rejection(
             board_id, env.author, env.seq, env.hash, rejection.error.code,
             str(rejection.error), env.raw if isinstance(rejection.error, ForkError) else None, now,
+            rejection.error.change_hash,
         )
         recorded += 1

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     doc      BLOB NOT NULL,
     vector   BLOB NOT NULL,
     sections BLOB NOT NULL,
+    max_ops  BLOB NOT NULL,
     changes  INTEGER NOT NULL,
     saved_at INTEGER NOT NULL
 );
@@ -73,6 +74,7 @@ CREATE TABLE IF NOT EXISTS rejections (
     code     TEXT NOT NULL,
     detail   TEXT NOT NULL,
     data     BLOB,
+    change_hash BLOB,
     at       INTEGER NOT NULL,
     PRIMARY KEY (board_id, author, seq, hash)
 );
@@ -106,6 +108,7 @@ class SnapshotRow:
     doc: bytes
     vector: dict[bytes, int]
     sections: dict[bytes, int]
+    max_ops: dict[bytes, int]
     changes: int
 
 
@@ -407,37 +410,44 @@ class Database:
 
     def snapshot(self, board_id: bytes) -> SnapshotRow | None:
         rows = self._query(
-            "SELECT doc, vector, sections, changes FROM snapshots WHERE board_id = ?", (board_id,)
+            "SELECT doc, vector, sections, max_ops, changes FROM snapshots WHERE board_id = ?",
+            (board_id,),
         )
         if not rows:
             return None
-        doc, vector, sections, changes = rows[0]
-        return SnapshotRow(
-            _bytes(doc), _unpack(vector, dict), _unpack(sections, dict), _int(changes)
-        )
+        doc, vector, sections, max_ops, changes = rows[0]
+        return SnapshotRow(_bytes(doc), _unpack(vector, dict), _unpack(sections, dict),
+                           _unpack(max_ops, dict), _int(changes))
 
     def put_snapshot(self, board_id: bytes, snap: SnapshotRow, now: int) -> None:
         """Store a snapshot unless the stored one already covers more changes."""
         with self.write():
             self._exec(
-                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (board_id) DO "
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (board_id) DO "
                 "UPDATE SET doc = excluded.doc, vector = excluded.vector, "
-                "sections = excluded.sections, changes = excluded.changes, "
-                "saved_at = excluded.saved_at WHERE excluded.changes > snapshots.changes",
+                "sections = excluded.sections, max_ops = excluded.max_ops, "
+                "changes = excluded.changes, saved_at = excluded.saved_at "
+                "WHERE excluded.changes > snapshots.changes",
                 (board_id, snap.doc, msgpack.packb(snap.vector), msgpack.packb(snap.sections),
-                 snap.changes, now),
+                 msgpack.packb(snap.max_ops), snap.changes, now),
             )
 
     # ------------------------------------------------------------------ rejections
 
     def record_rejection(
         self, board_id: bytes, author: bytes, seq: int, hash_: bytes, code: str, detail: str,
-        data: bytes | None, now: int,
+        data: bytes | None, now: int, change_hash: bytes | None = None,
     ) -> None:
         self._exec(
-            "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (board_id, author, seq, hash_, code, detail, data, now),
+            "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (board_id, author, seq, hash_, code, detail, data, change_hash, now),
         )
+
+    def refused_change_hashes(self, board_id: bytes) -> set[bytes]:
+        """Hashes of Automerge changes refused on this board (dependents are refused too)."""
+        rows = self._query("SELECT change_hash FROM rejections WHERE board_id = ? "
+                           "AND change_hash IS NOT NULL", (board_id,))
+        return {_bytes(h) for (h,) in rows}
 
     def rejected_hashes(self, board_id: bytes, code: str) -> set[bytes]:
         rows = self._query("SELECT hash FROM rejections WHERE board_id = ? AND code = ?",

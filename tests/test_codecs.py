@@ -373,7 +373,7 @@ def test_size_cap_boundary() -> None:
 def test_compressed_chunk_with_trailing_or_truncated_deflate() -> None:
     """Deflate data with bytes after its end, or cut before its end, is refused
     (checksum correct, so only the deflate framing is wrong)."""
-    body = _body_header(os.urandom(32)) + b"ops" * 100
+    body = _body_header(os.urandom(32)) + b"\x00" + b"extra" * 100  # no columns, extra bytes
     check = hashlib.sha256(b"\x01" + uleb(len(body)) + body).digest()[:4]
     co = zlib.compressobj(9, zlib.DEFLATED, -15)
     payload = co.compress(body) + co.flush()

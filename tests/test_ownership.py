@@ -42,6 +42,7 @@ from p2paid.errors import (
     ChainError,
     ChangeMismatchError,
     EnvelopeError,
+    InvalidChangeError,
     OwnershipError,
 )
 
@@ -297,8 +298,8 @@ def test_what_builds_on_a_refused_change_is_refused(world: World, name: str) -> 
     * chained to it and offered with it: ChainError;
     * chained to it and offered alone: held as a gap, then ChainError once B's honest
       feed moves on;
-    * chained to the stored head but depending on it through Automerge deps: stored,
-      yet never applied, so it never shows (and replicas still agree).
+    * chained to the stored head but depending on it through Automerge deps: refused
+      too (InvalidChangeError), never stored, so it never shows (and replicas agree).
     """
     w = world
     attacker, _, refused = _malicious(w, ATTACKS[name])
@@ -353,8 +354,10 @@ def test_what_builds_on_a_refused_change_is_refused(world: World, name: str) -> 
     before = [state(b) for b in w.boards]
     for board, old in zip(w.boards, before, strict=True):
         report = receive(board, [sneaky.raw])
-        assert not report.applied
-        assert board.document.pending_count == 1
+        assert not report.applied and report.accepted == 0
+        assert [type(r.error) for r in report.rejected] == [InvalidChangeError]
+        assert board.version_vector()[w.b_id] == b_seq + 1
+        assert board.document.pending_count == 0
         assert board.document.heads() == old[0]
         titles = [i.title for i in board.items()]
         assert "depends on the refused one" not in titles
@@ -602,9 +605,22 @@ def _undecodable(w: World) -> Envelope:
     doc = Document(actor_id=w.b_id)
     doc.merge(Document.load(bytes(w.b.export_automerge())))
     deps, actor, seq, start_op, time, message, rest = _chunk_parts(_b_own_change(w, doc, "x"))
-    n_other, ops_at = _uleb_at(rest, 0)
+    n_other, pos = _uleb_at(rest, 0)
     assert n_other == 0
-    poison = _rechunk(deps, actor, seq, start_op, time, message, rest[:ops_at] + b"\xff" * 20)
+    # Keep the column layout and the action column (so the op count parses), and
+    # turn every other column's data into bytes no LEB128 decoder accepts.
+    n_cols, pos = _uleb_at(rest, pos)
+    specs = []
+    for _ in range(n_cols):
+        spec, pos = _uleb_at(rest, pos)
+        length, pos = _uleb_at(rest, pos)
+        specs.append((spec, length))
+    data, cursor = bytearray(rest[pos:]), 0
+    for spec, length in specs:
+        if spec != 0x42:
+            data[cursor : cursor + length] = b"\xff" * length
+        cursor += length
+    poison = _rechunk(deps, actor, seq, start_op, time, message, rest[:pos] + bytes(data))
     assert parse_change(poison).other_actors == ()
     return seal_as_b(w, poison)
 

@@ -1,0 +1,301 @@
+"""Helpers for the multi-node and hostile-peer tests: run nodes, compare boards, and
+drive a peer by hand over a real TCP stream.
+
+Every address is 127.0.0.1 and every listener is on port 0. Long-running helpers
+start through ``nursery.start`` so a test only proceeds once a node is listening.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2paid.asyncboard import AsyncBoard
+from p2paid.board import Board
+from p2paid.errors import RemoteProtocolError
+from p2paid.identity import NodeKey
+from p2paid.local import open_store
+from p2paid.node import Node, open_node
+from p2paid.replication import SyncSession
+from p2paid.wire import (
+    NEED_DATA,
+    Close,
+    ConnectionClosed,
+    HandshakeComplete,
+    Message,
+    MessageReceived,
+    SecureChannel,
+)
+
+__all__ = [
+    "LOCALHOST",
+    "HandPeer",
+    "RunningNode",
+    "board_state",
+    "rss_bytes",
+    "start_node",
+    "wait_until",
+]
+
+LOCALHOST = "127.0.0.1"
+#: A fixed "now" so that item JSON (which includes "expired") compares across nodes.
+FIXED_NOW = 2_000_000_000_000
+
+
+@dataclass
+class RunningNode:
+    """A node running in a test's nursery until :meth:`stop`."""
+
+    node: Node
+    data_dir: Path
+    _scope: trio.CancelScope
+    _done: trio.Event
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.node.listen_address is not None
+        return self.node.listen_address
+
+    async def stop(self) -> None:
+        """Leave the node's ``async with`` (closes its connections and its store)."""
+        self._scope.cancel()
+        await self._done.wait()
+
+
+async def _run_node(
+    data_dir: Path,
+    kwargs: dict[str, Any],
+    task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    done = trio.Event()
+    try:
+        with trio.CancelScope() as scope:
+            async with open_node(data_dir, **kwargs) as node:
+                task_status.started(RunningNode(node, data_dir, scope, done))
+                await trio.sleep_forever()
+    finally:
+        done.set()
+
+
+async def start_node(
+    nursery: trio.Nursery,
+    data_dir: Path,
+    *,
+    peers: Iterable[tuple[str, int]] = (),
+    listen: bool = True,
+    **kwargs: Any,
+) -> RunningNode:
+    """Start a node on 127.0.0.1, port 0, mDNS off; returns once it is listening."""
+    options: dict[str, Any] = {
+        "listen": (LOCALHOST, 0) if listen else None,
+        "mdns": False,
+        "peers": list(peers),
+        **kwargs,
+    }
+    running: RunningNode = await nursery.start(_run_node, data_dir, options)
+    return running
+
+
+async def wait_until(predicate: Callable[[], bool], interval: float = 0.01) -> None:
+    """Poll ``predicate`` until it holds (callers wrap this in ``fail_after``)."""
+    while not predicate():
+        await trio.sleep(interval)
+
+
+def board_state(board: Board | AsyncBoard) -> tuple[str, dict[str, int]]:
+    """(items as canonical JSON, version vector as hex) of one replica of a board."""
+    inner = board.board if isinstance(board, AsyncBoard) else board
+    items = json.dumps([i.to_json(FIXED_NOW) for i in inner.items()], sort_keys=True)
+    vector = {a.hex(): s for a, s in inner.version_vector().items()}
+    return items, vector
+
+
+def make_member(data_dir: Path, invite: str | None, name: str, board: str = "Aid") -> str:
+    """Prepare a data dir offline: create ``board`` (invite None) or join it; returns
+    the invite. Done before the node starts, so no reconnect is needed."""
+    with open_store(data_dir) as store:
+        if invite is None:
+            return store.create_board(board, display_name=name).invite()
+        store.join(invite, display_name=name)
+        return invite
+
+
+def titles(board: Board | AsyncBoard) -> set[str]:
+    return {i.title for i in board.items()}
+
+
+def stored_envelopes(data_dir: Path, board_id: bytes) -> dict[tuple[bytes, int], bytes]:
+    """``(author, seq) -> raw envelope`` as a freshly opened store sees them."""
+    from p2paid.envelope import Envelope
+
+    with open_store(data_dir, create=False) as store:
+        out = {}
+        for raw in store.db.envelopes(board_id):
+            env = Envelope.decode(raw)
+            out[(env.author, env.seq)] = raw
+        return out
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")  # pragma: no cover
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def python() -> str:
+    return sys.executable
+
+
+# ---------------------------------------------------------------------- a peer by hand
+
+
+class PeerClosed(Exception):
+    """The node closed the hand-driven connection (``reason`` from its Close, if any)."""
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class HandPeer:
+    """One connection to a node, driven by the test: the attacker's (or a scripted
+    honest peer's) side, using the library's own :class:`SecureChannel`."""
+
+    def __init__(self, stream: trio.SocketStream, channel: SecureChannel) -> None:
+        self.stream = stream
+        self.channel = channel
+        self.received: list[Message] = []
+        self.close_reason: str | None = None
+        self.eof = False
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int], key: NodeKey | None = None) -> HandPeer:
+        """Dial and complete the Noise handshake as initiator."""
+        stream = await trio.open_tcp_stream(*address)
+        channel = SecureChannel(True, (key or NodeKey.generate()).private)
+        peer = cls(stream, channel)
+        while True:
+            out = channel.data_to_send()
+            if out:
+                await stream.send_all(out)
+            event = channel.next_event()
+            if isinstance(event, HandshakeComplete):
+                out = channel.data_to_send()  # the initiator's third message
+                if out:
+                    await stream.send_all(out)
+                return peer
+            assert event is NEED_DATA
+            data = await stream.receive_some(65536)
+            if not data:
+                raise PeerClosed(None)
+            channel.receive_data(data)
+
+    @property
+    def handshake_hash(self) -> bytes:
+        assert self.channel.handshake_hash is not None
+        return self.channel.handshake_hash
+
+    async def send(self, *messages: Message) -> None:
+        for message in messages:
+            self.channel.send(message)
+        await self.stream.send_all(self.channel.data_to_send())
+
+    def frame_plaintext(self, plaintext: bytes) -> bytes:
+        """Encrypt arbitrary plaintext as transport frames (bypassing the message
+        encoder), to inject malformed messages inside valid Noise frames."""
+        transport = self.channel._transport  # test reaches in: no public raw-plaintext API
+        assert transport is not None
+        out = bytearray()
+        for start in range(0, len(plaintext), 65535 - 16):
+            ct = transport.encrypt(plaintext[start : start + 65535 - 16])
+            out += len(ct).to_bytes(2, "big") + ct
+        return bytes(out)
+
+    async def send_plaintext(self, plaintext: bytes) -> None:
+        await self.stream.send_all(self.frame_plaintext(plaintext))
+
+    async def receive(self) -> list[Message]:
+        """Read once and return the messages decoded (raise PeerClosed at the end)."""
+        if self.eof:
+            raise PeerClosed(self.close_reason)
+        try:
+            data = await self.stream.receive_some(256 * 1024)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        try:
+            self.channel.receive_data(data)
+        except RemoteProtocolError:
+            data = b""  # the node cut the stream mid-frame: closed all the same
+        got: list[Message] = []
+        while True:
+            event = self.channel.next_event()
+            if event is NEED_DATA or isinstance(event, ConnectionClosed):
+                break
+            assert isinstance(event, MessageReceived)
+            got.append(event.message)
+            if isinstance(event.message, Close):
+                self.close_reason = event.message.reason
+        self.received.extend(got)
+        if not data:
+            self.eof = True
+            if not got:
+                raise PeerClosed(self.close_reason)
+        return got
+
+    async def wait_closed(self) -> str | None:
+        """Read (discarding) until the node closes; the reason it gave, if any."""
+        while True:
+            try:
+                await self.receive()
+            except PeerClosed as exc:
+                return exc.reason
+
+    async def run_session(self, session: SyncSession, until: Callable[[], bool]) -> None:
+        """Answer the node's messages with ``session`` until ``until()`` holds."""
+        while not until():
+            for message in await self.receive():
+                replies = session.handle(message)
+                if replies:
+                    await self.send(*replies)
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self.stream.aclose()
+
+
+async def raw_connect(address: tuple[str, int]) -> trio.SocketStream:
+    return await trio.open_tcp_stream(*address)
+
+
+async def wait_raw_closed(stream: trio.SocketStream) -> bytes:
+    """Read until the node closes a raw TCP stream; returns everything it sent."""
+    got = bytearray()
+    while True:
+        try:
+            data = await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            return bytes(got)
+        if not data:
+            return bytes(got)
+        got += data
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]

@@ -7,6 +7,7 @@ network. See README.md for a tour and ``protocol/SPEC.md`` for the wire format.
 
 from __future__ import annotations
 
+from .asyncboard import AsyncBoard as AsyncBoard
 from .board import Board as Board
 from .board import ReceiveReport as ReceiveReport
 from .errors import AmbiguousIdError as AmbiguousIdError
@@ -25,32 +26,42 @@ from .local import ImportReport as ImportReport
 from .local import Store as Store
 from .local import default_data_dir as default_data_dir
 from .local import open_store as open_store
+from .model import BoardEvent as BoardEvent
 from .model import Category as Category
 from .model import Claim as Claim
 from .model import ClaimStatus as ClaimStatus
+from .model import EventKind as EventKind
 from .model import Item as Item
 from .model import ItemKind as ItemKind
 from .model import Status as Status
 from .model import Urgency as Urgency
+from .node import Node as Node
+from .node import PeerInfo as PeerInfo
+from .node import open_node as open_node
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousIdError",
+    "AsyncBoard",
     "Board",
+    "BoardEvent",
     "BundleError",
     "Category",
     "Claim",
     "ClaimStatus",
     "EnvelopeError",
+    "EventKind",
     "ImportReport",
     "Invite",
     "InviteError",
     "Item",
     "ItemKind",
     "LocalProtocolError",
+    "Node",
     "NotFoundError",
     "P2paidError",
+    "PeerInfo",
     "ReceiveReport",
     "RemoteProtocolError",
     "Status",
@@ -60,5 +71,6 @@ __all__ = [
     "UsageError",
     "ValidationError",
     "default_data_dir",
+    "open_node",
     "open_store",
 ]

@@ -9,8 +9,9 @@ Remote envelopes (a bundle, a peer) go through :meth:`Board.receive`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, final
 
@@ -23,7 +24,6 @@ from .document import (
     DocumentBrokenError,
     SectionWriter,
     new_item_id,
-    validate_change,
 )
 from .envelope import Envelope, check_change, check_header, open_envelope, seal_envelope
 from .errors import (
@@ -38,7 +38,7 @@ from .errors import (
 )
 from .feed import EMPTY_HEAD, FeedHead, Rejection
 from .identity import AuthorId, AuthorKey, fingerprint
-from .ingest import ingest
+from .ingest import Accepted, ingest
 from .invite import BoardId, BoardKeys, Invite, derive_board_keys
 from .model import (
     DEFAULT_NEED_TTL_DAYS,
@@ -98,6 +98,11 @@ class ReceiveReport:
 _UNSET: Any = object()
 
 
+def _unless(value: str, default: str) -> str | None:
+    """None (not written) when ``value`` is the readers' default."""
+    return None if value == default else value
+
+
 @final
 class Board:
     """One joined board. Obtain it from :meth:`p2paid.Store.board`; do not construct it.
@@ -124,9 +129,11 @@ class Board:
         self._held: dict[tuple[bytes, int], Envelope] = {}
         self._since_snapshot = 0
         self._careful = False
+        self._grouped = False
         self._tracking = False
         self._refused_envelopes: set[bytes] = set()
         self._refused_changes: set[bytes] = set()
+        self._purged: list[tuple[ChangeHeader, str]] = []
 
     def __repr__(self) -> str:
         return f"<Board {self.name!r} {self.id.hex()[:12]}>"
@@ -249,6 +256,7 @@ class Board:
                 self._db.delete_feed_from(self.id, header.actor, header.seq)
                 self._refused_envelopes.add(env_hash)
                 self._refused_changes.add(header.hash)
+                self._purged.append((header, reason))
             self._heads = self._db.heads(self.id)
 
     def _open_rows(self, rows: Iterable[EnvelopeRow]) -> list[tuple[ChangeHeader, bytes]]:
@@ -273,7 +281,6 @@ class Board:
             if self._refused_changes.intersection(header.deps):
                 raise InvalidChangeError(f"seq {env.seq} depends on a refused change")
             check_header(env, header)
-            validate_change(change)
         except EnvelopeError as exc:
             exc.change_hash = header.hash
             self._refused_changes.add(header.hash)
@@ -371,11 +378,26 @@ class Board:
         report.held = len(self._held)
         report.rejected.extend(result.rejected)
         changes = [(a.header, a.change) for a in result.accepted if a.header and a.change]
+        self._purged.clear()
         report.applied = self._apply_guarded(changes)
+        self._report_purged(report, result.accepted)
         self._since_snapshot += len(report.applied)
         if self._since_snapshot >= SNAPSHOT_EVERY:
             self.save_snapshot()
         return report
+
+    def _report_purged(self, report: ReceiveReport, accepted: Iterable[Accepted]) -> None:
+        """Envelopes stored, then refused by Automerge, count as rejected after all."""
+        if not self._purged:
+            return
+        by_address = {(a.envelope.author, a.envelope.seq): a.envelope for a in accepted}
+        for header, reason in self._purged:
+            env = by_address.get((header.actor, header.seq))
+            if env is not None:
+                report.accepted -= 1
+                error = InvalidChangeError(f"seq {header.seq}: {reason}")
+                error.change_hash = header.hash
+                report.rejected.append(Rejection(env, error))
 
     def envelopes(self) -> Iterable[bytes]:
         """Every stored envelope of this board, per author in seq order."""
@@ -467,13 +489,32 @@ class Board:
 
     # ------------------------------------------------------------------ writing
 
+    @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """Make every write inside one durable transaction (one commit, one fsync).
+
+        Each write still becomes its own envelope. If the commit fails, none of
+        them happened (the document is reloaded from the store).
+        """
+        try:
+            with self._db.write():
+                self._catch_up()
+                self._grouped = True
+                yield
+        except BaseException:
+            self._doc = None
+            raise
+        finally:
+            self._grouped = False
+
     def _write(self, edit: Callable[[SectionWriter], None]) -> Envelope | None:
         """Make one change durable as the next envelope of our feed (None: no change)."""
         doc = self.document
         changed = False
         try:
             with self._db.write():
-                self._catch_up()
+                if not self._grouped:  # a group caught up once, under the same lock
+                    self._catch_up()
                 head = self._heads.get(self.author, EMPTY_HEAD)
                 written = doc.write(edit)
                 if written is None:
@@ -548,10 +589,9 @@ class Board:
             "quantity": clean_quantity(quantity),
             "unit": clean_text(unit, "unit"),
             "location": clean_text(location, "location"),
-            "urgency": clean_enum(Urgency, urgency, "urgency").value,
-            "status": Status.OPEN.value,
+            # "normal" urgency and "open" status are the readers' defaults: not written
+            "urgency": _unless(clean_enum(Urgency, urgency, "urgency").value, "normal"),
             "created": now,
-            "updated": now,
             "expires": None if expires_in_days is None else now + clean_ttl_days(expires_in_days),
         }
         item_id = new_item_id()
@@ -653,7 +693,6 @@ class Board:
             "note": clean_text(note, "note"),
             "status": ClaimStatus.ACTIVE.value,
             "created": now,
-            "updated": now,
         }
         self._write(lambda w: w.put_claim(claim_id, fields))
         return self.document.section(self.author).claims[claim_id]

@@ -48,8 +48,12 @@ class _Reader:
         self.pos = 0
 
     def uleb(self) -> int:
-        result = shift = 0
         data = self.data
+        pos = self.pos
+        if pos < len(data) and data[pos] < 0x80:  # fast path: one-byte number
+            self.pos = pos + 1
+            return data[pos]
+        result = shift = 0
         while True:
             if self.pos >= len(data) or shift > 63:
                 raise ChangeMismatchError("change header: bad LEB128 number")

@@ -188,7 +188,7 @@ class Claim:
             note=clean_text(f.get("note", ""), "note"),
             status=clean_enum(ClaimStatus, f.get("status"), "claim status"),
             created=clean_time(f.get("created"), "created"),
-            updated=clean_time(f.get("updated"), "updated"),
+            updated=clean_time(f.get("updated", f.get("created")), "updated"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -253,9 +253,9 @@ class Item:
             unit=clean_text(f.get("unit", ""), "unit"),
             location=clean_text(f.get("location", ""), "location"),
             urgency=clean_enum(Urgency, f.get("urgency", "normal"), "urgency"),
-            status=clean_enum(Status, f.get("status"), "status"),
+            status=clean_enum(Status, f.get("status", "open"), "status"),
             created=clean_time(f.get("created"), "created"),
-            updated=clean_time(f.get("updated"), "updated"),
+            updated=clean_time(f.get("updated", f.get("created")), "updated"),
             expires=None if expires is None else clean_time(expires, "expires"),
         )
 

@@ -15,6 +15,7 @@ single-threaded and deterministic.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from .errors import UsageError
 from .identity import NodeKey, fingerprint
 from .invite import Invite
 from .local import Store, open_store
-from .net.connection import Connection, run_connection
+from .net.connection import RESYNC_REASON, Connection, run_connection
 from .net.peers import Dialer, DialTarget
 from .net.tcp import format_address, open_listener
 from .replica import StoreReplica
@@ -42,6 +43,7 @@ __all__ = ["Node", "PeerInfo", "open_node"]
 log = logging.getLogger("p2paid.node")
 
 DEFAULT_PORT: Final = 7446
+_RESOURCE_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 MAX_CONNECTIONS: Final = 64
 #: How often the node looks for envelopes other processes (the CLI) stored.
 STORE_POLL_INTERVAL: Final = 0.25
@@ -76,6 +78,7 @@ class Node:
         self._nursery = nursery
         self._max_connections = max_connections
         self._conns: dict[bytes, Connection] = {}
+        self._handshaking = 0
         self._boards: dict[bytes, AsyncBoard] = {}
         self._changed = trio.Event()
         self._last_id = store.db.last_id()
@@ -101,6 +104,7 @@ class Node:
         board = self._boards.get(board_id)
         if board is None:
             board = self._boards[board_id] = AsyncBoard(self, self.store.board(board_id))
+            self._nursery.start_soon(board.run_writer)
         return board
 
     async def join(self, invite: str | Invite, *, display_name: str | None = None) -> AsyncBoard:
@@ -125,7 +129,7 @@ class Node:
         """Peers learn our boards in the Hello: reconnect so they learn the new one."""
         self._board_ids = {b.id for b in self.store.boards()}
         for conn in list(self._conns.values()):
-            conn.close("boards changed")
+            conn.close(RESYNC_REASON)
 
     # ------------------------------------------------------------------ peers
 
@@ -146,27 +150,28 @@ class Node:
 
     async def wait_disconnected(self, node_id: bytes) -> None:
         while node_id in self._conns:
-            await self._wait_change()
+            await self.wait_changed()
 
     async def wait_for_peers(self, count: int = 1) -> None:
         """Wait until at least ``count`` peers are connected."""
         while len(self._conns) < count:
-            await self._wait_change()
+            await self.wait_changed()
 
     async def wait_in_sync(self, board_id: bytes | None = None) -> None:
         """Wait until every connected peer holds everything we hold (of one board or all)."""
         while True:
             pending = [
                 c for c in self._conns.values()
-                if c.session is not None and any(
+                if c.session is None or not c.session.greeted or any(
                     not c.session.is_in_sync(b)
                     for b in c.session.shared_boards if board_id in (None, b))
             ]
             if not pending:
                 return
-            await self._wait_change()
+            await self.wait_changed()
 
-    async def _wait_change(self) -> None:
+    async def wait_changed(self) -> None:
+        """Wait until something happens: a peer comes or goes, or envelopes arrive."""
         await self._changed.wait()
 
     def _pulse(self) -> None:
@@ -259,15 +264,36 @@ class Node:
         task_status.started(self.listen_address)
         async with listener:
             while True:
-                stream = await listener.accept()
-                if len(self._conns) >= self._max_connections:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _RESOURCE_ERRNOS:
+                        raise
+                    # Out of file descriptors or buffers: wait, keep serving the others.
+                    log.warning("cannot accept connections right now: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                if len(self._conns) + self._handshaking >= self._max_connections:
                     await stream.aclose()
                     continue
-                address = _peer_address(stream)
-                self._nursery.start_soon(self._accept, stream, address)
+                self._handshaking += 1
+                self._nursery.start_soon(self._accept, stream, _peer_address(stream))
 
     async def _accept(self, stream: trio.SocketStream, address: str) -> None:
-        await run_connection(self, stream, address=address, initiator=False)
+        """Serve one inbound connection; it holds a handshake slot until authenticated."""
+        held = True
+
+        async def release(_: Connection | None = None) -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._handshaking -= 1
+
+        try:
+            await run_connection(self, stream, address=address, initiator=False,
+                                 on_connected=release)
+        finally:
+            await release()
 
     async def watch_store(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:

@@ -230,7 +230,11 @@ class ReadModel:
         self, author: bytes, before: Mapping[EntryKey, Entry | None],
         after: Mapping[EntryKey, Entry | None], sec: Section, local: bool,
     ) -> None:
-        for key in sorted(set(before) | set(after)):
+        def when(key: EntryKey) -> tuple[int, EntryKey]:
+            entry = after.get(key) or before.get(key)
+            return (entry.updated if entry is not None else 0), key
+
+        for key in sorted(set(before) | set(after), key=when):  # in the order they happened
             old, new = before.get(key), after.get(key)
             if old == new:
                 continue

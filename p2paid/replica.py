@@ -7,6 +7,7 @@ source for what peers lack. Callers learn what changed from ``changed_boards``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import final
 
@@ -33,6 +34,9 @@ class StoreReplica:
         self._boards: dict[bytes, Board] = {}
         #: boards whose local vector grew through :meth:`receive` since last taken
         self.changed_boards: set[bytes] = set()
+        #: cumulative work, for ``p2paid bench`` and logs
+        self.stats: dict[str, float] = {"received": 0, "receive_s": 0.0, "sent": 0,
+                                        "read_s": 0.0}
 
     def board(self, board_id: bytes) -> Board:
         board = self._boards.get(board_id)
@@ -47,10 +51,17 @@ class StoreReplica:
         return self.board(board_id).version_vector()
 
     def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
-        return self._store.db.read_feed(board_id, author, after, max_bytes)
+        t0 = time.perf_counter()
+        envelopes = self._store.db.read_feed(board_id, author, after, max_bytes)
+        self.stats["read_s"] += time.perf_counter() - t0
+        self.stats["sent"] += len(envelopes)
+        return envelopes
 
     def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
+        t0 = time.perf_counter()
         report = self.board(board_id).receive(envelopes)
+        self.stats["receive_s"] += time.perf_counter() - t0
+        self.stats["received"] += report.accepted
         if report.accepted or report.applied:
             self.changed_boards.add(board_id)
         return Received(report.accepted, report.duplicates, [r.error for r in report.rejected])

@@ -211,6 +211,11 @@ class SyncSession:
     # -------------------------------------------------------------- public
 
     @property
+    def greeted(self) -> bool:
+        """Both Hellos have been exchanged (which boards are shared is known)."""
+        return self._hello_sent and self._hello_received
+
+    @property
     def shared_boards(self) -> list[bytes]:
         return [link.board_id for link in self._links if link.remote_index is not None]
 

@@ -321,12 +321,13 @@ class Database:
 
         Must run inside :meth:`write`.
         """
+        sql = ("INSERT INTO envelopes (board_id, author, seq, hash, data, change_hash) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
+        rows = list(rows)
         try:
-            self._con.executemany(
-                "INSERT INTO envelopes (board_id, author, seq, hash, data, change_hash) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                ((board_id, *row) for row in rows),
-            )
+            if len(rows) == 1:
+                return int(self._con.execute(sql, (board_id, *rows[0])).lastrowid or 0)
+            self._con.executemany(sql, ((board_id, *row) for row in rows))
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"store write failed: {exc}") from exc
         return self.last_id()

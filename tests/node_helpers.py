@@ -8,18 +8,16 @@ start through ``nursery.start`` so a test only proceeds once a node is listening
 from __future__ import annotations
 
 import json
-import math
-import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from p2paid.asyncboard import AsyncBoard
 from p2paid.board import Board
+from p2paid.envelope import Envelope
 from p2paid.errors import RemoteProtocolError
 from p2paid.identity import NodeKey
 from p2paid.local import open_store
@@ -38,14 +36,20 @@ from p2paid.wire import (
 __all__ = [
     "LOCALHOST",
     "HandPeer",
+    "PeerClosed",
     "RunningNode",
     "board_state",
+    "make_member",
     "rss_bytes",
     "start_node",
+    "stored_envelopes",
+    "titles",
+    "wait_raw_closed",
     "wait_until",
 ]
 
 LOCALHOST = "127.0.0.1"
+_M = TypeVar("_M", bound=Message)
 #: A fixed "now" so that item JSON (which includes "expired") compares across nodes.
 FIXED_NOW = 2_000_000_000_000
 
@@ -134,8 +138,6 @@ def titles(board: Board | AsyncBoard) -> set[str]:
 
 def stored_envelopes(data_dir: Path, board_id: bytes) -> dict[tuple[bytes, int], bytes]:
     """``(author, seq) -> raw envelope`` as a freshly opened store sees them."""
-    from p2paid.envelope import Envelope
-
     with open_store(data_dir, create=False) as store:
         out = {}
         for raw in store.db.envelopes(board_id):
@@ -151,14 +153,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")  # pragma: no cover
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def python() -> str:
-    return sys.executable
 
 
 # ---------------------------------------------------------------------- a peer by hand
@@ -184,22 +178,33 @@ class HandPeer:
         self.eof = False
 
     @classmethod
-    async def connect(cls, address: tuple[str, int], key: NodeKey | None = None) -> HandPeer:
-        """Dial and complete the Noise handshake as initiator."""
+    async def connect(
+        cls,
+        address: tuple[str, int],
+        key: NodeKey | None = None,
+        *,
+        with_last_message: Callable[[HandPeer], list[Message]] | None = None,
+    ) -> HandPeer:
+        """Dial and complete the Noise handshake as initiator.
+
+        Args:
+            with_last_message: messages to send in the same write (one TCP segment)
+                as the third handshake message; called once the handshake hash is known.
+        """
         stream = await trio.open_tcp_stream(*address)
         channel = SecureChannel(True, (key or NodeKey.generate()).private)
         peer = cls(stream, channel)
         while True:
-            out = channel.data_to_send()
-            if out:
-                await stream.send_all(out)
             event = channel.next_event()
             if isinstance(event, HandshakeComplete):
-                out = channel.data_to_send()  # the initiator's third message
-                if out:
-                    await stream.send_all(out)
+                if with_last_message is not None:
+                    for message in with_last_message(peer):
+                        channel.send(message)
+                # The initiator's third message (and those messages) in one write.
+                await stream.send_all(channel.data_to_send())
                 return peer
             assert event is NEED_DATA
+            await stream.send_all(channel.data_to_send())
             data = await stream.receive_some(65536)
             if not data:
                 raise PeerClosed(None)
@@ -257,6 +262,13 @@ class HandPeer:
                 raise PeerClosed(self.close_reason)
         return got
 
+    async def wait_for(self, kind: type[_M]) -> _M:
+        """Read until a message of type ``kind`` arrives (raise PeerClosed at the end)."""
+        while True:
+            for message in await self.receive():
+                if isinstance(message, kind):
+                    return message
+
     async def wait_closed(self) -> str | None:
         """Read (discarding) until the node closes; the reason it gave, if any."""
         while True:
@@ -279,10 +291,6 @@ class HandPeer:
             await self.stream.aclose()
 
 
-async def raw_connect(address: tuple[str, int]) -> trio.SocketStream:
-    return await trio.open_tcp_stream(*address)
-
-
 async def wait_raw_closed(stream: trio.SocketStream) -> bytes:
     """Read until the node closes a raw TCP stream; returns everything it sent."""
     got = bytearray()
@@ -294,8 +302,3 @@ async def wait_raw_closed(stream: trio.SocketStream) -> bytes:
         if not data:
             return bytes(got)
         got += data
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]

@@ -631,7 +631,7 @@ def test_change_whose_ops_do_not_decode_is_refused(world: World) -> None:
 
     Failed up to 2f93c2e: parse_change/check_change read only the header, so the
     envelope was accepted, stored, and reported as applied although Automerge never
-    took it. Passes since 8170265 (validate_change decodes the ops).
+    took it. Automerge refuses the batch; the board bisects it to find the culprit.
     """
     w = world
     env = _undecodable(w)

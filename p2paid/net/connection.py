@@ -33,10 +33,16 @@ from ..wire import (
     SecureChannel,
 )
 
-__all__ = ["Connection", "ConnectionHost", "run_connection"]
+__all__ = ["RESYNC_REASON", "Connection", "ConnectionHost", "run_connection"]
 
 log = logging.getLogger("p2paid.net")
 
+#: Close reason of a connection ended only to announce a changed set of boards.
+RESYNC_REASON: Final = "boards changed"
+#: Close reason when the two sides share no board (the slot is freed for others).
+NOTHING_SHARED: Final = "no shared boards"
+#: Pings a peer may send per :data:`KEEPALIVE_INTERVAL` before it counts as flooding.
+MAX_PINGS: Final = 20
 HANDSHAKE_TIMEOUT: Final = 10.0
 KEEPALIVE_INTERVAL: Final = 15.0
 IDLE_TIMEOUT: Final = 60.0
@@ -85,6 +91,9 @@ class Connection:
         self.last_sent = time.monotonic()
         self.cancel_scope = trio.CancelScope()
         self.close_reason: str | None = None
+        self._torn = False
+        self._ping_window = time.monotonic()
+        self._pings = 0
 
     def __repr__(self) -> str:
         way = "out" if self.initiator else "in"
@@ -97,6 +106,15 @@ class Connection:
     @property
     def bytes_out(self) -> int:
         return self._channel.bytes_out
+
+    def count_ping(self) -> None:
+        """Keepalives are cheap but not free: a peer that floods them is dropped."""
+        now = time.monotonic()
+        if now - self._ping_window > KEEPALIVE_INTERVAL:
+            self._ping_window, self._pings = now, 0
+        self._pings += 1
+        if self._pings > MAX_PINGS:
+            raise RemoteProtocolError("too many pings", close_reason="flood")
 
     def notify(self, board_id: bytes) -> None:
         """The local side of ``board_id`` grew: push the difference soon."""
@@ -111,11 +129,18 @@ class Connection:
     async def send(self, messages: list[Message]) -> None:
         if not messages:
             return
-        for message in messages:
-            self._channel.send(message)
-        data = self._channel.data_to_send()
+        # Encrypt under the lock: Noise nonces are implicit, so frames must reach
+        # the wire in the order they were encrypted.
         async with self._send_lock:
-            await self._stream.send_all(data)
+            if self._torn:
+                raise trio.ClosedResourceError("an earlier send was interrupted")
+            for message in messages:
+                self._channel.send(message)
+            # If this is cancelled midway, part of a frame is on the wire and
+            # nothing more can follow it.
+            self._torn = True
+            await self._stream.send_all(self._channel.data_to_send())
+            self._torn = False
         self.last_sent = time.monotonic()
 
     async def _pusher(self) -> None:
@@ -224,34 +249,47 @@ async def _serve(host: ConnectionHost, conn: Connection, channel: SecureChannel,
 
 async def _read_loop(host: ConnectionHost, conn: Connection, channel: SecureChannel,
                      session: SyncSession) -> None:
-    while True:
+    # Messages may have arrived in the same read as the last handshake message.
+    while await _drain(host, conn, channel, session):
         data = await conn._stream.receive_some(RECEIVE_SIZE)
         conn.last_received = time.monotonic()
         channel.receive_data(data)
-        while True:
-            event = channel.next_event()
-            if event is NEED_DATA:
-                break
-            if isinstance(event, ConnectionClosed):
-                return
-            assert isinstance(event, MessageReceived)
-            await conn.send(session.handle(event.message))
-            for sync_event in session.events:
-                host.on_sync_event(conn, sync_event)
-            session.events.clear()
-            if isinstance(event.message, Close):
-                conn.close_reason = f"peer closed: {event.message.reason}"
-                return
-            host.after_receive(conn)
         if not data:
+            await _drain(host, conn, channel, session)
             return
+
+
+async def _drain(host: ConnectionHost, conn: Connection, channel: SecureChannel,
+                 session: SyncSession) -> bool:
+    """Handle every queued message; False once the connection should end."""
+    while True:
+        event = channel.next_event()
+        if event is NEED_DATA:
+            return True
+        if isinstance(event, ConnectionClosed):
+            return False
+        assert isinstance(event, MessageReceived)
+        message = event.message
+        if isinstance(message, Ping):
+            conn.count_ping()
+        await conn.send(session.handle(message))
+        for sync_event in session.events:
+            host.on_sync_event(conn, sync_event)
+        session.events.clear()
+        if isinstance(message, Close):
+            conn.close_reason = f"peer closed: {message.reason}"
+            return False
+        if session.greeted and not session.shared_boards:
+            conn.close_reason = NOTHING_SHARED
+            return False
+        host.after_receive(conn)
 
 
 async def _goodbye(conn: Connection, reason: str) -> None:
     """Send Close(reason) if possible, then close the stream; never raises."""
     with trio.move_on_after(1) as scope:
         scope.shield = True
-        with contextlib.suppress(Exception):  # the peer may be gone already
+        with contextlib.suppress(Exception):  # gone already, or a send was torn
             await conn.send([Close(reason[:200])])
         await _close_quietly(conn._stream)
 

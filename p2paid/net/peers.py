@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from .connection import run_connection
+from .connection import RESYNC_REASON, Connection, run_connection
 from .tcp import dial, format_address
 
 if TYPE_CHECKING:
@@ -75,18 +75,23 @@ class Dialer:
                 if target.node_id is not None and self._node.is_connected(target.node_id):
                     await self._node.wait_disconnected(target.node_id)
                 started = time.monotonic()
-                await self._attempt(target)
-                if time.monotonic() - started > STABLE_AFTER:
-                    backoff = BACKOFF_START
+                conn = await self._attempt(target)
+                if conn is not None and conn.session is not None:
+                    # It was up: a deliberate close (new boards to announce) redials at
+                    # once; any other end starts the backoff afresh.
+                    if _is_resync(conn.close_reason):
+                        continue
+                    if time.monotonic() - started > STABLE_AFTER:
+                        backoff = BACKOFF_START
                 await trio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _attempt(self, target: DialTarget) -> None:
+    async def _attempt(self, target: DialTarget) -> Connection | None:
         try:
             stream = await dial(target.host, target.port)
         except OSError as exc:
             log.debug("cannot reach %s: %s", target.address, exc)
-            return
+            return None
         conn = await run_connection(
             self._node, stream, address=target.address, initiator=True,
             expected_remote=target.node_id if target.pinned else None,
@@ -94,3 +99,8 @@ class Dialer:
         )
         if conn is not None and conn.remote_id and not target.pinned:
             target.node_id = conn.remote_id
+        return conn
+
+
+def _is_resync(reason: str | None) -> bool:
+    return reason is not None and reason.endswith(RESYNC_REASON)

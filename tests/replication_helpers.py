@@ -1,0 +1,509 @@
+"""Test doubles for the sync protocol: in-memory replicas and byte-level connections.
+
+* :class:`FeedWriter` seals the next envelope of one author's feed (real
+  :func:`~p2paid.envelope.seal_envelope`, arbitrary change bytes: replication never
+  looks inside ciphertexts, only at chains and signatures).
+* :class:`MemoryReplica` implements :class:`~p2paid.replication.Replica`. It stores
+  contiguous per-author feeds and checks every batch with
+  :func:`~p2paid.feed.plan_batch`, as the real store does, so forgeries are refused;
+  envelopes that arrive beyond a gap wait in a buffer of at most ``held_cap``.
+* :class:`Connection` is h11's ``ConnectionPair`` one level up: two
+  :class:`~p2paid.wire.SecureChannel` + :class:`~p2paid.replication.SyncSession`
+  endpoints whose bytes sit in per-direction queues until a test delivers them (all
+  at once or in arbitrary slices). It records every message each side sent and
+  received and checks flow control as messages are sent.
+* :class:`Mesh` holds replicas and pairwise connections and, like the node, tells
+  every session of a replica when the replica's boards grew.
+
+Nothing here touches sockets or trio.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from p2paid.envelope import ZERO_HASH, Envelope, seal_envelope
+from p2paid.errors import EnvelopeError, ForkError
+from p2paid.feed import FeedHead, Rejection, plan_batch
+from p2paid.identity import AuthorKey
+from p2paid.invite import BoardKeys, derive_board_keys
+from p2paid.replication import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_WINDOW,
+    BoardAccess,
+    Received,
+    SyncSession,
+    peek_envelope,
+)
+from p2paid.wire import (
+    NEED_DATA,
+    Ack,
+    ConnectionClosed,
+    Envelopes,
+    HandshakeComplete,
+    Message,
+    MessageReceived,
+    SecureChannel,
+)
+
+__all__ = [
+    "Connection",
+    "Endpoint",
+    "FeedWriter",
+    "MemoryReplica",
+    "Mesh",
+    "board_keys",
+]
+
+
+def board_keys(n: int) -> BoardKeys:
+    """Deterministic keys of test board ``n`` (derived like a real invite's)."""
+    return derive_board_keys(bytes([n + 1]) * 32)
+
+
+class FeedWriter:
+    """One author's feed on one board: each call to :meth:`next` seals the next envelope."""
+
+    def __init__(self, keys: BoardKeys, author_key: AuthorKey | None = None) -> None:
+        self.keys = keys
+        self.author_key = author_key or AuthorKey.generate()
+        self.cipher = ChaCha20Poly1305(keys.content_key)
+        self.envelopes: list[Envelope] = []
+
+    @property
+    def author(self) -> bytes:
+        return self.author_key.public
+
+    @property
+    def seq(self) -> int:
+        return len(self.envelopes)
+
+    def next(self, change: bytes = b"change") -> Envelope:
+        prev = self.envelopes[-1].hash if self.envelopes else ZERO_HASH
+        env = seal_envelope(
+            board_id=self.keys.board_id,
+            cipher=self.cipher,
+            author_key=self.author_key,
+            seq=self.seq + 1,
+            prev=prev,
+            change=change,
+        )
+        self.envelopes.append(env)
+        return env
+
+    def many(self, count: int, change: bytes = b"change") -> list[Envelope]:
+        return [self.next(change) for _ in range(count)]
+
+
+@dataclass
+class _BoardData:
+    access: BoardAccess
+    feeds: dict[bytes, list[Envelope]] = field(default_factory=dict)
+    held: dict[tuple[bytes, int], Envelope] = field(default_factory=dict)
+
+
+class MemoryReplica:
+    """An in-memory :class:`~p2paid.replication.Replica` (a node's or a relay's store).
+
+    Args:
+        role: "node" or "relay".
+        held_cap: most out-of-order envelopes kept per board while a gap is open.
+        name: for reprs in failure messages.
+    """
+
+    def __init__(self, role: str = "node", *, held_cap: int = 64, name: str = "") -> None:
+        self._role = role
+        self.held_cap = held_cap
+        self.name = name
+        self._boards: dict[bytes, _BoardData] = {}
+        #: boards whose vector grew through :meth:`receive` since the set was last taken
+        self.changed_boards: set[bytes] = set()
+        #: every refusal ever made (including of held envelopes), for post-mortems
+        self.rejections: list[Rejection] = []
+        self.forked: set[tuple[bytes, bytes]] = set()
+        #: how many times receive() was called and how many envelopes it was offered
+        self.receive_calls = 0
+        self.offered = 0
+
+    def __repr__(self) -> str:
+        return f"<MemoryReplica {self.name or id(self)} {self._role}>"
+
+    # ---------------------------------------------------------------- Replica protocol
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    def boards(self) -> Sequence[BoardAccess]:
+        return [data.access for data in self._boards.values()]
+
+    def vector(self, board_id: bytes) -> Mapping[bytes, int]:
+        return {a: len(f) for a, f in self._boards[board_id].feeds.items() if f}
+
+    def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
+        feed = self._boards[board_id].feeds.get(author, [])
+        out: list[bytes] = []
+        total = 0
+        for env in feed[after:]:
+            if out and total + len(env.raw) > max_bytes:
+                break
+            out.append(env.raw)
+            total += len(env.raw)
+        return out
+
+    def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
+        """Verify and store what extends the feeds; hold what is beyond a gap.
+
+        Only refusals of envelopes offered in *this* call are reported, so a session is
+        never blamed for envelopes another peer sent earlier.
+        """
+        self.receive_calls += 1
+        self.offered += len(envelopes)
+        data = self._boards[board_id]  # a session must never offer an unshared board
+        result = Received()
+        decoded: list[Envelope] = []
+        for raw in envelopes:
+            try:
+                decoded.append(Envelope.decode(raw))
+            except EnvelopeError as exc:
+                result.rejected.append(exc)
+        fresh = {id(env) for env in decoded}
+        batch = [*data.held.values(), *decoded]
+        data.held.clear()
+        heads = {a: FeedHead(len(f), f[-1].hash) for a, f in data.feeds.items() if f}
+
+        def held_hashes(author: bytes, lo: int, hi: int) -> dict[int, bytes]:
+            feed = data.feeds.get(author, [])
+            return {env.seq: env.hash for env in feed[lo - 1 : hi]}
+
+        plan = plan_batch(board_id, batch, heads, held_hashes)
+        for author, run in plan.runs.items():
+            feed = data.feeds.setdefault(author, [])
+            assert run[0].seq == len(feed) + 1, "plan_batch returned a run that leaves a hole"
+            feed.extend(run)
+            result.stored += len(run)
+        result.duplicates = plan.duplicates
+        for rejection in plan.rejected:
+            self.rejections.append(rejection)
+            if isinstance(rejection.error, ForkError) and rejection.envelope is not None:
+                self.forked.add((board_id, rejection.envelope.author))
+            if rejection.envelope is None or id(rejection.envelope) in fresh:
+                result.rejected.append(rejection.error)
+        for env in sorted(plan.gaps, key=lambda e: (e.author, e.seq)):
+            if len(data.held) >= self.held_cap:
+                break  # dropped: offered again after the gap closes (or on reconnect)
+            data.held[(env.author, env.seq)] = env
+        if result.stored:
+            self.changed_boards.add(board_id)
+        return result
+
+    # ---------------------------------------------------------------- test API
+
+    def add_board(self, keys: BoardKeys, *, member: bool = True) -> None:
+        """Hold ``keys``' board: as a member (tag key known) or blind (id only)."""
+        tag_key = keys.tag_key if member and self._role != "relay" else None
+        self._boards[keys.board_id] = _BoardData(BoardAccess(keys.board_id, tag_key))
+
+    def holds(self, board_id: bytes) -> bool:
+        return board_id in self._boards
+
+    def write(self, board_id: bytes, envelopes: Iterable[Envelope]) -> int:
+        """Store local envelopes (they are checked like any others); returns how many."""
+        envs = [e.raw for e in envelopes]
+        result = self.receive(board_id, envs)
+        assert not result.rejected, result.rejected
+        return result.stored
+
+    def feeds(self, board_id: bytes) -> dict[bytes, tuple[bytes, ...]]:
+        """``author -> raw envelope bytes in seq order``: what must match across replicas."""
+        return {
+            a: tuple(e.raw for e in f) for a, f in self._boards[board_id].feeds.items() if f
+        }
+
+    def held_count(self, board_id: bytes) -> int:
+        return len(self._boards[board_id].held)
+
+    def take_changed(self) -> set[bytes]:
+        changed, self.changed_boards = self.changed_boards, set()
+        return changed
+
+
+# ------------------------------------------------------------------------ connections
+
+
+class FlowControlViolation(AssertionError):
+    """A session broke the window or batch-size rule."""
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One side of a :class:`Connection`: channel, session, and what crossed it."""
+
+    replica: MemoryReplica
+    channel: SecureChannel
+    initiator: bool
+    to_relay: bool
+    batch_bytes: int
+    window: int
+    boards: Sequence[bytes] | None = None
+    session: SyncSession | None = None
+    #: bytes sent and not yet delivered to the peer
+    outbox: bytearray = field(default_factory=bytearray)
+    sent: list[Message] = field(default_factory=list)
+    received: list[Message] = field(default_factory=list)
+    closed: bool = False
+    #: per board id: Envelopes batches sent, and Acks received for them
+    batches_sent: Counter[bytes] = field(default_factory=Counter)
+    batches_acked: Counter[bytes] = field(default_factory=Counter)
+    max_in_flight: int = 0
+
+    def in_flight(self, board_id: bytes) -> int:
+        return self.batches_sent[board_id] - self.batches_acked[board_id]
+
+    def flush(self) -> None:
+        self.outbox += self.channel.data_to_send()
+
+    def envelopes_sent(self) -> list[bytes]:
+        return [raw for m in self.sent if isinstance(m, Envelopes) for raw in m.envelopes]
+
+    def envelopes_received(self) -> list[bytes]:
+        return [raw for m in self.received if isinstance(m, Envelopes) for raw in m.envelopes]
+
+
+OnChange = Callable[[MemoryReplica], None]
+
+
+class Connection:
+    """Two endpoints and the bytes in flight between them (direction 0 = a to b).
+
+    Args:
+        a: the dialler's replica.
+        b: the listener's replica.
+        a_to_relay: ``to_relay`` for a's session (b is a relay).
+        on_change: called after each message a replica handled, to push what grew;
+            by default each endpoint's own session is asked (``local_changed``), which
+            must send nothing back to the peer that just supplied it.
+    """
+
+    def __init__(
+        self,
+        a: MemoryReplica,
+        b: MemoryReplica,
+        *,
+        a_to_relay: bool = False,
+        a_boards: Sequence[bytes] | None = None,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        window: int = DEFAULT_WINDOW,
+        a_key: X25519PrivateKey | None = None,
+        b_key: X25519PrivateKey | None = None,
+        on_change: OnChange | None = None,
+    ) -> None:
+        self.ends = (
+            Endpoint(a, SecureChannel(True, a_key or X25519PrivateKey.generate()), True,
+                     a_to_relay, batch_bytes, window, a_boards),
+            Endpoint(b, SecureChannel(False, b_key or X25519PrivateKey.generate()), False,
+                     False, batch_bytes, window),
+        )
+        #: board ids of the Acks in flight per direction (Acks name the *acker's* index)
+        self._ack_boards: tuple[deque[bytes], deque[bytes]] = (deque(), deque())
+        self._on_change = on_change
+        self.bytes_delivered = 0
+        for end in self.ends:
+            end.flush()
+
+    @property
+    def a(self) -> Endpoint:
+        return self.ends[0]
+
+    @property
+    def b(self) -> Endpoint:
+        return self.ends[1]
+
+    def pending(self, direction: int) -> int:
+        return len(self.ends[direction].outbox)
+
+    def idle(self) -> bool:
+        return not self.ends[0].outbox and not self.ends[1].outbox
+
+    # ---------------------------------------------------------------- sending
+
+    def send(self, end: Endpoint, messages: Iterable[Message], acking: bytes | None = None) -> None:
+        """Queue a session's output on ``end``'s channel, checking flow control."""
+        direction = self.ends.index(end)
+        for message in messages:
+            if isinstance(message, Envelopes):
+                self._check_batch(end, message)
+            elif isinstance(message, Ack):
+                assert acking is not None, "an Ack that answers no batch"
+                self._ack_boards[direction].append(acking)
+            end.sent.append(message)
+            end.channel.send(message)
+        end.flush()
+
+    def _check_batch(self, end: Endpoint, message: Envelopes) -> None:
+        if not message.envelopes:
+            raise FlowControlViolation("empty Envelopes batch sent")
+        board_ids = {peek_envelope(raw)[0] for raw in message.envelopes}
+        if len(board_ids) != 1:
+            raise FlowControlViolation("one batch mixes boards")
+        (board_id,) = board_ids
+        sizes = [len(raw) for raw in message.envelopes]
+        if sum(sizes[:-1]) >= end.batch_bytes:
+            raise FlowControlViolation(
+                f"batch of {sum(sizes)} bytes: more than one envelope beyond {end.batch_bytes}")
+        end.batches_sent[board_id] += 1
+        end.max_in_flight = max(end.max_in_flight, end.in_flight(board_id))
+        if end.in_flight(board_id) > end.window:
+            raise FlowControlViolation(
+                f"{end.in_flight(board_id)} batches unacknowledged, window {end.window}")
+
+    def inject(self, end: Endpoint, message: Message) -> None:
+        """Send ``message`` from ``end`` bypassing its session (a misbehaving peer)."""
+        end.channel.send(message)
+        end.flush()
+
+    def local_changed(self, replica: MemoryReplica, board_id: bytes) -> None:
+        """Tell the session(s) of ``replica`` on this connection that ``board_id`` grew."""
+        for end in self.ends:
+            if end.replica is replica and end.session is not None and not end.closed:
+                self.send(end, end.session.local_changed(board_id))
+
+    # ---------------------------------------------------------------- delivering
+
+    def deliver(self, direction: int, limit: int | None = None) -> int:
+        """Move up to ``limit`` bytes (default all) one way and process what arrives."""
+        src, dst = self.ends[direction], self.ends[1 - direction]
+        size = len(src.outbox) if limit is None else min(limit, len(src.outbox))
+        if size == 0:
+            return 0
+        data = bytes(src.outbox[:size])
+        del src.outbox[:size]
+        self.bytes_delivered += size
+        dst.channel.receive_data(data)
+        self._events(dst, direction)
+        dst.flush()
+        return size
+
+    def close(self, direction: int) -> None:
+        """The sender of ``direction`` hangs up cleanly (EOF after its queued bytes)."""
+        self.deliver(direction)
+        dst = self.ends[1 - direction]
+        dst.channel.receive_data(b"")
+        self._events(dst, direction)
+
+    def _events(self, end: Endpoint, direction: int) -> None:
+        while True:
+            event = end.channel.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, HandshakeComplete):
+                end.session = SyncSession(
+                    end.replica,
+                    initiator=end.initiator,
+                    handshake_hash=event.handshake_hash,
+                    to_relay=end.to_relay,
+                    boards=end.boards,
+                    batch_bytes=end.batch_bytes,
+                    window=end.window,
+                )
+                self.send(end, end.session.start())
+            elif isinstance(event, MessageReceived):
+                self._message(end, event.message, direction)
+            else:
+                assert isinstance(event, ConnectionClosed)
+                end.closed = True
+
+    def _message(self, end: Endpoint, message: Message, direction: int) -> None:
+        assert end.session is not None, "a message before the handshake completed"
+        end.received.append(message)
+        acking = None
+        if isinstance(message, Ack):
+            # Acks arrive in the order they were sent: pair each with its batch's board.
+            end.batches_acked[self._ack_boards[direction].popleft()] += 1
+        elif isinstance(message, Envelopes) and message.envelopes:
+            raw = message.envelopes[0]
+            acking = raw[1:33] if len(raw) >= 33 else None
+        self.send(end, end.session.handle(message), acking)
+        if end.replica.changed_boards:
+            if self._on_change is not None:
+                self._on_change(end.replica)
+            else:
+                for board_id in end.replica.take_changed():
+                    self.local_changed(end.replica, board_id)
+
+    # ---------------------------------------------------------------- driving
+
+    def handshake(self) -> None:
+        """Deliver the three handshake messages only."""
+        for direction in (0, 1, 0):
+            self.deliver(direction)
+
+    def run(self, max_trips: int = 10_000) -> int:
+        """Deliver until quiet, both ways at once per trip; returns the one-way trips."""
+        trips = 0
+        while not self.idle():
+            assert trips < max_trips, "the connection never went quiet"
+            sizes = [self.pending(0), self.pending(1)]
+            for direction in (0, 1):
+                self.deliver(direction, sizes[direction])
+            trips += 1
+        return trips
+
+
+def connect(a: MemoryReplica, b: MemoryReplica, **kwargs: object) -> Connection:
+    """A connection that has been run until quiet."""
+    conn = Connection(a, b, **kwargs)  # type: ignore[arg-type]
+    conn.run()
+    return conn
+
+
+class Mesh:
+    """Replicas with pairwise connections; a replica that grows tells all its sessions."""
+
+    def __init__(self, replicas: Sequence[MemoryReplica], *, batch_bytes: int,
+                 window: int) -> None:
+        self.replicas = list(replicas)
+        self.batch_bytes = batch_bytes
+        self.window = window
+        self.pairs = list(itertools.combinations(range(len(replicas)), 2))
+        self.links: dict[tuple[int, int], Connection | None] = dict.fromkeys(self.pairs)
+        self.node_keys = [X25519PrivateKey.generate() for _ in replicas]
+
+    def connect(self, pair: tuple[int, int], dialler_first: bool = True, *,
+                a_to_relay: bool = False) -> Connection:
+        i, j = pair if dialler_first else pair[::-1]
+        conn = Connection(
+            self.replicas[i], self.replicas[j], a_to_relay=a_to_relay,
+            batch_bytes=self.batch_bytes,
+            window=self.window, a_key=self.node_keys[i], b_key=self.node_keys[j],
+            on_change=self.changed,
+        )
+        self.links[pair] = conn
+        return conn
+
+    def drop(self, pair: tuple[int, int]) -> None:
+        self.links[pair] = None
+
+    def up(self) -> list[Connection]:
+        return [c for c in self.links.values() if c is not None]
+
+    def changed(self, replica: MemoryReplica) -> None:
+        """Like the node's ``board_changed``, but the source session is told too."""
+        for board_id in replica.take_changed():
+            for conn in self.up():
+                conn.local_changed(replica, board_id)
+
+    def drain(self, max_rounds: int = 100_000) -> None:
+        rounds = 0
+        while not all(c.idle() for c in self.up()):
+            assert rounds < max_rounds, "the mesh never went quiet"
+            for conn in self.up():
+                conn.deliver(0)
+                conn.deliver(1)
+            rounds += 1

@@ -376,7 +376,15 @@ class Board:
         report.accepted = len(result.accepted)
         report.duplicates = result.duplicates
         report.held = len(self._held)
-        report.rejected.extend(result.rejected)
+        # Envelopes held from an earlier batch came from someone else: their faults
+        # must not be blamed on whoever sent this batch.
+        offered = {id(env) for env in decoded}
+        for rejection in result.rejected:
+            if rejection.envelope is None or id(rejection.envelope) in offered:
+                report.rejected.append(rejection)
+            else:
+                log.info("board %s: a held envelope was refused: %s", self.name,
+                         rejection.error)
         changes = [(a.header, a.change) for a in result.accepted if a.header and a.change]
         self._purged.clear()
         report.applied = self._apply_guarded(changes)

@@ -99,7 +99,14 @@ def verify_run(head: FeedHead, run: Sequence[Envelope]) -> tuple[list[Envelope],
         rest = rest[1:]
     elif rest:
         env = rest.pop(0)
-        rejected.append(Rejection(env, ChainError(f"seq {env.seq}: prev hash does not link")))
+        # A validly signed envelope that does not link continues another version of
+        # the feed (a fork the sender may hold innocently); a badly signed one is forged.
+        try:
+            env.verify_signature()
+        except SignatureError as exc:
+            rejected.append(Rejection(env, exc))
+        else:
+            rejected.append(Rejection(env, ChainError(f"seq {env.seq}: prev hash does not link")))
     rejected.extend(
         Rejection(env, ChainError(f"seq {env.seq}: follows a refused envelope")) for env in rest
     )

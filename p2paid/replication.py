@@ -142,6 +142,13 @@ def peek_envelope(raw: bytes) -> tuple[bytes, bytes, int]:
     return raw[1:33], raw[33:65], int.from_bytes(raw[65:73], "big")
 
 
+def _vector_entries(vector: Mapping[bytes, int]) -> tuple[tuple[bytes, int], ...]:
+    """The entries to send, at most Vector.MAX_ENTRIES (the longest feeds first: the
+    peer then resends at worst the short feeds left out, which is correct, only slower)."""
+    entries = sorted(vector.items(), key=lambda e: -e[1])[: Vector.MAX_ENTRIES]
+    return tuple(entries)
+
+
 def vector_digest(key: bytes, handshake_hash: bytes, vector: Mapping[bytes, int]) -> bytes:
     """16-byte digest of a version vector, keyed and bound to one session."""
     mac = hmac.new(key, b"p2paid/1 digest\x00" + handshake_hash, hashlib.sha256)
@@ -325,7 +332,7 @@ class SyncSession:
                 out.extend(self._pump(link))
             else:
                 self.events.append(SyncEvent("linked", link.board_id))
-                out.append(Vector(link.local_index, tuple(link.sent_vector.items())))
+                out.append(Vector(link.local_index, _vector_entries(link.sent_vector)))
         return out
 
     def _remote_link(self, index: int) -> _Link:

@@ -141,7 +141,8 @@ class Vector:
     TYPE: ClassVar[int] = 2
     board: int
     entries: tuple[tuple[bytes, int], ...]
-    MAX_ENTRIES: ClassVar[int] = 100_000
+    #: 20,000 entries of 32 + 9 bytes fit in one message (MAX_MESSAGE_BYTES).
+    MAX_ENTRIES: ClassVar[int] = 20_000
 
     def fields(self) -> list[Any]:
         return [self.board, [[a, s] for a, s in self.entries]]

@@ -578,7 +578,7 @@ async def test_ping_flood_keeps_the_honest_peer_served_and_memory_bounded(
             await peer.aclose()
             nursery.cancel_scope.cancel()
         pongs = drained[0] // PONG_FRAME_BYTES
-        assert sent > 0, "the flood did not get going"
+        assert pongs >= 1, "the flood did not get going (no pong came back)"
         # (byte count / pong size: the Hello, Vector and Close frames add a few)
         assert pongs <= MAX_PINGS + 10, f"the node answered {pongs} pings of a flood"
         assert max(latencies) < 1.0, f"honest sync latencies under flood: {latencies}"

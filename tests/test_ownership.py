@@ -333,11 +333,12 @@ def test_what_builds_on_a_refused_change_is_refused(world: World, name: str) -> 
         assert alone.accepted == 0 and alone.held == 1 and not alone.rejected
         assert board.version_vector()[w.b_id] == b_seq
 
-    # B's honest client moves on; the held envelope no longer links and is refused
+    # B's honest client moves on; the held envelope no longer links and is dropped.
+    # It came in an earlier batch, so its refusal is not blamed on this batch's sender.
     w.b.post_offer("Honest offer after all")
     reports = sync_all(w)
     for report in reports:
-        assert [type(r.error) for r in report.rejected] == [ChainError]
+        assert not report.rejected
         assert report.held == 0
     for board in w.boards:
         assert board.version_vector()[w.b_id] == b_seq + 1

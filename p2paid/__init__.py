@@ -7,7 +7,9 @@ network. See README.md for a tour and ``protocol/SPEC.md`` for the wire format.
 
 from __future__ import annotations
 
-from .asyncboard import AsyncBoard as AsyncBoard
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .board import Board as Board
 from .board import ReceiveReport as ReceiveReport
 from .errors import AmbiguousIdError as AmbiguousIdError
@@ -35,11 +37,27 @@ from .model import Item as Item
 from .model import ItemKind as ItemKind
 from .model import Status as Status
 from .model import Urgency as Urgency
-from .node import Node as Node
-from .node import PeerInfo as PeerInfo
-from .node import open_node as open_node
+
+if TYPE_CHECKING:
+    from .asyncboard import AsyncBoard as AsyncBoard
+    from .node import Node as Node
+    from .node import PeerInfo as PeerInfo
+    from .node import open_node as open_node
 
 __version__ = "0.1.0"
+
+#: The async node lives above the sans-I/O line; import it (and trio) only when used,
+#: so that ``import p2paid`` for the synchronous library stays free of trio.
+_LAZY = {"AsyncBoard": "asyncboard", "Node": "node", "PeerInfo": "node", "open_node": "node"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'p2paid' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AmbiguousIdError",

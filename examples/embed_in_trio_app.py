@@ -1,0 +1,60 @@
+"""Embedding a p2paid node in an existing trio application.
+
+Run:  python examples/embed_in_trio_app.py
+
+The application already has a nursery and tasks of its own (here: a fake
+"dispatch desk" that prints a summary every few seconds). The node is one more
+resource it opens with ``async with``: it runs its own tasks in its own nursery,
+and leaving the block shuts it down cleanly (connections closed, store closed).
+The app's shutdown is the usual trio one: cancel the nursery (Ctrl-C does it).
+
+Patterns shown:
+  * ``open_node`` as an async context manager next to the app's own work;
+  * reading the board from app code (``items()`` is synchronous and cheap);
+  * posting from app code (``await board.post_need``, durable on return);
+  * a task that reacts to board events.
+
+Skipped on purpose: configuration files, a real UI, multiple boards.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import trio
+
+import p2paid
+
+
+async def dispatch_desk(board: p2paid.AsyncBoard) -> None:
+    """The app's own task: a periodic summary of what is still needed."""
+    while True:
+        needs = board.items(kind="need", status="open")
+        print(f"[desk] {len(needs)} open need(s): "
+              + ", ".join(f"{n.title} ({n.claimed_quantity}/{n.quantity or '?'})" for n in needs))
+        await trio.sleep(2)
+
+
+async def log_events(board: p2paid.AsyncBoard) -> None:
+    async for event in board.events():
+        print(f"[board] {event}")
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as data_dir:
+        async with trio.open_nursery() as app:  # the application's own nursery
+            async with p2paid.open_node(data_dir, listen=("127.0.0.1", 0), mdns=False) as node:
+                board = await node.create_board("Shelter north", display_name="Desk")
+                app.start_soon(dispatch_desk, board)
+                app.start_soon(log_events, board)
+                await trio.sleep(0.1)
+                await board.post_need("Blankets", category="shelter", quantity=30, unit="pcs")
+                await board.post_need("Baby formula", category="food", quantity=12,
+                                      urgency="critical")
+                await trio.sleep(5)  # the app keeps running; peers may connect meanwhile
+                app.cancel_scope.cancel()  # the app decides to stop
+        print("node closed; the store holds everything that was confirmed")
+
+
+if __name__ == "__main__":
+    trio.run(main)

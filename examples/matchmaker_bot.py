@@ -1,0 +1,82 @@
+"""A bot that watches a board and matches new offers to open needs.
+
+Run:  python examples/matchmaker_bot.py DATA_DIR [--peer HOST:PORT ...]
+
+The bot is an ordinary node (it syncs like any other, on the LAN by mDNS or with
+the peers given). Whenever an offer is posted or changed, it lists the open needs
+of the same category that are not yet fully claimed, most urgent first; whenever
+a need is posted, it lists the open offers that could meet it. It only prints: a
+human decides and claims. Use a data dir that has joined the board
+(``p2paid --data-dir DIR board join INVITE``).
+
+Skipped on purpose: fuzzy matching of titles or places, notifications beyond
+stdout, acting on matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import trio
+
+import p2paid
+from p2paid.net.tcp import parse_address
+
+URGENCY_ORDER = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+
+
+def open_needs(board: p2paid.AsyncBoard, category: str) -> list[p2paid.Item]:
+    needs = board.items(kind="need", status="open", category=category)
+    unmet = [n for n in needs if n.quantity is None or n.claimed_quantity < n.quantity]
+    return sorted(unmet, key=lambda n: (URGENCY_ORDER[n.urgency.value], n.created))
+
+
+def describe(item: p2paid.Item) -> str:
+    amount = f" {item.quantity} {item.unit}".rstrip() if item.quantity else ""
+    place = f" @ {item.location}" if item.location else ""
+    return f"{item.id[:8]} {item.title}{amount}{place} ({item.author_name or 'anonymous'})"
+
+
+async def watch(board: p2paid.AsyncBoard) -> None:
+    async for event in board.events():
+        item = event.item
+        if item is None or event.kind not in (p2paid.EventKind.ITEM_ADDED,
+                                              p2paid.EventKind.ITEM_CHANGED):
+            continue
+        if item.status is not p2paid.Status.OPEN:
+            continue
+        if item.kind is p2paid.ItemKind.OFFER:
+            matches = open_needs(board, item.category.value)
+            if matches:
+                print(f"[{board.name}] offer {describe(item)} could meet:")
+                for need in matches[:5]:
+                    print(f"    need  {describe(need)} [{need.urgency.value}]")
+        else:
+            offers = board.items(kind="offer", status="open", category=item.category.value)
+            if offers:
+                print(f"[{board.name}] need {describe(item)} [{item.urgency.value}] "
+                      "could be met by:")
+                for offer in offers[:5]:
+                    print(f"    offer {describe(offer)}")
+
+
+async def main(data_dir: str, peers: list[tuple[str, int]]) -> None:
+    async with p2paid.open_node(data_dir, listen=("0.0.0.0", 0), peers=peers) as node:
+        boards = node.boards()
+        if not boards:
+            raise SystemExit("this data dir has joined no board: run 'p2paid board join' first")
+        print(f"matchmaker watching {', '.join(b.name for b in boards)}; Ctrl-C to stop")
+        async with trio.open_nursery() as nursery:
+            for board in boards:
+                nursery.start_soon(watch, board)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir")
+    parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT")
+    args = parser.parse_args()
+    try:
+        trio.run(main, args.data_dir, [parse_address(p, 7446) for p in args.peer])
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,89 @@
+"""The examples in examples/ run and do what their docstrings say."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def run_example(name: str, *args: str, timeout: float = 60) -> str:
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_two_nodes_sync_and_see_the_claim() -> None:
+    out = run_example("two_nodes.py")
+    assert "Bo sees: ['Drinking water']" in out
+    assert "Bo claimed 10 of need 'Drinking water'" in out
+    assert "Drinking water: 10 of 40 claimed" in out
+
+
+def test_embedded_node_runs_beside_the_app_and_closes() -> None:
+    out = run_example("embed_in_trio_app.py")
+    assert "Desk posted need 'Blankets' (30 pcs)" in out
+    assert "2 open need(s): Blankets (0/30), Baby formula (0/12)" in out
+    assert out.rstrip().endswith("the store holds everything that was confirmed")
+
+
+def _cli(data_dir: Path, *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "p2paid", "--data-dir", str(data_dir), *args],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def test_matchmaker_bot_matches_an_offer_to_open_needs(tmp_path: Path) -> None:
+    """The bot (a node) learns a new offer from a peer node and prints the needs it
+    could meet, most urgent first."""
+    poster, bot_dir = tmp_path / "poster", tmp_path / "bot"
+    _cli(poster, "init")
+    _cli(bot_dir, "init")
+    created = json.loads(_cli(poster, "board", "create", "Camp", "--as", "Amina", "--json"))
+    _cli(poster, "need", "add", "Ride to the clinic", "--category", "transport",
+         "--urgency", "high")
+    _cli(poster, "need", "add", "Move boxes", "--category", "transport", "--urgency", "low")
+    _cli(poster, "need", "add", "Rice", "--category", "food")
+    _cli(bot_dir, "board", "join", created["invite"])
+    node = subprocess.Popen([sys.executable, "-m", "p2paid", "--data-dir", str(poster), "run",
+                             "--listen", "127.0.0.1:0", "--no-mdns"], stderr=subprocess.PIPE,
+                            text=True)
+    bot = None
+    try:
+        assert node.stderr is not None
+        port = None
+        deadline = time.monotonic() + 30
+        while port is None and time.monotonic() < deadline:
+            line = node.stderr.readline()
+            if "listening on 127.0.0.1:" in line:
+                port = line.rsplit("127.0.0.1:", 1)[1].split()[0]
+        assert port is not None, "the poster's node did not start"
+        bot = subprocess.Popen([sys.executable, str(EXAMPLES / "matchmaker_bot.py"),
+                                str(bot_dir), "--peer", f"127.0.0.1:{port}"],
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert bot.stdout is not None
+        assert "matchmaker watching Camp" in bot.stdout.readline()
+        time.sleep(2)  # synced and listening for events
+        _cli(poster, "offer", "add", "Van with driver", "--category", "transport")
+        lines = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            lines.append(bot.stdout.readline())
+            if "Move boxes" in lines[-1]:
+                break
+        text = "".join(lines)
+        assert "offer" in text and "Van with driver" in text and "could meet" in text
+        assert text.index("Ride to the clinic") < text.index("Move boxes")
+        assert "Rice" not in text
+    finally:
+        for proc in (bot, node):
+            if proc is not None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=15)

@@ -30,6 +30,7 @@ from .errors import (
     AmbiguousIdError,
     EnvelopeError,
     InvalidChangeError,
+    InviteError,
     NotFoundError,
     P2paidError,
     StorageError,
@@ -39,7 +40,7 @@ from .errors import (
 from .feed import EMPTY_HEAD, FeedHead, Rejection
 from .identity import AuthorId, AuthorKey, fingerprint
 from .ingest import Accepted, ingest
-from .invite import BoardId, BoardKeys, Invite, derive_board_keys
+from .invite import MAX_RELAY_HINTS, BoardId, BoardKeys, Invite, derive_board_keys
 from .model import (
     DEFAULT_NEED_TTL_DAYS,
     BoardEvent,
@@ -56,6 +57,7 @@ from .model import (
     clean_ttl_days,
     now_ms,
 )
+from .relayaddr import RelayAddress
 from .store import BoardRow, Database, EnvelopeRow, SnapshotRow
 
 __all__ = ["Board", "ReceiveReport"]
@@ -560,6 +562,32 @@ class Board:
         """Publish relay addresses in your own section, as hints for other members."""
         hints = tuple(relays)
         self._write(lambda w: w.set_relays(hints))
+
+    def add_relay(self, address: str) -> None:
+        """Use a relay for this board: remember it, and publish it to the other members.
+
+        Raises:
+            InviteError: not a relay address.
+        """
+        text = str(RelayAddress.parse(address))
+        if text in self.relays:
+            return
+        self.relays = (*self.relays, text)
+        self._db.set_board_relays(self.id, self.relays)
+        self.publish_relays(self.relays[-MAX_RELAY_HINTS:])
+
+    def relay_hints(self) -> list[str]:
+        """Relay addresses for this board: from its invite, added here, or published by
+        any member; each valid one once."""
+        self.refresh()
+        found: dict[str, None] = {}
+        for text in (*self.relays, *(h for a in self.document.authors
+                                     for h in self.document.section(a).relays)):
+            try:
+                found[str(RelayAddress.parse(text))] = None
+            except InviteError:
+                continue
+        return list(found)
 
     def post_need(self, title: str, **fields: Any) -> Item:
         """Post a need. Keyword fields as for :meth:`post`; expires in 14 days by default."""

@@ -17,6 +17,7 @@ from typing import Any
 from . import __version__
 from .board import Board
 from .cli_node import add_node_commands
+from .cli_relay import add_relay_commands
 from .errors import AmbiguousIdError, NotFoundError, P2paidError, UsageError
 from .local import ImportReport, Store, default_data_dir, open_store
 from .model import Category, Item, Status, Urgency, now_ms
@@ -119,8 +120,9 @@ def cmd_board_list(args: argparse.Namespace) -> int:
 def cmd_board_invite(args: argparse.Namespace) -> int:
     with _store(args) as store:
         board = store.board(args.board)
-        relays = list(board.relays) + [r for r in (args.relay or []) if r not in board.relays]
-        print(board.invite(relays))
+        for relay in args.relay or []:
+            board.add_relay(relay)  # kept, and published to the members already in
+        print(board.invite())
     return 0
 
 
@@ -437,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     _board_opt(p)
 
     add_node_commands(sub, cmd)
+    add_relay_commands(sub, cmd)
 
     p = cmd("bench", cmd_bench, "measure this machine: apply, open and post figures", json_opt=True)
     p.add_argument("--quick", action="store_true", help="smaller workload (1,000 changes)")

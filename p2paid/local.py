@@ -12,6 +12,7 @@ Everything the ``p2paid`` command does is available here; the async node
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,7 @@ from .identity import AuthorKey, NodeKey, fingerprint
 from .ingest import ingest
 from .invite import Invite, derive_board_keys, new_board_secret, validate_board_name
 from .model import now_ms
+from .relayaddr import RelayAddress
 from .store import DB_FILENAME, BoardRow, Database
 
 __all__ = ["BoardReport", "ImportReport", "Store", "default_data_dir", "open_store"]
@@ -45,6 +47,7 @@ __all__ = ["BoardReport", "ImportReport", "Store", "default_data_dir", "open_sto
 #: Envelopes handed to one :meth:`Board.receive` call during a bundle import.
 IMPORT_BATCH: Final = 10_000
 _NODE_KEY: Final = "node_key"
+_RELAYS: Final = "relays"
 
 
 def default_data_dir() -> Path:
@@ -240,6 +243,48 @@ class Store:
         self.db.set_change_hashes(updates)
         for author, seq in refused_from.items():
             self.db.delete_feed_from(board_id, author, seq)
+
+    # ------------------------------------------------------------------ relays
+
+    def relays(self) -> dict[str, list[bytes] | None]:
+        """Relays this node uses: ``address -> board ids`` (None: every board)."""
+        raw = self.db.get_meta(_RELAYS)
+        entries = json.loads(raw) if raw else {}
+        return {a: None if b is None else [bytes.fromhex(x) for x in b]
+                for a, b in entries.items()}
+
+    def add_relay(self, address: str, board: bytes | None = None) -> str:
+        """Use a relay for every board, or for one; returns the address in normal form.
+
+        Raises:
+            InviteError: not a relay address.
+        """
+        text = str(RelayAddress.parse(address))
+        relays = self.relays()
+        if board is None:
+            relays[text] = None
+        else:
+            current = relays.get(text, [])
+            if current is not None and board not in current:
+                relays[text] = [*current, board]
+        self._save_relays(relays)
+        return text
+
+    def remove_relay(self, address: str) -> None:
+        """Stop using a relay configured with :meth:`add_relay`.
+
+        Raises:
+            NotFoundError: it is not configured.
+        """
+        text = str(RelayAddress.parse(address))
+        relays = self.relays()
+        if relays.pop(text, False) is False:
+            raise NotFoundError(f"relay {text} is not configured")
+        self._save_relays(relays)
+
+    def _save_relays(self, relays: dict[str, list[bytes] | None]) -> None:
+        data = {a: None if b is None else [x.hex() for x in b] for a, b in relays.items()}
+        self.db.set_meta(_RELAYS, json.dumps(data).encode())
 
     def carried(self) -> dict[bytes, int]:
         """Boards this store holds envelopes for but has not joined: ``id -> count``."""

@@ -28,13 +28,15 @@ from typing import Final, final
 import trio
 
 from .asyncboard import AsyncBoard
-from .errors import UsageError
+from .errors import P2paidError, UsageError
 from .identity import NodeKey, fingerprint
 from .invite import Invite
 from .local import Store, open_store
 from .net.connection import RESYNC_REASON, Connection, run_connection
 from .net.peers import Dialer, DialTarget
 from .net.tcp import format_address, open_listener
+from .relayaddr import RelayAddress
+from .render import plural
 from .replica import StoreReplica
 from .replication import SyncEvent
 
@@ -48,6 +50,7 @@ MAX_CONNECTIONS: Final = 64
 #: How often the node looks for envelopes other processes (the CLI) stored.
 STORE_POLL_INTERVAL: Final = 0.25
 STATUS_INTERVAL: Final = 2.0
+RELAY_REFRESH_INTERVAL: Final = 5.0
 RUNTIME_KEY: Final = "runtime"
 
 
@@ -130,12 +133,61 @@ class Node:
         self._board_ids = {b.id for b in self.store.boards()}
         for conn in list(self._conns.values()):
             conn.close(RESYNC_REASON)
+        with contextlib.suppress(P2paidError):
+            self.refresh_relays()
 
     # ------------------------------------------------------------------ peers
 
     def connect(self, host: str, port: int) -> None:
         """Keep a connection to ``host:port`` (reconnecting with backoff)."""
         self.dialer.add(DialTarget(host, port, source="configured"))
+
+    def relay_plan(self) -> dict[str, frozenset[bytes]]:
+        """Which boards to sync through which relay: configured relays (for all or some
+        boards), relays in invites, and relays that members publish on a board."""
+        boards = self.store.boards()
+        plan: dict[str, set[bytes]] = {}
+        for address, only in self.store.relays().items():
+            plan.setdefault(address, set()).update(
+                b.id for b in boards if only is None or b.id in only)
+        for board in boards:
+            for address in board.relay_hints():
+                plan.setdefault(address, set()).add(board.id)
+        return {a: frozenset(ids) for a, ids in plan.items() if ids}
+
+    def refresh_relays(self) -> None:
+        """Dial the relays of :meth:`relay_plan`; redial one whose boards changed."""
+        plan = self.relay_plan()
+        wanted: dict[tuple[str, int], tuple[RelayAddress, frozenset[bytes]]] = {}
+        for text, board_ids in plan.items():
+            address = RelayAddress.parse(text)
+            wanted[(address.host, address.port)] = (address, board_ids)
+        for key, target in list(self.dialer.targets.items()):
+            if target.source == "relay" and (
+                    key not in wanted or wanted[key][1] != target.boards
+                    or wanted[key][0].key != target.node_id):
+                self.dialer.remove(*key)
+                conn = self._conns.get(target.node_id or b"")
+                if conn is not None:
+                    conn.close(RESYNC_REASON)
+        for key, (address, board_ids) in wanted.items():
+            if self.dialer.get(*key) is None:
+                log.info("syncing %s through relay %s", plural(len(board_ids), "board"),
+                         address)
+                self.dialer.add(DialTarget(address.host, address.port, source="relay",
+                                           node_id=address.key, pinned=True, to_relay=True,
+                                           boards=board_ids))
+
+    async def watch_relays(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+        """Follow relay hints as members publish them (checked every few seconds)."""
+        task_status.started()
+        while True:
+            try:
+                self.refresh_relays()
+            except P2paidError as exc:
+                log.warning("cannot plan relays: %s", exc)
+            await trio.sleep(RELAY_REFRESH_INTERVAL)
 
     def peers(self) -> list[PeerInfo]:
         return [
@@ -385,6 +437,7 @@ async def open_node(
                 await _start_listener(node, nursery, listen)
             await nursery.start(node.watch_store)
             await nursery.start(node.write_status)
+            await nursery.start(node.watch_relays)
             for host, port in peers:
                 node.connect(host, port)
             if mdns:

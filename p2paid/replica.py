@@ -38,6 +38,9 @@ class StoreReplica:
         self.stats: dict[str, float] = {"received": 0, "receive_s": 0.0, "sent": 0,
                                         "read_s": 0.0}
 
+    def accepts(self, board_id: bytes) -> tuple[str, str] | None:
+        return ("not-a-relay", "this is a node; it does not carry boards by id")
+
     def board(self, board_id: bytes) -> Board:
         board = self._boards.get(board_id)
         if board is None:

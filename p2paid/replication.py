@@ -96,6 +96,8 @@ class Received:
     stored: int = 0
     duplicates: int = 0
     rejected: list[EnvelopeError] = field(default_factory=list)
+    #: ``(code, text)`` when a limit refused (part of) the batch; told to the peer
+    notice: tuple[str, str] | None = None
 
 
 class Replica(Protocol):
@@ -118,6 +120,10 @@ class Replica(Protocol):
         ...
 
     def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received: ...
+
+    def accepts(self, board_id: bytes) -> tuple[str, str] | None:
+        """For a relay answering a Hello: None to carry ``board_id``, else ``(code, text)``."""
+        ...
 
 
 @final
@@ -262,11 +268,10 @@ class SyncSession:
         if isinstance(message, Close):
             self.closed_reason = message.reason
             return []
-        if not self._hello_received:
+        if not self._hello_received and not isinstance(message, Refused):
             raise RemoteProtocolError("message before hello")
         if isinstance(message, Refused):
-            link = self._remote_link(message.board)
-            self.events.append(SyncEvent("refused", link.board_id, 0,
+            self.events.append(SyncEvent("refused", message.board, 0,
                                          f"{message.code}: {message.text}"))
             return []
         if isinstance(message, Vector):
@@ -311,8 +316,14 @@ class SyncSession:
         self.peer_role = hello.role
         out: list[Message] = []
         if not self._hello_sent:  # we are a relay: answer for the boards asked about
-            wanted = {b.key for b in hello.boards}
-            out.append(self._hello([a for a in self._replica.boards() if a.board_id in wanted]))
+            accepted: list[BoardAccess] = []
+            for entry in hello.boards:
+                refusal = self._replica.accepts(entry.key)
+                if refusal is None:
+                    accepted.append(BoardAccess(entry.key, None))
+                else:
+                    out.append(Refused(entry.key, *refusal))
+            out.insert(0, self._hello(accepted))
         expected: dict[bytes, _Link] = {}
         for link in self._links:
             ident = link.board_id if self._by_id else board_tag(
@@ -370,7 +381,10 @@ class SyncSession:
                                           close_reason=error.code)
         self.events.append(SyncEvent("received", link.board_id, result.stored,
                                      f"{result.duplicates} duplicates"))
-        return [Ack(link.local_index, message.batch)]
+        out: list[Message] = [Ack(link.local_index, message.batch)]
+        if result.notice is not None:
+            out.append(Refused(link.board_id, *result.notice))
+        return out
 
     def _on_ack(self, message: Ack) -> list[Message]:
         link = self._remote_link(message.board)

@@ -391,6 +391,11 @@ class Database:
         for (data,) in cur:
             yield bytes(data)
 
+    def board_sizes(self) -> dict[bytes, int]:
+        """Bytes of envelopes held per board id."""
+        rows = self._query("SELECT board_id, SUM(LENGTH(data)) FROM envelopes GROUP BY board_id")
+        return {_bytes(b): _int(n) for b, n in rows}
+
     def envelope_boards(self) -> dict[bytes, int]:
         """Every board id with envelopes held, and how many."""
         rows = self._query("SELECT board_id, COUNT(*) FROM envelopes GROUP BY board_id")

@@ -226,10 +226,14 @@ class Pong:
 @final
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The sender refused something about ``board`` (a relay limit, say); it stays connected."""
+    """The sender refused something (a relay limit, say) and stays connected.
+
+    ``board`` is the board's Hello key (its id, between a node and a relay), or
+    empty when the notice is about the whole connection.
+    """
 
     TYPE: ClassVar[int] = 7
-    board: int
+    board: bytes
     code: str
     text: str
 
@@ -238,7 +242,10 @@ class Refused:
 
     @classmethod
     def parse(cls, f: list[Any]) -> Refused:
-        return cls(_uint(f[0]), _str(f[1], 64), _str(f[2]))
+        board = _bytes(f[0])
+        if len(board) not in (0, 32):
+            raise DecodeError("refused board key is not 32 bytes")
+        return cls(board, _str(f[1], 64), _str(f[2]))
 
 
 @final

@@ -115,12 +115,15 @@ class MemoryReplica:
         role: "node" or "relay".
         held_cap: most out-of-order envelopes kept per board while a gap is open.
         name: for reprs in failure messages.
+        allowed: for a relay, the board ids it agrees to carry (None: any board asked for).
     """
 
-    def __init__(self, role: str = "node", *, held_cap: int = 64, name: str = "") -> None:
+    def __init__(self, role: str = "node", *, held_cap: int = 64, name: str = "",
+                 allowed: set[bytes] | None = None) -> None:
         self._role = role
         self.held_cap = held_cap
         self.name = name
+        self.allowed = allowed
         self._boards: dict[bytes, _BoardData] = {}
         #: boards whose vector grew through :meth:`receive` since the set was last taken
         self.changed_boards: set[bytes] = set()
@@ -142,6 +145,17 @@ class MemoryReplica:
 
     def boards(self) -> Sequence[BoardAccess]:
         return [data.access for data in self._boards.values()]
+
+    def accepts(self, board_id: bytes) -> tuple[str, str] | None:
+        """A relay carries any board asked for (or the allowed ones); a node carries none."""
+        if self._role != "relay":
+            return ("not-a-relay", "this is a node; it does not carry boards by id")
+        if board_id in self._boards:
+            return None
+        if self.allowed is not None and board_id not in self.allowed:
+            return ("not-allowed", "this relay carries only the boards its operator allows")
+        self._boards[board_id] = _BoardData(BoardAccess(board_id, None))
+        return None
 
     def vector(self, board_id: bytes) -> Mapping[bytes, int]:
         return {a: len(f) for a, f in self._boards[board_id].feeds.items() if f}
@@ -241,6 +255,10 @@ class FlowControlViolation(AssertionError):
     """A session broke the window or batch-size rule."""
 
 
+class RedundantSend(AssertionError):
+    """A session sent an envelope its peer is known to hold (echo, repeat, or declared)."""
+
+
 @dataclass(eq=False)
 class Endpoint:
     """One side of a :class:`Connection`: channel, session, and what crossed it."""
@@ -262,6 +280,12 @@ class Endpoint:
     batches_sent: Counter[bytes] = field(default_factory=Counter)
     batches_acked: Counter[bytes] = field(default_factory=Counter)
     max_in_flight: int = 0
+    #: the replica's vectors when the session started: what its Hello/Vector declare (a
+    #: relay answers later, with at least this much)
+    declared: dict[bytes, dict[bytes, int]] = field(default_factory=dict)
+    #: (board, author, seq) of every envelope sent / received on this session
+    sent_ids: set[tuple[bytes, bytes, int]] = field(default_factory=set)
+    received_ids: set[tuple[bytes, bytes, int]] = field(default_factory=set)
 
     def in_flight(self, board_id: bytes) -> int:
         return self.batches_sent[board_id] - self.batches_acked[board_id]
@@ -349,10 +373,12 @@ class Connection:
     def _check_batch(self, end: Endpoint, message: Envelopes) -> None:
         if not message.envelopes:
             raise FlowControlViolation("empty Envelopes batch sent")
-        board_ids = {peek_envelope(raw)[0] for raw in message.envelopes}
+        ids = [peek_envelope(raw) for raw in message.envelopes]
+        board_ids = {board_id for board_id, _, _ in ids}
         if len(board_ids) != 1:
             raise FlowControlViolation("one batch mixes boards")
         (board_id,) = board_ids
+        self._check_redundancy(end, ids)
         sizes = [len(raw) for raw in message.envelopes]
         if sum(sizes[:-1]) >= end.batch_bytes:
             raise FlowControlViolation(
@@ -367,6 +393,19 @@ class Connection:
         """Send ``message`` from ``end`` bypassing its session (a misbehaving peer)."""
         end.channel.send(message)
         end.flush()
+
+    def _check_redundancy(self, end: Endpoint, ids: list[tuple[bytes, bytes, int]]) -> None:
+        """Nothing is sent twice, nothing received is echoed, nothing declared is resent."""
+        peer = self.ends[1 - self.ends.index(end)]
+        for ident in ids:
+            board_id, author, seq = ident
+            if ident in end.sent_ids:
+                raise RedundantSend(f"seq {seq} sent twice on one session")
+            if ident in end.received_ids:
+                raise RedundantSend(f"seq {seq} echoed to the peer that sent it")
+            if seq <= peer.declared.get(board_id, {}).get(author, 0):
+                raise RedundantSend(f"seq {seq} sent although the peer's Hello covers it")
+            end.sent_ids.add(ident)
 
     def local_changed(self, replica: MemoryReplica, board_id: bytes) -> None:
         """Tell the session(s) of ``replica`` on this connection that ``board_id`` grew."""
@@ -403,6 +442,10 @@ class Connection:
             if event is NEED_DATA:
                 return
             if isinstance(event, HandshakeComplete):
+                end.declared = {
+                    acc.board_id: dict(end.replica.vector(acc.board_id))
+                    for acc in end.replica.boards()
+                }
                 end.session = SyncSession(
                     end.replica,
                     initiator=end.initiator,
@@ -429,6 +472,9 @@ class Connection:
         elif isinstance(message, Envelopes) and message.envelopes:
             raw = message.envelopes[0]
             acking = raw[1:33] if len(raw) >= 33 else None
+            for raw in message.envelopes:
+                if len(raw) >= 73:
+                    end.received_ids.add(peek_envelope(raw))
         self.send(end, end.session.handle(message), acking)
         if end.replica.changed_boards:
             if self._on_change is not None:

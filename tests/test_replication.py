@@ -330,28 +330,46 @@ def test_relay_session_links_boards_by_id() -> None:
     w = FeedWriter(BOARD)
     w.many(6)
     node = replica_with([w])
-    node.add_board(OTHER_BOARD)  # a board the relay does not hold
-    relay = MemoryReplica("relay")
-    relay.add_board(BOARD)
-    relay.add_board(board_keys(7))  # a board the node did not ask about
+    node.add_board(OTHER_BOARD)  # a board this relay will not carry
+    hidden = board_keys(7)
+    relay = MemoryReplica("relay", allowed={BOARD.board_id, hidden.board_id})
+    relay.add_board(hidden)  # a board the node did not ask about
     assert SyncSession(relay, initiator=False, handshake_hash=bytes(32)).start() == []
     up = Connection(node, relay, a_to_relay=True)
     up.handshake()
     assert kinds(up.b.received) == ["Hello"]
-    assert kinds(up.b.sent) == ["Hello", "Vector"]  # answers, for the one board both hold
+    # The relay answers: its Hello, a notice for the board it will not carry, its Vector.
+    assert kinds(up.b.sent) == ["Hello", "Refused", "Vector"]
     up.run()
-    hello_node, hello_relay = up.a.sent[0], up.b.sent[0]
+    hello_node, hello_relay, refused = up.a.sent[0], up.b.sent[0], up.b.sent[1]
     assert isinstance(hello_node, Hello) and isinstance(hello_relay, Hello)
     assert hello_node.by_id and hello_relay.by_id and hello_relay.role == "relay"
     assert {b.key for b in hello_node.boards} == {BOARD.board_id, OTHER_BOARD.board_id}
-    assert [b.key for b in hello_relay.boards] == [BOARD.board_id]
+    assert [b.key for b in hello_relay.boards] == [BOARD.board_id]  # hidden stays hidden
+    assert isinstance(refused, Refused) and refused.board == OTHER_BOARD.board_id
     for end in up.ends:
         assert end.session is not None and end.session.shared_boards == [BOARD.board_id]
-    assert relay.boards()[0].tag_key is None
+    assert up.a.session is not None
+    assert [(e.kind, e.board_id) for e in up.a.session.events][:2] == [
+        ("linked", BOARD.board_id), ("refused", OTHER_BOARD.board_id)]
+    assert all(acc.tag_key is None for acc in relay.boards())
+    assert not relay.holds(OTHER_BOARD.board_id)
     assert relay.feeds(BOARD.board_id) == expected_feeds([w])
     down = Connection(replica_with([]), relay, a_to_relay=True)
     down.run()
     assert down.a.replica.feeds(BOARD.board_id) == expected_feeds([w])
+
+
+def test_open_relay_carries_a_board_it_has_never_seen() -> None:
+    """A relay without an allow-list starts carrying a board the first time a node offers
+    it, so the first member to reach it can upload."""
+    w = FeedWriter(OTHER_BOARD)
+    w.many(3)
+    relay = MemoryReplica("relay")
+    conn = Connection(replica_with([w], keys=OTHER_BOARD), relay, a_to_relay=True)
+    conn.run()
+    assert relay.feeds(OTHER_BOARD.board_id) == expected_feeds([w])
+    assert kinds(conn.b.sent) == ["Hello", "Vector", "Ack"]
 
 
 def test_node_that_does_not_know_it_dials_a_relay_is_refused() -> None:
@@ -497,17 +515,29 @@ def _half_linked() -> tuple[SyncSession, Vector]:
         Envelopes(0, 0, ()),  # before the peer's Vector
         Ack(0, 0),  # a batch never sent
         Vector(5, ()),  # a board index the peer never offered
-        Refused(5, "limit", "no"),
         Envelopes(5, 0, ()),
+        Ack(5, 0),
     ],
-    ids=["envelopes-before-vector", "ack-never-sent", "vector-unshared", "refused-unshared",
-         "envelopes-unshared"],
+    ids=["envelopes-before-vector", "ack-never-sent", "vector-unshared", "envelopes-unshared",
+         "ack-unshared"],
 )
 def test_protocol_violations_raise_remote_errors(message: Message) -> None:
     """Messages out of order, or naming boards never linked, are the peer's fault."""
     session, _ = _half_linked()
     with pytest.raises(RemoteProtocolError):
         session.handle(message)
+
+
+def test_refused_is_a_notice_not_a_failure() -> None:
+    """A Refused notice (about a board, or the whole connection) is recorded as an event;
+    the session carries on, even before the Hello."""
+    session, vector = _half_linked()
+    assert session.handle(Refused(BOARD.board_id, "limit", "too many envelopes")) == []
+    assert session.handle(Refused(b"", "busy", "")) == []
+    assert [e.kind for e in session.events][-2:] == ["refused", "refused"]
+    session.handle(vector)  # still works
+    fresh = SyncSession(replica_with([]), initiator=True, handshake_hash=bytes(32))
+    assert fresh.handle(Refused(b"", "busy", "")) == []
 
 
 def test_second_vector_is_refused() -> None:

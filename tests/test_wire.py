@@ -116,7 +116,12 @@ MESSAGES: st.SearchStrategy[Message] = st.one_of(
     st.builds(Ack, board=UINT64, batch=UINT64),
     st.builds(Ping, nonce=UINT64),
     st.builds(Pong, nonce=UINT64),
-    st.builds(Refused, board=UINT64, code=_text(64), text=_text(1000)),
+    st.builds(
+        Refused,
+        board=st.just(b"") | st.binary(min_size=32, max_size=32),
+        code=_text(64),
+        text=_text(1000),
+    ),
     st.builds(Close, reason=_text(200)),
 )
 
@@ -313,7 +318,8 @@ def test_every_message_type_round_trips_through_the_codec(message: Message) -> N
         Ack(2**64 - 1, 0),
         Ping(0),
         Pong(2**64 - 1),
-        Refused(3, "c" * 64, "t" * 1000),
+        Refused(b"\x03" * 32, "c" * 64, "t" * 1000),
+        Refused(b"", "", ""),
         Close("r" * 200),
         Close(""),
     ],
@@ -328,8 +334,10 @@ def test_boundary_values_round_trip(message: Message) -> None:
     "body",
     [
         [1, 1, "n" * 17, False, []],  # role over 16 characters
-        [7, 0, "c" * 65, ""],  # refusal code over 64
-        [7, 0, "c", "t" * 1001],  # refusal text over 1000
+        [7, b"", "c" * 65, ""],  # refusal code over 64
+        [7, b"", "c", "t" * 1001],  # refusal text over 1000
+        [7, b"k" * 31, "c", "t"],  # refusal board key neither empty nor 32 bytes
+        [7, 0, "c", "t"],  # refusal board given as an index
         [8, "r" * 201],  # close reason over 200
         [1, 1, "node", 1, []],  # by_id not a bool
         [1, 1, "node", False, [[b"k" * 31, b"d" * 16]]],  # short board key

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol, final
 
 import trio
@@ -30,6 +30,7 @@ from ..wire import (
     Message,
     MessageReceived,
     Ping,
+    Refused,
     SecureChannel,
 )
 
@@ -185,6 +186,7 @@ async def run_connection(
     initiator: bool,
     expected_remote: bytes | None = None,
     to_relay: bool = False,
+    boards: Sequence[bytes] | None = None,
     on_connected: Callable[[Connection], Awaitable[None]] | None = None,
 ) -> Connection | None:
     """Handshake, then sync until either side closes or misbehaves.
@@ -209,7 +211,7 @@ async def run_connection(
         await _goodbye(conn, conn.close_reason or "duplicate")
         return conn
     try:
-        await _serve(host, conn, channel, to_relay, on_connected)
+        await _serve(host, conn, channel, to_relay, boards, on_connected)
     finally:
         host.unregister(conn)
         await _goodbye(conn, conn.close_reason or "bye")
@@ -217,11 +219,12 @@ async def run_connection(
 
 
 async def _serve(host: ConnectionHost, conn: Connection, channel: SecureChannel,
-                 to_relay: bool, on_connected: Callable[[Connection], Awaitable[None]] | None
-                 ) -> None:
+                 to_relay: bool, boards: Sequence[bytes] | None,
+                 on_connected: Callable[[Connection], Awaitable[None]] | None) -> None:
     assert channel.handshake_hash is not None
     session = SyncSession(host.replica, initiator=conn.initiator,
-                          handshake_hash=channel.handshake_hash, to_relay=to_relay)
+                          handshake_hash=channel.handshake_hash, to_relay=to_relay,
+                          boards=boards)
     conn.session = session
     with conn.cancel_scope:
         try:
@@ -249,10 +252,14 @@ async def _serve(host: ConnectionHost, conn: Connection, channel: SecureChannel,
 
 async def _read_loop(host: ConnectionHost, conn: Connection, channel: SecureChannel,
                      session: SyncSession) -> None:
+    rate: int | None = getattr(host, "rate_limit", None)
+    bucket = _TokenBucket(rate) if rate else None
     # Messages may have arrived in the same read as the last handshake message.
     while await _drain(host, conn, channel, session):
         data = await conn._stream.receive_some(RECEIVE_SIZE)
         conn.last_received = time.monotonic()
+        if bucket is not None:
+            await bucket.take(len(data), conn)
         channel.receive_data(data)
         if not data:
             await _drain(host, conn, channel, session)
@@ -283,6 +290,29 @@ async def _drain(host: ConnectionHost, conn: Connection, channel: SecureChannel,
             conn.close_reason = NOTHING_SHARED
             return False
         host.after_receive(conn)
+
+
+class _TokenBucket:
+    """Per-connection receive rate limit: past a burst, reading pauses (TCP pushes back)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.burst = 4 * rate
+        self.tokens = float(self.burst)
+        self.at = time.monotonic()
+        self.warned = False
+
+    async def take(self, size: int, conn: Connection) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate) - size
+        self.at = now
+        if self.tokens < 0:
+            if not self.warned:
+                self.warned = True
+                log.info("throttling %s to %d bytes/s", conn.address, self.rate)
+                await conn.send([Refused(b"", "rate-limited",
+                                         f"this relay reads at most {self.rate} bytes/s")])
+            await trio.sleep(-self.tokens / self.rate)
 
 
 async def _goodbye(conn: Connection, reason: str) -> None:

@@ -40,6 +40,8 @@ class DialTarget:
     node_id: bytes | None = None  #: expected (pinned) or learned node id
     pinned: bool = False  #: refuse any other node id (relays)
     to_relay: bool = False
+    #: boards to offer (relays); None offers every joined board
+    boards: frozenset[bytes] | None = None
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
@@ -62,6 +64,9 @@ class Dialer:
             return
         self.targets[key] = target
         self._nursery.start_soon(self._run, target)
+
+    def get(self, host: str, port: int) -> DialTarget | None:
+        return self.targets.get((host, port))
 
     def remove(self, host: str, port: int) -> None:
         target = self.targets.pop((host, port), None)
@@ -96,6 +101,7 @@ class Dialer:
             self._node, stream, address=target.address, initiator=True,
             expected_remote=target.node_id if target.pinned else None,
             to_relay=target.to_relay,
+            boards=None if target.boards is None else sorted(target.boards),
         )
         if conn is not None and conn.remote_id and not target.pinned:
             target.node_id = conn.remote_id

@@ -51,7 +51,7 @@ def cmd_relay_run(args: argparse.Namespace) -> int:
     )
     options = RelayOptions(
         listen=parse_address(args.listen, DEFAULT_RELAY_PORT),
-        public=None if args.public is None else parse_address(args.public, DEFAULT_RELAY_PORT),
+        public=None if args.public is None else _host_and_port(args.public),
         metrics=None if args.metrics is None else parse_address(args.metrics),
         limits=limits,
     )
@@ -74,6 +74,13 @@ async def _run(data_dir: Any, options: RelayOptions) -> None:
                          signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _host_and_port(text: str) -> tuple[str, int | None]:
+    """``HOST`` or ``HOST:PORT`` (a missing port means: the one the relay listens on)."""
+    if text.count(":") == 1 or text.startswith("["):
+        return parse_address(text)
+    return text.strip("[]"), None
 
 
 def cmd_relay_status(args: argparse.Namespace) -> int:

@@ -299,7 +299,8 @@ def _limits_json(limits: RelayLimits) -> dict[str, Any]:
 @dataclass
 class RelayOptions:
     listen: tuple[str, int] = ("0.0.0.0", DEFAULT_RELAY_PORT)
-    public: tuple[str, int] | None = None
+    #: host (and port; None = the listening port) that members use to reach the relay
+    public: tuple[str, int | None] | None = None
     metrics: tuple[str, int] | None = None
     limits: RelayLimits = field(default_factory=RelayLimits)
 
@@ -324,7 +325,10 @@ async def serve_relay(
             relay = Relay(db, opts.limits, nursery)
             bound = listener.socket.getsockname()
             relay.listen_address = (bound[0], bound[1])
-            relay.public = opts.public or _guess_public(relay.listen_address)
+            if opts.public is None:
+                relay.public = _guess_public(relay.listen_address)
+            else:
+                relay.public = (opts.public[0], opts.public[1] or relay.listen_address[1])
             if opts.metrics is not None:
                 from .metrics import RelayMetrics
 

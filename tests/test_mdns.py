@@ -81,7 +81,7 @@ class Cluster:
         if netns is not None:
             cmd = self.ns.exec_argv(netns, cmd)
         done = subprocess.run(cmd, capture_output=True, text=True, env=self.env,
-                              timeout=CLI_TIMEOUT)
+                              cwd=self.tmp_path, timeout=CLI_TIMEOUT)
         assert done.returncode == 0, (
             f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done.stdout
@@ -117,7 +117,7 @@ class Cluster:
             "--listen", "0.0.0.0:0", *flags])
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT,
+                                    stderr=subprocess.STDOUT, cwd=self.tmp_path,
                                     env={**self.env, **(extra_env or {})})
         node = NodeProcess(name, data_dir, proc, log_path)
         self.nodes.append(node)

@@ -587,11 +587,39 @@ def test_forged_gap_envelope_does_not_get_an_honest_peer_dropped(tmp_path: Path)
 
 
 def test_largest_vector_the_decoder_accepts_fits_in_a_message() -> None:
-    """The session sends a board's whole vector as one message; a board with more authors
-    than fit in MAX_MESSAGE_BYTES (about 24,000) cannot be synced at all, although the
-    decoder accepts up to Vector.MAX_ENTRIES entries."""
-    entries = tuple((i.to_bytes(32, "big"), 2**32) for i in range(Vector.MAX_ENTRIES))
+    """Vector.MAX_ENTRIES entries with the widest seqs still fit in MAX_MESSAGE_BYTES, so a
+    decodable vector is always sendable."""
+    entries = tuple((i.to_bytes(32, "big"), 2**64 - 1) for i in range(Vector.MAX_ENTRIES))
     assert len(encode_message(Vector(0, entries))) <= MAX_MESSAGE_BYTES
+
+
+class _HugeBoardReplica(MemoryReplica):
+    """A replica that claims more authors than one Vector message can name."""
+
+    AUTHORS = Vector.MAX_ENTRIES + 5_000
+
+    def vector(self, board_id: bytes) -> dict[bytes, int]:
+        return {i.to_bytes(32, "big"): 1 + i % 7 for i in range(self.AUTHORS)}
+
+
+def test_session_sends_a_sendable_vector_for_a_board_with_too_many_authors() -> None:
+    """With more authors than Vector.MAX_ENTRIES, the session still sends a Vector that fits
+    one message (omitting some authors only costs resends), instead of one the channel
+    refuses with LocalProtocolError."""
+    huge = _HugeBoardReplica()
+    huge.add_board(BOARD)
+    h = bytes(range(32))
+    sa = SyncSession(huge, initiator=True, handshake_hash=h)
+    sb = SyncSession(replica_with([]), initiator=False, handshake_hash=h)
+    (hello_a,) = sa.start()
+    (hello_b,) = sb.start()
+    sb.handle(hello_a)
+    (vector,) = sa.handle(hello_b)
+    assert isinstance(vector, Vector)
+    assert len(vector.entries) <= Vector.MAX_ENTRIES
+    assert len(encode_message(vector)) <= MAX_MESSAGE_BYTES
+    claimed = huge.vector(BOARD.board_id)
+    assert all(claimed[a] == s for a, s in vector.entries)  # never overstates
 
 
 # --------------------------------------------------------------------- state machine

@@ -186,7 +186,7 @@ class BoardDocument:
         self.start_ops: dict[bytes, int] = dict(sections or {})
         self.applied_seq: dict[bytes, int] = dict(vector or {})
         self.max_ops: dict[bytes, int] = dict(max_ops or {})
-        self.view = ReadModel(self._doc, self.start_ops)
+        self.view = ReadModel(self._doc, self.start_ops, author)
         self._heads = self._current_heads()
         self._refused: list[tuple[ChangeHeader, str]] = []
         self._bad_seq: set[tuple[bytes, int]] = set()

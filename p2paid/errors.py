@@ -141,6 +141,10 @@ class EnvelopeError(RemoteProtocolError):
     #: hash of the refused Automerge change, when it was decrypted
     change_hash: bytes | None = None
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.default_reason = cls.code  # the peer is told exactly what was refused
+
 
 class MalformedEnvelopeError(EnvelopeError, DecodeError):
     """The envelope bytes do not decode (truncated, unknown version, bad lengths)."""

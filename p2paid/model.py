@@ -316,7 +316,7 @@ class BoardEvent:
     item: Item | None = None  #: the item (for claim events: the claimed item, if known)
     claim: Claim | None = None
     previous: Item | Claim | None = None
-    local: bool = False  #: made on this node
+    local: bool = False  #: made by this node's own author key (here or by the CLI)
 
     def __str__(self) -> str:
         who = self.author_name or f"member {self.author[:8]}"

@@ -109,8 +109,11 @@ class ReadModel:
         start_ops: ``author -> start_op`` of each section, kept current by the caller.
     """
 
-    def __init__(self, doc: Document, start_ops: Mapping[bytes, int]) -> None:
+    def __init__(self, doc: Document, start_ops: Mapping[bytes, int],
+                 local_author: bytes = b"") -> None:
         self._doc = doc
+        #: changes by this author count as local (made here, or by another process here)
+        self.local_author = local_author
         self._start_ops = start_ops
         self._cache: dict[bytes, Section] = {}
         #: when True, every section is cached and changes produce events
@@ -166,13 +169,13 @@ class ReadModel:
         sec = self._cache.get(author)
         if sec is None:
             if self.tracking and new_author:
-                self._refresh(author, None, new_author=True, local=False)
+                self._refresh(author, None, new_author=True, local=author == self.local_author)
             return
         if not self.tracking:
             del self._cache[author]  # re-read lazily
             return
         touched = None if ops is None else self._touched(author, sec, ops)
-        self._refresh(author, touched, new_author=False, local=False)
+        self._refresh(author, touched, new_author=False, local=author == self.local_author)
 
     def wants_ops(self, author: bytes, changes: int) -> bool:
         """Whether decoding ``changes`` changes of ``author`` is worth it."""

@@ -352,12 +352,10 @@ def _guess_public(listen: tuple[str, int]) -> tuple[str, int]:
     host, port = listen
     if host not in ("0.0.0.0", "::", ""):
         return host, port
-    from zeroconf import get_all_addresses  # type: ignore[attr-defined]  # exported at runtime
+    from .net.mdns import local_networks
 
-    for address in get_all_addresses():
-        if not address.startswith("127."):
-            return address, port
-    return "127.0.0.1", port
+    networks = local_networks()
+    return (str(networks[0].ip) if networks else "127.0.0.1"), port
 
 
 def read_relay_runtime(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -312,6 +312,8 @@ class SyncSession:
             raise RemoteProtocolError(f"unsupported protocol version {hello.version}")
         if hello.by_id != self._by_id:
             raise RemoteProtocolError("hello names boards the wrong way for this connection")
+        if len({entry.key for entry in hello.boards}) != len(hello.boards):
+            raise RemoteProtocolError("hello lists a board twice")
         self._hello_received = True
         self.peer_role = hello.role
         out: list[Message] = []

@@ -287,7 +287,7 @@ def decode_message(body: bytes) -> Message:
         value = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except (ValueError, msgpack.UnpackException) as exc:
         raise DecodeError("message is not valid msgpack") from exc
-    if not isinstance(value, list) or not value or not isinstance(value[0], int):
+    if not isinstance(value, list) or not value or type(value[0]) is not int:
         raise DecodeError("message is not a typed array")
     kind = _TYPES.get(value[0])
     if kind is None:
@@ -413,6 +413,8 @@ class SecureChannel:
         """
         if self._failed is not None:
             raise self._failed
+        if self._eof:
+            raise LocalProtocolError("receive_data after the end of the stream")
         if not data:
             self._eof = True
         self.bytes_in += len(data)
@@ -482,8 +484,10 @@ class SecureChannel:
         pos = 0
         while len(plain) - pos >= 4:
             (length,) = _U32.unpack_from(plain, pos)
-            if length == 0 or length > MAX_MESSAGE_BYTES:
-                raise FrameTooLargeError(f"message length {length} outside 1..{MAX_MESSAGE_BYTES}")
+            if length == 0:
+                raise DecodeError("empty message")
+            if length > MAX_MESSAGE_BYTES:
+                raise FrameTooLargeError(f"message length {length} over {MAX_MESSAGE_BYTES}")
             if len(plain) - pos - 4 < length:
                 break
             body = bytes(plain[pos + 4 : pos + 4 + length])

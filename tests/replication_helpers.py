@@ -11,7 +11,10 @@
   :class:`~p2paid.wire.SecureChannel` + :class:`~p2paid.replication.SyncSession`
   endpoints whose bytes sit in per-direction queues until a test delivers them (all
   at once or in arbitrary slices). It records every message each side sent and
-  received and checks flow control as messages are sent.
+  received, and checks each batch as it is sent: at most ``window`` unacknowledged
+  per board, at most one envelope beyond ``batch_bytes``, and no redundancy (nothing
+  sent twice on a session, nothing echoed to the peer that sent it, nothing the
+  peer's Hello already declared).
 * :class:`Mesh` holds replicas and pairwise connections and, like the node, tells
   every session of a replica when the replica's boards grew.
 
@@ -500,13 +503,6 @@ class Connection:
                 self.deliver(direction, sizes[direction])
             trips += 1
         return trips
-
-
-def connect(a: MemoryReplica, b: MemoryReplica, **kwargs: object) -> Connection:
-    """A connection that has been run until quiet."""
-    conn = Connection(a, b, **kwargs)  # type: ignore[arg-type]
-    conn.run()
-    return conn
 
 
 class Mesh:

@@ -108,8 +108,7 @@ class Cluster:
             return []
         return list(self.cli_json(data_dir, "peers"))
 
-    def start(self, netns: str, data_dir: Path, *flags: str,
-              extra_env: dict[str, str] | None = None) -> NodeProcess:
+    def start(self, netns: str, data_dir: Path, *flags: str) -> NodeProcess:
         name = data_dir.name
         log_path = self.tmp_path / f"node-{name}.log"
         cmd = self.ns.exec_argv(netns, [
@@ -118,7 +117,7 @@ class Cluster:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, cwd=self.tmp_path,
-                                    env={**self.env, **(extra_env or {})})
+                                    env=self.env)
         node = NodeProcess(name, data_dir, proc, log_path)
         self.nodes.append(node)
         return node

@@ -16,7 +16,8 @@ What this file proves:
 * forged, malformed or misfiled envelopes make the receiving session raise
   :class:`RemoteProtocolError` (a validly signed fork does not: peers relay forks innocently);
 * flow control: never more than ``window`` unacknowledged batches per board, and no batch
-  holds more than one envelope beyond ``batch_bytes``;
+  holds more than one envelope beyond ``batch_bytes`` (checked on every batch any test
+  sends, together with: nothing sent twice, echoed, or already declared by the peer);
 * a hypothesis state machine (2 and 3 endpoints, full mesh, and hub-and-spoke via a relay)
   with local writes, byte-level delivery in arbitrary slices and interleavings, dropped
   connections (losing everything in flight) and reconnects: bounded buffers at every step,
@@ -41,14 +42,8 @@ from replication_helpers import (
     board_keys,
 )
 
-from p2paid.envelope import HEADER_BYTES, MAX_CIPHERTEXT, Envelope
-from p2paid.errors import (
-    MalformedEnvelopeError,
-    OversizedEnvelopeError,
-    RemoteProtocolError,
-    SignatureError,
-    WrongBoardError,
-)
+from p2paid.envelope import HEADER_BYTES, MAX_CIPHERTEXT
+from p2paid.errors import RemoteProtocolError, SignatureError
 from p2paid.invite import BoardKeys
 from p2paid.replication import SyncSession, vector_digest
 from p2paid.wire import (
@@ -111,7 +106,7 @@ def test_disjoint_replicas_converge_and_send_each_envelope_once(dialler_has_more
         assert end.session is not None
         assert end.session.shared_boards == [BOARD.board_id]
         assert end.session.is_in_sync(BOARD.board_id)
-        assert [e.kind for e in end.session.events][0] == "linked"
+        assert next(e.kind for e in end.session.events) == "linked"
     assert a.rejections == [] and b.rejections == []
 
 
@@ -129,6 +124,51 @@ def test_empty_replica_catches_up_on_a_board_in_many_batches() -> None:
     assert conn.b.max_in_flight == conn.b.window
     assert [m.batch for m in batches] == list(range(len(batches)))
     assert empty.held_count(BOARD.board_id) == 0  # in-order delivery: nothing held
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_sender_stops_at_the_window_until_acks_arrive(window: int) -> None:
+    """With Acks held back, exactly ``window`` batches go out and then nothing; each Ack
+    that arrives releases exactly one more batch."""
+    w = FeedWriter(BOARD)
+    w.many(60, change=bytes(400))
+    empty, full = replica_with([]), replica_with([w])
+    conn = Connection(empty, full, batch_bytes=2000, window=window)
+    conn.handshake()
+    conn.deliver(1)  # the full side's Hello and Vector
+    conn.deliver(0)  # the empty side's Vector: the full side starts pumping
+    assert kinds(conn.b.sent).count("Envelopes") == window
+    conn.deliver(1)  # the batches arrive; the Acks stay queued on the empty side
+    assert conn.pending(1) == 0 and conn.b.in_flight(BOARD.board_id) == window
+    assert kinds(conn.a.sent).count("Ack") == window
+    conn.deliver(0, limit=_first_frame_size(conn.a.outbox))  # exactly one Ack
+    assert kinds(conn.b.sent).count("Envelopes") == window + 1
+    conn.run()
+    assert empty.feeds(BOARD.board_id) == expected_feeds([w])
+    assert conn.b.max_in_flight == window
+
+
+def _first_frame_size(outbox: bytearray) -> int:
+    return 2 + int.from_bytes(outbox[:2], "big")
+
+
+def test_a_batch_holds_at_most_one_envelope_beyond_batch_bytes() -> None:
+    """Batches fill up to ``batch_bytes``; an envelope larger than the budget still goes, alone
+    at the end of a batch, so a big envelope can never stall a feed."""
+    w = FeedWriter(BOARD)
+    sizes = [500, 40_000, 500, 500, 10, 60_000, 10]
+    for size in sizes:
+        w.next(bytes(size))
+    empty, full = replica_with([]), replica_with([w])
+    conn = Connection(empty, full, batch_bytes=1000, window=2)
+    conn.run()
+    assert empty.feeds(BOARD.board_id) == expected_feeds([w])
+    batches = [[len(raw) for raw in m.envelopes] for m in conn.b.sent
+               if isinstance(m, Envelopes)]
+    overhead = len(w.envelopes[0].raw) - sizes[0]
+    assert batches == [[s + overhead for s in chunk] for chunk in
+                       ([500, 40_000], [500, 500], [10, 60_000], [10])]
+    assert all(sum(b[:-1]) < 1000 for b in batches)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import os
 import socket
 from typing import TYPE_CHECKING, Final
 
+import ifaddr
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
-from zeroconf import get_all_addresses as zeroconf_ipv4_addresses  # type: ignore[attr-defined]  # exported at runtime, not in __all__
 
 from .peers import DialTarget
 
@@ -32,14 +32,39 @@ log = logging.getLogger("p2paid.mdns")
 
 SERVICE_TYPE: Final = "_p2paid._tcp.local."
 RESOLVE_TIMEOUT_MS: Final = 3000
+#: Most announced addresses of one node that are tried.
+MAX_ADDRESSES: Final = 8
+
+
+def local_networks() -> list[ipaddress.IPv4Interface]:
+    """This host's IPv4 interface addresses (with their networks), loopback excluded,
+    in a stable order."""
+    found = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if ip.is_IPv4 and isinstance(ip.ip, str):
+                iface = ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}")
+                if not iface.ip.is_loopback:
+                    found.append(iface)
+    return sorted(found, key=lambda i: int(i.ip))
 
 
 def _advertised_addresses(listen_host: str) -> list[bytes]:
     """IPv4 addresses to announce: the listen address, or every non-loopback one."""
     if listen_host not in ("0.0.0.0", "", "::"):
         return [socket.inet_aton(listen_host)]
-    addresses = [a for a in zeroconf_ipv4_addresses() if not ipaddress.ip_address(a).is_loopback]
-    return [socket.inet_aton(a) for a in addresses]
+    return [i.ip.packed for i in local_networks()]
+
+
+def rank_addresses(addresses: list[str], networks: list[ipaddress.IPv4Interface]) -> list[str]:
+    """Addresses on one of our own networks first (the others may be a peer's VPN or
+    container interfaces that we cannot reach), each once, in a stable order."""
+    def reachable(address: str) -> bool:
+        ip = ipaddress.IPv4Address(address)
+        return any(ip in n.network for n in networks)
+
+    unique = sorted(set(addresses), key=lambda a: int(ipaddress.IPv4Address(a)))
+    return sorted(unique, key=lambda a: not reachable(a))
 
 
 async def run_mdns(
@@ -70,37 +95,43 @@ async def run_mdns(
         browser = await trio.to_thread.run_sync(
             lambda: ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change]))
         task_status.started()
-        found: dict[str, tuple[str, int]] = {}
+        found: dict[str, DialTarget] = {}
         async for name, change in receive:
             if name == own_name:
                 continue
             if change is ServiceStateChange.Removed:
-                address = found.pop(name, None)
-                if address is not None:
-                    node.dialer.remove(*address)
+                target = found.pop(name, None)
+                if target is not None:
+                    node.dialer.remove(target.host, target.port)
                 continue
             resolved = await _resolve(zc, name)
-            if resolved is not None and found.get(name) != resolved:
-                old = found.get(name)
-                if old is not None:
-                    node.dialer.remove(*old)
-                found[name] = resolved
-                log.info("found a node on the local network at %s:%d", *resolved)
-                node.dialer.add(DialTarget(resolved[0], resolved[1], source="mdns"))
+            if resolved is None:
+                continue
+            hosts, port = resolved
+            old = found.get(name)
+            if old is not None and (old.addresses, old.port) == (hosts, port):
+                continue
+            if old is not None:
+                node.dialer.remove(old.host, old.port)
+            target = DialTarget(hosts[0], port, source="mdns", addresses=hosts)
+            found[name] = target
+            log.info("found a node on the local network at %s:%d", hosts[0], port)
+            node.dialer.add(target)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(_shutdown, zc, browser, info)
 
 
-async def _resolve(zc: Zeroconf, name: str) -> tuple[str, int] | None:
+async def _resolve(zc: Zeroconf, name: str) -> tuple[tuple[str, ...], int] | None:
+    """All announced IPv4 addresses (reachable-looking ones first) and the port."""
     info = await trio.to_thread.run_sync(zc.get_service_info, SERVICE_TYPE, name,
                                          RESOLVE_TIMEOUT_MS)
     if info is None or info.port is None:
         return None
-    addresses = info.parsed_addresses(IPVersion.V4Only)
+    addresses = rank_addresses(info.parsed_addresses(IPVersion.V4Only), local_networks())
     if not addresses:
         return None
-    return addresses[0], info.port
+    return tuple(addresses[:MAX_ADDRESSES]), info.port
 
 
 def _shutdown(zc: Zeroconf, browser: ServiceBrowser | None, info: ServiceInfo | None) -> None:

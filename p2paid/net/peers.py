@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, final
 import trio
 
 from .connection import RESYNC_REASON, Connection, run_connection
-from .tcp import dial, format_address
+from .tcp import DIAL_TIMEOUT, dial, format_address
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -29,6 +29,8 @@ BACKOFF_START: Final = 1.0
 BACKOFF_MAX: Final = 60.0
 #: A connection that lasted this long resets the backoff.
 STABLE_AFTER: Final = 30.0
+#: Per-address timeout when a target has several addresses to try.
+ALTERNATIVE_TIMEOUT: Final = 3.0
 
 
 @final
@@ -42,6 +44,8 @@ class DialTarget:
     to_relay: bool = False
     #: boards to offer (relays); None offers every joined board
     boards: frozenset[bytes] | None = None
+    #: every address to try, best first (mDNS announces several); default: host
+    addresses: tuple[str, ...] = ()
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
@@ -92,13 +96,21 @@ class Dialer:
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _attempt(self, target: DialTarget) -> Connection | None:
-        try:
-            stream = await dial(target.host, target.port)
-        except OSError as exc:
-            log.debug("cannot reach %s: %s", target.address, exc)
-            return None
+        hosts = target.addresses or (target.host,)
+        timeout = DIAL_TIMEOUT if len(hosts) == 1 else ALTERNATIVE_TIMEOUT
+        for host in hosts:
+            try:
+                stream = await dial(host, target.port, timeout=timeout)
+            except OSError as exc:
+                log.debug("cannot reach %s: %s", format_address(host, target.port), exc)
+                continue
+            return await self._connect(target, stream, format_address(host, target.port))
+        return None
+
+    async def _connect(self, target: DialTarget, stream: trio.SocketStream,
+                       address: str) -> Connection | None:
         conn = await run_connection(
-            self._node, stream, address=target.address, initiator=True,
+            self._node, stream, address=address, initiator=True,
             expected_remote=target.node_id if target.pinned else None,
             to_relay=target.to_relay,
             boards=None if target.boards is None else sorted(target.boards),

@@ -46,13 +46,13 @@ async def open_listener(host: str, port: int) -> trio.SocketListener:
     return listeners[0]
 
 
-async def dial(host: str, port: int) -> trio.SocketStream:
-    """Connect with :data:`DIAL_TIMEOUT`; TCP_NODELAY is on (trio's default).
+async def dial(host: str, port: int, *, timeout: float = DIAL_TIMEOUT) -> trio.SocketStream:
+    """Connect within ``timeout``; TCP_NODELAY is on (trio's default).
 
     Raises:
         OSError: refused, unreachable, or timed out.
     """
-    with trio.move_on_after(DIAL_TIMEOUT) as scope:
+    with trio.move_on_after(timeout) as scope:
         stream = await trio.open_tcp_stream(host, port)
     if scope.cancelled_caught:
         raise OSError(f"connecting to {format_address(host, port)} timed out")

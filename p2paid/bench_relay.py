@@ -20,6 +20,7 @@ from .bench_net import _NODE, _Child
 from .envelope import Envelope
 from .local import open_store
 from .relay import RelayLimits, RelayReplica
+from .replication import DEFAULT_BATCH_BYTES
 from .store import Database
 
 __all__ = ["run_relay_benchmarks"]
@@ -111,7 +112,7 @@ def _ingest(report: Report, single: list[Envelope], root: Path) -> None:
         batches: list[list[bytes]] = [[]]
         size = 0
         for env in single:
-            if size + len(env.raw) > 256 * 1024:
+            if size + len(env.raw) > DEFAULT_BATCH_BYTES:
                 batches.append([])
                 size = 0
             batches[-1].append(env.raw)
@@ -125,7 +126,7 @@ def _ingest(report: Report, single: list[Envelope], root: Path) -> None:
     assert stored == len(single)
     report.add(Figure(f"relay ingest of {len(single):,} envelopes of one author", stored / elapsed,
                       "env/s", ">= 20,000", f"{elapsed:.2f} s; signature + chain + store, "
-                      "256 KiB batches as a client sends them"))
+                      "batches as a client sends them"))
 
 
 def _start_relay(root: Path) -> tuple[subprocess.Popen[str], str]:

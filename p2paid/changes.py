@@ -133,21 +133,40 @@ def _uleb_bytes(n: int) -> bytes:
             return bytes(out)
 
 
+def _leb(data: bytes, pos: int) -> tuple[int, int]:
+    """uLEB128 at ``pos``: ``(value, next pos)``."""
+    result = shift = 0
+    end = len(data)
+    while True:
+        if pos >= end or shift > 63:
+            raise ChangeMismatchError("change header: bad LEB128 number")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
 def parse_change(chunk: bytes) -> ChangeHeader:
     """Parse one whole change chunk (type 1 or 2) and check its checksum.
+
+    This runs once per received change, so it reads with plain index arithmetic.
 
     Raises:
         ChangeMismatchError: not exactly one well-formed change chunk.
     """
-    outer = _Reader(chunk)
-    if outer.take(4) != MAGIC:
+    if chunk[:4] != MAGIC:
         raise ChangeMismatchError("not an Automerge chunk (bad magic)")
-    checksum = outer.take(4)
-    chunk_type = outer.take(1)[0]
-    length = outer.uleb()
-    raw_body = outer.take(length)
-    if outer.pos != len(chunk):
-        raise ChangeMismatchError("trailing bytes after the change chunk")
+    if len(chunk) < 10:
+        raise ChangeMismatchError("change header: truncated")
+    checksum = chunk[4:8]
+    chunk_type = chunk[8]
+    length, pos = _leb(chunk, 9)
+    if pos + length != len(chunk):
+        raise ChangeMismatchError("change header: truncated" if pos + length > len(chunk)
+                                  else "trailing bytes after the change chunk")
+    raw_body = chunk[pos:]
     if chunk_type == CHUNK_COMPRESSED_CHANGE:
         body = _inflate(raw_body)
     elif chunk_type == CHUNK_CHANGE:
@@ -156,32 +175,52 @@ def parse_change(chunk: bytes) -> ChangeHeader:
         body = raw_body
     else:
         raise ChangeMismatchError(f"chunk type {chunk_type} is not a change")
-    digest = hashlib.sha256(bytes([CHUNK_CHANGE]) + _uleb_bytes(len(body)) + body).digest()
+    digest = hashlib.sha256(b"\x01" + _uleb_bytes(len(body)) + body).digest()
     if digest[:4] != checksum:
         raise ChangeMismatchError("change checksum does not match")
-    r = _Reader(body)
-    n_deps = r.uleb()
-    if n_deps > _MAX_DEPS:
-        raise ChangeMismatchError("change has too many dependencies")
-    deps = tuple(r.take(32) for _ in range(n_deps))
-    actor_len = r.uleb()
-    if actor_len > _MAX_ACTOR_BYTES:
-        raise ChangeMismatchError("change actor id too long")
-    actor = r.take(actor_len)
-    seq = r.uleb()
-    start_op = r.uleb()
-    time = r.sleb()
-    r.take(r.uleb())  # message
-    n_other = r.uleb()
+    end = len(body)
+    n_deps, pos = _leb(body, 0)
+    if n_deps > _MAX_DEPS or pos + 32 * n_deps > end:
+        raise ChangeMismatchError("change header: bad dependencies")
+    deps = tuple(body[pos + 32 * i : pos + 32 * i + 32] for i in range(n_deps))
+    pos += 32 * n_deps
+    actor_len, pos = _leb(body, pos)
+    if actor_len > _MAX_ACTOR_BYTES or pos + actor_len > end:
+        raise ChangeMismatchError("change header: bad actor id")
+    actor = body[pos : pos + actor_len]
+    seq, pos = _leb(body, pos + actor_len)
+    start_op, pos = _leb(body, pos)
+    time, pos = _sleb(body, pos)
+    message_len, pos = _leb(body, pos)
+    pos += message_len
+    n_other, pos = _leb(body, pos)
     if n_other > _MAX_DEPS:
         raise ChangeMismatchError("change lists too many actors")
     others = []
     for _ in range(n_other):
-        size = r.uleb()
-        if size > _MAX_ACTOR_BYTES:
-            raise ChangeMismatchError("change actor id too long")
-        others.append(r.take(size))
-    return ChangeHeader(digest, deps, actor, seq, start_op, time, tuple(others), _op_count(r))
+        size, pos = _leb(body, pos)
+        if size > _MAX_ACTOR_BYTES or pos + size > end:
+            raise ChangeMismatchError("change header: bad actor id")
+        others.append(body[pos : pos + size])
+        pos += size
+    return ChangeHeader(digest, deps, actor, seq, start_op, time, tuple(others),
+                        _op_count(body, pos))
+
+
+def _sleb(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    end = len(data)
+    while True:
+        if pos >= end or shift > 63:
+            raise ChangeMismatchError("change header: bad LEB128 number")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            if byte & 0x40:
+                result -= 1 << shift
+            return result, pos
 
 
 _ACTION_COLUMN = 0x42
@@ -190,23 +229,44 @@ _MAX_OPS = 100_000
 _MAX_COLUMNS = 64
 
 
-def _op_count(r: _Reader) -> int:
+def _op_count(body: bytes, pos: int) -> int:
     """Ops in the change: every op has an action, so count the action column's values."""
-    n_columns = r.uleb()
+    n_columns, pos = _leb(body, pos)
     if n_columns > _MAX_COLUMNS:
         raise ChangeMismatchError("change has too many columns")
-    specs = [(r.uleb(), r.uleb()) for _ in range(n_columns)]
-    for spec, length in specs:
-        data = r.take(length)
-        if spec & ~_DEFLATE_BIT == _ACTION_COLUMN:
-            if spec & _DEFLATE_BIT:
-                inflater = zlib.decompressobj(-15)
-                try:
-                    data = inflater.decompress(data, MAX_CHANGE_BYTES)
-                except zlib.error as exc:
-                    raise ChangeMismatchError("action column does not inflate") from exc
-            return count_rle_values(data)
-    return 0
+    offset = 0
+    found: tuple[int, int, int] | None = None
+    try:
+        for _ in range(n_columns):
+            # Specs and lengths are almost always one byte: skip the call for those.
+            spec = body[pos]
+            if spec < 0x80:
+                pos += 1
+            else:
+                spec, pos = _leb(body, pos)
+            length = body[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _leb(body, pos)
+            if found is None and spec & ~_DEFLATE_BIT == _ACTION_COLUMN:
+                found = (spec, offset, length)
+            offset += length
+    except IndexError:
+        raise ChangeMismatchError("change header: truncated") from None
+    if pos + offset > len(body):
+        raise ChangeMismatchError("change header: truncated")
+    if found is None:
+        return 0
+    spec, start, length = found
+    data = body[pos + start : pos + start + length]
+    if spec & _DEFLATE_BIT:
+        inflater = zlib.decompressobj(-15)
+        try:
+            data = inflater.decompress(data, MAX_CHANGE_BYTES)
+        except zlib.error as exc:
+            raise ChangeMismatchError("action column does not inflate") from exc
+    return count_rle_values(data)
 
 
 def count_rle_values(column: bytes) -> int:

@@ -36,7 +36,8 @@ OpenChange = Callable[[Envelope], tuple[ChangeHeader, bytes]]
 #: proves the author (not a forger) misbehaved.
 _RECORDED: Final = (ForkError, EnvelopeDecryptError, OwnershipError, ChangeMismatchError,
                     InvalidChangeError)
-MAX_RECORDED_PER_BATCH: Final = 100
+#: Refusals remembered per (board, author): enough to show what happened, bounded.
+MAX_RECORDED_PER_AUTHOR: Final = 10
 
 
 @final
@@ -65,12 +66,16 @@ def ingest(
     envelopes: Iterable[Envelope],
     heads: Mapping[bytes, FeedHead],
     open_change: OpenChange | None,
+    *,
+    keep_evidence: bool = True,
 ) -> IngestResult:
     """Plan, check and store one batch. Must run inside ``db.write()``.
 
     Args:
         heads: the feed heads the caller has caught up to (``db.heads`` if unsure).
         open_change: decrypts and checks one change (members), or None (blind).
+        keep_evidence: store a fork's second envelope as proof (members); relays keep
+            only its hash, so that proofs cannot be used to get around storage caps.
 
     Returns:
         The result; ``accepted`` is in per-author seq order and already stored.
@@ -104,22 +109,27 @@ def ingest(
                 for a in result.accepted
             ),
         )
-    _record(db, board_id, result.rejected)
+    _record(db, board_id, result.rejected, keep_evidence)
     return result
 
 
-def _record(db: Database, board_id: bytes, rejected: list[Rejection]) -> None:
+def _record(db: Database, board_id: bytes, rejected: list[Rejection],
+            keep_evidence: bool) -> None:
+    """Remember refusals that prove an author misbehaved: a few per author, no more."""
     now = now_ms()
-    recorded = 0
+    counts: dict[bytes, int] = {}
     for rejection in rejected:
-        if not isinstance(rejection.error, _RECORDED) or recorded >= MAX_RECORDED_PER_BATCH:
-            continue
         env = rejection.envelope
-        if env is None:
+        if env is None or not isinstance(rejection.error, _RECORDED):
             continue
+        if env.author not in counts:
+            counts[env.author] = db.rejection_count(board_id, env.author)
+        if counts[env.author] >= MAX_RECORDED_PER_AUTHOR:
+            continue
+        counts[env.author] += 1
+        evidence = keep_evidence and isinstance(rejection.error, ForkError)
         db.record_rejection(
             board_id, env.author, env.seq, env.hash, rejection.error.code,
-            str(rejection.error), env.raw if isinstance(rejection.error, ForkError) else None, now,
+            str(rejection.error), env.raw if evidence else None, now,
             rejection.error.change_hash,
         )
-        recorded += 1

@@ -51,6 +51,8 @@ MAX_CONNECTIONS: Final = 64
 STORE_POLL_INTERVAL: Final = 0.25
 STATUS_INTERVAL: Final = 2.0
 RELAY_REFRESH_INTERVAL: Final = 5.0
+#: Seconds without new envelopes after which the node saves board snapshots.
+SNAPSHOT_WHEN_QUIET: Final = 5.0
 RUNTIME_KEY: Final = "runtime"
 
 
@@ -82,6 +84,7 @@ class Node:
         self._max_connections = max_connections
         self._conns: dict[bytes, Connection] = {}
         self._handshaking = 0
+        self._busy = False
         self._boards: dict[bytes, AsyncBoard] = {}
         self._changed = trio.Event()
         self._last_id = store.db.last_id()
@@ -261,16 +264,30 @@ class Node:
         return opener(new) < opener(existing)
 
     def unregister(self, conn: Connection) -> None:
+        self.after_receive(conn)  # envelopes stored from a batch cut short
         if self._conns.get(conn.remote_id) is conn:
             del self._conns[conn.remote_id]
             log.info("peer %s left (%s)", fingerprint(conn.remote_id),
                      conn.close_reason or "closed")
             self._pulse()
 
+    def replica_has_deferred(self) -> bool:
+        return bool(self.replica.deferred)
+
+    def flush_deferred(self) -> None:
+        """Apply what bulk syncs stored, then tell peers and subscribers."""
+        for board_id in self.replica.flush():
+            board = self._boards.get(board_id)
+            if board is not None:
+                board.publish_events()
+        self._pulse()
+
     def after_receive(self, conn: Connection) -> None:
+        # The set is shared by all connections: tell every peer (the sender's session
+        # knows what it sent, so nothing is echoed).
         changed, self.replica.changed_boards = self.replica.changed_boards, set()
         for board_id in changed:
-            self.board_changed(board_id, source=conn)
+            self.board_changed(board_id)
         self._pulse()
 
     def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
@@ -295,6 +312,7 @@ class Node:
 
     def board_changed(self, board_id: bytes, source: Connection | None = None) -> None:
         """The store gained envelopes of ``board_id``: push them and publish events."""
+        self._busy = True
         for conn in self._conns.values():
             if conn is not source:
                 conn.notify(board_id)
@@ -351,24 +369,35 @@ class Node:
                           ) -> None:
         """Pick up what other processes (the CLI) write to the store, within a second."""
         task_status.started()
+        quiet_since = trio.current_time()
         while True:
             await trio.sleep(STORE_POLL_INTERVAL)
-            self.poll_store()
+            if self.replica.deferred:
+                self.flush_deferred()
+            if self.poll_store() or self._busy:
+                quiet_since = trio.current_time()
+                self._busy = False
+            elif trio.current_time() - quiet_since > SNAPSHOT_WHEN_QUIET:
+                for board in self.store.boards():  # one at a time: each costs O(board)
+                    if board.maybe_snapshot():
+                        break
 
-    def poll_store(self) -> None:
+    def poll_store(self) -> bool:
+        """Apply what other processes stored; True if anything was new."""
         last = self.store.db.last_id()
         boards = {b.id for b in self.store.boards()}
         if boards != self._board_ids:
             log.info("the set of joined boards changed; reconnecting to peers")
             self._boards_changed()
         if last == self._last_id:
-            return
+            return False
         self._last_id = last
         for board in self.store.boards():
             before = board.seen_id
             board.refresh()
             if board.seen_id != before:
                 self.board_changed(board.id)
+        return True
 
     async def write_status(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:

@@ -43,6 +43,8 @@ RUNTIME_KEY: Final = "relay-runtime"
 ROLE_KEY: Final = "role"
 _NODE_KEY: Final = "node_key"
 STATUS_INTERVAL: Final = 2.0
+#: Handshakes allowed past the connection cap, to tell those clients Close("full").
+FULL_NOTICE_SLOTS: Final = 16
 MIB: Final = 1024 * 1024
 
 
@@ -69,6 +71,7 @@ class RelayReplica:
         self._limits = limits
         self._heads: dict[bytes, dict[bytes, FeedHead]] = {}
         self._sizes: dict[bytes, int] = db.board_sizes()
+        self._full_logged: dict[bytes, float] = {}
         self.changed_boards: set[bytes] = set()
         self.stats: dict[str, int] = {"stored": 0, "duplicates": 0, "refused": 0,
                                       "refused_full": 0}
@@ -115,13 +118,16 @@ class RelayReplica:
         if (size + incoming > self._limits.max_board_bytes
                 or self.total_bytes + incoming > self._limits.max_total_bytes):
             self.stats["refused_full"] += len(decoded)
-            log.warning("board %s is full (%d MiB stored); refusing %d envelope(s)",
-                        board_id.hex()[:12], size // MIB, len(decoded))
+            now = time.monotonic()
+            if now - self._full_logged.get(board_id, -3600.0) > 60:
+                self._full_logged[board_id] = now
+                log.warning("board %s is full (%.2f MiB stored); refusing new envelopes",
+                            board_id.hex()[:12], size / MIB)
             return Received(rejected=rejected, notice=(
                 "board-full", "this relay has no room for more of this board"))
         heads = self._board_heads(board_id)
         with self._db.write():
-            result = ingest(self._db, board_id, decoded, heads, None)
+            result = ingest(self._db, board_id, decoded, heads, None, keep_evidence=False)
         for acc in result.accepted:
             heads[acc.envelope.author] = FeedHead(acc.envelope.seq, acc.envelope.hash)
         stored = sum(len(a.envelope.raw) for a in result.accepted)
@@ -217,13 +223,17 @@ class Relay:
             log.info("client %s left (%s)", fingerprint(conn.remote_id),
                      conn.close_reason or "closed")
             self._metric("connections_gauge", len(self._conns))
+        # A client dropped mid-batch may have left stored envelopes unannounced.
+        self.after_receive(conn)
 
     def after_receive(self, conn: Connection) -> None:
+        """Push what was stored to every client. The set of changed boards is shared by
+        all connections, so every client is told, the sender included: its session
+        knows what it sent, so nothing is echoed."""
         changed, self.replica.changed_boards = self.replica.changed_boards, set()
         for board_id in changed:
             for other in self._conns:
-                if other is not conn:
-                    other.notify(board_id)
+                other.notify(board_id)
 
     def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
         if event.kind == "received" and event.count:
@@ -246,8 +256,10 @@ class Relay:
                     log.warning("cannot accept connections right now: %s", exc)
                     await trio.sleep(0.1)
                     continue
-                if len(self._conns) + self._handshaking >= self.limits.max_connections:
-                    log.warning("connection limit reached; closing a new connection")
+                # Past the cap, a few more clients are let through the handshake only to
+                # be told Close("full"); beyond those, the socket is closed at once.
+                if (len(self._conns) + self._handshaking
+                        >= self.limits.max_connections + FULL_NOTICE_SLOTS):
                     await stream.aclose()
                     continue
                 self._handshaking += 1

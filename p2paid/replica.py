@@ -15,7 +15,10 @@ from .board import Board
 from .local import Store
 from .replication import BoardAccess, Received
 
-__all__ = ["StoreReplica"]
+__all__ = ["DEFER_APPLY_FROM", "StoreReplica"]
+
+#: Batches of at least this many envelopes are applied when the link goes idle.
+DEFER_APPLY_FROM = 100
 
 @final
 class StoreReplica:
@@ -34,6 +37,8 @@ class StoreReplica:
         self._boards: dict[bytes, Board] = {}
         #: boards whose local vector grew through :meth:`receive` since last taken
         self.changed_boards: set[bytes] = set()
+        #: boards with checked, stored changes not yet applied (see :meth:`flush`)
+        self.deferred: set[bytes] = set()
         #: cumulative work, for ``p2paid bench`` and logs
         self.stats: dict[str, float] = {"received": 0, "receive_s": 0.0, "sent": 0,
                                         "read_s": 0.0}
@@ -50,6 +55,15 @@ class StoreReplica:
     def boards(self) -> Sequence[BoardAccess]:
         return [BoardAccess(b.id, b.keys.tag_key) for b in self._store.boards()]
 
+    def flush(self) -> set[bytes]:
+        """Apply deferred changes; returns the boards that had some."""
+        t0 = time.perf_counter()
+        boards, self.deferred = self.deferred, set()
+        for board_id in boards:
+            self.board(board_id).flush()
+        self.stats["receive_s"] += time.perf_counter() - t0
+        return boards
+
     def vector(self, board_id: bytes) -> Mapping[bytes, int]:
         return self.board(board_id).version_vector()
 
@@ -62,7 +76,12 @@ class StoreReplica:
 
     def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
         t0 = time.perf_counter()
-        report = self.board(board_id).receive(envelopes)
+        # Large batches (an initial sync) are applied together once the link is idle;
+        # small ones (live posts) at once.
+        defer = len(envelopes) >= DEFER_APPLY_FROM
+        report = self.board(board_id).receive(envelopes, defer_apply=defer)
+        if defer:
+            self.deferred.add(board_id)
         self.stats["receive_s"] += time.perf_counter() - t0
         self.stats["received"] += report.accepted
         if report.accepted or report.applied:

@@ -74,8 +74,12 @@ __all__ = [
 #: Errors that prove the *peer* sent bad data (not merely that an author misbehaved).
 PEER_FAULTS: Final = (SignatureError, MalformedEnvelopeError, OversizedEnvelopeError,
                       WrongBoardError)
-DEFAULT_BATCH_BYTES: Final = 256 * 1024
+#: Bigger batches mean fewer Automerge apply calls (each costs O(document)) on the
+#: receiver; a batch stays well inside MAX_MESSAGE_BYTES.
+DEFAULT_BATCH_BYTES: Final = 900 * 1024
 DEFAULT_WINDOW: Final = 4
+#: Refusal codes after which a sender stops sending that board on the connection.
+STALLING: Final = frozenset({"board-full", "not-allowed"})
 _ROLE_LABEL: Final = {True: b"p2paid/1 initiator", False: b"p2paid/1 responder"}
 
 
@@ -181,6 +185,8 @@ class _Link:
     peer_has: dict[bytes, int] = field(default_factory=dict)
     in_flight: int = 0
     next_batch: int = 0
+    #: the peer refused to store more of this board (a full relay): stop sending it
+    stalled: bool = False
 
 
 @final
@@ -235,6 +241,8 @@ class SyncSession:
     def is_in_sync(self, board_id: bytes) -> bool:
         """True when nothing is in flight and the peer holds everything we hold."""
         for link in self._links:
+            if link.board_id == board_id and link.stalled:
+                return True  # nothing more can be done on this connection
             if link.board_id == board_id and link.live:
                 local = self._replica.vector(board_id)
                 return link.in_flight == 0 and all(
@@ -273,6 +281,10 @@ class SyncSession:
         if isinstance(message, Refused):
             self.events.append(SyncEvent("refused", message.board, 0,
                                          f"{message.code}: {message.text}"))
+            if message.code in STALLING:
+                for link in self._links:
+                    if link.board_id == message.board or link.digest_key == message.board:
+                        link.stalled = True
             return []
         if isinstance(message, Vector):
             return self._on_vector(message)
@@ -383,6 +395,10 @@ class SyncSession:
                                           close_reason=error.code)
         self.events.append(SyncEvent("received", link.board_id, result.stored,
                                      f"{result.duplicates} duplicates"))
+        if result.notice is not None and result.notice[0] in STALLING:
+            # Not stored: no Ack (an Ack promises the batch is kept), and the sender
+            # stops sending this board on this connection.
+            return [Refused(link.board_id, *result.notice)]
         out: list[Message] = [Ack(link.local_index, message.batch)]
         if result.notice is not None:
             out.append(Refused(link.board_id, *result.notice))
@@ -397,7 +413,7 @@ class SyncSession:
 
     def _pump(self, link: _Link) -> list[Message]:
         out: list[Message] = []
-        if not link.live:
+        if not link.live or link.stalled:
             return out
         while link.in_flight < self._window:
             batch = self._next_batch(link)

@@ -449,6 +449,11 @@ class Database:
             (board_id, author, seq, hash_, code, detail, data, change_hash, now),
         )
 
+    def rejection_count(self, board_id: bytes, author: bytes) -> int:
+        rows = self._query("SELECT COUNT(*) FROM rejections WHERE board_id = ? AND author = ?",
+                           (board_id, author))
+        return _int(rows[0][0])
+
     def refused_change_hashes(self, board_id: bytes) -> set[bytes]:
         """Hashes of Automerge changes refused on this board (dependents are refused too)."""
         rows = self._query("SELECT change_hash FROM rejections WHERE board_id = ? "

@@ -10,6 +10,7 @@ hand-made Envelopes batches (forgeries) that its own session never sees.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -36,8 +37,8 @@ from p2paid.wire import (
     Close,
     ConnectionClosed,
     Envelopes,
-    Hello,
     HandshakeComplete,
+    Hello,
     Message,
     MessageReceived,
     Ping,
@@ -442,10 +443,8 @@ class RelayClient:
         with trio.move_on_after(1) as scope:
             scope.shield = True
             if not self.is_closed:
-                try:
+                with contextlib.suppress(Exception):  # already gone
                     await self.send([Close("bye")])
-                except Exception:  # noqa: BLE001 (already gone)
-                    pass
             await self.stream.aclose()
 
 

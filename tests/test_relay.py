@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -137,35 +135,32 @@ async def test_relay_data_dir_holds_no_plaintext(tmp_path: Path) -> None:
     no file of the relay's data dir (database, -wal, -shm), while it runs or after it
     stops, contains any title, detail, location, display name or the board's name.
     The same search finds the board name in a member's data dir (the search works)."""
-    secrets = {
-        "board": "Quillmoor Mutual Aid Circle",
-        "names": ["Zephyrine Okonkwo-Vasquez", "Bartholomew Xylander"],
-        "titles": ["Insulin pens, cold chain Q7", "Sleeping bags for the Harrowgate shelter",
-                   "Generator with fuel Z9", "Pram and baby sling K4"],
-        "details": ["Ask for Marguerite at the back door after curfew",
-                    "Type 1 diabetic, two children, running out Thursday"],
-        "locations": ["Flat 14b, 221 Wenceslas Quay", "Behind the Okonkwo bakery, Rue Lepic"],
-    }
-    needles = [secrets["board"], *secrets["names"], *secrets["titles"], *secrets["details"],
-               *secrets["locations"]]
+    board_name = "Quillmoor Mutual Aid Circle"
+    names = ["Zephyrine Okonkwo-Vasquez", "Bartholomew Xylander"]
+    item_titles = ["Insulin pens, cold chain Q7", "Sleeping bags for the Harrowgate shelter",
+                   "Generator with fuel Z9", "Pram and baby sling K4"]
+    details = ["Ask for Marguerite at the back door after curfew",
+               "Type 1 diabetic, two children, running out Thursday"]
+    locations = ["Flat 14b, 221 Wenceslas Quay", "Behind the Okonkwo bakery, Rue Lepic"]
+    needles = [board_name, *names, *item_titles, *details, *locations]
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             relay = await start_relay(nursery, tmp_path / "relay")
-            invite, _ = create_board(tmp_path / "a", secrets["board"], secrets["names"][0],
+            invite, _ = create_board(tmp_path / "a", board_name, names[0],
                                      [relay.address])
-            join(tmp_path / "b", invite, secrets["names"][1])
+            join(tmp_path / "b", invite, names[1])
             a = await start_node(nursery, tmp_path / "a", listen=False)
             b = await start_node(nursery, tmp_path / "b", listen=False)
             ab, bb = a.node.board(), b.node.board()
-            need = await ab.post_need(secrets["titles"][0], details=secrets["details"][0],
-                                      location=secrets["locations"][0], category="medical",
+            need = await ab.post_need(item_titles[0], details=details[0],
+                                      location=locations[0], category="medical",
                                       urgency="critical")
-            await ab.post_need(secrets["titles"][1], details=secrets["details"][1] * 30,
-                               location=secrets["locations"][1])
-            await bb.post_offer(secrets["titles"][2], location=secrets["locations"][1])
-            await bb.post_offer(secrets["titles"][3], details=secrets["details"][1])
+            await ab.post_need(item_titles[1], details=details[1] * 30,
+                               location=locations[1])
+            await bb.post_offer(item_titles[2], location=locations[1])
+            await bb.post_offer(item_titles[3], details=details[1])
             await wait_until(lambda: len(ab.items()) == len(bb.items()) == 4)
-            await bb.claim(need.id, note=secrets["details"][0])
+            await bb.claim(need.id, note=details[0])
             await wait_until(lambda: board_state(ab) == board_state(bb), 0.02)
             await a.node.wait_in_sync()
             await b.node.wait_in_sync()
@@ -179,7 +174,7 @@ async def test_relay_data_dir_holds_no_plaintext(tmp_path: Path) -> None:
     assert DB_FILENAME in files
     assert running_hits == {}, running_hits
     assert _find_plaintext(tmp_path / "relay", needles) == {}
-    assert _find_plaintext(tmp_path / "a", [secrets["board"]]), "the search itself is broken"
+    assert _find_plaintext(tmp_path / "a", [board_name]), "the search itself is broken"
 
 
 def _find_plaintext(data_dir: Path, needles: list[str]) -> dict[str, list[str]]:
@@ -219,7 +214,10 @@ async def test_two_relays_one_shut_down_nodes_keep_syncing_through_the_other(
 
             await r1.stop()
             await wait_until(lambda: len(a.node.peers()) == len(b.node.peers()) == 1)
+            # One post at a time: simultaneous ones hit another bug (see
+            # test_simultaneous_uploads_from_two_clients_reach_each_other).
             await ab.post_need("Blankets")
+            await wait_until(lambda: "Blankets" in titles(bb))
             await bb.post_offer("Truck")
             await wait_until(lambda: titles(ab) == titles(bb) == {"Tents", "Blankets", "Truck"})
             await wait_until(lambda: board_state(ab) == board_state(bb), 0.02)
@@ -241,7 +239,7 @@ async def test_node_refuses_a_relay_presenting_another_key(tmp_path: Path) -> No
         async with trio.open_nursery() as nursery:
             ra = await start_relay(nursery, tmp_path / "ra")
             rb = await start_relay(nursery, tmp_path / "rb")
-            invite, bare_invite = create_board(tmp_path / "a", "Camp", "alice", [ra.address])
+            _, bare_invite = create_board(tmp_path / "a", "Camp", "alice", [ra.address])
             a = await start_node(nursery, tmp_path / "a", listen=False)
             await a.node.board().post_need("Medicine")
             await wait_until(lambda: ra.relay.replica.stats["stored"] >= 2)
@@ -295,7 +293,7 @@ async def test_relay_refuses_forged_altered_forked_and_replayed_envelopes(
     reaches the honest client connected throughout, the forger's connections are
     dropped (bad-signature / malformed) and the fork's and replay's sender stays
     connected. The store, reopened after the relay stops, holds exactly the honest feed
-    and a record of the fork."""
+    and a record of the fork (and of nothing else: forgeries do not brand the author)."""
     with open_store(tmp_path / "member") as store:
         board = store.create_board("Aid", display_name="honest")
         board.post_need("Water")
@@ -328,14 +326,12 @@ async def test_relay_refuses_forged_altered_forked_and_replayed_envelopes(
             await poll(lambda: len(watcher.holds(keys.board_id)) == 3)
 
             for raw, reason in [(forged, "bad-signature"), (altered_next, "bad-signature"),
-                                (altered_held, "bad-signature"), (truncated, None)]:
+                                (altered_held, "bad-signature"), (truncated, "malformed")]:
                 attacker = await _attacker(nursery, addr, keys, 3)
                 batch = await attacker.inject(keys.board_id, [raw])
                 await attacker.closed.wait()
                 assert (keys.board_id, batch) not in attacker.acked
-                assert attacker.close_reason is not None
-                if reason is not None:
-                    assert attacker.close_reason == reason
+                assert attacker.close_reason == reason
 
             attacker = await _attacker(nursery, addr, keys, 3)
             for raw in (fork.raw, genuine[0].raw):
@@ -365,7 +361,8 @@ async def test_relay_refuses_forged_altered_forked_and_replayed_envelopes(
         recorded = db.rejections(keys.board_id)
     finally:
         db.close()
-    assert (genuine[0].author, 2, "fork") in {(a, s, c) for a, s, c, _ in recorded}
+    # The fork is recorded; the forgeries did not brand the member as forked.
+    assert [(a, s, c) for a, s, c, _ in recorded] == [(genuine[0].author, 2, "fork")]
 
 
 async def test_valid_envelopes_in_a_dropped_senders_batch_still_reach_other_clients(
@@ -503,6 +500,26 @@ async def test_max_connections_refuses_the_extra_client(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_extra_connection_is_told_full(tmp_path: Path) -> None:
+    """SPEC 14.2: the connection limit is reported to the client with Close("full"), so
+    that it can tell a full relay from a broken network (and back off accordingly)."""
+    keys = board_keys(15)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            relay = await start_relay(nursery, tmp_path / "relay",
+                                      limits=RelayLimits(max_connections=1))
+            first = await open_client(nursery, relay.hostport, member(keys))
+            await poll(lambda: relay.relay.status()["connections"] == 1)
+            try:
+                extra = await open_client(nursery, relay.hostport, member(keys))
+            except (RelayClosed, RemoteProtocolError, trio.BrokenResourceError) as exc:
+                raise AssertionError(f"closed without a reason ({exc!r})") from None
+            await extra.closed.wait()
+            assert extra.close_reason == "full"
+            assert not first.is_closed
+            nursery.cancel_scope.cancel()
+
+
 def _refused_batches(client: RelayClient) -> set[tuple[bytes, int]]:
     """Acked batches whose Ack the relay followed at once with Refused("board-full")."""
     out = set()
@@ -523,7 +540,9 @@ async def _fill_board(tmp_path: Path, nursery: trio.Nursery, cap: int
     client = await open_client(nursery, relay.hostport, member(keys, *envelopes),
                                batch_bytes=3000)
     await poll(lambda: client.in_sync(keys.board_id))
-    await poll(lambda: len(client.acked) == len(client.sent_batches))
+    # A batch refused for lack of room gets a Refused instead of an Ack.
+    await poll(lambda: len(client.acked) + sum(r.code == "board-full" for r in client.refused)
+               == len(client.sent_batches))
     return client, envelopes, keys, relay.hostport
 
 
@@ -627,6 +646,39 @@ async def _timed_upload(tmp_path: Path, rate: int, envelopes: list[Envelope],
     return elapsed, client
 
 
+async def test_simultaneous_uploads_from_two_clients_reach_each_other(tmp_path: Path) -> None:
+    """Two clients of one board each upload a new envelope at the same moment, twenty
+    times over: every time, each must receive the other's (live fan-out may not depend
+    on which connection the relay happens to serve first)."""
+    keys = board_keys(14)
+    fx, fy = FeedWriter(keys), FeedWriter(keys)
+    lost = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            relay = await start_relay(nursery, tmp_path / "relay")
+            x = await open_client(nursery, relay.hostport, member(keys, fx.next()))
+            y = await open_client(nursery, relay.hostport, member(keys, fy.next()))
+            await poll(lambda: len(x.holds(keys.board_id)) == len(y.holds(keys.board_id)) == 2)
+            for round_ in range(20):
+                ex, ey = fx.next(), fy.next()
+                x.replica.write(keys.board_id, [ex])
+                y.replica.write(keys.board_id, [ey])
+                async with trio.open_nursery() as both:
+                    both.start_soon(x.push, keys.board_id)
+                    both.start_soon(y.push, keys.board_id)
+
+                def crossed(ex: Envelope = ex, ey: Envelope = ey) -> bool:
+                    return ey.raw in x.holds(keys.board_id) and ex.raw in y.holds(keys.board_id)
+
+                with trio.move_on_after(1):
+                    await poll(crossed)
+                if not crossed():
+                    lost.append(round_)
+                    break
+            nursery.cancel_scope.cancel()
+    assert not lost, f"round {lost[0]}: an envelope the relay stored never reached the other"
+
+
 async def test_rate_limit_throttles_a_fast_uploader(tmp_path: Path) -> None:
     """At rate_bytes_per_s=10,000 (a 40,000-byte burst), a ~66 KB upload takes at least
     size/rate - burst time (about 2.6 s) and the client is told "rate-limited"; the
@@ -664,8 +716,8 @@ async def test_fork_evidence_does_not_bypass_the_storage_caps(tmp_path: Path) ->
                                       limits=RelayLimits(max_board_bytes=cap))
             client = await open_client(nursery, relay.hostport, member(keys, first))
             await poll(lambda: client.in_sync(keys.board_id))
-            for start in range(0, len(forks), 10):
-                batch = await client.inject(keys.board_id, forks[start:start + 10])
+            for fork in forks:  # one per batch: each fits under the cap
+                batch = await client.inject(keys.board_id, [fork])
                 await poll(lambda b=batch: (keys.board_id, b) in client.acked)  # type: ignore[misc]
             assert not client.is_closed
             await relay.stop()
@@ -770,6 +822,26 @@ async def test_prometheus_metrics(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- load
 
 
+async def _connect_all(nursery: trio.Nursery, address: tuple[str, int],
+                       boards: list[BoardKeys], per_board: int, posts: int,
+                       expected: dict[bytes, set[bytes]]) -> list[tuple[bytes, RelayClient]]:
+    """Connect ``per_board`` clients to every board at once, each with ``posts`` new
+    envelopes of its own author (added to ``expected``); ``(board_id, client)`` pairs."""
+    clients: list[tuple[bytes, RelayClient]] = []
+
+    async def connect(keys: BoardKeys) -> None:
+        envs = FeedWriter(keys).many(posts)
+        expected[keys.board_id] |= raws(envs)
+        client = await open_client(nursery, address, member(keys, *envs))
+        clients.append((keys.board_id, client))
+
+    async with trio.open_nursery() as connecting:
+        for keys in boards:
+            for _ in range(per_board):
+                connecting.start_soon(connect, keys)
+    return clients
+
+
 async def test_load_200_clients_on_20_boards(tmp_path: Path) -> None:
     """A ``p2paid relay --metrics`` subprocess serves two rounds of 200 concurrent
     clients (20 boards x 10 clients, each posting 3 envelopes of its own author): in
@@ -787,20 +859,11 @@ async def test_load_200_clients_on_20_boards(tmp_path: Path) -> None:
         with trio.fail_after(60):
             await proc.wait_address()
             for _ in range(2):
-                clients: list[tuple[bytes, RelayClient]] = []
                 async with trio.open_nursery() as nursery:
-
-                    async def connect(keys: BoardKeys, nursery: trio.Nursery = nursery) -> None:
-                        envs = FeedWriter(keys).many(posts)
-                        expected[keys.board_id] |= raws(envs)
-                        client = await open_client(nursery, proc.hostport, member(keys, *envs))
-                        clients.append((keys.board_id, client))
-
-                    async with trio.open_nursery() as connecting:
-                        for keys in boards:
-                            for _ in range(per_board):
-                                connecting.start_soon(connect, keys)
-                    await poll(lambda: all(c.holds(b) == expected[b] for b, c in clients), 0.05)
+                    clients = await _connect_all(nursery, proc.hostport, boards, per_board,
+                                                 posts, expected)
+                    await poll(lambda c=clients: all(  # type: ignore[misc]
+                        client.holds(b) == expected[b] for b, client in c), 0.05)
                     assert (await scrape(metrics_port))["p2paid_relay_connections"] == 200
                     rss.append(proc.rss())
                     for _, c in clients:
@@ -817,6 +880,8 @@ async def test_load_200_clients_on_20_boards(tmp_path: Path) -> None:
     finally:
         await proc.stop()
     mib = 1024 * 1024
+    print(f"relay RSS after each round: {[f'{r / mib:.1f}' for r in rss]} MiB, "
+          f"peak {peak / mib:.1f} MiB")
     assert peak < 200 * mib, f"relay peak RSS {peak / mib:.0f} MiB"
     assert rss[1] - rss[0] < 20 * mib, f"relay RSS grew {(rss[1] - rss[0]) / mib:.1f} MiB"
     log = proc.stderr()

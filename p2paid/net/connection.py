@@ -48,6 +48,8 @@ HANDSHAKE_TIMEOUT: Final = 10.0
 KEEPALIVE_INTERVAL: Final = 15.0
 IDLE_TIMEOUT: Final = 60.0
 RECEIVE_SIZE: Final = 256 * 1024
+#: A link quiet this long (seconds) gets its deferred changes applied.
+IDLE_FLUSH_DELAY: Final = 0.002
 
 
 class ConnectionHost(Protocol):
@@ -256,7 +258,7 @@ async def _read_loop(host: ConnectionHost, conn: Connection, channel: SecureChan
     bucket = _TokenBucket(rate) if rate else None
     # Messages may have arrived in the same read as the last handshake message.
     while await _drain(host, conn, channel, session):
-        data = await conn._stream.receive_some(RECEIVE_SIZE)
+        data = await _receive(host, conn)
         conn.last_received = time.monotonic()
         if bucket is not None:
             await bucket.take(len(data), conn)
@@ -264,6 +266,17 @@ async def _read_loop(host: ConnectionHost, conn: Connection, channel: SecureChan
         if not data:
             await _drain(host, conn, channel, session)
             return
+
+
+async def _receive(host: ConnectionHost, conn: Connection) -> bytes | bytearray:
+    """The next bytes; if the host deferred work (a bulk sync being applied in one go),
+    do it as soon as the link falls quiet."""
+    flush = getattr(host, "flush_deferred", None)
+    if flush is not None and host.replica_has_deferred():  # type: ignore[attr-defined]
+        with trio.move_on_after(IDLE_FLUSH_DELAY):
+            return await conn._stream.receive_some(RECEIVE_SIZE)
+        flush()
+    return await conn._stream.receive_some(RECEIVE_SIZE)
 
 
 async def _drain(host: ConnectionHost, conn: Connection, channel: SecureChannel,

@@ -42,7 +42,8 @@ async def log_events(board: p2paid.AsyncBoard) -> None:
 
 async def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
-        async with trio.open_nursery() as app:  # the application's own nursery
+        # The application's own nursery, and the node inside it (nested on purpose).
+        async with trio.open_nursery() as app:  # noqa: SIM117
             async with p2paid.open_node(data_dir, listen=("127.0.0.1", 0), mdns=False) as node:
                 board = await node.create_board("Shelter north", display_name="Desk")
                 app.start_soon(dispatch_desk, board)

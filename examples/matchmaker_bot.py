@@ -16,6 +16,7 @@ stdout, acting on matches.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import trio
 
@@ -76,7 +77,5 @@ if __name__ == "__main__":
     parser.add_argument("data_dir")
     parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT")
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(main, args.data_dir, [parse_address(p, 7446) for p in args.peer])
-    except KeyboardInterrupt:
-        pass

@@ -81,7 +81,9 @@ class Writer:
             "title": title or f"need {len(self.sealed) + 1}", "category": "water",
             "status": "open", "urgency": "normal", "created": now, "updated": now,
         }
-        return self.doc.write(lambda w: w.put_item(ItemKind.NEED, new_item_id(), fields))
+        written = self.doc.write(lambda w: w.put_item(ItemKind.NEED, new_item_id(), fields))
+        assert written is not None
+        return written
 
     def seal(
         self,
@@ -445,7 +447,9 @@ def test_change_actor_differs_from_author(store: Store, board: Board, writer: Wr
     """A change made by another actor, sealed (validly) as the writer's seq 1 ->
     ChangeMismatchError, recorded."""
     stranger = BoardDocument(AuthorKey.generate().public)
-    header, change = stranger.write(lambda w: w.set_name("someone else"))
+    written = stranger.write(lambda w: w.set_name("someone else"))
+    assert written is not None
+    header, change = written
     assert header.seq == 1 and header.actor != writer.author
     env = writer.seal(change, 1)
     receive_refused(store, board, [env.raw], ChangeMismatchError)

@@ -39,7 +39,6 @@ from p2paid.changes import parse_change
 from p2paid.document import section_object_id
 from p2paid.envelope import ZERO_HASH, Envelope, check_change, seal_envelope
 from p2paid.errors import (
-    ChainError,
     ChangeMismatchError,
     EnvelopeError,
     InvalidChangeError,

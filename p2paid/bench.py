@@ -30,7 +30,7 @@ from .feed import EMPTY_HEAD, verify_run
 from .identity import AuthorKey
 from .invite import BoardKeys, Invite, derive_board_keys, new_board_secret
 from .local import open_store
-from .model import ItemKind, now_ms
+from .model import ItemKind, item_fields, now_ms
 
 __all__ = ["run_benchmarks"]
 
@@ -66,13 +66,10 @@ class Report:
 
 
 def _need_fields(i: int) -> dict[str, str | int | None]:
-    now = now_ms()
-    return {
-        "title": f"Need #{i}: warm winter coats for a family of four",
-        "details": "", "category": "shelter", "quantity": i % 7 + 1, "unit": "coats",
-        "location": "north camp", "urgency": "normal", "status": "open",
-        "created": now, "updated": now, "expires": now + 14 * 86_400_000,
-    }
+    """Exactly what ``Board.post_need`` stores for such a need."""
+    return item_fields(ItemKind.NEED, f"Need #{i}: warm winter coats for a family of four",
+                       now=now_ms(), category="shelter", quantity=i % 7 + 1, unit="coats",
+                       location="north camp", expires_in_days=14)
 
 
 def make_feed(keys: BoardKeys, author: AuthorKey, n: int, start: int = 0) -> list[Envelope]:

@@ -43,6 +43,7 @@ from .ingest import Accepted, ingest
 from .invite import MAX_RELAY_HINTS, BoardId, BoardKeys, Invite, derive_board_keys
 from .model import (
     DEFAULT_NEED_TTL_DAYS,
+    NEVER,
     BoardEvent,
     Category,
     Claim,
@@ -55,6 +56,7 @@ from .model import (
     clean_quantity,
     clean_text,
     clean_ttl_days,
+    item_fields,
     now_ms,
 )
 from .relayaddr import RelayAddress
@@ -101,11 +103,6 @@ class ReceiveReport:
 
 
 _UNSET: Any = object()
-
-
-def _unless(value: str, default: str) -> str | None:
-    """None (not written) when ``value`` is the readers' default."""
-    return None if value == default else value
 
 
 @final
@@ -658,19 +655,11 @@ class Board:
             ValidationError: a field is out of range (nothing is written).
         """
         kind = clean_enum(ItemKind, kind, "kind")
-        now = self._clock()
-        fields: dict[str, str | int | None] = {
-            "title": clean_text(title, "title", required=True),
-            "details": clean_text(details, "details"),
-            "category": clean_enum(Category, category, "category").value,
-            "quantity": clean_quantity(quantity),
-            "unit": clean_text(unit, "unit"),
-            "location": clean_text(location, "location"),
-            # "normal" urgency and "open" status are the readers' defaults: not written
-            "urgency": _unless(clean_enum(Urgency, urgency, "urgency").value, "normal"),
-            "created": now,
-            "expires": None if expires_in_days is None else now + clean_ttl_days(expires_in_days),
-        }
+        fields = item_fields(
+            kind, title, now=self._clock(), details=details, category=category,
+            quantity=quantity, unit=unit, location=location, urgency=urgency,
+            expires_in_days=expires_in_days,
+        )
         item_id = new_item_id()
         self._write(lambda w: w.put_item(kind, item_id, fields))
         return self._own_item(kind, item_id)
@@ -719,9 +708,8 @@ class Board:
         if quantity is not _UNSET:
             fields["quantity"] = clean_quantity(quantity)
         if expires_in_days is not _UNSET:
-            fields["expires"] = (
-                None if expires_in_days is None else now + clean_ttl_days(expires_in_days)
-            )
+            fields["expires"] = NEVER if expires_in_days is None else (
+                now + clean_ttl_days(expires_in_days))
         if not fields:
             raise UsageError("nothing to change: give at least one field")
         fields["updated"] = now

@@ -29,6 +29,7 @@ __all__ = [
     "Status",
     "Urgency",
     "clean_text",
+    "item_fields",
     "now_ms",
 ]
 
@@ -206,6 +207,69 @@ class Claim:
         }
 
 
+#: Stored ``expires`` that means "never" (absent means the kind's default).
+NEVER: Final = 0
+
+
+def _expiry(kind: ItemKind, created: object, stored: object) -> int | None:
+    """Absent: a need's default (created + 14 days) or an offer's (never); 0: never."""
+    if stored is None:
+        if kind is ItemKind.NEED and isinstance(created, int):
+            return created + DEFAULT_NEED_TTL_DAYS * _DAY_MS
+        return None
+    if stored == NEVER and not isinstance(stored, bool):
+        return None
+    return clean_time(stored, "expires")
+
+
+def stored_expiry(kind: ItemKind, now: int, days: int | None) -> int | None:
+    """What to store for an expiry of ``days`` from ``now`` (None: never); None means
+    "leave the key out" (it is the kind's default)."""
+    default = DEFAULT_NEED_TTL_DAYS if kind is ItemKind.NEED else None
+    if days == default:
+        return None
+    return NEVER if days is None else now + clean_ttl_days(days)
+
+
+def item_fields(
+    kind: ItemKind,
+    title: str,
+    *,
+    now: int,
+    details: str = "",
+    category: str = "other",
+    quantity: int | None = None,
+    unit: str = "",
+    location: str = "",
+    urgency: str = "normal",
+    expires_in_days: int | None = None,
+) -> dict[str, str | int | None]:
+    """The stored fields of a new need or offer, validated.
+
+    Defaults are left out (None), since every Automerge op costs time and readers
+    apply them: empty text, urgency ``normal``, status ``open``, ``updated`` equal
+    to ``created``, and the kind's default expiry.
+
+    Raises:
+        ValidationError: a field is out of range.
+    """
+    return {
+        "title": clean_text(title, "title", required=True),
+        "details": clean_text(details, "details"),
+        "category": clean_enum(Category, category, "category").value,
+        "quantity": clean_quantity(quantity),
+        "unit": clean_text(unit, "unit"),
+        "location": clean_text(location, "location"),
+        "urgency": _unless_default(clean_enum(Urgency, urgency, "urgency").value, "normal"),
+        "created": now,
+        "expires": stored_expiry(kind, now, expires_in_days),
+    }
+
+
+def _unless_default(value: str, default: str) -> str | None:
+    return None if value == default else value
+
+
 def clean_author_hex(value: object) -> str:
     if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
         raise ValidationError("not an author key")
@@ -256,7 +320,7 @@ class Item:
             status=clean_enum(Status, f.get("status", "open"), "status"),
             created=clean_time(f.get("created"), "created"),
             updated=clean_time(f.get("updated", f.get("created")), "updated"),
-            expires=None if expires is None else clean_time(expires, "expires"),
+            expires=_expiry(kind, f.get("created"), expires),
         )
 
     @property

@@ -1,0 +1,197 @@
+"""``p2paid relay``: run a relay, show its status, and tell a node which relays to use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .local import default_data_dir, open_store
+from .net.tcp import format_address, parse_address
+from .relay import (
+    DEFAULT_RELAY_PORT,
+    MIB,
+    RelayLimits,
+    RelayOptions,
+    open_relay_db,
+    read_relay_runtime,
+    serve_relay,
+)
+from .render import plural
+
+__all__ = ["add_relay_commands"]
+
+log = logging.getLogger("p2paid")
+_DEFAULTS = RelayLimits()
+
+
+def cmd_relay_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    allowed = None
+    if args.allow:
+        try:
+            allowed = frozenset(bytes.fromhex(b) for b in args.allow)
+        except ValueError:
+            print("p2paid: --allow takes board ids in hex (see 'p2paid board list --json')",
+                  file=sys.stderr)
+            return 2
+    limits = RelayLimits(
+        max_connections=args.max_connections,
+        rate_bytes_per_s=int(args.rate_kib * 1024),
+        max_board_bytes=int(args.max_board_mib * MIB),
+        max_total_bytes=int(args.max_total_mib * MIB),
+        allowed_boards=allowed,
+    )
+    options = RelayOptions(
+        listen=parse_address(args.listen, DEFAULT_RELAY_PORT),
+        public=None if args.public is None else _host_and_port(args.public),
+        metrics=None if args.metrics is None else parse_address(args.metrics),
+        limits=limits,
+    )
+    trio.run(_run, args.data_dir or default_data_dir(), options)
+    return 0
+
+
+async def _run(data_dir: Any, options: RelayOptions) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            relay = await nursery.start(serve_relay, data_dir, options)
+            print(f"relay address: {relay.address()}", flush=True)
+            if options.public is None:
+                log.info("give members this address (if they reach this machine by another "
+                         "name or address, restart with --public HOST[:PORT])")
+            if options.metrics is not None:
+                log.info("metrics on http://%s/metrics", format_address(*options.metrics))
+            async for signum in signals:
+                log.info("stopping (%s); everything acknowledged is stored",
+                         signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _host_and_port(text: str) -> tuple[str, int | None]:
+    """``HOST`` or ``HOST:PORT`` (a missing port means: the one the relay listens on)."""
+    if text.count(":") == 1 or text.startswith("["):
+        return parse_address(text)
+    return text.strip("[]"), None
+
+
+def cmd_relay_status(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or default_data_dir()
+    runtime = read_relay_runtime(data_dir)
+    db = open_relay_db(data_dir)
+    try:
+        sizes = db.board_sizes()
+        counts = db.envelope_boards()
+    finally:
+        db.close()
+    status: dict[str, Any] = {
+        "running": runtime is not None,
+        "address": runtime.get("address") if runtime else None,
+        "connections": runtime.get("connections", 0) if runtime else 0,
+        "boards": [{"board": b.hex(), "envelopes": counts.get(b, 0), "bytes": n}
+                   for b, n in sorted(sizes.items(), key=lambda x: -x[1])],
+        "envelopes": sum(counts.values()), "bytes": sum(sizes.values()),
+        "stats": runtime.get("stats") if runtime else None,
+    }
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    state = f"running at {status['address']}" if runtime else "not running"
+    print(f"relay {state}; {plural(status['connections'], 'connection')}")
+    print(f"{plural(len(sizes), 'board')}, {plural(status['envelopes'], 'envelope')}, "
+          f"{status['bytes'] / MIB:.1f} MiB")
+    for b in status["boards"][:20]:
+        print(f"  {b['board'][:16]}  {plural(b['envelopes'], 'envelope')}  "
+              f"{b['bytes'] / MIB:.2f} MiB")
+    return 0
+
+
+def cmd_relay_add(args: argparse.Namespace) -> int:
+    with open_store(args.data_dir, create=False) as store:
+        if args.board:
+            board = store.board(args.board)
+            board.add_relay(args.address)
+            print(f"board {board.name!r} now syncs through {args.address.strip()} "
+                  "(published to its members)")
+        else:
+            address = store.add_relay(args.address)
+            print(f"every board now syncs through {address}")
+    return 0
+
+
+def cmd_relay_remove(args: argparse.Namespace) -> int:
+    with open_store(args.data_dir, create=False) as store:
+        store.remove_relay(args.address)
+        print(f"stopped using {args.address.strip()}")
+    return 0
+
+
+def cmd_relay_list(args: argparse.Namespace) -> int:
+    with open_store(args.data_dir, create=False) as store:
+        rows: list[dict[str, Any]] = []
+        for address, only in store.relays().items():
+            rows.append({"relay": address, "source": "configured",
+                         "boards": None if only is None else [b.hex() for b in only]})
+        for board in store.boards():
+            for address in board.relay_hints():
+                rows.append({"relay": address, "source": "board", "boards": [board.id.hex()]})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no relays: add one with 'p2paid relay add ADDRESS'")
+    for r in rows:
+        scope = "every board" if r["boards"] is None else ", ".join(
+            b[:12] for b in r["boards"])
+        print(f"{r['relay']}  ({r['source']}: {scope})")
+    return 0
+
+
+def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``relay`` (run) and its ``status``, ``add``, ``remove``, ``list`` actions."""
+    p = cmd("relay", cmd_relay_run,
+            "run a relay (blind store-and-forward for boards it cannot read), or manage the "
+            "relays this node uses (relay add|remove|list|status)")
+    p.set_defaults(handler=cmd_relay_run)
+    p.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_RELAY_PORT}", metavar="HOST:PORT",
+                   help=f"address to serve on (default 0.0.0.0:{DEFAULT_RELAY_PORT})")
+    p.add_argument("--public", metavar="HOST[:PORT]",
+                   help="host name or address members use to reach this relay "
+                        "(printed in its relay address)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    p.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections,
+                   metavar="N", help="simultaneous clients (default %(default)s)")
+    p.add_argument("--rate-kib", type=float,
+                   default=_DEFAULTS.rate_bytes_per_s / 1024, metavar="KIB",
+                   help="KiB/s one client may upload, after a burst (default %(default).0f)")
+    p.add_argument("--max-board-mib", type=float,
+                   default=_DEFAULTS.max_board_bytes / MIB, metavar="MIB",
+                   help="storage per board; full boards refuse new envelopes "
+                        "(default %(default).0f)")
+    p.add_argument("--max-total-mib", type=float,
+                   default=_DEFAULTS.max_total_bytes / MIB, metavar="MIB",
+                   help="storage in all (default %(default).0f)")
+    p.add_argument("--allow", action="append", metavar="BOARD_ID",
+                   help="carry only these boards (repeatable; default: any board)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every sync")
+    actions = p.add_subparsers(dest="relay_command", metavar="ACTION")
+    a = cmd("status", cmd_relay_status, "boards, envelopes, bytes and connections of the "
+            "relay on this data dir", actions, True)
+    a = cmd("add", cmd_relay_add, "sync through a relay (all boards, or one with --board)",
+            actions)
+    a.add_argument("address", help="p2paid-relay://HOST:PORT/KEY, as the relay printed it")
+    a.add_argument("--board", metavar="ID", help="only this board (the relay is then "
+                   "published to its members)")
+    a = cmd("remove", cmd_relay_remove, "stop using a configured relay", actions)
+    a.add_argument("address")
+    cmd("list", cmd_relay_list, "relays this node uses, and why", actions, True)

@@ -1,0 +1,135 @@
+"""Verify a batch of envelopes for one board and store the ones that extend its feeds.
+
+Shared by members (who can decrypt and check each change) and by carriers and
+relays (who cannot, and store envelopes blind after checking signatures and
+chains). The caller holds the store's write lock and passes the feed heads it
+has caught up to; :func:`ingest` never applies anything to an Automerge document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, final
+
+from .changes import ChangeHeader
+from .envelope import Envelope
+from .errors import (
+    ChainError,
+    ChangeMismatchError,
+    EnvelopeDecryptError,
+    EnvelopeError,
+    ForkError,
+    InvalidChangeError,
+    OwnershipError,
+)
+from .feed import FeedHead, Rejection, plan_batch
+from .model import now_ms
+from .store import Database
+
+__all__ = ["Accepted", "IngestResult", "OpenChange", "ingest"]
+
+#: Opens and checks an envelope's change; None for a blind carrier or relay.
+OpenChange = Callable[[Envelope], tuple[ChangeHeader, bytes]]
+
+#: Refusals worth remembering: each needs the author's valid signature, so it
+#: proves the author (not a forger) misbehaved.
+_RECORDED: Final = (ForkError, EnvelopeDecryptError, OwnershipError, ChangeMismatchError,
+                    InvalidChangeError)
+#: Refusals remembered per (board, author): enough to show what happened, bounded.
+MAX_RECORDED_PER_AUTHOR: Final = 10
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    envelope: Envelope
+    header: ChangeHeader | None
+    change: bytes | None
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What became of each envelope offered."""
+
+    accepted: list[Accepted] = field(default_factory=list)
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    #: arrived before an earlier envelope of the same author; not stored
+    gaps: list[Envelope] = field(default_factory=list)
+    last_id: int = 0
+
+
+def ingest(
+    db: Database,
+    board_id: bytes,
+    envelopes: Iterable[Envelope],
+    heads: Mapping[bytes, FeedHead],
+    open_change: OpenChange | None,
+    *,
+    keep_evidence: bool = True,
+) -> IngestResult:
+    """Plan, check and store one batch. Must run inside ``db.write()``.
+
+    Args:
+        heads: the feed heads the caller has caught up to (``db.heads`` if unsure).
+        open_change: decrypts and checks one change (members), or None (blind).
+        keep_evidence: store a fork's second envelope as proof (members); relays keep
+            only its hash, so that proofs cannot be used to get around storage caps.
+
+    Returns:
+        The result; ``accepted`` is in per-author seq order and already stored.
+    """
+    plan = plan_batch(
+        board_id, envelopes, heads, lambda a, lo, hi: db.held_hashes(board_id, a, lo, hi)
+    )
+    result = IngestResult(duplicates=plan.duplicates, gaps=plan.gaps)
+    result.rejected.extend(plan.rejected)
+    for run in plan.runs.values():
+        for index, env in enumerate(run):
+            if open_change is None:
+                result.accepted.append(Accepted(env, None, None))
+                continue
+            try:
+                header, change = open_change(env)
+            except EnvelopeError as exc:
+                result.rejected.append(Rejection(env, exc))
+                result.rejected.extend(
+                    Rejection(later, ChainError(f"seq {later.seq}: follows a refused envelope"))
+                    for later in run[index + 1 :]
+                )
+                break
+            result.accepted.append(Accepted(env, header, change))
+    if result.accepted:
+        result.last_id = db.insert_envelopes(
+            board_id,
+            (
+                (a.envelope.author, a.envelope.seq, a.envelope.hash, a.envelope.raw,
+                 None if a.header is None else a.header.hash)
+                for a in result.accepted
+            ),
+        )
+    _record(db, board_id, result.rejected, keep_evidence)
+    return result
+
+
+def _record(db: Database, board_id: bytes, rejected: list[Rejection],
+            keep_evidence: bool) -> None:
+    """Remember refusals that prove an author misbehaved: a few per author, no more."""
+    now = now_ms()
+    counts: dict[bytes, int] = {}
+    for rejection in rejected:
+        env = rejection.envelope
+        if env is None or not isinstance(rejection.error, _RECORDED):
+            continue
+        if env.author not in counts:
+            counts[env.author] = db.rejection_count(board_id, env.author)
+        if counts[env.author] >= MAX_RECORDED_PER_AUTHOR:
+            continue
+        counts[env.author] += 1
+        evidence = keep_evidence and isinstance(rejection.error, ForkError)
+        db.record_rejection(
+            board_id, env.author, env.seq, env.hash, rejection.error.code,
+            str(rejection.error), env.raw if evidence else None, now,
+            rejection.error.change_hash,
+        )

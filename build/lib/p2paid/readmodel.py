@@ -1,0 +1,348 @@
+"""The validated, cached view of every member's section, and the events it yields.
+
+Reading a section costs O(its entries) Automerge calls, so a section is read
+once and then kept current entry by entry: a local write says what it touched,
+and a remote change's ops say which objects they targeted
+(:mod:`p2paid.changeops`), which an index of object counters maps back to
+entries. Each refreshed entry is compared with its cached value; differences
+become :class:`~p2paid.model.BoardEvent` values when events are tracked.
+
+Sections are addressed by object id, never by root key (``document`` explains why).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, final
+
+from automerge.core import Document, ObjType
+
+from .changeops import ACTION_MAKE_MAP, Op
+from .errors import ValidationError
+from .model import BoardEvent, Claim, ClaimStatus, EventKind, Item, ItemKind, clean_text
+
+__all__ = ["CLAIMS", "COLLECTIONS", "PROFILE", "ReadModel", "Section", "section_object_id"]
+
+COLLECTIONS: Final = {ItemKind.NEED: "needs", ItemKind.OFFER: "offers"}
+CLAIMS: Final = "claims"
+PROFILE: Final = "profile"
+_KINDS: Final = {coll: kind for kind, coll in COLLECTIONS.items()}
+#: Above this many changes of one author in one batch, re-read its section whole
+#: instead of decoding every change.
+_FULL_READ_CHANGES: Final = 200
+
+Entry = Item | Claim
+EntryKey = tuple[str, str]  # (collection, id)
+
+
+def uleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def section_object_id(author: bytes, start_op: int) -> bytes:
+    """Automerge's external object id for op ``start_op@author``.
+
+    Layout: ``0x10 (version 1, kind id) || uLEB(len(actor)) || actor ||
+    uLEB(actor index hint = 0) || uLEB(counter)``; the index is a hint that
+    Automerge corrects by the actor bytes.
+    """
+    return b"\x10" + uleb(len(author)) + author + uleb(0) + uleb(start_op)
+
+
+def object_counter(obj_id: bytes) -> int:
+    """The op counter of an external object id (its last uLEB)."""
+    result = shift = 0
+    pos = len(obj_id) - 1
+    while pos > 0 and obj_id[pos - 1] & 0x80:
+        pos -= 1
+    for byte in obj_id[pos:]:
+        result |= (byte & 0x7F) << shift
+        shift += 7
+    return result
+
+
+@dataclass(slots=True)
+class Section:
+    """What one author's section holds, validated, with an index of its objects."""
+
+    name: str = ""
+    relays: tuple[str, ...] = ()
+    items: dict[ItemKind, dict[str, Item]] = field(
+        default_factory=lambda: {kind: {} for kind in ItemKind}
+    )
+    claims: dict[str, Claim] = field(default_factory=dict)
+    #: op counter of each collection map -> its name
+    collections: dict[int, str] = field(default_factory=dict)
+    #: op counter of each entry map -> (collection, id)
+    entries: dict[int, EntryKey] = field(default_factory=dict)
+
+    def get(self, key: EntryKey) -> Entry | None:
+        coll, entry_id = key
+        kind = _KINDS.get(coll)
+        return self.claims.get(entry_id) if kind is None else self.items[kind].get(entry_id)
+
+    def all_entries(self) -> dict[EntryKey, Entry]:
+        out: dict[EntryKey, Entry] = {
+            (COLLECTIONS[kind], i): item for kind, by_id in self.items.items()
+            for i, item in by_id.items()
+        }
+        out.update(((CLAIMS, i), c) for i, c in self.claims.items())
+        return out
+
+
+@final
+class ReadModel:
+    """Cached sections of one document.
+
+    Args:
+        doc: the Automerge document (read only here).
+        start_ops: ``author -> start_op`` of each section, kept current by the caller.
+    """
+
+    def __init__(self, doc: Document, start_ops: Mapping[bytes, int],
+                 local_author: bytes = b"") -> None:
+        self._doc = doc
+        #: changes by this author count as local (made here, or by another process here)
+        self.local_author = local_author
+        self._start_ops = start_ops
+        self._cache: dict[bytes, Section] = {}
+        #: when True, every section is cached and changes produce events
+        self.tracking = False
+        self.events: list[BoardEvent] = []
+
+    def reset(self, doc: Document) -> None:
+        self._doc = doc
+        self._cache.clear()
+
+    # -------------------------------------------------------------- public reads
+
+    def section(self, author: bytes) -> Section:
+        cached = self._cache.get(author)
+        if cached is None:
+            cached = self._cache[author] = self._read_section(author)
+        return cached
+
+    def track(self) -> None:
+        """Cache every section now and report changes as events from here on."""
+        for author in list(self._start_ops):
+            self.section(author)
+        self.tracking = True
+
+    def items(self) -> list[Item]:
+        """Every valid need and offer, oldest first, with its active claims attached."""
+        sections = [self.section(author) for author in list(self._start_ops)]
+        claims: defaultdict[tuple[str, str], list[Claim]] = defaultdict(list)
+        for sec in sections:
+            for claim in sec.claims.values():
+                if claim.status is ClaimStatus.ACTIVE:
+                    claims[(claim.item_author, claim.item_id)].append(claim)
+        out: list[Item] = []
+        for sec in sections:
+            for by_id in sec.items.values():
+                for item in by_id.values():
+                    on_item = claims.get((item.author, item.id))
+                    if on_item:
+                        on_item.sort(key=lambda c: (c.created, c.id))
+                        item = replace(item, claims=tuple(on_item))
+                    out.append(item)
+        out.sort(key=lambda i: (i.created, i.id))
+        return out
+
+    # -------------------------------------------------------------- keeping current
+
+    def local_write(self, author: bytes, touched: Iterable[EntryKey], full: bool) -> None:
+        """A local write touched these entries (``full``: the profile or structure)."""
+        self._refresh(author, None if full else set(touched), new_author=False, local=True)
+
+    def remote_changes(self, author: bytes, ops: list[list[Op]] | None, new_author: bool) -> None:
+        """Changes of ``author`` were applied; ``ops`` are their decoded ops (None: unknown)."""
+        sec = self._cache.get(author)
+        if sec is None:
+            if self.tracking and new_author:
+                self._refresh(author, None, new_author=True, local=author == self.local_author)
+            return
+        if not self.tracking:
+            del self._cache[author]  # re-read lazily
+            return
+        touched = None if ops is None else self._touched(author, sec, ops)
+        self._refresh(author, touched, new_author=False, local=author == self.local_author)
+
+    def wants_ops(self, author: bytes, changes: int) -> bool:
+        """Whether decoding ``changes`` changes of ``author`` is worth it."""
+        return self.tracking and author in self._cache and changes <= _FULL_READ_CHANGES
+
+    def _touched(self, author: bytes, sec: Section, ops: list[list[Op]]) -> set[EntryKey] | None:
+        """Entries the ops touched, or None when the section's structure changed."""
+        section_ctr = self._start_ops.get(author)
+        created: dict[int, EntryKey] = {}
+        touched: set[EntryKey] = set()
+        for change_ops in ops:
+            for op in change_ops:
+                if op.obj is None:
+                    continue  # root keys are never read
+                ctr = op.obj[1]
+                if ctr == section_ctr:
+                    return None
+                coll = sec.collections.get(ctr)
+                if coll == PROFILE:
+                    return None
+                if coll is not None and op.key is not None:
+                    touched.add((coll, op.key))
+                    if op.action == ACTION_MAKE_MAP:
+                        created[op.counter] = (coll, op.key)
+                elif ctr in sec.entries:
+                    touched.add(sec.entries[ctr])
+                elif ctr in created:
+                    touched.add(created[ctr])
+        return touched
+
+    def _refresh(
+        self, author: bytes, touched: set[EntryKey] | None, *, new_author: bool, local: bool
+    ) -> None:
+        old = Section() if new_author else self._cache.get(author)
+        if old is None:
+            return
+        if touched is None:
+            new = self._read_section(author)
+            self._cache[author] = new
+            if self.tracking:
+                self._diff(author, old.all_entries(), new.all_entries(), new, local)
+                if old.name != new.name and not new_author:
+                    self.events.append(BoardEvent(EventKind.MEMBER_RENAMED, author.hex(),
+                                                  new.name, local=local))
+            return
+        before = {key: old.get(key) for key in touched}
+        obj = self._section_obj(author)
+        for key in touched:
+            self._read_entry(old, author, obj, key)
+        if self.tracking:
+            after = {key: old.get(key) for key in touched}
+            self._diff(author, before, after, old, local)
+
+    def _diff(
+        self, author: bytes, before: Mapping[EntryKey, Entry | None],
+        after: Mapping[EntryKey, Entry | None], sec: Section, local: bool,
+    ) -> None:
+        def when(key: EntryKey) -> tuple[int, EntryKey]:
+            entry = after.get(key) or before.get(key)
+            return (entry.updated if entry is not None else 0), key
+
+        for key in sorted(set(before) | set(after), key=when):  # in the order they happened
+            old, new = before.get(key), after.get(key)
+            if old == new:
+                continue
+            kind = _event_kind(old, new)
+            item = new if isinstance(new, Item) else old if isinstance(old, Item) else None
+            claim = new if isinstance(new, Claim) else old if isinstance(old, Claim) else None
+            if claim is not None:
+                item = self._claimed_item(claim)
+            self.events.append(BoardEvent(kind, author.hex(), sec.name, item=item,
+                                          claim=claim, previous=old, local=local))
+
+    def _claimed_item(self, claim: Claim) -> Item | None:
+        try:
+            author = bytes.fromhex(claim.item_author)
+        except ValueError:
+            return None
+        sec = self._cache.get(author)
+        if sec is None:
+            return None
+        for by_id in sec.items.values():
+            if claim.item_id in by_id:
+                return by_id[claim.item_id]
+        return None
+
+    # -------------------------------------------------------------- Automerge reads
+
+    def _section_obj(self, author: bytes) -> bytes | None:
+        start_op = self._start_ops.get(author)
+        return None if start_op is None else section_object_id(author, start_op)
+
+    def _read_map(self, obj: bytes) -> dict[str, Any]:
+        doc = self._doc
+        return {
+            key: (value[1] if not isinstance(value, ObjType) else (value, oid))
+            for key, (value, oid) in zip(doc.keys(obj), doc.values(obj), strict=True)
+        }
+
+    def _read_section(self, author: bytes) -> Section:
+        sec = Section()
+        obj = self._section_obj(author)
+        if obj is None:
+            return sec
+        try:
+            if self._doc.object_type(obj) != ObjType.Map:
+                return sec
+        except Exception:  # automerge raises a bare Exception for an unknown object id
+            return sec
+        fields = self._read_map(obj)
+        children: dict[str, bytes] = {}
+        for coll in (*COLLECTIONS.values(), CLAIMS, PROFILE):
+            entry = fields.get(coll)
+            if isinstance(entry, tuple) and entry[0] == ObjType.Map:
+                children[coll] = entry[1]
+                sec.collections[object_counter(entry[1])] = coll
+        profile = self._read_map(children[PROFILE]) if PROFILE in children else {}
+        try:
+            sec.name = clean_text(profile.get("name", ""), "display name")
+        except ValidationError:
+            sec.name = ""
+        relays = profile.get("relays")
+        if isinstance(relays, str):
+            sec.relays = tuple(r for r in relays.split("\n") if r)[:8]
+        author_hex = author.hex()
+        for coll, child in children.items():
+            if coll == PROFILE:
+                continue
+            for entry_id, value in self._read_map(child).items():
+                self._store_entry(sec, author_hex, (coll, entry_id), value)
+        return sec
+
+    def _read_entry(self, sec: Section, author: bytes, obj: bytes | None, key: EntryKey) -> None:
+        coll, entry_id = key
+        value = None
+        if obj is not None:
+            child = self._doc.get(obj, coll)
+            if child is not None and child[0] == ObjType.Map:
+                sec.collections[object_counter(child[1])] = coll
+                value = self._doc.get(child[1], entry_id)
+        self._store_entry(sec, author.hex(), key, value)
+
+    def _store_entry(self, sec: Section, author_hex: str, key: EntryKey, value: Any) -> None:
+        """Validate one entry into ``sec``; a malformed or missing one is left out."""
+        coll, entry_id = key
+        kind = _KINDS.get(coll)
+        target: dict[str, Any] = sec.claims if kind is None else sec.items[kind]
+        target.pop(entry_id, None)
+        if not (isinstance(value, tuple) and value[0] == ObjType.Map):
+            return
+        sec.entries[object_counter(value[1])] = key
+        fields = self._read_map(value[1])
+        try:
+            if kind is None:
+                target[entry_id] = Claim.from_fields(entry_id, author_hex, sec.name, fields)
+            else:
+                target[entry_id] = Item.from_fields(kind, entry_id, author_hex, sec.name, fields)
+        except ValidationError:
+            return  # a malformed entry is not shown
+
+
+def _event_kind(old: Entry | None, new: Entry | None) -> EventKind:
+    entry = new if new is not None else old
+    if isinstance(entry, Claim):
+        if old is None:
+            return EventKind.CLAIM_ADDED
+        return EventKind.CLAIM_REMOVED if new is None else EventKind.CLAIM_CHANGED
+    if old is None:
+        return EventKind.ITEM_ADDED
+    return EventKind.ITEM_REMOVED if new is None else EventKind.ITEM_CHANGED

@@ -619,8 +619,8 @@ class Board:
         any member; each valid one once."""
         self.refresh()
         found: dict[str, None] = {}
-        for text in (*self.relays, *(h for a in self.document.authors
-                                     for h in self.document.section(a).relays)):
+        doc = self.document
+        for text in (*self.relays, *(h for a in doc.authors for h in doc.view.relays(a))):
             try:
                 found[str(RelayAddress.parse(text))] = None
             except InviteError:

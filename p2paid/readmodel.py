@@ -132,6 +132,21 @@ class ReadModel:
             cached = self._cache[author] = self._read_section(author)
         return cached
 
+    def relays(self, author: bytes) -> tuple[str, ...]:
+        """The relay hints an author published (read alone: no need for the whole section)."""
+        cached = self._cache.get(author)
+        if cached is not None:
+            return cached.relays
+        obj = self._section_obj(author)
+        try:
+            profile = None if obj is None else self._doc.get(obj, PROFILE)
+            value = None if profile is None else self._doc.get(profile[1], "relays")
+        except Exception:  # automerge raises a bare Exception for an unknown object id
+            return ()
+        if value is None or isinstance(value[0], ObjType) or not isinstance(value[0][1], str):
+            return ()
+        return tuple(r for r in value[0][1].split("\n") if r)[:8]
+
     def track(self) -> None:
         """Cache every section now and report changes as events from here on."""
         for author in list(self._start_ops):

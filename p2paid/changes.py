@@ -121,7 +121,8 @@ def _inflate(compressed: bytes) -> bytes:
     return body
 
 
-def _uleb_bytes(n: int) -> bytes:
+def uleb_bytes(n: int) -> bytes:
+    """``n`` as unsigned LEB128."""
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -175,7 +176,7 @@ def parse_change(chunk: bytes) -> ChangeHeader:
         body = raw_body
     else:
         raise ChangeMismatchError(f"chunk type {chunk_type} is not a change")
-    digest = hashlib.sha256(b"\x01" + _uleb_bytes(len(body)) + body).digest()
+    digest = hashlib.sha256(b"\x01" + uleb_bytes(len(body)) + body).digest()
     if digest[:4] != checksum:
         raise ChangeMismatchError("change checksum does not match")
     end = len(body)

@@ -28,10 +28,10 @@ from typing import Any, Final, final
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncState
 
 from .changeops import decode_ops
-from .changes import ChangeHeader
+from .changes import ChangeHeader, uleb_bytes
 from .errors import ChangeMismatchError, LocalProtocolError, NotFoundError
 from .model import BoardEvent, Claim, Item, ItemKind
-from .readmodel import CLAIMS, COLLECTIONS, PROFILE, ReadModel, Section, section_object_id, uleb
+from .readmodel import CLAIMS, COLLECTIONS, PROFILE, ReadModel, Section, section_object_id
 
 __all__ = [
     "BoardDocument",
@@ -84,9 +84,9 @@ def sync_message_with_changes(changes: Iterable[bytes]) -> bytes:
     """An Automerge sync message (type 0x42) carrying only changes (no heads, need, have)."""
     body = [b"\x42", b"\x00", b"\x00", b"\x00"]
     items = list(changes)
-    body.append(uleb(len(items)))
+    body.append(uleb_bytes(len(items)))
     for change in items:
-        body.append(uleb(len(change)))
+        body.append(uleb_bytes(len(change)))
         body.append(change)
     return b"".join(body)
 

@@ -15,7 +15,6 @@ single-threaded and deterministic.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -32,7 +31,8 @@ from .errors import P2paidError, UsageError
 from .identity import NodeKey, fingerprint
 from .invite import Invite
 from .local import Store, open_store
-from .net.connection import RESYNC_REASON, Connection, run_connection
+from .net.connection import RESYNC_REASON, Connection
+from .net.inbound import serve_inbound
 from .net.peers import Dialer, DialTarget
 from .net.tcp import format_address, open_listener
 from .relayaddr import RelayAddress
@@ -45,7 +45,6 @@ __all__ = ["Node", "PeerInfo", "open_node"]
 log = logging.getLogger("p2paid.node")
 
 DEFAULT_PORT: Final = 7446
-_RESOURCE_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 MAX_CONNECTIONS: Final = 64
 #: How often the node looks for envelopes other processes (the CLI) stored.
 STORE_POLL_INTERVAL: Final = 0.25
@@ -83,7 +82,6 @@ class Node:
         self._nursery = nursery
         self._max_connections = max_connections
         self._conns: dict[bytes, Connection] = {}
-        self._handshaking = 0
         self._busy = False
         self._boards: dict[bytes, AsyncBoard] = {}
         self._changed = trio.Event()
@@ -332,38 +330,8 @@ class Node:
         log.info("listening on %s (node key %s)", format_address(*self.listen_address),
                  fingerprint(self.node_id))
         task_status.started(self.listen_address)
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _RESOURCE_ERRNOS:
-                        raise
-                    # Out of file descriptors or buffers: wait, keep serving the others.
-                    log.warning("cannot accept connections right now: %s", exc)
-                    await trio.sleep(0.1)
-                    continue
-                if len(self._conns) + self._handshaking >= self._max_connections:
-                    await stream.aclose()
-                    continue
-                self._handshaking += 1
-                self._nursery.start_soon(self._accept, stream, _peer_address(stream))
-
-    async def _accept(self, stream: trio.SocketStream, address: str) -> None:
-        """Serve one inbound connection; it holds a handshake slot until authenticated."""
-        held = True
-
-        async def release(_: Connection | None = None) -> None:
-            nonlocal held
-            if held:
-                held = False
-                self._handshaking -= 1
-
-        try:
-            await run_connection(self, stream, address=address, initiator=False,
-                                 on_connected=release)
-        finally:
-            await release()
+        await serve_inbound(self, listener, lambda handshaking: (
+            len(self._conns) + handshaking < self._max_connections))
 
     async def watch_store(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:
@@ -419,14 +387,6 @@ class Node:
             "peers": [asdict(p) for p in self.peers()],
             "last_sync": {b.hex(): t for b, t in self.last_sync.items()},
         }
-
-
-def _peer_address(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return format_address(host, port)
 
 
 @contextlib.asynccontextmanager

@@ -20,6 +20,7 @@ from typing import Any, Final, final
 from automerge.core import Document, ObjType
 
 from .changeops import ACTION_MAKE_MAP, Op
+from .changes import uleb_bytes
 from .errors import ValidationError
 from .model import BoardEvent, Claim, ClaimStatus, EventKind, Item, ItemKind, clean_text
 
@@ -37,18 +38,6 @@ Entry = Item | Claim
 EntryKey = tuple[str, str]  # (collection, id)
 
 
-def uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def section_object_id(author: bytes, start_op: int) -> bytes:
     """Automerge's external object id for op ``start_op@author``.
 
@@ -56,7 +45,7 @@ def section_object_id(author: bytes, start_op: int) -> bytes:
     uLEB(actor index hint = 0) || uLEB(counter)``; the index is a hint that
     Automerge corrects by the actor bytes.
     """
-    return b"\x10" + uleb(len(author)) + author + uleb(0) + uleb(start_op)
+    return b"\x10" + uleb_bytes(len(author)) + author + uleb_bytes(0) + uleb_bytes(start_op)
 
 
 def object_counter(obj_id: bytes) -> int:

@@ -28,7 +28,8 @@ from .errors import EnvelopeError, UsageError
 from .feed import FeedHead
 from .identity import NodeKey, fingerprint
 from .ingest import ingest
-from .net.connection import Connection, run_connection
+from .net.connection import Connection
+from .net.inbound import serve_inbound
 from .net.tcp import format_address, open_listener
 from .relayaddr import RelayAddress
 from .replication import BoardAccess, Received, SyncEvent
@@ -191,7 +192,6 @@ class Relay:
         self.replica = RelayReplica(db, limits)
         self._nursery = nursery
         self._conns: dict[Connection, None] = {}
-        self._handshaking = 0
         self.listen_address: tuple[str, int] | None = None
         self.public: tuple[str, int] | None = None
         self.started = time.time()
@@ -248,38 +248,10 @@ class Relay:
     # ------------------------------------------------------------------ service
 
     async def accept_loop(self, listener: trio.SocketListener) -> None:
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    log.warning("cannot accept connections right now: %s", exc)
-                    await trio.sleep(0.1)
-                    continue
-                # Past the cap, a few more clients are let through the handshake only to
-                # be told Close("full"); beyond those, the socket is closed at once.
-                if (len(self._conns) + self._handshaking
-                        >= self.limits.max_connections + FULL_NOTICE_SLOTS):
-                    await stream.aclose()
-                    continue
-                self._handshaking += 1
-                self._nursery.start_soon(self._serve_one, stream)
-
-    async def _serve_one(self, stream: trio.SocketStream) -> None:
-        held = True
-
-        async def release(_: Connection | None = None) -> None:
-            nonlocal held
-            if held:
-                held = False
-                self._handshaking -= 1
-
-        try:
-            host, port = stream.socket.getpeername()[:2]
-            await run_connection(self, stream, address=format_address(host, port),
-                                 initiator=False, on_connected=release)
-        finally:
-            await release()
+        # Past the cap, a few more clients are let through the handshake only to be
+        # told Close("full"); beyond those, the socket is closed at once.
+        await serve_inbound(self, listener, lambda handshaking: (
+            len(self._conns) + handshaking < self.limits.max_connections + FULL_NOTICE_SLOTS))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -206,14 +206,15 @@ def _initial_sync(report: Report, root: Path, n: int, reps: int) -> Path:
     return a_dir
 
 
-def _flights(a: SecureChannel, b: SecureChannel, sa: list[SyncSession],
-             sb: list[SyncSession]) -> tuple[int, int]:
+def _flights(a: SecureChannel, b: SecureChannel, ra: StoreReplica,
+             rb: StoreReplica) -> tuple[int, int]:
     """Deliver bytes between two sans-I/O endpoints until quiet; count flights and bytes."""
     flights = total = 0
     pending = {id(a): a.data_to_send(), id(b): b.data_to_send()}
-    ends = [(a, b, sa, sb), (b, a, sb, sa)]
+    sessions: dict[int, SyncSession] = {}
+    ends = [(a, b, rb), (b, a, ra)]
     while any(pending.values()):
-        for src, dst, _, dst_session in ends:
+        for src, dst, replica in ends:
             data = pending[id(src)]
             if not data:
                 continue
@@ -226,20 +227,15 @@ def _flights(a: SecureChannel, b: SecureChannel, sa: list[SyncSession],
                 if event is NEED_DATA:
                     break
                 if isinstance(event, HandshakeComplete):
-                    hh = dst.handshake_hash
-                    assert hh is not None
-                    dst_session.append(SyncSession(
-                        _REPLICAS[id(dst)], initiator=dst.initiator, handshake_hash=hh))
-                    for message in dst_session[0].start():
+                    session = sessions[id(dst)] = SyncSession(
+                        replica, initiator=dst.initiator, handshake_hash=event.handshake_hash)
+                    for message in session.start():
                         dst.send(message)
                 elif isinstance(event, MessageReceived):
-                    for message in dst_session[0].handle(event.message):
+                    for message in sessions[id(dst)].handle(event.message):
                         dst.send(message)
             pending[id(dst)] += dst.data_to_send()
     return flights, total
-
-
-_REPLICAS: dict[int, StoreReplica] = {}
 
 
 def _in_sync(report: Report, root: Path, n: int) -> None:
@@ -249,9 +245,8 @@ def _in_sync(report: Report, root: Path, n: int) -> None:
         b.join(invite).receive(list(a.board().envelopes()))
         ca = SecureChannel(True, X25519PrivateKey.generate())
         cb = SecureChannel(False, X25519PrivateKey.generate())
-        _REPLICAS[id(ca)], _REPLICAS[id(cb)] = StoreReplica(a), StoreReplica(b)
         t0 = perf()
-        flights, total = _flights(ca, cb, [], [])
+        flights, total = _flights(ca, cb, StoreReplica(a), StoreReplica(b))
         elapsed = perf() - t0
     report.add(Figure(f"already in sync ({n:,} changes, 100 authors): bytes on the wire",
                       total, "B", "<= 1 KB", "handshake included, both directions"))

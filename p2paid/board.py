@@ -94,12 +94,6 @@ class ReceiveReport:
     #: changes applied to the document (can exceed ``accepted`` when held ones became ready)
     applied: list[ChangeHeader] = field(default_factory=list)
 
-    def merge(self, other: ReceiveReport) -> None:
-        self.accepted += other.accepted
-        self.duplicates += other.duplicates
-        self.held = other.held
-        self.rejected.extend(other.rejected)
-        self.applied.extend(other.applied)
 
 
 _UNSET: Any = object()
@@ -330,7 +324,7 @@ class Board:
         for row in rows:
             head = self._heads.get(row.author, EMPTY_HEAD)
             if row.seq > head.seq:
-                self._heads[row.author] = FeedHead(row.seq, Envelope.decode(row.data).hash)
+                self._heads[row.author] = FeedHead(row.seq, row.hash)
         self._seen_id = rows[-1].id
         if self._doc is None:
             self._load()

@@ -48,36 +48,12 @@ class _Reader:
         self.pos = 0
 
     def uleb(self) -> int:
-        data = self.data
-        pos = self.pos
-        if pos < len(data) and data[pos] < 0x80:  # fast path: one-byte number
-            self.pos = pos + 1
-            return data[pos]
-        result = shift = 0
-        while True:
-            if self.pos >= len(data) or shift > 63:
-                raise ChangeMismatchError("change header: bad LEB128 number")
-            byte = data[self.pos]
-            self.pos += 1
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return result
-            shift += 7
+        value, self.pos = _leb(self.data, self.pos)
+        return value
 
     def sleb(self) -> int:
-        result = shift = 0
-        data = self.data
-        while True:
-            if self.pos >= len(data) or shift > 63:
-                raise ChangeMismatchError("change header: bad LEB128 number")
-            byte = data[self.pos]
-            self.pos += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                if byte & 0x40:
-                    result -= 1 << shift
-                return result
+        value, self.pos = _sleb(self.data, self.pos)
+        return value
 
     def take(self, n: int) -> bytes:
         end = self.pos + n

@@ -200,9 +200,6 @@ class BoardDocument:
         """The underlying automerge-py core document (read it; do not write to it)."""
         return self._doc
 
-    def is_applied(self, change_hash: bytes) -> bool:
-        return change_hash in self._applied
-
     @property
     def pending_count(self) -> int:
         return len(self._pending)

@@ -109,10 +109,6 @@ class ReadModel:
         self.tracking = False
         self.events: list[BoardEvent] = []
 
-    def reset(self, doc: Document) -> None:
-        self._doc = doc
-        self._cache.clear()
-
     # -------------------------------------------------------------- public reads
 
     def section(self, author: bytes) -> Section:

@@ -97,6 +97,7 @@ class EnvelopeRow:
     id: int
     author: bytes
     seq: int
+    hash: bytes
     data: bytes
     change_hash: bytes | None
 
@@ -359,7 +360,7 @@ class Database:
         rows = self._query(
             # "+board_id": scan the rowid range after ``after_id`` (recent rows), not
             # the board's whole index; a separate arrival index would cost every insert.
-            "SELECT id, author, seq, data, change_hash FROM envelopes "
+            "SELECT id, author, seq, hash, data, change_hash FROM envelopes "
             "WHERE id > ? AND +board_id = ? ORDER BY id",
             (after_id, board_id),
         )
@@ -379,7 +380,7 @@ class Database:
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             out.extend(_envelope_row(r) for r in self._query(
-                "SELECT id, author, seq, data, change_hash FROM envelopes "
+                "SELECT id, author, seq, hash, data, change_hash FROM envelopes "
                 f"WHERE id IN ({marks}) ORDER BY author, seq", chunk))
         out.sort(key=lambda r: (r.author, r.seq))
         return out
@@ -491,8 +492,9 @@ class Database:
 
 
 def _envelope_row(r: tuple[object, ...]) -> EnvelopeRow:
-    i, a, s, d, h = r
-    return EnvelopeRow(_int(i), _bytes(a), _int(s), _bytes(d), None if h is None else _bytes(h))
+    i, a, s, e, d, h = r
+    return EnvelopeRow(_int(i), _bytes(a), _int(s), _bytes(e), _bytes(d),
+                       None if h is None else _bytes(h))
 
 
 def _bytes(value: object) -> bytes:

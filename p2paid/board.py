@@ -25,7 +25,7 @@ from .document import (
     SectionWriter,
     new_item_id,
 )
-from .envelope import Envelope, check_change, check_header, open_envelope, seal_envelope
+from .envelope import Envelope, check_change, open_envelope, seal_envelope
 from .errors import (
     AmbiguousIdError,
     EnvelopeError,
@@ -37,9 +37,9 @@ from .errors import (
     UsageError,
     ValidationError,
 )
-from .feed import EMPTY_HEAD, FeedHead, Rejection
+from .feed import EMPTY_HEAD, FeedHead, ForkProof, Rejection
 from .identity import AuthorId, AuthorKey, fingerprint
-from .ingest import Accepted, ingest
+from .ingest import CONTENT_REFUSALS, Accepted, ingest, record_fork
 from .invite import MAX_RELAY_HINTS, BoardId, BoardKeys, Invite, derive_board_keys
 from .model import (
     DEFAULT_NEED_TTL_DAYS,
@@ -60,7 +60,8 @@ from .model import (
     now_ms,
 )
 from .relayaddr import RelayAddress
-from .store import BoardRow, Database, EnvelopeRow, SnapshotRow
+from .rules import AuthorState, FeedRules
+from .store import BoardRow, Database, EnvelopeRow, ForkRow, SnapshotRow
 
 __all__ = ["Board", "ReceiveReport"]
 
@@ -73,9 +74,11 @@ SNAPSHOT_ON_CLOSE: Final = 200
 #: ... and in the middle of steady work past this many (bounding what an open
 #: re-applies). A bulk sync applies in one go when the link falls quiet, not here.
 SNAPSHOT_EVERY: Final = 2000
-#: Most bytes of out-of-order envelopes held in memory while waiting for earlier ones
-#: (they are unverified until the gap fills, so the bound is what matters).
+#: Most bytes of out-of-order envelopes held in memory while waiting for earlier ones,
+#: per board and per author (they are unverified until the gap fills, so the bound is
+#: what matters); what does not fit is dropped and offered again by a later sync.
 MAX_HELD_BYTES: Final = 16 * 1024 * 1024
+MAX_HELD_BYTES_PER_AUTHOR: Final = 2 * 1024 * 1024
 _MAX_RELOADS: Final = 50
 
 Clock = Callable[[], int]
@@ -93,6 +96,12 @@ class ReceiveReport:
     rejected: list[Rejection] = field(default_factory=list)
     #: changes applied to the document (can exceed ``accepted`` when held ones became ready)
     applied: list[ChangeHeader] = field(default_factory=list)
+    #: forks the batch proved: each author's feed now ends before its proof's seq
+    forks: list[ForkProof] = field(default_factory=list)
+
+
+def _envelope(value: bytes | Envelope) -> Envelope:
+    return value if isinstance(value, Envelope) else Envelope.decode(value)
 
 
 
@@ -121,6 +130,7 @@ class Board:
         self._cipher = ChaCha20Poly1305(self.keys.content_key)
         self._doc: BoardDocument | None = None
         self._heads: dict[bytes, FeedHead] = {}
+        self._forked: dict[bytes, int] = {}
         self._seen_id = 0
         self._held: dict[tuple[bytes, int], Envelope] = {}
         self._since_snapshot = 0
@@ -128,9 +138,9 @@ class Board:
         self._grouped = False
         self._tracking = False
         self._refused_envelopes: set[bytes] = set()
-        self._refused_changes: set[bytes] = set()
         self._purged: list[tuple[ChangeHeader, str]] = []
         self._deferred: list[tuple[ChangeHeader, bytes]] = []
+        self._rules = FeedRules(self._author_state, self._has_changes)
 
     def __repr__(self) -> str:
         return f"<Board {self.name!r} {self.id.hex()[:12]}>"
@@ -210,8 +220,9 @@ class Board:
             snap = db.snapshot(self.id)
             index = db.change_index(self.id)
             heads = db.heads(self.id)
-            self._refused_envelopes = db.rejected_hashes(self.id, InvalidChangeError.code)
-            self._refused_changes = db.refused_change_hashes(self.id)
+            forks = db.forks(self.id)
+            self._refused_envelopes = db.rejected_hashes(
+                self.id, (cls.code for cls in CONTENT_REFUSALS))
         automerge_doc: Document | None = None
         vector: dict[bytes, int] = {}
         sections: dict[bytes, int] = {}
@@ -222,25 +233,62 @@ class Board:
                 vector, sections, max_ops = snap.vector, snap.sections, snap.max_ops
             except Exception as exc:  # automerge raises bare Exception on a corrupt save
                 log.warning("board %s: snapshot unreadable (%s); rebuilding", self.name, exc)
-        applied = [h for _, a, s, h in index if h is not None and s <= vector.get(a, 0)]
+        last_hashes = {a: h for _, a, s, h in index if h is not None and s == vector.get(a)}
         # Envelopes never opened (no change hash) are applied again whatever the
         # snapshot says: nothing may sit in a joined board unchecked.
         tail = [i for i, a, s, h in index if s > vector.get(a, 0) or h is None]
-        doc = BoardDocument(self.author, automerge_doc, applied, vector, sections, max_ops)
+        doc = BoardDocument(self.author, automerge_doc, last_hashes, vector, sections, max_ops)
         doc.careful = self._careful
         if self._tracking:
             doc.track_events()
         self._doc = doc
         self._heads = heads
+        self._forked = {a: f.seq for a, f in forks.items()}
         self._seen_id = max((i for i, _, _, _ in index), default=0)
         self._since_snapshot = len(tail)
+        self._rules = FeedRules(self._author_state, self._has_changes)
         rows = db.envelopes_by_id(tail) if tail else []
         try:
-            self._apply(self._open_rows(rows))
+            self._apply(self._check_stored(self._open_rows(rows)))
         except BaseException:
             self._doc = None
             raise
         doc.careful = False
+
+    def _check_stored(self, changes: list[tuple[ChangeHeader, bytes]]
+                      ) -> list[tuple[ChangeHeader, bytes]]:
+        """Check stored changes of other members against the rules before applying them
+        (the local author's own are trusted); purge what fails."""
+        good: list[tuple[ChangeHeader, bytes]] = []
+        refused: list[tuple[ChangeHeader, str]] = []
+        failed: set[bytes] = set()
+        for header, data in changes:
+            if header.actor == self.author:
+                good.append((header, data))
+                continue
+            if header.actor in failed:
+                continue
+            try:
+                self._rules.check(header)
+            except EnvelopeError as exc:
+                failed.add(header.actor)
+                refused.append((header, str(exc)))
+                continue
+            good.append((header, data))
+        self._rules.commit()
+        if refused:
+            self._purge(refused)
+        return good
+
+    def _author_state(self, author: bytes) -> AuthorState:
+        """Rules state of an author with history, read from the document."""
+        if self._deferred:
+            self.flush()
+        return self.document.author_state(author)
+
+    def _has_changes(self, author: bytes) -> bool:
+        doc = self._doc
+        return doc is not None and doc.applied_seq.get(author, 0) > 0
 
     def _apply(self, changes: list[tuple[ChangeHeader, bytes]]) -> list[ChangeHeader]:
         """Apply changes to the document; purge any that Automerge refuses."""
@@ -253,7 +301,8 @@ class Board:
         return applied
 
     def _purge(self, refused: list[tuple[ChangeHeader, str]]) -> None:
-        """Drop stored changes Automerge refuses, with everything later of their authors.
+        """Drop stored changes that cannot be applied, with everything later of their
+        authors.
 
         Every honest replica refuses the same changes, so they converge; the
         envelopes' hashes are remembered so a peer offering them again is refused
@@ -273,7 +322,7 @@ class Board:
                                           header.hash)
                 self._db.delete_feed_from(self.id, header.actor, header.seq)
                 self._refused_envelopes.add(env_hash)
-                self._refused_changes.add(header.hash)
+                self._rules.forget(header.actor)
                 self._purged.append((header, reason))
             self._heads = self._db.heads(self.id)
 
@@ -290,19 +339,17 @@ class Board:
         return out
 
     def _open(self, env: Envelope) -> tuple[ChangeHeader, bytes]:
-        """Decrypt and check a remote envelope's change before it is stored."""
+        """Decrypt and check a remote envelope's change before it is stored.
+
+        Refusals are remembered by the envelope's own hash only, never by anything
+        taken from a payload that failed its checks (a member can put another
+        member's change bytes inside its own envelope).
+        """
         if env.hash in self._refused_envelopes:
             raise InvalidChangeError(f"seq {env.seq} was refused before: it cannot be applied")
         change = open_envelope(env, self._cipher)
-        header = parse_change(change)
-        try:
-            if self._refused_changes.intersection(header.deps):
-                raise InvalidChangeError(f"seq {env.seq} depends on a refused change")
-            check_header(env, header)
-        except EnvelopeError as exc:
-            exc.change_hash = header.hash
-            self._refused_changes.add(header.hash)
-            raise
+        header = check_change(env, change)
+        self._rules.check(header)
         return header, change
 
     @property
@@ -325,9 +372,12 @@ class Board:
             head = self._heads.get(row.author, EMPTY_HEAD)
             if row.seq > head.seq:
                 self._heads[row.author] = FeedHead(row.seq, row.hash)
+            # Another process checked these; what we knew of their author is stale.
+            self._rules.forget(row.author)
         self._seen_id = rows[-1].id
         if self._doc is None:
             self._load()
+        self._forked = {a: f.seq for a, f in self._db.forks(self.id).items()}
         applied = self._apply_guarded(self._open_rows(rows))
         self._since_snapshot += len(applied)
         return applied
@@ -356,15 +406,28 @@ class Board:
         """``author -> highest contiguous seq`` held."""
         return {a: h.seq for a, h in self.heads().items()}
 
+    def forks(self) -> dict[bytes, ForkRow]:
+        """Proven forks of this board's authors (each author's feed ends before its fork)."""
+        return self._db.forks(self.id)
+
+    @property
+    def forked(self) -> dict[bytes, int]:
+        """``author -> seq`` of each proven fork (the author's feed ends before ``seq``)."""
+        if self._doc is None:
+            self._load()
+        return dict(self._forked)
+
     def receive(
         self, envelopes: Iterable[bytes | Envelope], *, defer_apply: bool = False
     ) -> ReceiveReport:
         """Verify, store and apply envelopes from a peer or a bundle.
 
         Envelopes that arrive before an earlier one of the same author are held
-        in memory until the gap is filled. Nothing invalid is stored. With
-        ``defer_apply`` the checked, stored changes wait for :meth:`flush` (or the
-        next read), so that a stream of large batches costs one Automerge call.
+        in memory until the gap is filled (a bounded number of bytes per author and
+        per board; the rest is dropped and fetched again on a later sync). Nothing
+        invalid is stored. With ``defer_apply`` the checked, stored changes wait for
+        :meth:`flush` (or the next read), so that a stream of large batches costs one
+        Automerge call.
 
         Returns:
             Counts of accepted, duplicate and held envelopes, and each rejection.
@@ -380,26 +443,30 @@ class Board:
             except EnvelopeError as exc:
                 report.rejected.append(Rejection(None, exc))
         if self._doc is None:
-            self._load()  # (deferred changes stay deferred: order is kept by their deps)
-        with self._db.write():
-            self._catch_up()
-            batch = list(self._held.values()) + decoded
-            self._held.clear()
-            result = ingest(self._db, self.id, batch, self._heads, self._open)
-            for acc in result.accepted:
-                env = acc.envelope
-                self._heads[env.author] = FeedHead(env.seq, env.hash)
-            if result.last_id:
-                self._seen_id = result.last_id
-        held_bytes = 0
-        for env in sorted(result.gaps, key=lambda e: e.seq):
-            held_bytes += len(env.raw)
-            if held_bytes > MAX_HELD_BYTES:
-                break  # dropped: a peer or bundle will offer them again after the gap
-            self._held[(env.author, env.seq)] = env
+            self._load()  # (deferred changes stay deferred: each author's order is kept)
+        try:
+            with self._db.write():
+                self._catch_up()
+                batch = list(self._held.values()) + decoded
+                self._held.clear()
+                result = ingest(self._db, self.id, batch, self._heads, self._open,
+                                forked=self._forked)
+                for acc in result.accepted:
+                    env = acc.envelope
+                    self._heads[env.author] = FeedHead(env.seq, env.hash)
+                if result.forks:
+                    self._heads = self._db.heads(self.id)
+                if result.last_id:
+                    self._seen_id = result.last_id
+        except BaseException:
+            self._rules.rollback()
+            raise
+        self._rules.commit()
+        self._hold(result.gaps)
         report.accepted = len(result.accepted)
         report.duplicates = result.duplicates
         report.held = len(self._held)
+        report.forks = result.forks
         # Envelopes held from an earlier batch came from someone else: their faults
         # must not be blamed on whoever sent this batch.
         offered = {id(env) for env in decoded}
@@ -410,6 +477,8 @@ class Board:
                 log.info("board %s: a held envelope was refused: %s", self.name,
                          rejection.error)
         changes = [(a.header, a.change) for a in result.accepted if a.header and a.change]
+        if result.forks:
+            self._end_forked_feeds(result.forks)
         if defer_apply:
             # Stored (durable) and checked; Automerge gets them later in one call.
             self._deferred.extend(changes)
@@ -421,6 +490,68 @@ class Board:
         if self._since_snapshot >= SNAPSHOT_EVERY:
             self.save_snapshot()
         return report
+
+    def _hold(self, gaps: Iterable[Envelope]) -> None:
+        """Keep envelopes beyond a gap, within a byte budget per author and per board."""
+        per_author: dict[bytes, int] = {}
+        total = 0
+        for env in self._held.values():
+            per_author[env.author] = per_author.get(env.author, 0) + len(env.raw)
+            total += len(env.raw)
+        for env in sorted(gaps, key=lambda e: (e.author, e.seq)):
+            size = len(env.raw)
+            used = per_author.get(env.author, 0)
+            if used + size > MAX_HELD_BYTES_PER_AUTHOR or total + size > MAX_HELD_BYTES:
+                continue  # dropped: a peer or bundle offers it again after the gap
+            per_author[env.author] = used + size
+            total += size
+            self._held[(env.author, env.seq)] = env
+
+    def record_fork(self, first: bytes | Envelope, second: bytes | Envelope) -> bool:
+        """Learn a fork from its evidence (two validly signed envelopes of one author at
+        one seq, e.g. from a peer): end that author's feed before it.
+
+        Returns:
+            True if it was news (a new fork, or a lower one of the author).
+
+        Raises:
+            EnvelopeError: the envelopes do not prove a fork on this board.
+        """
+        proof = ForkProof.check(self.id, _envelope(first), _envelope(second))
+        if self._doc is None:
+            self._load()
+        with self._db.write():
+            self._catch_up()
+            if not record_fork(self._db, self.id, proof):
+                return False
+            self._heads = self._db.heads(self.id)
+        self._end_forked_feeds([proof])
+        return True
+
+    def _end_forked_feeds(self, forks: Iterable[ForkProof]) -> None:
+        """A proven fork ends its author's feed before the forked seq: drop held and
+        deferred changes from there on, and rebuild the document without any it had
+        applied (nobody's changes depend on them, so nothing else is lost)."""
+        rebuild = False
+        for proof in forks:
+            author, seq = proof.author, proof.seq
+            self._forked[author] = min(seq, self._forked.get(author, seq))
+            log.warning("board %s: member %s signed two versions of its change %d; its "
+                        "later changes are ignored", self.name, fingerprint(author), seq)
+            self._held = {k: e for k, e in self._held.items() if not (
+                e.author == author and e.seq >= seq)}
+            self._deferred = [(h, d) for h, d in self._deferred if not (
+                h.actor == author and h.seq >= seq)]
+            self._rules.forget(author)
+            doc = self._doc
+            if doc is not None and doc.applied_seq.get(author, 0) >= seq:
+                rebuild = True
+                snap = self._db.snapshot(self.id)
+                if snap is not None and snap.vector.get(author, 0) >= seq:
+                    self._db.delete_snapshot(self.id)
+        if rebuild:
+            self._doc = None
+            self._load()
 
     def _report_purged(self, report: ReceiveReport, accepted: Iterable[Accepted]) -> None:
         """Envelopes stored, then refused by Automerge, count as rejected after all."""
@@ -442,8 +573,14 @@ class Board:
     def save_snapshot(self) -> None:
         """Store the current document so the next open skips re-applying changes."""
         doc = self.document
+        try:
+            saved = doc.save()
+        except StorageError as exc:
+            log.error("board %s: no snapshot: %s", self.name, exc)
+            self._since_snapshot = 0
+            return
         vector = dict(doc.applied_seq)
-        snap = SnapshotRow(doc.save(), vector, dict(doc.start_ops), dict(doc.max_ops),
+        snap = SnapshotRow(saved, vector, dict(doc.start_ops), dict(doc.max_ops),
                            sum(vector.values()))
         self._db.put_snapshot(self.id, snap, self._clock())
         self._since_snapshot = 0
@@ -551,12 +688,18 @@ class Board:
 
     def _write(self, edit: Callable[[SectionWriter], None]) -> Envelope | None:
         """Make one change durable as the next envelope of our feed (None: no change)."""
-        doc = self.document
+        self.document  # noqa: B018 - load, and apply what is deferred, before the lock
         changed = False
         try:
             with self._db.write():
                 if not self._grouped:  # a group caught up once, under the same lock
                     self._catch_up()
+                if self.author in self._forked:
+                    raise UsageError(
+                        f"your key on board {self.name!r} was used to sign two versions of "
+                        "one change (was this data dir copied to another device?); other "
+                        "members ignore your new posts: join the board again as a new member")
+                doc = self.document
                 head = self._heads.get(self.author, EMPTY_HEAD)
                 written = doc.write(edit)
                 if written is None:
@@ -580,6 +723,7 @@ class Board:
                 self._doc = None  # holds a change the store did not take: reload on next use
             raise
         self._heads[self.author] = FeedHead(env.seq, env.hash)
+        self._rules.forget(self.author)
         self._since_snapshot += 1
         if self._since_snapshot >= SNAPSHOT_EVERY:
             self.save_snapshot()

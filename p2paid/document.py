@@ -8,11 +8,13 @@ through the root key (another member could write a conflicting root key and win)
 they address it by object id ``(start_op of the author's seq-1 change, author)``,
 which Automerge's ``get``/``keys`` accept directly.
 
-Remote changes arrive already verified (signature, chain, ownership) as
-``(ChangeHeader, bytes)``. This module releases them in causal order: a change is
-applied only once every dependency is applied, so Automerge never has to queue
-one and the set of applied hashes is exactly known. Whatever is ready is applied
-in one call, because each apply call costs O(document size).
+Every change depends only on its author's previous change (SPEC 5), so each
+author's changes form a feed of their own. Remote changes arrive already checked
+(signature, chain, ownership, :mod:`p2paid.rules`) as ``(ChangeHeader, bytes)``, in
+each author's seq order; whatever is ready is applied in one call, because each
+apply call costs O(document size). Local changes are made in a small document that
+holds only the local author's own changes (forked from this one on first use), so
+that they depend on nothing but the author's previous change, and then applied here.
 
 Reads are validated with :mod:`p2paid.model` and cached per author; the cache of
 an author is dropped whenever a change of that author is applied.
@@ -21,17 +23,26 @@ an author is dropped whenever a change of that author is applied.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, final
 
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncState
 
-from .changeops import decode_ops
 from .changes import ChangeHeader, uleb_bytes
-from .errors import ChangeMismatchError, LocalProtocolError, NotFoundError
+from .errors import LocalProtocolError, NotFoundError, StorageError
 from .model import BoardEvent, Claim, Item, ItemKind
-from .readmodel import CLAIMS, COLLECTIONS, PROFILE, ReadModel, Section, section_object_id
+from .readmodel import (
+    CLAIMS,
+    COLLECTIONS,
+    PROFILE,
+    ReadModel,
+    Section,
+    UnreadableError,
+    object_counter,
+    read_safely,
+    section_object_id,
+)
+from .rules import AuthorState
 
 __all__ = [
     "BoardDocument",
@@ -42,9 +53,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
-#: Most changes held waiting for a dependency; beyond it the oldest are dropped from
-#: memory (they stay in the store and are retried when the board is next opened).
-MAX_PENDING: Final = 200_000
 
 Value = str | int | None
 
@@ -52,11 +60,6 @@ Value = str | int | None
 def new_item_id() -> str:
     """A random 128-bit id as 32 lowercase hex characters."""
     return os.urandom(16).hex()
-
-
-def _seq_key(author: bytes, seq: int) -> bytes:
-    """Waiting-list key for "the author's change ``seq`` is applied"."""
-    return b"seq:" + author + seq.to_bytes(8, "big")
 
 
 class DocumentBrokenError(LocalProtocolError):
@@ -78,6 +81,27 @@ def _local_header(change: Any) -> ChangeHeader:
         actor=bytes(change.actor_id), seq=int(change.seq), start_op=start_op, time=0,
         other_actors=(), op_count=int(change.max_op) - start_op + 1,
     )
+
+
+def receive_changes(doc: Document, changes: list[bytes]) -> bool:
+    """Give Automerge changes in one call (a sync message carrying only changes).
+
+    Returns:
+        False if Automerge refused them (it then keeps the document unchanged).
+
+    Raises:
+        DocumentBrokenError: Automerge panicked; the document is in an unknown state.
+    """
+    try:
+        message = Message.decode(sync_message_with_changes(changes))
+        doc.receive_sync_message(SyncState(), message)
+    except Exception:
+        return False
+    except BaseException as exc:  # pyo3's PanicException derives from BaseException
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        raise DocumentBrokenError(f"automerge panicked: {exc}") from exc
+    return True
 
 
 def sync_message_with_changes(changes: Iterable[bytes]) -> bytes:
@@ -161,7 +185,7 @@ class BoardDocument:
     Args:
         author: the local author key (Automerge actor id of local changes).
         doc: a loaded document (from a snapshot), or None for an empty one.
-        applied: hashes of every change ``doc`` holds.
+        last_hashes: ``author -> hash`` of the newest change ``doc`` holds of each author.
         vector: ``author -> highest seq`` that ``doc`` holds.
         sections: ``author -> start_op`` of each known section's creating op.
         max_ops: ``author -> max_op`` of the author's newest change in ``doc``.
@@ -171,7 +195,7 @@ class BoardDocument:
         self,
         author: bytes,
         doc: Document | None = None,
-        applied: Iterable[bytes] = (),
+        last_hashes: Mapping[bytes, bytes] | None = None,
         vector: Mapping[bytes, int] | None = None,
         sections: Mapping[bytes, int] | None = None,
         max_ops: Mapping[bytes, int] | None = None,
@@ -180,9 +204,9 @@ class BoardDocument:
         self._doc = doc if doc is not None else Document(actor_id=author)
         if doc is not None:
             self._doc.set_actor(author)
-        self._applied: set[bytes] = set(applied)
-        self._pending: dict[bytes, tuple[ChangeHeader, bytes]] = {}
-        self._waiting: defaultdict[bytes, list[bytes]] = defaultdict(list)
+        #: the local author's own changes only, for making new ones (see write)
+        self._own: Document | None = None
+        self.last_hashes: dict[bytes, bytes] = dict(last_hashes or {})
         self.start_ops: dict[bytes, int] = dict(sections or {})
         self.applied_seq: dict[bytes, int] = dict(vector or {})
         self.max_ops: dict[bytes, int] = dict(max_ops or {})
@@ -202,86 +226,58 @@ class BoardDocument:
 
     @property
     def pending_count(self) -> int:
-        return len(self._pending)
+        """Changes held for a missing dependency: always 0 now (each change depends only
+        on its author's previous one, and arrives after it)."""
+        return 0
 
     def add_changes(self, changes: Iterable[tuple[ChangeHeader, bytes]]) -> list[ChangeHeader]:
-        """Apply every change whose dependencies are met; hold the rest.
+        """Apply changes, each after its author's previous one.
 
-        A change is ready once every hash in its deps is applied and its author's
-        previous seq is applied (Automerge panics on a seq gap). Changes that
-        Automerge refuses are left out and listed by :meth:`take_refused`.
+        Changes come in each author's seq order (the store holds only contiguous
+        feeds); one whose author's previous change is neither applied nor earlier in
+        the batch, or that reuses its author's op ids, is refused (listed by
+        :meth:`take_refused`), as is every change Automerge refuses.
 
         Returns:
-            The headers of all changes applied by this call (including held ones
-            that became ready), in the causal order they were applied.
+            The headers of all changes applied by this call, in the order applied.
         """
         ready: list[tuple[ChangeHeader, bytes]] = []
-        ready_hashes: set[bytes] = set()
-        ready_seq: dict[bytes, int] = {}
-        ready_max: dict[bytes, int] = {}
-        queue = list(changes)
-        queue.reverse()
-        applied = self._applied
-        while queue:
-            header, data = queue.pop()
-            h = header.hash
-            if h in applied or h in ready_hashes:
+        seqs: dict[bytes, int] = {}
+        max_ops: dict[bytes, int] = {}
+        for header, data in changes:
+            actor = header.actor
+            seq = seqs.get(actor, self.applied_seq.get(actor, 0))
+            if header.seq <= seq:
+                continue  # already applied
+            if header.seq != seq + 1:
+                self._refuse(header, "it arrived before its author's previous change")
                 continue
-            missing = next((d for d in header.deps if d not in applied and d not in ready_hashes),
-                           None)
-            if missing is None and ready_seq.get(
-                    header.actor, self.applied_seq.get(header.actor, 0)) != header.seq - 1:
-                missing = _seq_key(header.actor, header.seq - 1)
-            if missing is not None:
-                if h not in self._pending:
-                    self._hold(header, data, missing)
-                continue
-            self._pending.pop(h, None)
-            if header.start_op <= ready_max.get(header.actor,
-                                                 self.max_ops.get(header.actor, 0)):
+            if header.start_op <= max_ops.get(actor, self.max_ops.get(actor, 0)):
                 # Reusing op ids breaks every later save/load of the document.
-                self._refused.append((header, "it reuses op ids of its author"))
-                self._bad_seq.add((header.actor, header.seq))
+                self._refuse(header, "it reuses op ids of its author")
                 continue
             ready.append((header, data))
-            ready_hashes.add(h)
-            ready_seq[header.actor] = header.seq
-            ready_max[header.actor] = header.max_op
-            for key in (h, _seq_key(header.actor, header.seq)):
-                for waiter in reversed(self._waiting.pop(key, ())):
-                    held = self._pending.pop(waiter, None)
-                    if held is not None:
-                        queue.append(held)
+            seqs[actor] = header.seq
+            max_ops[actor] = header.max_op
         if not ready:
             return []
         return self._apply_ready(ready)
+
+    def _refuse(self, header: ChangeHeader, reason: str) -> None:
+        if (header.actor, header.seq) not in self._bad_seq:
+            self._refused.append((header, reason))
+            self._bad_seq.add((header.actor, header.seq))
 
     def take_refused(self) -> list[tuple[ChangeHeader, str]]:
         """Changes Automerge refused to apply since the last call, with the reason."""
         refused, self._refused = self._refused, []
         return refused
 
-    def _hold(self, header: ChangeHeader, data: bytes, missing: bytes) -> None:
-        if len(self._pending) >= MAX_PENDING:
-            oldest = next(iter(self._pending))
-            del self._pending[oldest]
-        self._pending[header.hash] = (header, data)
-        self._waiting[missing].append(header.hash)
-
     def _receive(self, changes: list[bytes]) -> bool:
         """Feed changes to Automerge in one call; False if it refused (it then keeps
         the document unchanged). A Rust panic leaves the document in an unknown
         state, so it is raised as :class:`DocumentBrokenError`."""
-        try:
-            message = Message.decode(sync_message_with_changes(changes))
-            self._doc.receive_sync_message(SyncState(), message)
-        except Exception:
-            return False
-        except BaseException as exc:  # pyo3's PanicException derives from BaseException
-            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
-                raise
-            raise DocumentBrokenError(f"automerge panicked: {exc}") from exc
-        return True
+        return receive_changes(self._doc, changes)
 
     def _expected_heads(self, ready: list[tuple[ChangeHeader, bytes]]) -> set[bytes]:
         heads = set(self._heads)
@@ -291,7 +287,7 @@ class BoardDocument:
         return heads
 
     def _apply_ready(self, ready: list[tuple[ChangeHeader, bytes]]) -> list[ChangeHeader]:
-        good = self._apply_checked(ready, set())
+        good = self._apply_checked(ready)
         for header, _ in good:
             self._note_applied(header)
         self._heads = self._current_heads()
@@ -299,16 +295,16 @@ class BoardDocument:
         return [header for header, _ in good]
 
     def _apply_checked(
-        self, ready: list[tuple[ChangeHeader, bytes]], bad: set[bytes]
+        self, ready: list[tuple[ChangeHeader, bytes]]
     ) -> list[tuple[ChangeHeader, bytes]]:
-        """Apply a causally ordered list; on refusal, bisect to find the culprits.
+        """Apply a list in each author's seq order; on refusal, bisect to find the culprits.
 
         Automerge takes or refuses a whole sync message (it keeps the document
         unchanged when it refuses), and says nothing: the heads tell. Halving a
         refused batch finds each culprit in O(log n) calls, each O(document).
-        ``bad`` collects refused hashes so that dependents are refused too.
+        A change after a refused one of the same author is refused too.
         """
-        ready = [(h, d) for h, d in ready if not self._depends_on_bad(h, bad)]
+        ready = [(h, d) for h, d in ready if not self._follows_bad(h)]
         if not ready:
             return []
         expected = self._expected_heads(ready)
@@ -326,20 +322,15 @@ class BoardDocument:
             if heads != before:
                 raise DocumentBrokenError("automerge applied part of a refused batch")
             if len(ready) == 1:
-                header = ready[0][0]
-                bad.add(header.hash)
-                self._bad_seq.add((header.actor, header.seq))
-                self._refused.append((header, "automerge cannot apply it"))
+                self._refuse(ready[0][0], "automerge cannot apply it")
                 return []
         half = len(ready) // 2
-        first = self._apply_checked(ready[:half], bad)
-        return first + self._apply_checked(ready[half:], bad)
+        first = self._apply_checked(ready[:half])
+        return first + self._apply_checked(ready[half:])
 
-    def _depends_on_bad(self, header: ChangeHeader, bad: set[bytes]) -> bool:
-        if bad.intersection(header.deps) or (header.actor, header.seq - 1) in self._bad_seq:
-            bad.add(header.hash)
-            self._bad_seq.add((header.actor, header.seq))
-            self._refused.append((header, "depends on a change that was refused"))
+    def _follows_bad(self, header: ChangeHeader) -> bool:
+        if (header.actor, header.seq - 1) in self._bad_seq:
+            self._refuse(header, "it follows a change that was refused")
             return True
         return False
 
@@ -347,29 +338,72 @@ class BoardDocument:
         return {bytes(h) for h in self._doc.get_heads()}
 
     def _update_view(self, ready: list[tuple[ChangeHeader, bytes]]) -> None:
-        by_author: dict[bytes, list[bytes]] = {}
+        by_author: dict[bytes, list[ChangeHeader]] = {}
         new_authors: set[bytes] = set()
-        for header, data in ready:
-            by_author.setdefault(header.actor, []).append(data)
+        for header, _ in ready:
+            by_author.setdefault(header.actor, []).append(header)
             if header.seq == 1:
                 new_authors.add(header.actor)
-        for author, changes in by_author.items():
+        for author, headers in by_author.items():
             ops = None
-            if author not in new_authors and self.view.wants_ops(author, len(changes)):
-                try:
-                    ops = [decode_ops(data) for data in changes]
-                except ChangeMismatchError:
-                    ops = None  # re-read the section whole
+            if author not in new_authors and self.view.wants_ops(author, len(headers)):
+                ops = [list(h.ops) for h in headers]
             self.view.remote_changes(author, ops, author in new_authors)
 
     def _note_applied(self, header: ChangeHeader) -> None:
-        self._applied.add(header.hash)
-        self.applied_seq[header.actor] = header.seq
-        self.max_ops[header.actor] = header.max_op
+        actor = header.actor
+        self.last_hashes[actor] = header.hash
+        self.applied_seq[actor] = header.seq
+        self.max_ops[actor] = header.max_op
         if header.seq == 1:
-            self.start_ops.setdefault(header.actor, header.start_op)
+            self.start_ops.setdefault(actor, header.start_op)
+        if actor == self.author:
+            self._own = None  # arrived from elsewhere (a restored backup): fork again
+
+    def author_state(self, author: bytes) -> AuthorState:
+        """What :mod:`p2paid.rules` needs to know of ``author``, read from this document
+        (every map of the author's section and the op visible at each of its keys)."""
+        state = AuthorState(self.applied_seq.get(author, 0), self.last_hashes.get(author, b""),
+                            self.max_ops.get(author, 0))
+        start = self.start_ops.get(author)
+        if start is None:
+            return state
+        state.maps.add(start)
+        todo = [section_object_id(author, start)]
+        doc = self._doc
+        while todo:
+            obj = todo.pop()
+            ctr = object_counter(obj)
+            try:
+                keys = read_safely(lambda o=obj: doc.keys(o))
+            except UnreadableError:
+                continue
+            for key in keys:
+                try:
+                    got = read_safely(lambda o=obj, k=key: doc.get(o, k))
+                except UnreadableError:
+                    got = None  # the author's later ops on it are refused
+                if got is None:
+                    continue
+                value, op_id = got[0], bytes(got[1])
+                op_ctr = object_counter(op_id)
+                state.slots[(ctr, key)] = op_ctr
+                if value == ObjType.Map:
+                    state.maps.add(op_ctr)
+                    todo.append(op_id)
+        return state
 
     # ------------------------------------------------------------------ writing
+
+    def _own_document(self) -> Document:
+        """The local author's changes alone: new ones then depend only on the
+        author's previous change and start after its max op."""
+        if self._own is None:
+            head = self.last_hashes.get(self.author)
+            own = Document(actor_id=self.author) if head is None else self._doc.fork_at([head])
+            own.set_actor(self.author)
+            self._own = own
+        return self._own
 
     def write(self, edit: Callable[[SectionWriter], None]) -> tuple[ChangeHeader, bytes] | None:
         """Run ``edit`` in one transaction on the local author's section.
@@ -383,24 +417,37 @@ class BoardDocument:
 
         Raises:
             Whatever ``edit`` raises (the transaction is rolled back).
+            DocumentBrokenError: Automerge would not take the change (a bug).
         """
         before = self.applied_seq.get(self.author, 0)
-        with self._doc.transaction() as tx:
+        own = self._own_document()
+        with own.transaction() as tx:
             section = self._section_id()
             if section is None:
                 section = bytes(tx.put_object(ROOT, self.author.hex(), ObjType.Map))
                 tx.put(section, "v", ScalarType.Int, SCHEMA_VERSION)
             writer = SectionWriter(tx, section)
             edit(writer)
-        change = self._doc.get_last_local_change()
+        change = own.get_last_local_change()
         if change is None or change.seq == before:
             return None
         header = _local_header(change)
+        data = bytes(change.bytes)
+        expected = self._expected_heads([(header, data)])
+        try:
+            ok = self._receive([data])
+        except DocumentBrokenError:
+            self._own = None
+            raise
+        if not ok or self._current_heads() != expected:
+            self._own = None
+            raise DocumentBrokenError("the board's document refused a local change")
         self._note_applied(header)
-        self._heads = {header.hash}
+        self._own = own  # (_note_applied dropped it: it is current)
+        self._heads = expected
         full = header.seq == 1 or any(coll == PROFILE for coll, _ in writer.touched)
         self.view.local_write(self.author, writer.touched, full)
-        return header, bytes(change.bytes)
+        return header, data
 
     def _section_id(self, author: bytes | None = None) -> bytes | None:
         author = self.author if author is None else author
@@ -440,8 +487,16 @@ class BoardDocument:
     # ------------------------------------------------------------------ persistence
 
     def save(self) -> bytes:
-        """The whole document in Automerge's saved format."""
-        return bytes(self._doc.save())
+        """The whole document in Automerge's saved format.
+
+        Raises:
+            StorageError: Automerge cannot save it (it holds a change it should have
+                refused; the board still works, but has no snapshot or export).
+        """
+        try:
+            return bytes(read_safely(self._doc.save))
+        except UnreadableError as exc:
+            raise StorageError(f"the board's document cannot be saved: {exc}") from exc
 
     def heads(self) -> list[bytes]:
         return sorted(bytes(h) for h in self._doc.get_heads())

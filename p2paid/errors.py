@@ -22,9 +22,12 @@ __all__ = [
     "ChangeMismatchError",
     "DecodeError",
     "DecryptError",
+    "DependencyError",
     "EnvelopeDecryptError",
     "EnvelopeError",
     "ForkError",
+    "ForbiddenOpError",
+    "ForkedFeedError",
     "FrameTooLargeError",
     "HandshakeError",
     "InvalidChangeError",
@@ -194,6 +197,27 @@ class OwnershipError(EnvelopeError):
     """The change touches objects owned by another member (its actor table is not empty)."""
 
     code = "ownership"
+
+
+class DependencyError(EnvelopeError):
+    """The change breaks the own-feed rule: its dependencies or op counters are not
+    exactly those its author's previous change implies (SPEC 5)."""
+
+    code = "bad-deps"
+
+
+class ForbiddenOpError(EnvelopeError):
+    """An op of the change is not one the board schema allows (a value type, action,
+    object or predecessor that no honest member makes; SPEC 5)."""
+
+    code = "bad-op"
+
+
+class ForkedFeedError(EnvelopeError):
+    """The envelope's author has a proven fork at or below its seq: the author's feed
+    ends before the fork on every replica."""
+
+    code = "forked"
 
 
 class InvalidChangeError(EnvelopeError):

@@ -40,6 +40,7 @@ from .ingest import ingest
 from .invite import Invite, derive_board_keys, new_board_secret, validate_board_name
 from .model import now_ms
 from .relayaddr import RelayAddress
+from .rules import AuthorState, FeedRules
 from .store import DB_FILENAME, BoardRow, Database
 
 __all__ = ["BoardReport", "ImportReport", "Store", "default_data_dir", "open_store"]
@@ -222,9 +223,11 @@ class Store:
         return board
 
     def _adopt_carried(self, row: BoardRow) -> None:
-        """Check envelopes carried for a board we just joined; drop what members refuse."""
+        """Check envelopes carried for a board we just joined; drop what members refuse
+        (with everything later of the same author, as every member does)."""
         board_id = row.board_id
         cipher = ChaCha20Poly1305(derive_board_keys(row.secret).content_key)
+        rules = FeedRules(lambda _author: AuthorState(), lambda _author: False)
         updates: list[tuple[bytes, int]] = []
         rows = self.db.envelopes_by_id([i for i, *_ in self.db.change_index(board_id)])
         refused_from: dict[bytes, int] = {}
@@ -234,9 +237,10 @@ class Store:
             try:
                 env = Envelope.decode(r.data)
                 header = check_change(env, open_envelope(env, cipher))
+                rules.check(header)
             except EnvelopeError as exc:
                 refused_from[r.author] = r.seq
-                self.db.record_rejection(board_id, r.author, r.seq, b"", exc.code, str(exc),
+                self.db.record_rejection(board_id, r.author, r.seq, r.hash, exc.code, str(exc),
                                          None, now_ms())
                 continue
             updates.append((header.hash, r.id))
@@ -355,7 +359,9 @@ class Store:
         with self.db.write():
             if any(row.board_id == board_id for row in self.db.boards()):
                 return None
-            result = ingest(self.db, board_id, envelopes, self.db.heads(board_id), None)
+            forked = {a: f.seq for a, f in self.db.forks(board_id).items()}
+            result = ingest(self.db, board_id, envelopes, self.db.heads(board_id), None,
+                            forked=forked)
         gaps = [Rejection(e, ChainError(f"seq {e.seq}: earlier envelopes missing"))
                 for e in result.gaps]
         return ReceiveReport(len(result.accepted), result.duplicates, 0,

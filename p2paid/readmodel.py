@@ -8,14 +8,20 @@ entries. Each refreshed entry is compared with its cached value; differences
 become :class:`~p2paid.model.BoardEvent` values when events are tracked.
 
 Sections are addressed by object id, never by root key (``document`` explains why).
+
+Every Automerge read goes through :func:`read_safely`: a value that makes the
+binding panic (a type it cannot convert) is one invalid entry, never a crash of
+the reader. Remote changes are checked (:mod:`p2paid.rules`) so that this should
+not happen; this is the second line of defence.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 from automerge.core import Document, ObjType
 
@@ -24,7 +30,18 @@ from .changes import uleb_bytes
 from .errors import ValidationError
 from .model import BoardEvent, Claim, ClaimStatus, EventKind, Item, ItemKind, clean_text
 
-__all__ = ["CLAIMS", "COLLECTIONS", "PROFILE", "ReadModel", "Section", "section_object_id"]
+__all__ = [
+    "CLAIMS",
+    "COLLECTIONS",
+    "PROFILE",
+    "ReadModel",
+    "Section",
+    "read_safely",
+    "section_object_id",
+]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 COLLECTIONS: Final = {ItemKind.NEED: "needs", ItemKind.OFFER: "offers"}
 CLAIMS: Final = "claims"
@@ -46,6 +63,29 @@ def section_object_id(author: bytes, start_op: int) -> bytes:
     Automerge corrects by the actor bytes.
     """
     return b"\x10" + uleb_bytes(len(author)) + author + uleb_bytes(0) + uleb_bytes(start_op)
+
+
+class UnreadableError(Exception):
+    """Automerge could not give a value (it raised, or its binding panicked)."""
+
+
+def read_safely(read: Callable[[], _T]) -> _T:
+    """Run one Automerge read; any failure, a Rust panic included, becomes
+    :class:`UnreadableError` (the caller treats the entry as invalid).
+
+    pyo3's PanicException derives from BaseException; the panic happens while
+    converting a value to Python, after Automerge released the document, so the
+    document stays usable.
+    """
+    try:
+        return read()
+    except Exception as exc:  # automerge raises a bare Exception for an unknown object id
+        raise UnreadableError(str(exc)) from exc
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        log.error("automerge could not read a value (%s); it is left out", exc)
+        raise UnreadableError(str(exc)) from exc
 
 
 def object_counter(obj_id: bytes) -> int:
@@ -123,10 +163,12 @@ class ReadModel:
         if cached is not None:
             return cached.relays
         obj = self._section_obj(author)
+        doc = self._doc
         try:
-            profile = None if obj is None else self._doc.get(obj, PROFILE)
-            value = None if profile is None else self._doc.get(profile[1], "relays")
-        except Exception:  # automerge raises a bare Exception for an unknown object id
+            profile = None if obj is None else read_safely(lambda: doc.get(obj, PROFILE))
+            value = None if profile is None else read_safely(
+                lambda: doc.get(profile[1], "relays"))
+        except UnreadableError:
             return ()
         if value is None or isinstance(value[0], ObjType) or not isinstance(value[0][1], str):
             return ()
@@ -269,10 +311,21 @@ class ReadModel:
         return None if start_op is None else section_object_id(author, start_op)
 
     def _read_map(self, obj: bytes) -> dict[str, Any]:
+        """A map's keys and values; a value that cannot be read is left out."""
         doc = self._doc
+        keys = read_safely(lambda: doc.keys(obj))
+        try:
+            values = read_safely(lambda: doc.values(obj))
+        except UnreadableError:
+            values = []
+            for key in keys:  # find the unreadable one(s); keep the rest
+                try:
+                    values.append(read_safely(lambda k=key: doc.get(obj, k)))
+                except UnreadableError:
+                    values.append(None)
         return {
-            key: (value[1] if not isinstance(value, ObjType) else (value, oid))
-            for key, (value, oid) in zip(doc.keys(obj), doc.values(obj), strict=True)
+            key: (got[0][1] if not isinstance(got[0], ObjType) else (got[0], got[1]))
+            for key, got in zip(keys, values, strict=True) if got is not None
         }
 
     def _read_section(self, author: bytes) -> Section:
@@ -281,18 +334,21 @@ class ReadModel:
         if obj is None:
             return sec
         try:
-            if self._doc.object_type(obj) != ObjType.Map:
+            if read_safely(lambda: self._doc.object_type(obj)) != ObjType.Map:
                 return sec
-        except Exception:  # automerge raises a bare Exception for an unknown object id
+            fields = self._read_map(obj)
+        except UnreadableError:
             return sec
-        fields = self._read_map(obj)
         children: dict[str, bytes] = {}
         for coll in (*COLLECTIONS.values(), CLAIMS, PROFILE):
             entry = fields.get(coll)
             if isinstance(entry, tuple) and entry[0] == ObjType.Map:
                 children[coll] = entry[1]
                 sec.collections[object_counter(entry[1])] = coll
-        profile = self._read_map(children[PROFILE]) if PROFILE in children else {}
+        try:
+            profile = self._read_map(children[PROFILE]) if PROFILE in children else {}
+        except UnreadableError:
+            profile = {}
         try:
             sec.name = clean_text(profile.get("name", ""), "display name")
         except ValidationError:
@@ -304,18 +360,26 @@ class ReadModel:
         for coll, child in children.items():
             if coll == PROFILE:
                 continue
-            for entry_id, value in self._read_map(child).items():
+            try:
+                entries = self._read_map(child)
+            except UnreadableError:
+                continue
+            for entry_id, value in entries.items():
                 self._store_entry(sec, author_hex, (coll, entry_id), value)
         return sec
 
     def _read_entry(self, sec: Section, author: bytes, obj: bytes | None, key: EntryKey) -> None:
         coll, entry_id = key
         value = None
+        doc = self._doc
         if obj is not None:
-            child = self._doc.get(obj, coll)
-            if child is not None and child[0] == ObjType.Map:
-                sec.collections[object_counter(child[1])] = coll
-                value = self._doc.get(child[1], entry_id)
+            try:
+                child = read_safely(lambda: doc.get(obj, coll))
+                if child is not None and child[0] == ObjType.Map:
+                    sec.collections[object_counter(child[1])] = coll
+                    value = read_safely(lambda: doc.get(child[1], entry_id))
+            except UnreadableError:
+                value = None
         self._store_entry(sec, author.hex(), key, value)
 
     def _store_entry(self, sec: Section, author_hex: str, key: EntryKey, value: Any) -> None:
@@ -327,7 +391,10 @@ class ReadModel:
         if not (isinstance(value, tuple) and value[0] == ObjType.Map):
             return
         sec.entries[object_counter(value[1])] = key
-        fields = self._read_map(value[1])
+        try:
+            fields = self._read_map(value[1])
+        except UnreadableError:
+            return
         try:
             if kind is None:
                 target[entry_id] = Claim.from_fields(entry_id, author_hex, sec.name, fields)

@@ -25,15 +25,15 @@ import trio
 
 from .envelope import Envelope
 from .errors import EnvelopeError, UsageError
-from .feed import FeedHead
+from .feed import FeedHead, ForkProof
 from .identity import NodeKey, fingerprint
-from .ingest import ingest
+from .ingest import ingest, record_fork
 from .net.connection import Connection
 from .net.inbound import serve_inbound
 from .net.tcp import format_address, open_listener
 from .relayaddr import RelayAddress
 from .replication import BoardAccess, Received, SyncEvent
-from .store import Database
+from .store import Database, ForkRow
 
 __all__ = ["Relay", "RelayLimits", "RelayReplica", "serve_relay"]
 
@@ -72,6 +72,7 @@ class RelayReplica:
         self._limits = limits
         self._heads: dict[bytes, dict[bytes, FeedHead]] = {}
         self._sizes: dict[bytes, int] = db.board_sizes()
+        self._fork_seqs: dict[bytes, dict[bytes, int]] = {}
         self._full_logged: dict[bytes, float] = {}
         self.changed_boards: set[bytes] = set()
         self.stats: dict[str, int] = {"stored": 0, "duplicates": 0, "refused": 0,
@@ -106,6 +107,41 @@ class RelayReplica:
     def vector(self, board_id: bytes) -> Mapping[bytes, int]:
         return {a: h.seq for a, h in self._board_heads(board_id).items()}
 
+    def _forked(self, board_id: bytes) -> dict[bytes, int]:
+        forked = self._fork_seqs.get(board_id)
+        if forked is None:
+            forked = self._fork_seqs[board_id] = {
+                a: f.seq for a, f in self._db.forks(board_id).items()}
+        return forked
+
+    def forked(self, board_id: bytes) -> Mapping[bytes, int]:
+        return self._forked(board_id)
+
+    def fork_evidence(self, board_id: bytes, author: bytes) -> tuple[bytes, bytes] | None:
+        fork: ForkRow | None = self._db.forks(board_id).get(author)
+        return None if fork is None else (fork.first, fork.second)
+
+    def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool:
+        """Learn a fork from evidence a client sent (see :class:`~p2paid.feed.ForkProof`).
+
+        Raises:
+            EnvelopeError: the evidence proves nothing (the sender's fault).
+        """
+        proof = ForkProof.check(board_id, Envelope.decode(first), Envelope.decode(second))
+        with self._db.write():
+            if not record_fork(self._db, board_id, proof):
+                return False
+            sizes = self._db.board_sizes()
+        self._after_forks(board_id, sizes)
+        return True
+
+    def _after_forks(self, board_id: bytes, sizes: Mapping[bytes, int]) -> None:
+        """Stored feeds were cut back to before a fork: refresh what is cached."""
+        self._heads.pop(board_id, None)
+        self._fork_seqs.pop(board_id, None)
+        self._sizes[board_id] = sizes.get(board_id, 0)
+        self.changed_boards.add(board_id)
+
     def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
         return self._db.read_feed(board_id, author, after, max_bytes)
 
@@ -128,13 +164,18 @@ class RelayReplica:
                 "board-full", "this relay has no room for more of this board"))
         heads = self._board_heads(board_id)
         with self._db.write():
-            result = ingest(self._db, board_id, decoded, heads, None, keep_evidence=False)
+            result = ingest(self._db, board_id, decoded, heads, None,
+                            forked=self._forked(board_id))
+            if result.forks:
+                sizes = self._db.board_sizes()
         for acc in result.accepted:
             heads[acc.envelope.author] = FeedHead(acc.envelope.seq, acc.envelope.hash)
         stored = sum(len(a.envelope.raw) for a in result.accepted)
         if result.accepted:
             self._sizes[board_id] = size + stored
             self.changed_boards.add(board_id)
+        if result.forks:
+            self._after_forks(board_id, sizes)
         rejected.extend(r.error for r in result.rejected)
         self.stats["stored"] += len(result.accepted)
         self.stats["duplicates"] += result.duplicates

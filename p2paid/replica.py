@@ -67,6 +67,19 @@ class StoreReplica:
     def vector(self, board_id: bytes) -> Mapping[bytes, int]:
         return self.board(board_id).version_vector()
 
+    def forked(self, board_id: bytes) -> Mapping[bytes, int]:
+        return self.board(board_id).forked
+
+    def fork_evidence(self, board_id: bytes, author: bytes) -> tuple[bytes, bytes] | None:
+        fork = self._store.db.forks(board_id).get(author)
+        return None if fork is None else (fork.first, fork.second)
+
+    def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool:
+        news = self.board(board_id).record_fork(first, second)
+        if news:
+            self.changed_boards.add(board_id)
+        return news
+
     def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
         t0 = time.perf_counter()
         envelopes = self._store.db.read_feed(board_id, author, after, max_bytes)
@@ -84,6 +97,6 @@ class StoreReplica:
             self.deferred.add(board_id)
         self.stats["receive_s"] += time.perf_counter() - t0
         self.stats["received"] += report.accepted
-        if report.accepted or report.applied:
+        if report.accepted or report.applied or report.forks:
             self.changed_boards.add(board_id)
         return Received(report.accepted, report.duplicates, [r.error for r in report.rejected])

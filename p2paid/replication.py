@@ -21,6 +21,10 @@ two :class:`Replica` objects (a node's store, a relay's store).
    so nothing is sent twice and nothing received is echoed back.
 5. **Live.** When the local vector grows (a local post, another peer, another
    process), :meth:`SyncSession.local_changed` pumps the difference.
+6. **Forks.** When the peer holds an author's envelope at or beyond a seq where
+   this side knows the author forked (two validly signed versions of one seq), this
+   side sends the proof (Evidence, once per author and connection); a replica that
+   receives a valid proof ends the author's feed before it, as every replica does.
 
 Every message names a board by its index in the *sender's* Hello.
 
@@ -52,6 +56,7 @@ from .wire import (
     Ack,
     Close,
     Envelopes,
+    Evidence,
     Hello,
     HelloBoard,
     Message,
@@ -129,11 +134,28 @@ class Replica(Protocol):
         """For a relay answering a Hello: None to carry ``board_id``, else ``(code, text)``."""
         ...
 
+    def forked(self, board_id: bytes) -> Mapping[bytes, int]:
+        """``author -> seq`` of every proven fork: the author's feed ends before ``seq``."""
+        ...
+
+    def fork_evidence(self, board_id: bytes, author: bytes) -> tuple[bytes, bytes] | None:
+        """The two envelopes that prove ``author``'s fork."""
+        ...
+
+    def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool:
+        """Learn a fork from a peer's evidence; True if it was news.
+
+        Raises:
+            EnvelopeError: the evidence proves nothing (the peer's fault).
+        """
+        ...
+
 
 @final
 @dataclass(frozen=True, slots=True)
 class SyncEvent:
-    """Something worth logging: ``kind`` is linked, in-sync, received, refused."""
+    """Something worth logging: ``kind`` is linked, in-sync, received, refused, or fork
+    (the peer proved that an author forked: ``count`` is the seq, ``detail`` the author)."""
 
     kind: str
     board_id: bytes
@@ -187,6 +209,8 @@ class _Link:
     next_batch: int = 0
     #: the peer refused to store more of this board (a full relay): stop sending it
     stalled: bool = False
+    #: ``author -> forked seq`` whose evidence the peer has (sent by us, or by it)
+    evidence: dict[bytes, int] = field(default_factory=dict)
 
 
 @final
@@ -292,6 +316,8 @@ class SyncSession:
             return self._on_envelopes(message)
         if isinstance(message, Ack):
             return self._on_ack(message)
+        if isinstance(message, Evidence):
+            return self._on_evidence(message)
         raise RemoteProtocolError(f"unexpected message {type(message).__name__}")
 
     def local_changed(self, board_id: bytes) -> list[Message]:
@@ -402,6 +428,38 @@ class SyncSession:
         out: list[Message] = [Ack(link.local_index, message.batch)]
         if result.notice is not None:
             out.append(Refused(link.board_id, *result.notice))
+        out.extend(self._evidence(link))  # it sent what we know to be forked
+        return out
+
+    def _on_evidence(self, message: Evidence) -> list[Message]:
+        link = self._remote_link(message.board)
+        first, second = message.envelopes
+        for raw in (first, second):
+            if peek_envelope(raw)[0] != link.board_id:
+                raise WrongBoardError("fork evidence for another board")
+        try:
+            news = self._replica.record_fork(link.board_id, first, second)
+        except EnvelopeError as exc:
+            raise RemoteProtocolError(f"peer sent bogus fork evidence: {exc}",
+                                      close_reason="bad-evidence") from exc
+        _, author, seq = peek_envelope(first)
+        link.evidence[author] = min(seq, link.evidence.get(author, seq))
+        if news:
+            self.events.append(SyncEvent("fork", link.board_id, seq, author.hex()))
+        return []
+
+    def _evidence(self, link: _Link) -> list[Message]:
+        """Evidence of every fork the peer may hold something of and has not been told."""
+        out: list[Message] = []
+        for author, seq in self._replica.forked(link.board_id).items():
+            if link.peer_has.get(author, 0) < seq or link.evidence.get(author, seq + 1) <= seq:
+                continue
+            pair = self._replica.fork_evidence(link.board_id, author)
+            if pair is None:
+                continue
+            out.append(Evidence(link.local_index, pair))
+            link.evidence[author] = seq
+            link.peer_has[author] = seq - 1  # what it keeps once it checked the proof
         return out
 
     def _on_ack(self, message: Ack) -> list[Message]:
@@ -415,6 +473,7 @@ class SyncSession:
         out: list[Message] = []
         if not link.live or link.stalled:
             return out
+        out.extend(self._evidence(link))
         while link.in_flight < self._window:
             batch = self._next_batch(link)
             if not batch:

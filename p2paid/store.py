@@ -27,10 +27,12 @@ import msgpack
 from .errors import StorageError
 from .feed import FeedHead
 
-__all__ = ["DB_FILENAME", "BoardRow", "Database", "EnvelopeRow", "SnapshotRow"]
+__all__ = ["DB_FILENAME", "BoardRow", "Database", "EnvelopeRow", "ForkRow", "SnapshotRow"]
 
 DB_FILENAME: Final = "p2paid.sqlite3"
-SCHEMA_VERSION: Final = 1
+#: 1: p2paid 0.1. 2: forks table; snapshots from 1 are dropped on upgrade, so that
+#: every stored change is checked again under the own-feed rule (SPEC 5).
+SCHEMA_VERSION: Final = 2
 BUSY_TIMEOUT_MS: Final = 30_000
 
 _SCHEMA: Final = """
@@ -77,6 +79,15 @@ CREATE TABLE IF NOT EXISTS rejections (
     at       INTEGER NOT NULL,
     PRIMARY KEY (board_id, author, seq, hash)
 );
+CREATE TABLE IF NOT EXISTS forks (
+    board_id BLOB NOT NULL,
+    author   BLOB NOT NULL,
+    seq      INTEGER NOT NULL,
+    first    BLOB NOT NULL,
+    second   BLOB NOT NULL,
+    at       INTEGER NOT NULL,
+    PRIMARY KEY (board_id, author)
+);
 """
 
 
@@ -100,6 +111,17 @@ class EnvelopeRow:
     hash: bytes
     data: bytes
     change_hash: bytes | None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ForkRow:
+    """Proof that ``author`` forked its feed at ``seq``: two envelopes, both signed."""
+
+    author: bytes
+    seq: int
+    first: bytes
+    second: bytes
 
 
 @final
@@ -193,6 +215,11 @@ class Database:
                     f"the store has schema version {row[0]}, newer than this p2paid "
                     f"({SCHEMA_VERSION}); upgrade p2paid"
                 )
+            elif int(row[0]) < SCHEMA_VERSION:
+                # Snapshots are an optimisation; without them every stored change is
+                # applied (and checked) again on the next open.
+                con.execute("DELETE FROM snapshots")
+                con.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self._con.close()
@@ -394,8 +421,11 @@ class Database:
             yield bytes(data)
 
     def board_sizes(self) -> dict[bytes, int]:
-        """Bytes of envelopes held per board id."""
-        rows = self._query("SELECT board_id, SUM(LENGTH(data)) FROM envelopes GROUP BY board_id")
+        """Bytes held per board id: envelopes, and the two envelopes of each fork proof."""
+        rows = self._query(
+            "SELECT board_id, SUM(n) FROM (SELECT board_id, LENGTH(data) AS n FROM envelopes "
+            "UNION ALL SELECT board_id, LENGTH(first) + LENGTH(second) FROM forks) "
+            "GROUP BY board_id")
         return {_bytes(b): _int(n) for b, n in rows}
 
     def envelope_boards(self) -> dict[bytes, int]:
@@ -409,6 +439,11 @@ class Database:
             self._con.executemany("UPDATE envelopes SET change_hash = ? WHERE id = ?", rows)
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"store write failed: {exc}") from exc
+
+    def envelope_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
+        rows = self._query("SELECT data FROM envelopes WHERE board_id = ? AND author = ? "
+                           "AND seq = ?", (board_id, author, seq))
+        return None if not rows else _bytes(rows[0][0])
 
     def delete_feed_from(self, board_id: bytes, author: bytes, seq: int) -> None:
         self._exec("DELETE FROM envelopes WHERE board_id = ? AND author = ? AND seq >= ?",
@@ -426,6 +461,9 @@ class Database:
         doc, vector, sections, max_ops, changes = rows[0]
         return SnapshotRow(_bytes(doc), _unpack(vector, dict), _unpack(sections, dict),
                            _unpack(max_ops, dict), _int(changes))
+
+    def delete_snapshot(self, board_id: bytes) -> None:
+        self._exec("DELETE FROM snapshots WHERE board_id = ?", (board_id,))
 
     def put_snapshot(self, board_id: bytes, snap: SnapshotRow, now: int) -> None:
         """Store a snapshot unless the stored one already covers more changes."""
@@ -456,16 +494,33 @@ class Database:
                            (board_id, author))
         return _int(rows[0][0])
 
-    def refused_change_hashes(self, board_id: bytes) -> set[bytes]:
-        """Hashes of Automerge changes refused on this board (dependents are refused too)."""
-        rows = self._query("SELECT change_hash FROM rejections WHERE board_id = ? "
-                           "AND change_hash IS NOT NULL", (board_id,))
+    def rejected_hashes(self, board_id: bytes, codes: Iterable[str]) -> set[bytes]:
+        """Hashes of envelopes refused on this board with one of ``codes``."""
+        wanted = list(codes)
+        marks = ",".join("?" * len(wanted))
+        rows = self._query(f"SELECT hash FROM rejections WHERE board_id = ? AND code IN ({marks})",
+                           (board_id, *wanted))
         return {_bytes(h) for (h,) in rows}
 
-    def rejected_hashes(self, board_id: bytes, code: str) -> set[bytes]:
-        rows = self._query("SELECT hash FROM rejections WHERE board_id = ? AND code = ?",
-                           (board_id, code))
-        return {_bytes(h) for (h,) in rows}
+    # ------------------------------------------------------------------ forks
+
+    def forks(self, board_id: bytes) -> dict[bytes, ForkRow]:
+        """The proven fork of each forked author of a board."""
+        rows = self._query("SELECT author, seq, first, second FROM forks WHERE board_id = ?",
+                           (board_id,))
+        return {_bytes(a): ForkRow(_bytes(a), _int(s), _bytes(f), _bytes(x))
+                for a, s, f, x in rows}
+
+    def record_fork(self, board_id: bytes, fork: ForkRow, now: int) -> bool:
+        """Keep the proof if it is the author's first or lowest; must run inside
+        :meth:`write`. Returns True if it was kept."""
+        rows = self._query("SELECT seq FROM forks WHERE board_id = ? AND author = ?",
+                           (board_id, fork.author))
+        if rows and _int(rows[0][0]) <= fork.seq:
+            return False
+        self._exec("INSERT OR REPLACE INTO forks VALUES (?, ?, ?, ?, ?, ?)",
+                   (board_id, fork.author, fork.seq, fork.first, fork.second, now))
+        return True
 
     def rejections(self, board_id: bytes) -> list[tuple[bytes, int, str, str]]:
         rows = self._query(

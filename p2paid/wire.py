@@ -45,6 +45,7 @@ __all__ = [
     "Close",
     "ConnectionClosed",
     "Envelopes",
+    "Evidence",
     "HandshakeComplete",
     "Hello",
     "HelloBoard",
@@ -264,12 +265,34 @@ class Close:
         return cls(_str(f[0], 200))
 
 
-Message = Union[Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close]  # noqa: UP007
+@final
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Proof that an author forked: two envelopes of one ``(author, seq)``, both validly
+    signed (``board`` = index in the sender's Hello)."""
+
+    TYPE: ClassVar[int] = 9
+    board: int
+    envelopes: tuple[bytes, bytes] = field(repr=False)
+
+    def fields(self) -> list[Any]:
+        return [self.board, list(self.envelopes)]
+
+    @classmethod
+    def parse(cls, f: list[Any]) -> Evidence:
+        pair = _list(f[1], 2)
+        if len(pair) != 2:
+            raise DecodeError("evidence is not two envelopes")
+        return cls(_uint(f[0]), (_bytes(pair[0]), _bytes(pair[1])))
+
+
+Message = Union[Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence]  # noqa: UP007
 _TYPES: Final[dict[int, Any]] = {
-    cls.TYPE: cls for cls in (Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close)
+    cls.TYPE: cls for cls in (Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close,
+                              Evidence)
 }
 _ARITY: Final = {Hello.TYPE: 4, Vector.TYPE: 2, Envelopes.TYPE: 3, Ack.TYPE: 2, Ping.TYPE: 1,
-                 Pong.TYPE: 1, Refused.TYPE: 3, Close.TYPE: 1}
+                 Pong.TYPE: 1, Refused.TYPE: 3, Close.TYPE: 1, Evidence.TYPE: 2}
 
 
 def encode_message(message: Message) -> bytes:

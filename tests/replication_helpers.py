@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from p2paid.envelope import ZERO_HASH, Envelope, seal_envelope
 from p2paid.errors import EnvelopeError, ForkError
-from p2paid.feed import FeedHead, Rejection, plan_batch
+from p2paid.feed import FeedHead, ForkProof, Rejection, plan_batch
 from p2paid.identity import AuthorKey
 from p2paid.invite import BoardKeys, derive_board_keys
 from p2paid.replication import (
@@ -109,6 +109,20 @@ class _BoardData:
     access: BoardAccess
     feeds: dict[bytes, list[Envelope]] = field(default_factory=dict)
     held: dict[tuple[bytes, int], Envelope] = field(default_factory=dict)
+    #: author -> the proof of its fork (its feed ends before the proof's seq)
+    proofs: dict[bytes, ForkProof] = field(default_factory=dict)
+
+    def end_feed(self, proof: ForkProof) -> bool:
+        """Keep ``proof`` if it is the author's first or lowest; cut the feed back."""
+        known = self.proofs.get(proof.author)
+        if known is not None and known.seq <= proof.seq:
+            return False
+        self.proofs[proof.author] = proof
+        feed = self.feeds.get(proof.author, [])
+        del feed[proof.seq - 1 :]
+        self.held = {k: e for k, e in self.held.items()
+                     if not (e.author == proof.author and e.seq >= proof.seq)}
+        return True
 
 
 class MemoryReplica:
@@ -132,7 +146,7 @@ class MemoryReplica:
         self.changed_boards: set[bytes] = set()
         #: every refusal ever made (including of held envelopes), for post-mortems
         self.rejections: list[Rejection] = []
-        self.forked: set[tuple[bytes, bytes]] = set()
+        self.forked_authors: set[tuple[bytes, bytes]] = set()
         #: how many times receive() was called and how many envelopes it was offered
         self.receive_calls = 0
         self.offered = 0
@@ -162,6 +176,21 @@ class MemoryReplica:
 
     def vector(self, board_id: bytes) -> Mapping[bytes, int]:
         return {a: len(f) for a, f in self._boards[board_id].feeds.items() if f}
+
+    def forked(self, board_id: bytes) -> Mapping[bytes, int]:
+        return {a: p.seq for a, p in self._boards[board_id].proofs.items()}
+
+    def fork_evidence(self, board_id: bytes, author: bytes) -> tuple[bytes, bytes] | None:
+        proof = self._boards[board_id].proofs.get(author)
+        return None if proof is None else (proof.first.raw, proof.second.raw)
+
+    def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool:
+        data = self._boards[board_id]
+        proof = ForkProof.check(board_id, Envelope.decode(first), Envelope.decode(second))
+        if not data.end_feed(proof):
+            return False
+        self.changed_boards.add(board_id)
+        return True
 
     def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
         feed = self._boards[board_id].feeds.get(author, [])
@@ -199,7 +228,15 @@ class MemoryReplica:
             feed = data.feeds.get(author, [])
             return {env.seq: env.hash for env in feed[lo - 1 : hi]}
 
-        plan = plan_batch(board_id, batch, heads, held_hashes)
+        def fetch(author: bytes, seq: int) -> bytes | None:
+            feed = data.feeds.get(author, [])
+            return feed[seq - 1].raw if seq <= len(feed) else None
+
+        forked = {a: p.seq for a, p in data.proofs.items()}
+        plan = plan_batch(board_id, batch, heads, held_hashes, forked, fetch)
+        for proof in plan.forks.values():
+            if data.end_feed(proof):
+                self.changed_boards.add(board_id)
         for author, run in plan.runs.items():
             feed = data.feeds.setdefault(author, [])
             assert run[0].seq == len(feed) + 1, "plan_batch returned a run that leaves a hole"
@@ -209,7 +246,7 @@ class MemoryReplica:
         for rejection in plan.rejected:
             self.rejections.append(rejection)
             if isinstance(rejection.error, ForkError) and rejection.envelope is not None:
-                self.forked.add((board_id, rejection.envelope.author))
+                self.forked_authors.add((board_id, rejection.envelope.author))
             if rejection.envelope is None or id(rejection.envelope) in fresh:
                 result.rejected.append(rejection.error)
         for env in sorted(plan.gaps, key=lambda e: (e.author, e.seq)):

@@ -50,6 +50,7 @@ from .model import (
     ClaimStatus,
     Item,
     ItemKind,
+    Member,
     Status,
     Urgency,
     clean_enum,
@@ -524,6 +525,21 @@ class Board:
     def member_count(self) -> int:
         return len(self.document.authors)
 
+    def members(self) -> list[Member]:
+        """Every member with a section on this board, with the display name it shows
+        and whether another member shows a name that looks the same (names are not
+        verified; fingerprints are)."""
+        self.refresh()
+        return self.document.view.members()
+
+    def me(self) -> Member:
+        """The local member, as the others see it."""
+        mine = self.author.hex()
+        for member in self.members():
+            if member.author == mine:
+                return member
+        return Member(mine, "")
+
     def export_automerge(self) -> bytes:
         """The raw saved Automerge document, readable by any Automerge implementation."""
         self.refresh()
@@ -742,6 +758,15 @@ class Board:
         if item.display_status(self._clock()) != Status.OPEN.value:
             raise UsageError(f"{item.kind.value} {item.id[:8]} is {item.display_status()}, "
                              "not open")
+        quantity = clean_quantity(quantity)
+        still_open = item.open_quantity
+        if quantity is not None and still_open is not None and quantity > still_open:
+            unit = f" {item.unit}" if item.unit else ""
+            raise UsageError(
+                f"{item.kind.value} {item.id[:8]} is fully claimed ({item.quantity}{unit})"
+                if still_open == 0 else
+                f"only {still_open} of {item.quantity}{unit} of {item.kind.value} "
+                f"{item.id[:8]} are still open; claim at most {still_open}")
         now = self._clock()
         claim_id = new_item_id()
         fields: dict[str, str | int | None] = {

@@ -195,7 +195,8 @@ def cmd_relay_list(args: argparse.Namespace) -> int:
         for r in chosen:
             by = ", ".join(str(Member(m["author"], m["name"], m["name_shared"]))
                            for m in r["suggested_by"])
-            print(safe(f"  {r['relay']}\n      on board {r['board_name']!r}, suggested by {by}"))
+            print(safe(f"  {r['relay']}"))
+            print(safe(f"      on board {r['board_name']!r}, suggested by {by}"))
     if any(m["name_shared"] for r in rows for m in r.get("suggested_by", ())):
         print("(names are chosen freely: 'name shared' means another member shows the same "
               "name; compare key fingerprints)")

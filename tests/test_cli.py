@@ -343,6 +343,10 @@ HELP: dict[tuple[str, ...], tuple[str, ...]] = {
     ("bundle", "import"): ("file", "--json"),
     ("export",): ("--format", "json", "csv", "automerge", "--output", "--board"),
     ("bench",): ("--quick", "--only", "--json"),
+    ("relay", "list"): ("--json",),
+    ("relay", "accept"): ("address", "--board"),
+    ("relay", "reject"): ("address", "--board"),
+    ("relay", "remove"): ("address", "--board"),
 }
 
 

@@ -59,6 +59,7 @@ from .model import (
     clean_text,
     clean_ttl_days,
     item_fields,
+    member_label,
     now_ms,
 )
 from .relayaddr import RelayAddress
@@ -775,7 +776,8 @@ class Board:
         if item.author != self.author.hex():
             raise UsageError(
                 f"{item.kind.value} {item.id[:8]} was posted by "
-                f"{item.author_name or 'another member'}; only its author can change it"
+                f"{member_label(item.author, item.author_name, item.name_shared)}; "
+                "only its author can change it"
             )
         return item
 

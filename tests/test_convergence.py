@@ -146,12 +146,13 @@ def items_json(board: Board) -> list[dict[str, Any]]:
 
 
 def own_view(board: Board, author: bytes) -> tuple[str, list[dict[str, Any]]]:
-    """An author's display name and items as ``board`` shows them, without claims."""
+    """An author's display name and items as ``board`` shows them, without what other
+    members' sections decide (claims, and whether another member shows the same name)."""
     rows = []
     for item in board.items():
         if item.author == author.hex():
             row = item.to_json(now=FIXED_NOW)
-            del row["claims"], row["claimed_quantity"]
+            del row["claims"], row["claimed_quantity"], row["over_claimed"], row["name_shared"]
             rows.append(row)
     return board.display_name(author), rows
 

@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar, final
 
 from .errors import ValidationError
 from .identity import fingerprint, short_fingerprint
-from .text import name_key, text_problem
+from .text import shows_something, text_problem
 
 __all__ = [
     "DEFAULT_NEED_TTL_DAYS",
@@ -121,7 +121,7 @@ def clean_text(value: object, field_name: str, *, required: bool = False) -> str
     problem = text_problem(text, multiline=field_name in MULTILINE_FIELDS)
     if problem is not None:
         raise ValidationError(f"{field_name} {problem}")
-    if text and (required or field_name == "display name") and not name_key(text):
+    if text and (required or field_name == "display name") and not shows_something(text):
         raise ValidationError(f"{field_name} shows nothing visible")
     return text
 

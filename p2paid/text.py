@@ -24,6 +24,7 @@ __all__ = [
     "escape_json",
     "escape_text",
     "name_key",
+    "shows_something",
     "text_problem",
 ]
 
@@ -245,6 +246,14 @@ _SHOWS_NOTHING: Final = ALLOWED_FORMAT | _ranges(
     (0x115F, 0x1160), (0x3164, 0x3164), (0xFFA0, 0xFFA0),  # Hangul fillers
     (0x17B4, 0x17B5),  # Khmer inherent vowels
 )
+
+
+def shows_something(text: str) -> bool:
+    """Whether ``text`` (stripped, and allowed by :func:`text_problem`) has a character
+    that shows: one that is not white space and not in the set :func:`name_key` ignores."""
+    if text.isascii():
+        return bool(text)  # stripped, and without controls: every character shows
+    return bool(name_key(text))
 
 
 def name_key(name: str) -> str:

@@ -145,6 +145,9 @@ def cmd_relay_remove(args: argparse.Namespace) -> int:
             raise NotFoundError(f"relay {address} is not in use "
                                 f"{'on that board' if args.board else 'here'}")
         print(safe(f"stopped using {address} for {', '.join(removed)}"))
+        if args.board and address in store.relays():
+            print(f"(it is still configured for this node: 'p2paid relay remove {address}' "
+                  "without --board stops that)")
     return 0
 
 

@@ -21,6 +21,7 @@ import contextlib
 import trio
 
 import p2paid
+from p2paid.model import member_label
 from p2paid.net.tcp import parse_address
 
 URGENCY_ORDER = {"critical": 0, "high": 1, "normal": 2, "low": 3}
@@ -35,7 +36,9 @@ def open_needs(board: p2paid.AsyncBoard, category: str) -> list[p2paid.Item]:
 def describe(item: p2paid.Item) -> str:
     amount = f" {item.quantity} {item.unit}".rstrip() if item.quantity else ""
     place = f" @ {item.location}" if item.location else ""
-    return f"{item.id[:8]} {item.title}{amount}{place} ({item.author_name or 'anonymous'})"
+    # Names are not verified: the label carries the author's key fingerprint.
+    who = member_label(item.author, item.author_name, item.name_shared)
+    return f"{item.id[:8]} {item.title}{amount}{place} ({who})"
 
 
 async def watch(board: p2paid.AsyncBoard) -> None:

@@ -10,6 +10,7 @@ Remote envelopes (a bundle, a peer) go through :meth:`Board.receive`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Final, final
 from automerge.core import Document
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from . import relayplan
 from .changes import ChangeHeader, parse_change
 from .document import (
     BoardDocument,
@@ -30,7 +32,6 @@ from .errors import (
     AmbiguousIdError,
     EnvelopeError,
     InvalidChangeError,
-    InviteError,
     NotFoundError,
     P2paidError,
     StorageError,
@@ -50,6 +51,7 @@ from .model import (
     ClaimStatus,
     Item,
     ItemKind,
+    Member,
     Status,
     Urgency,
     clean_enum,
@@ -57,9 +59,11 @@ from .model import (
     clean_text,
     clean_ttl_days,
     item_fields,
+    member_label,
     now_ms,
 )
 from .relayaddr import RelayAddress
+from .relayplan import RelaySuggestion, board_relays, normal_address
 from .rules import AuthorState, FeedRules
 from .store import BoardRow, Database, EnvelopeRow, ForkRow, SnapshotRow
 
@@ -153,7 +157,7 @@ class Board:
 
     def invite(self, relays: Iterable[str] | None = None) -> str:
         """The invite URI (board secret, name and relay hints): share it only with members."""
-        hints = tuple(self.relays if relays is None else relays)
+        hints = tuple(self.relays[-MAX_RELAY_HINTS:] if relays is None else relays)
         return Invite(self.keys.secret, self.name, hints).to_uri()
 
     # ------------------------------------------------------------------ loading
@@ -661,6 +665,21 @@ class Board:
     def member_count(self) -> int:
         return len(self.document.authors)
 
+    def members(self) -> list[Member]:
+        """Every member with a section on this board, with the display name it shows
+        and whether another member shows a name that looks the same (names are not
+        verified; fingerprints are)."""
+        self.refresh()
+        return self.document.view.members()
+
+    def me(self) -> Member:
+        """The local member, as the others see it."""
+        mine = self.author.hex()
+        for member in self.members():
+            if member.author == mine:
+                return member
+        return Member(mine, "")
+
     def export_automerge(self) -> bytes:
         """The raw saved Automerge document, readable by any Automerge implementation."""
         self.refresh()
@@ -752,18 +771,109 @@ class Board:
         self._db.set_board_relays(self.id, self.relays)
         self.publish_relays(self.relays[-MAX_RELAY_HINTS:])
 
-    def relay_hints(self) -> list[str]:
-        """Relay addresses for this board: from its invite, added here, or published by
-        any member; each valid one once."""
+    def relays_in_use(self) -> list[str]:
+        """The relays this board syncs through: its own (from its invite, added here,
+        or accepted) and those you publish; each valid address once, in normal form.
+
+        Relays that other members publish are not among them: they are only
+        suggestions until accepted (:meth:`suggested_relays`, :meth:`accept_relay`).
+        """
         self.refresh()
-        found: dict[str, None] = {}
-        doc = self.document
-        for text in (*self.relays, *(h for a in doc.authors for h in doc.view.relays(a))):
-            try:
-                found[str(RelayAddress.parse(text))] = None
-            except InviteError:
-                continue
-        return list(found)
+        self._reload_relays()
+        return board_relays(self.relays, self.document.view.relays(self.author))
+
+    def suggested_relays(self, *, rejected: bool = False) -> list[RelaySuggestion]:
+        """Relays other members publish on this board that it does not use, each with
+        the members who publish it (their names are not verified: compare
+        fingerprints). Rejected ones only with ``rejected=True``."""
+        in_use = set(self.relays_in_use())
+        view = self.document.view
+        hints = {a: view.relays(a) for a in self.document.authors if a != self.author}
+        hints = {a: h for a, h in hints.items() if h}
+        if not hints:
+            return []
+        members = {m.author: m for m in view.members()}
+        found = relayplan.suggestions(
+            self.id, self.name, [(members[a.hex()], h) for a, h in hints.items()],
+            in_use, self._rejected_relays())
+        return [s for s in found if rejected or not s.rejected]
+
+    def accept_relay(self, address: str) -> str:
+        """Sync this board through a relay that another member suggests. It becomes
+        one of the board's own relays (so it also goes into invites made here), but
+        is not published. Returns the address in normal form.
+
+        Raises:
+            InviteError: not a relay address.
+            NotFoundError: no other member of this board suggests it.
+        """
+        text = str(RelayAddress.parse(address))
+        if text in self.relays_in_use():
+            return text
+        if all(s.address != text for s in self.suggested_relays(rejected=True)):
+            raise NotFoundError(f"no member of board {self.name!r} suggests relay {text}")
+        self._set_rejected_relays(self._rejected_relays() - {text})
+        self.relays = (*self.relays, text)
+        self._db.set_board_relays(self.id, self.relays)
+        return text
+
+    def reject_relay(self, address: str) -> str:
+        """Say that a relay another member suggests is not to be used: it is then left
+        out of :meth:`suggested_relays` (it can still be accepted later).
+
+        Raises:
+            InviteError: not a relay address.
+            NotFoundError: no other member of this board suggests it.
+            UsageError: this board syncs through it (stop with :meth:`remove_relay`).
+        """
+        text = str(RelayAddress.parse(address))
+        if text in self.relays_in_use():
+            raise UsageError(f"board {self.name!r} syncs through {text}; "
+                             "to stop, use 'p2paid relay remove'")
+        if all(s.address != text for s in self.suggested_relays(rejected=True)):
+            raise NotFoundError(f"no member of board {self.name!r} suggests relay {text}")
+        self._set_rejected_relays(self._rejected_relays() | {text})
+        return text
+
+    def remove_relay(self, address: str) -> bool:
+        """Stop syncing this board through a relay of its own (and stop publishing it,
+        if you do). Returns False if the board did not use it.
+
+        Raises:
+            InviteError: not a relay address.
+        """
+        text = str(RelayAddress.parse(address))
+        self.refresh()
+        self._reload_relays()
+        kept = tuple(r for r in self.relays if normal_address(r) != text)
+        published = self.document.view.relays(self.author)
+        unpublish = [r for r in published if normal_address(r) != text]
+        if kept == self.relays and len(unpublish) == len(published):
+            return False
+        if kept != self.relays:
+            self.relays = kept
+            self._db.set_board_relays(self.id, kept)
+        if len(unpublish) != len(published):
+            self.publish_relays(unpublish)
+        return True
+
+    def _reload_relays(self) -> None:
+        """The board's own relays as stored (another process may have changed them)."""
+        for row in self._db.boards():
+            if row.board_id == self.id:
+                self.relays = row.relays
+
+    def _rejected_relays(self) -> frozenset[str]:
+        raw = self._db.get_meta(relayplan.REJECTED_META_PREFIX + self.id.hex())
+        try:
+            entries = json.loads(raw) if raw else []
+        except ValueError:
+            entries = []
+        return frozenset(e for e in entries if isinstance(e, str))
+
+    def _set_rejected_relays(self, addresses: Iterable[str]) -> None:
+        self._db.set_meta(relayplan.REJECTED_META_PREFIX + self.id.hex(),
+                          json.dumps(sorted(addresses)).encode())
 
     def post_need(self, title: str, **fields: Any) -> Item:
         """Post a need. Keyword fields as for :meth:`post`; expires in 14 days by default."""
@@ -810,7 +920,8 @@ class Board:
         if item.author != self.author.hex():
             raise UsageError(
                 f"{item.kind.value} {item.id[:8]} was posted by "
-                f"{item.author_name or 'another member'}; only its author can change it"
+                f"{member_label(item.author, item.author_name, item.name_shared)}; "
+                "only its author can change it"
             )
         return item
 
@@ -886,6 +997,15 @@ class Board:
         if item.display_status(self._clock()) != Status.OPEN.value:
             raise UsageError(f"{item.kind.value} {item.id[:8]} is {item.display_status()}, "
                              "not open")
+        quantity = clean_quantity(quantity)
+        still_open = item.open_quantity
+        if quantity is not None and still_open is not None and quantity > still_open:
+            unit = f" {item.unit}" if item.unit else ""
+            raise UsageError(
+                f"{item.kind.value} {item.id[:8]} is fully claimed ({item.quantity}{unit})"
+                if still_open == 0 else
+                f"only {still_open} of {item.quantity}{unit} of {item.kind.value} "
+                f"{item.id[:8]} are still open; claim at most {still_open}")
         now = self._clock()
         claim_id = new_item_id()
         fields: dict[str, str | int | None] = {

@@ -7,7 +7,6 @@ argument mistakes exit with status 2 (argparse); Ctrl-C exits with 130.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from .cli_relay import add_relay_commands
 from .errors import AmbiguousIdError, NotFoundError, P2paidError, UsageError
 from .local import ImportReport, Store, default_data_dir, open_store
 from .model import Category, Item, Status, Urgency, now_ms
-from .render import item_csv, item_detail, item_table, plural
+from .render import item_csv, item_detail, item_table, json_text, plural, safe
 
 __all__ = ["main"]
 
@@ -29,7 +28,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(json_text(value))
 
 
 def _store(args: argparse.Namespace, *, create: bool = False) -> Store:
@@ -72,7 +71,7 @@ def cmd_board_create(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"board": board.id.hex(), "name": board.name, "invite": board.invite()})
             return 0
-        print(f"created board {board.name!r} ({board.id.hex()[:12]})")
+        print(f"created board {safe(repr(board.name))} ({board.id.hex()[:12]})")
         print("invite (share only with members; it grants read and write):")
         print(board.invite())
     return 0
@@ -86,7 +85,7 @@ def cmd_board_join(args: argparse.Namespace) -> int:
             _print_json({"board": board.id.hex(), "name": board.name, "items": len(items)})
             return 0
         count = plural(len(items), "item")
-        print(f"joined board {board.name!r} ({board.id.hex()[:12]}); {count} so far")
+        print(f"joined board {safe(repr(board.name))} ({board.id.hex()[:12]}); {count} so far")
     return 0
 
 
@@ -95,12 +94,14 @@ def cmd_board_list(args: argparse.Namespace) -> int:
         rows: list[dict[str, Any]] = []
         for board in store.boards():
             items = board.items()
+            me = board.me()
             rows.append({
                 "board": board.id.hex(), "name": board.name,
                 "needs": sum(i.kind.value == "need" for i in items),
                 "offers": sum(i.kind.value == "offer" for i in items),
                 "members": board.member_count, "you": board.display_name() or None,
-                "author_fingerprint": board.author_fingerprint, "relays": list(board.relays),
+                "author_fingerprint": board.author_fingerprint,
+                "name_shared": me.name_shared, "relays": list(board.relays),
             })
         carried = {k.hex(): n for k, n in store.carried().items()}
         if args.json:
@@ -110,8 +111,9 @@ def cmd_board_list(args: argparse.Namespace) -> int:
             print("no boards joined yet")
         for r in rows:
             counts = ", ".join(plural(r[k + "s"], k) for k in ("need", "offer", "member"))
-            print(f"{r['board'][:12]}  {r['name']}  ({counts}; you: {r['you'] or 'anonymous'}, "
-                  f"key {r['author_fingerprint']})")
+            shared = " (another member shows the same name)" if r["name_shared"] else ""
+            print(safe(f"{r['board'][:12]}  {r['name']}  ({counts}; you: "
+                       f"{r['you'] or 'anonymous'}{shared}, key {r['author_fingerprint']})"))
         for board_id, count in carried.items():
             print(f"{board_id[:12]}  (carried for others, not joined: {plural(count, 'envelope')})")
     return 0
@@ -130,7 +132,10 @@ def cmd_name(args: argparse.Namespace) -> int:
     with _store(args) as store:
         board = store.board(args.board)
         board.set_display_name(args.name)
-        print(f"on {board.name!r} you now appear as {args.name!r}")
+        print(f"on {safe(repr(board.name))} you now appear as {args.name!r}")
+        if board.me().name_shared:
+            print("another member of this board shows the same name: members can tell you "
+                  f"apart by your key {board.author_fingerprint}")
     return 0
 
 
@@ -151,7 +156,7 @@ def _post(args: argparse.Namespace, kind: str) -> int:
         if args.json:
             _print_json(item.to_json())
         else:
-            print(f"posted {kind} {item.id[:8]}: {item.title}")
+            print(f"posted {kind} {item.id[:8]}: {safe(item.title)}")
     return 0
 
 
@@ -172,7 +177,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for b in boards:
             items = b.items(kind=kind, status=args.status, category=args.category)
             if len(boards) > 1:
-                print(f"== {b.name} ({b.id.hex()[:8]})")
+                print(f"== {safe(b.name)} ({b.id.hex()[:8]})")
             print(item_table(items, now))
     return 0
 
@@ -193,7 +198,7 @@ def cmd_claim(args: argparse.Namespace) -> int:
         board, item = _find_item(store, args.board, args.id)
         claim = board.claim(item.id, quantity=args.quantity, note=args.note)
         qty = "" if claim.quantity is None else f"{claim.quantity} of "
-        print(f"claimed {qty}{item.kind.value} {item.id[:8]}: {item.title}")
+        print(f"claimed {qty}{item.kind.value} {item.id[:8]}: {safe(item.title)}")
     return 0
 
 
@@ -218,7 +223,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     with _store(args) as store:
         board, item = _find_item(store, args.board, args.id)
         updated = board.edit(item.id, **fields)
-        print(f"updated {updated.kind.value} {updated.id[:8]}: {updated.title}")
+        print(f"updated {updated.kind.value} {updated.id[:8]}: {safe(updated.title)}")
     return 0
 
 
@@ -254,7 +259,7 @@ def _print_import(report: ImportReport) -> None:
         name = entry.name or f"not joined, carried for others: {entry.board_id.hex()[:12]}"
         if not entry.board_id:
             name = "undecodable records"
-        print(f"{name}: {entry.accepted} accepted, {entry.duplicates} already had, "
+        print(f"{safe(name)}: {entry.accepted} accepted, {entry.duplicates} already had, "
               f"{sum(entry.rejected.values())} rejected")
         for code, n in sorted(entry.rejected.items()):
             print(f"    rejected {n}: {code}")
@@ -291,7 +296,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         elif args.format == "json":
             doc = {"board": board.id.hex(), "name": board.name, "exported": now,
                    "items": [i.to_json(now) for i in board.items()]}
-            data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+            data = (json_text(doc) + "\n").encode()
         else:
             data = item_csv(board.items(), now).encode()
     if args.output in (None, "-"):
@@ -457,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except P2paidError as exc:
-        print(f"p2paid: {exc}", file=sys.stderr)
+        print(f"p2paid: {safe(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # Output piped into e.g. `head` that has exited: not an error.
@@ -465,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"p2paid: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(safe(f"p2paid: {exc.strerror or exc}{where}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("p2paid: interrupted", file=sys.stderr)

@@ -20,7 +20,7 @@ from .local import default_data_dir, open_store
 from .model import ItemKind, now_ms
 from .net.tcp import parse_address
 from .node import DEFAULT_PORT, MAX_CONNECTIONS, Node, open_node, read_runtime
-from .render import plural, when
+from .render import SafeFormatter, plural, safe, when
 
 __all__ = ["add_node_commands"]
 
@@ -29,8 +29,9 @@ log = logging.getLogger("p2paid")
 
 def cmd_run(args: argparse.Namespace) -> int:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
     listen = None if args.no_listen else parse_address(args.listen, DEFAULT_PORT)
     peers = [parse_address(p, DEFAULT_PORT) for p in args.peer or []]
     trio.run(_run, args, listen, peers)
@@ -60,7 +61,7 @@ def _greet(node: Node, args: argparse.Namespace) -> None:
         log.info("no boards yet: in another terminal, 'p2paid board create NAME' or "
                  "'p2paid board join INVITE'; this node picks them up")
     for board in boards:
-        log.info("board %r: %s", board.name, plural(len(board.items()), "item"))
+        log.info("board %s: %s", safe(repr(board.name)), plural(len(board.items()), "item"))
     if args.no_mdns:
         log.info("local-network discovery is off (--no-mdns)")
     elif args.no_advertise:
@@ -82,7 +83,7 @@ async def _log_events(node: Node) -> None:
 async def _log_board_events(board: AsyncBoard) -> None:
     async for event in board.events():
         origin = "" if event.local else " (synced)"
-        log.info("%s: %s%s", board.name, event, origin)
+        log.info("%s: %s%s", safe(board.name), safe(event), origin)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -137,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"data dir {node['data_dir']}")
     for b in boards:
         synced = "never" if b["last_sync"] is None else when(int(b["last_sync"] * 1000))
-        print(f"{b['board'][:12]}  {b['name']}: {b['needs_open']} open needs, "
+        print(f"{b['board'][:12]}  {safe(b['name'])}: {b['needs_open']} open needs, "
               f"{b['offers_open']} open offers ({plural(b['items'], 'item')} in all), "
               f"{plural(b['authors'], 'author')}, {plural(b['envelopes'], 'envelope')}; "
               f"last sync {synced}")

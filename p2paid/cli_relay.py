@@ -7,12 +7,14 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
+from .errors import NotFoundError
 from .local import default_data_dir, open_store
+from .model import Member
 from .net.tcp import format_address, parse_address
 from .relay import (
     DEFAULT_RELAY_PORT,
@@ -23,7 +25,9 @@ from .relay import (
     read_relay_runtime,
     serve_relay,
 )
-from .render import plural
+from .relayaddr import RelayAddress
+from .relayplan import normal_address
+from .render import SafeFormatter, json_text, plural, safe
 
 __all__ = ["add_relay_commands"]
 
@@ -32,9 +36,10 @@ _DEFAULTS = RelayLimits()
 
 
 def cmd_relay_run(args: argparse.Namespace) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+                        handlers=[handler])
     allowed = None
     if args.allow:
         try:
@@ -120,19 +125,34 @@ def cmd_relay_add(args: argparse.Namespace) -> int:
         if args.board:
             board = store.board(args.board)
             board.add_relay(args.address)
-            print(f"board {board.name!r} now syncs through {args.address.strip()} "
-                  "(published to its members)")
+            print(safe(f"board {board.name!r} now syncs through {args.address.strip()} "
+                       "(published to its members as a suggestion)"))
         else:
             address = store.add_relay(args.address)
-            print(f"every board now syncs through {address}")
+            print(safe(f"every board now syncs through {address}"))
     return 0
 
 
 def cmd_relay_remove(args: argparse.Namespace) -> int:
     with open_store(args.data_dir, create=False) as store:
-        store.remove_relay(args.address)
-        print(f"stopped using {args.address.strip()}")
+        address = str(RelayAddress.parse(args.address))
+        boards = [store.board(args.board)] if args.board else store.boards()
+        removed = [b.name for b in boards if b.remove_relay(address)]
+        if not args.board and address in store.relays():
+            store.remove_relay(address)
+            removed.append("every board (configured)")
+        if not removed:
+            raise NotFoundError(f"relay {address} is not in use "
+                                f"{'on that board' if args.board else 'here'}")
+        print(safe(f"stopped using {address} for {', '.join(removed)}"))
+        if args.board and address in store.relays():
+            print(f"(it is still configured for this node: 'p2paid relay remove {address}' "
+                  "without --board stops that)")
     return 0
+
+
+def _suggesters(members: Sequence[Member]) -> str:
+    return ", ".join(str(m) for m in members)
 
 
 def cmd_relay_list(args: argparse.Namespace) -> int:
@@ -141,18 +161,71 @@ def cmd_relay_list(args: argparse.Namespace) -> int:
         for address, only in store.relays().items():
             rows.append({"relay": address, "source": "configured",
                          "boards": None if only is None else [b.hex() for b in only]})
+        names: dict[str, str] = {}
         for board in store.boards():
-            for address in board.relay_hints():
-                rows.append({"relay": address, "source": "board", "boards": [board.id.hex()]})
+            names[board.id.hex()] = board.name
+            in_use = board.relays_in_use()
+            own = {normal_address(r) for r in board.relays}
+            for address in in_use:
+                rows.append({"relay": address, "boards": [board.id.hex()],
+                             "source": "board" if address in own else "published"})
+        for suggestion in store.suggested_relays(rejected=True):
+            rows.append({**suggestion.to_json(), "boards": [suggestion.board_id.hex()],
+                         "source": "rejected" if suggestion.rejected else "suggested"})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows))
         return 0
     if not rows:
         print("no relays: add one with 'p2paid relay add ADDRESS'")
-    for r in rows:
-        scope = "every board" if r["boards"] is None else ", ".join(
-            b[:12] for b in r["boards"])
-        print(f"{r['relay']}  ({r['source']}: {scope})")
+    why = {"configured": "configured", "board": "from its invite, or added here",
+           "published": "you publish it"}
+    used = [r for r in rows if r["source"] in why]
+    if used:
+        print("in use:")
+    for r in used:
+        if r["boards"] is None:
+            scope = "every board"
+        else:
+            scope = ", ".join(repr(names.get(b, b[:12])) for b in r["boards"])
+        print(safe(f"  {r['relay']}  ({why[r['source']]}: {scope})"))
+    for source, heading in (
+            ("suggested", "suggested by members, not used until you accept one "
+                          "('p2paid relay accept ADDRESS', or 'relay reject ADDRESS'):"),
+            ("rejected", "suggested by members, rejected by you:")):
+        chosen = [r for r in rows if r["source"] == source]
+        if chosen:
+            print(heading)
+        for r in chosen:
+            by = ", ".join(str(Member(m["author"], m["name"], m["name_shared"]))
+                           for m in r["suggested_by"])
+            print(safe(f"  {r['relay']}"))
+            print(safe(f"      on board {r['board_name']!r}, suggested by {by}"))
+    if any(m["name_shared"] for r in rows for m in r.get("suggested_by", ())):
+        print("(names are chosen freely: 'name shared' means another member shows the same "
+              "name; compare key fingerprints)")
+    return 0
+
+
+def cmd_relay_accept(args: argparse.Namespace) -> int:
+    with open_store(args.data_dir, create=False) as store:
+        board_id = store.board(args.board).id if args.board else None
+        address = str(RelayAddress.parse(args.address))
+        suggested = {s.board_id: s for s in store.suggested_relays(rejected=True)
+                     if s.address == address}
+        for board in store.accept_relay(address, board_id):
+            by = suggested.get(board.id)
+            who = f" (suggested by {_suggesters(by.suggested_by)})" if by else ""
+            print(safe(f"board {board.name!r} now syncs through {address}{who}"))
+    return 0
+
+
+def cmd_relay_reject(args: argparse.Namespace) -> int:
+    with open_store(args.data_dir, create=False) as store:
+        board_id = store.board(args.board).id if args.board else None
+        address = str(RelayAddress.parse(args.address))
+        for board in store.reject_relay(address, board_id):
+            print(safe(f"board {board.name!r}: not using {address}, and no longer listing it "
+                       "as suggested ('p2paid relay accept' still can)"))
     return 0
 
 
@@ -192,6 +265,17 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
     a.add_argument("address", help="p2paid-relay://HOST:PORT/KEY, as the relay printed it")
     a.add_argument("--board", metavar="ID", help="only this board (the relay is then "
                    "published to its members)")
-    a = cmd("remove", cmd_relay_remove, "stop using a configured relay", actions)
+    a = cmd("remove", cmd_relay_remove, "stop using a relay (configured, of a board, or "
+            "accepted); with --board only for that board", actions)
     a.add_argument("address")
-    cmd("list", cmd_relay_list, "relays this node uses, and why", actions, True)
+    a.add_argument("--board", metavar="ID", help="only this board")
+    cmd("list", cmd_relay_list, "relays this node uses and why, and relays members suggest",
+        actions, True)
+    a = cmd("accept", cmd_relay_accept, "use a relay that members suggest (on every board "
+            "that suggests it, or one with --board)", actions)
+    a.add_argument("address", help="the p2paid-relay://... address, as 'relay list' shows it")
+    a.add_argument("--board", metavar="ID", help="only this board")
+    a = cmd("reject", cmd_relay_reject, "do not use a relay that members suggest, and stop "
+            "listing it", actions)
+    a.add_argument("address")
+    a.add_argument("--board", metavar="ID", help="only this board")

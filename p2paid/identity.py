@@ -29,6 +29,7 @@ __all__ = [
     "NodeKey",
     "PublicKeyCache",
     "fingerprint",
+    "short_fingerprint",
     "verify_signature",
 ]
 
@@ -132,3 +133,15 @@ def fingerprint(public_key: bytes) -> str:
     digest = hashlib.sha256(b"p2paid fingerprint\x00" + public_key).digest()[:10]
     text = base64.b32encode(digest).decode("ascii").lower()
     return "-".join(text[i : i + 4] for i in range(0, 16, 4))
+
+
+#: Groups of :func:`fingerprint` shown beside a display name in lists.
+SHORT_FINGERPRINT_GROUPS = 2
+
+
+def short_fingerprint(public_key: bytes) -> str:
+    """The first groups of :func:`fingerprint` (40 bits, e.g. ``mngt-xv5d``): enough
+    to tell the members of a board apart at a glance; compare the whole fingerprint
+    to be sure of someone (finding a key with a chosen 40-bit prefix takes about
+    2^40 key generations, which a determined attacker can afford)."""
+    return "-".join(fingerprint(public_key).split("-")[:SHORT_FINGERPRINT_GROUPS])

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import InviteError, ValidationError
+from .text import text_problem
 
 __all__ = [
     "MAX_BOARD_NAME",
@@ -96,10 +97,9 @@ def validate_board_name(name: str) -> str:
         raise ValidationError("a board name cannot be empty")
     if len(name) > MAX_BOARD_NAME:
         raise ValidationError(f"a board name is at most {MAX_BOARD_NAME} characters")
-    if any(unicodedata.category(ch) == "Cs" for ch in name):
-        raise ValidationError("a board name is not valid text (check the terminal's encoding)")
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
-        raise ValidationError("a board name cannot contain control characters")
+    problem = text_problem(name)
+    if problem is not None:
+        raise ValidationError(f"a board name {problem}")
     return name
 
 

@@ -40,6 +40,7 @@ from .ingest import ingest
 from .invite import Invite, derive_board_keys, new_board_secret, validate_board_name
 from .model import now_ms
 from .relayaddr import RelayAddress
+from .relayplan import RelaySuggestion, configured_for
 from .rules import AuthorState, FeedRules
 from .store import DB_FILENAME, BoardRow, Database
 
@@ -285,6 +286,49 @@ class Store:
         if relays.pop(text, False) is False:
             raise NotFoundError(f"relay {text} is not configured")
         self._save_relays(relays)
+
+    def suggested_relays(self, *, rejected: bool = False) -> list[RelaySuggestion]:
+        """Relays that other members suggest on joined boards and that this node does
+        not use for that board (see :meth:`Board.suggested_relays`)."""
+        configured = self.relays()
+        return [s for board in self.boards()
+                for s in board.suggested_relays(rejected=rejected)
+                if s.address not in configured_for(configured, board.id)]
+
+    def accept_relay(self, address: str, board: bytes | None = None) -> list[Board]:
+        """Use a relay that members suggest: on every board that suggests it, or on one.
+        Returns the boards that now sync through it.
+
+        Raises:
+            InviteError: not a relay address.
+            NotFoundError: no member suggests it (on that board).
+        """
+        return self._decide_relay(address, board, accept=True)
+
+    def reject_relay(self, address: str, board: bytes | None = None) -> list[Board]:
+        """Do not use a relay that members suggest, and stop listing it (on every board
+        that suggests it, or on one). Returns those boards.
+
+        Raises:
+            InviteError: not a relay address.
+            NotFoundError: no member suggests it (on that board).
+        """
+        return self._decide_relay(address, board, accept=False)
+
+    def _decide_relay(self, address: str, board: bytes | None, *, accept: bool) -> list[Board]:
+        text = str(RelayAddress.parse(address))
+        boards = [self.board(board)] if board is not None else [
+            b for b in self.boards()
+            if any(s.address == text for s in b.suggested_relays(rejected=True))]
+        if not boards:
+            raise NotFoundError(f"no member of a joined board suggests relay {text} "
+                                "(see 'p2paid relay list')")
+        for b in boards:
+            if accept:
+                b.accept_relay(text)
+            else:
+                b.reject_relay(text)
+        return boards
 
     def _save_relays(self, relays: dict[str, list[bytes] | None]) -> None:
         data = {a: None if b is None else [x.hex() for x in b] for a, b in relays.items()}

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, final
 
 from .errors import ValidationError
+from .identity import fingerprint, short_fingerprint
+from .text import shows_something, text_problem
 
 __all__ = [
     "DEFAULT_NEED_TTL_DAYS",
@@ -26,10 +28,12 @@ __all__ = [
     "EventKind",
     "Item",
     "ItemKind",
+    "Member",
     "Status",
     "Urgency",
     "clean_text",
     "item_fields",
+    "member_label",
     "now_ms",
 ]
 
@@ -78,6 +82,8 @@ LIMITS: Final = {
     "note": 500,
     "name": 60,
 }
+#: Fields that may hold several lines (newline and tab allowed).
+MULTILINE_FIELDS: Final = frozenset({"details", "note"})
 MAX_QUANTITY: Final = 1_000_000_000
 DEFAULT_NEED_TTL_DAYS: Final = 14
 MAX_TTL_DAYS: Final = 366
@@ -97,8 +103,12 @@ def now_ms() -> int:
 def clean_text(value: object, field_name: str, *, required: bool = False) -> str:
     """Normalise (NFC, strip) and check a text field against its limit.
 
+    The characters allowed are those of :func:`p2paid.text.char_problem`; the same
+    check runs on local input and on every entry read from a member's section.
+
     Raises:
-        ValidationError: not a string, too long, empty when required, or has control characters.
+        ValidationError: not a string, too long, empty when required, or holds a
+            character that :func:`p2paid.text.text_problem` refuses.
     """
     if not isinstance(value, str):
         raise ValidationError(f"{field_name} must be text")
@@ -108,13 +118,11 @@ def clean_text(value: object, field_name: str, *, required: bool = False) -> str
         raise ValidationError(f"{field_name} cannot be empty")
     if len(text) > limit:
         raise ValidationError(f"{field_name} is at most {limit} characters (got {len(text)})")
-    allowed_controls = "\n\t" if field_name in ("details", "note") else ""
-    for char in text:
-        category = unicodedata.category(char)
-        if category == "Cs":
-            raise ValidationError(f"{field_name} is not valid text (check the terminal's encoding)")
-        if category == "Cc" and char not in allowed_controls:
-            raise ValidationError(f"{field_name} cannot contain control characters")
+    problem = text_problem(text, multiline=field_name in MULTILINE_FIELDS)
+    if problem is not None:
+        raise ValidationError(f"{field_name} {problem}")
+    if text and (required or field_name == "display name") and not shows_something(text):
+        raise ValidationError(f"{field_name} shows nothing visible")
     return text
 
 
@@ -175,6 +183,13 @@ class Claim:
     status: ClaimStatus
     created: int
     updated: int
+    #: another member of the board shows a name that looks the same (see :class:`Member`)
+    name_shared: bool = False
+
+    @property
+    def author_fingerprint(self) -> str:
+        """The claimant's key fingerprint: display names are not verified, this is."""
+        return fingerprint(bytes.fromhex(self.author))
 
     @classmethod
     def from_fields(cls, claim_id: str, author: str, name: str, f: Mapping[str, Any]) -> Claim:
@@ -197,6 +212,8 @@ class Claim:
             "id": self.id,
             "author": self.author,
             "author_name": self.author_name,
+            "author_fingerprint": self.author_fingerprint,
+            "name_shared": self.name_shared,
             "item_author": self.item_author,
             "item": self.item_id,
             "quantity": self.quantity,
@@ -296,8 +313,10 @@ class Item:
     created: int
     updated: int
     expires: int | None
-    #: active claims on this item, oldest first
+    #: active claims on this item, in order (created, id)
     claims: tuple[Claim, ...] = field(default=())
+    #: another member of the board shows a name that looks the same (see :class:`Member`)
+    name_shared: bool = False
 
     @classmethod
     def from_fields(
@@ -324,9 +343,43 @@ class Item:
         )
 
     @property
+    def author_fingerprint(self) -> str:
+        """The author's key fingerprint: display names are not verified, this is."""
+        return fingerprint(bytes.fromhex(self.author))
+
+    def claim_counts(self) -> tuple[int, ...]:
+        """What each active claim counts towards the quantity, in the order of
+        :attr:`claims`: at most what was still open when its turn came (a claim
+        without a quantity counts 0). An item without a quantity has no bound."""
+        if self.quantity is None:
+            return tuple(c.quantity or 0 for c in self.claims)
+        still_open = self.quantity
+        counts = []
+        for claim in self.claims:
+            counted = min(claim.quantity or 0, still_open)
+            still_open -= counted
+            counts.append(counted)
+        return tuple(counts)
+
+    @property
     def claimed_quantity(self) -> int:
-        """Sum of the quantities of active claims (a claim without one counts as 0)."""
-        return sum(c.quantity or 0 for c in self.claims)
+        """What the active claims count together; never more than :attr:`quantity`."""
+        return sum(self.claim_counts())
+
+    @property
+    def open_quantity(self) -> int | None:
+        """How much is not claimed yet (None for an item without a quantity)."""
+        return None if self.quantity is None else self.quantity - self.claimed_quantity
+
+    def over_claims(self) -> tuple[bool, ...]:
+        """For each claim of :attr:`claims`: whether it asked for more than was open."""
+        return tuple((c.quantity or 0) > n
+                     for c, n in zip(self.claims, self.claim_counts(), strict=True))
+
+    @property
+    def over_claimed(self) -> bool:
+        """Whether some claim asked for more than was still open when it came."""
+        return any(self.over_claims())
 
     def is_expired(self, now: int | None = None) -> bool:
         now = now_ms() if now is None else now
@@ -342,6 +395,8 @@ class Item:
             "id": self.id,
             "author": self.author,
             "author_name": self.author_name,
+            "author_fingerprint": self.author_fingerprint,
+            "name_shared": self.name_shared,
             "title": self.title,
             "details": self.details,
             "category": self.category.value,
@@ -355,8 +410,45 @@ class Item:
             "updated": self.updated,
             "expires": self.expires,
             "claimed_quantity": self.claimed_quantity,
-            "claims": [c.to_json() for c in self.claims],
+            "over_claimed": self.over_claimed,
+            "claims": [
+                {**c.to_json(), "counted_quantity": counted, "over_claimed": over}
+                for c, counted, over in zip(self.claims, self.claim_counts(),
+                                            self.over_claims(), strict=True)
+            ],
         }
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member of a board: someone whose section the board holds."""
+
+    author: str  #: author key, hex
+    name: str  #: display name ("" when anonymous or invalid); chosen freely, not verified
+    #: another member shows a name that looks the same (:func:`p2paid.text.name_key`)
+    name_shared: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(bytes.fromhex(self.author))
+
+    def __str__(self) -> str:
+        return member_label(self.author, self.name, self.name_shared)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"author": self.author, "name": self.name, "fingerprint": self.fingerprint,
+                "name_shared": self.name_shared}
+
+
+def member_label(author: str, name: str, name_shared: bool = False, *,
+                 full: bool = False) -> str:
+    """``Ana (mngt-xv5d)``: a display name with the author's key fingerprint (short,
+    or ``full``), marked when another member shows a name that looks the same."""
+    key = bytes.fromhex(author)
+    fp = fingerprint(key) if full else short_fingerprint(key)
+    shared = ", name shared" if name_shared and name else ""
+    return f"{name or 'anonymous'} ({fp}{shared})"
 
 
 class EventKind(enum.StrEnum):
@@ -381,9 +473,11 @@ class BoardEvent:
     claim: Claim | None = None
     previous: Item | Claim | None = None
     local: bool = False  #: made by this node's own author key (here or by the CLI)
+    #: another member shows a name that looks the same as ``author_name``
+    name_shared: bool = False
 
     def __str__(self) -> str:
-        who = self.author_name or f"member {self.author[:8]}"
+        who = member_label(self.author, self.author_name, self.name_shared)
         item = self.item
         what = f"{item.kind.value} {item.title!r}" if item is not None else "an item"
         if self.kind is EventKind.ITEM_ADDED and item is not None:
@@ -400,5 +494,7 @@ class BoardEvent:
         if self.kind is EventKind.CLAIM_CHANGED and self.claim is not None:
             return f"{who} {self.claim.status.value} their claim on {what}"
         if self.kind is EventKind.MEMBER_RENAMED:
-            return f"member {self.author[:8]} is now called {self.author_name!r}"
+            shared = " (a name another member shows too)" if self.name_shared else ""
+            key = short_fingerprint(bytes.fromhex(self.author))
+            return f"member {key} is now called {self.author_name!r}{shared}"
         return f"{who}: {self.kind.value} {what}"

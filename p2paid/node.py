@@ -36,6 +36,7 @@ from .net.inbound import serve_inbound
 from .net.peers import Dialer, DialTarget
 from .net.tcp import format_address, open_listener
 from .relayaddr import RelayAddress
+from .relayplan import plan_relays
 from .render import plural
 from .replica import StoreReplica
 from .replication import SyncEvent
@@ -145,16 +146,11 @@ class Node:
 
     def relay_plan(self) -> dict[str, frozenset[bytes]]:
         """Which boards to sync through which relay: configured relays (for all or some
-        boards), relays in invites, and relays that members publish on a board."""
-        boards = self.store.boards()
-        plan: dict[str, set[bytes]] = {}
-        for address, only in self.store.relays().items():
-            plan.setdefault(address, set()).update(
-                b.id for b in boards if only is None or b.id in only)
-        for board in boards:
-            for address in board.relay_hints():
-                plan.setdefault(address, set()).add(board.id)
-        return {a: frozenset(ids) for a, ids in plan.items() if ids}
+        boards) and each board's own (from its invite, added or accepted here, or
+        published by this node's member). Relays that other members suggest are not
+        dialled until accepted (``relayplan`` explains why)."""
+        return plan_relays(self.store.relays(),
+                           {b.id: b.relays_in_use() for b in self.store.boards()})
 
     def refresh_relays(self) -> None:
         """Dial the relays of :meth:`relay_plan`; redial one whose boards changed."""
@@ -181,7 +177,8 @@ class Node:
 
     async def watch_relays(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
-        """Follow relay hints as members publish them (checked every few seconds)."""
+        """Follow changes of the relays in use (checked every few seconds): relays
+        configured, added or accepted by another process, or published by our member."""
         task_status.started()
         while True:
             try:

@@ -18,7 +18,7 @@ not happen; this is the second line of defence.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar, final
@@ -28,7 +28,8 @@ from automerge.core import Document, ObjType
 from .changeops import ACTION_MAKE_MAP, Op
 from .changes import uleb_bytes
 from .errors import ValidationError
-from .model import BoardEvent, Claim, ClaimStatus, EventKind, Item, ItemKind, clean_text
+from .model import BoardEvent, Claim, ClaimStatus, EventKind, Item, ItemKind, Member, clean_text
+from .text import name_key
 
 __all__ = [
     "CLAIMS",
@@ -145,6 +146,10 @@ class ReadModel:
         self.local_author = local_author
         self._start_ops = start_ops
         self._cache: dict[bytes, Section] = {}
+        #: name_key of each cached section's display name, and how many cached sections
+        #: show each key (complete whenever every section is cached)
+        self._name_keys: dict[bytes, str] = {}
+        self._name_counts: Counter[str] = Counter()
         #: when True, every section is cached and changes produce events
         self.tracking = False
         self.events: list[BoardEvent] = []
@@ -154,8 +159,38 @@ class ReadModel:
     def section(self, author: bytes) -> Section:
         cached = self._cache.get(author)
         if cached is None:
-            cached = self._cache[author] = self._read_section(author)
+            cached = self._read_section(author)
+            self._cache_put(author, cached)
         return cached
+
+    def name_shared(self, author: bytes) -> bool:
+        """Whether another member's display name looks like this author's (valid
+        once every section is cached: when tracking, or after :meth:`items`)."""
+        key = self._name_keys.get(author)
+        return key is not None and self._name_counts[key] > 1
+
+    def members(self) -> list[Member]:
+        """Every author with a section, with its display name."""
+        authors = list(self._start_ops)
+        sections = [self.section(author) for author in authors]
+        return [Member(a.hex(), sec.name, self.name_shared(a))
+                for a, sec in zip(authors, sections, strict=True)]
+
+    def _cache_put(self, author: bytes, sec: Section) -> None:
+        self._cache_drop(author)
+        self._cache[author] = sec
+        key = name_key(sec.name)
+        if key:
+            self._name_keys[author] = key
+            self._name_counts[key] += 1
+
+    def _cache_drop(self, author: bytes) -> None:
+        self._cache.pop(author, None)
+        key = self._name_keys.pop(author, None)
+        if key is not None:
+            self._name_counts[key] -= 1
+            if not self._name_counts[key]:
+                del self._name_counts[key]
 
     def relays(self, author: bytes) -> tuple[str, ...]:
         """The relay hints an author published (read alone: no need for the whole section)."""
@@ -182,20 +217,25 @@ class ReadModel:
 
     def items(self) -> list[Item]:
         """Every valid need and offer, oldest first, with its active claims attached."""
-        sections = [self.section(author) for author in list(self._start_ops)]
+        authors = list(self._start_ops)
+        sections = [self.section(author) for author in authors]
+        shared = {a.hex() for a in authors if self.name_shared(a)}
         claims: defaultdict[tuple[str, str], list[Claim]] = defaultdict(list)
         for sec in sections:
             for claim in sec.claims.values():
                 if claim.status is ClaimStatus.ACTIVE:
+                    if claim.author in shared:
+                        claim = replace(claim, name_shared=True)
                     claims[(claim.item_author, claim.item_id)].append(claim)
         out: list[Item] = []
         for sec in sections:
             for by_id in sec.items.values():
                 for item in by_id.values():
                     on_item = claims.get((item.author, item.id))
-                    if on_item:
-                        on_item.sort(key=lambda c: (c.created, c.id))
-                        item = replace(item, claims=tuple(on_item))
+                    if on_item or item.author in shared:
+                        on_item = sorted(on_item or (), key=lambda c: (c.created, c.id))
+                        item = replace(item, claims=tuple(on_item),
+                                       name_shared=item.author in shared)
                     out.append(item)
         out.sort(key=lambda i: (i.created, i.id))
         return out
@@ -214,7 +254,7 @@ class ReadModel:
                 self._refresh(author, None, new_author=True, local=author == self.local_author)
             return
         if not self.tracking:
-            del self._cache[author]  # re-read lazily
+            self._cache_drop(author)  # re-read lazily
             return
         touched = None if ops is None else self._touched(author, sec, ops)
         self._refresh(author, touched, new_author=False, local=author == self.local_author)
@@ -256,12 +296,13 @@ class ReadModel:
             return
         if touched is None:
             new = self._read_section(author)
-            self._cache[author] = new
+            self._cache_put(author, new)
             if self.tracking:
                 self._diff(author, old.all_entries(), new.all_entries(), new, local)
                 if old.name != new.name and not new_author:
                     self.events.append(BoardEvent(EventKind.MEMBER_RENAMED, author.hex(),
-                                                  new.name, local=local))
+                                                  new.name, local=local,
+                                                  name_shared=self.name_shared(author)))
             return
         before = {key: old.get(key) for key in touched}
         obj = self._section_obj(author)
@@ -289,7 +330,8 @@ class ReadModel:
             if claim is not None:
                 item = self._claimed_item(claim)
             self.events.append(BoardEvent(kind, author.hex(), sec.name, item=item,
-                                          claim=claim, previous=old, local=local))
+                                          claim=claim, previous=old, local=local,
+                                          name_shared=self.name_shared(author)))
 
     def _claimed_item(self, claim: Claim) -> Item | None:
         try:

@@ -180,7 +180,9 @@ def test_two_members_share_a_board_by_bundles(tmp_path: Path, env: dict[str, str
     assert a.ok("bundle", "import", str(b_bundle)).strip() == (
         "Riverside mutual aid: 0 accepted, 5 already had, 0 rejected")
     shown = a.ok("show", need)
-    assert "(10 claimed)" in shown and "10 by Bo on " in shown and "from the well" in shown
+    bo_key = b.json("board", "list")["boards"][0]["author_fingerprint"]
+    assert "(10 claimed)" in shown and f"10 by Bo ({bo_key[:9]}) on " in shown
+    assert "from the well" in shown
     [claim] = a.json("show", need)["claims"]
     assert (claim["author_name"], claim["quantity"], claim["status"]) == ("Bo", 10, "active")
     a.fail("claim", need, needles=["cannot claim your own"])
@@ -341,6 +343,10 @@ HELP: dict[tuple[str, ...], tuple[str, ...]] = {
     ("bundle", "import"): ("file", "--json"),
     ("export",): ("--format", "json", "csv", "automerge", "--output", "--board"),
     ("bench",): ("--quick", "--only", "--json"),
+    ("relay", "list"): ("--json",),
+    ("relay", "accept"): ("address", "--board"),
+    ("relay", "reject"): ("address", "--board"),
+    ("relay", "remove"): ("address", "--board"),
 }
 
 

@@ -42,6 +42,7 @@ from p2paid.errors import (
 )
 from p2paid.identity import AuthorKey
 from p2paid.invite import MAX_BOARD_NAME, MAX_RELAY_ADDRESS, MAX_RELAY_HINTS, Invite
+from p2paid.text import text_problem
 
 MAGIC = bytes.fromhex("856f4a83")
 KEY = AuthorKey.generate()
@@ -66,7 +67,7 @@ _printable = st.characters(exclude_categories=["Cc", "Cs"])
 
 def _valid_name(name: str) -> bool:
     clean = unicodedata.normalize("NFC", name).strip()
-    return 0 < len(clean) <= MAX_BOARD_NAME
+    return 0 < len(clean) <= MAX_BOARD_NAME and text_problem(clean) is None
 
 
 names = st.text(_printable, min_size=1, max_size=MAX_BOARD_NAME).filter(_valid_name)

@@ -51,6 +51,7 @@ import p2paid
 from p2paid import Board, Category, Item, ReceiveReport, Store, Urgency, UsageError
 from p2paid.errors import ValidationError
 from p2paid.model import LIMITS, MAX_QUANTITY, MAX_TTL_DAYS
+from p2paid.text import name_key, text_problem
 
 #: The "now" every replica renders items at, so ``expired`` flags compare equal.
 FIXED_NOW = 1_900_000_000_000
@@ -81,6 +82,11 @@ def cleaned(value: str, field_name: str, *, required: bool = False) -> str | Non
     if (required and not text) or len(text) > limit:
         return None
     if any(unicodedata.category(c) == "Cc" and c not in allowed for c in text):
+        return None
+    # The format-character and isolate rule (p2paid.text) and "something visible".
+    if text_problem(text, multiline=bool(allowed)) is not None:
+        return None
+    if text and (required or field_name == "display name") and not name_key(text):
         return None
     return text
 
@@ -140,12 +146,13 @@ def items_json(board: Board) -> list[dict[str, Any]]:
 
 
 def own_view(board: Board, author: bytes) -> tuple[str, list[dict[str, Any]]]:
-    """An author's display name and items as ``board`` shows them, without claims."""
+    """An author's display name and items as ``board`` shows them, without what other
+    members' sections decide (claims, and whether another member shows the same name)."""
     rows = []
     for item in board.items():
         if item.author == author.hex():
             row = item.to_json(now=FIXED_NOW)
-            del row["claims"], row["claimed_quantity"]
+            del row["claims"], row["claimed_quantity"], row["over_claimed"], row["name_shared"]
             rows.append(row)
     return board.display_name(author), rows
 
@@ -304,7 +311,9 @@ class Convergence(RuleBasedStateMachine):
         if not others:
             return
         item = data.draw(st.sampled_from(others))
-        valid = cleaned(note, "note") is not None
+        still_open = item.open_quantity  # a claim above what is still open is refused
+        valid = cleaned(note, "note") is not None and (
+            quantity is None or still_open is None or quantity <= still_open)
         claim = self._write(peer, lambda b: b.claim(item.id, quantity=quantity, note=note),
                             valid=valid)
         if claim is not None:

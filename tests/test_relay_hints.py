@@ -11,13 +11,16 @@ import p2paid
 from p2paid.errors import InviteError
 from p2paid.relayaddr import RelayAddress
 
-RELAY_1 = str(RelayAddress("relay-one.example", 7447, bytes(range(32))))
-RELAY_2 = str(RelayAddress("10.0.0.9", 9000, bytes(range(1, 33))))
+# Loopback addresses where nothing listens: the node under test dials some of them.
+RELAY_1 = str(RelayAddress("127.0.0.1", 1, bytes(range(32))))
+RELAY_2 = str(RelayAddress("127.0.0.2", 9000, bytes(range(1, 33))))
+SUGGESTED = str(RelayAddress("127.0.0.3", 9001, bytes(32)))
 
 
 def test_relay_address_round_trip_and_errors() -> None:
-    address = RelayAddress.parse(RELAY_1)
-    assert str(address) == RELAY_1 and address.port == 7447
+    named = str(RelayAddress("relay-one.example", 7447, bytes(range(32))))
+    address = RelayAddress.parse(named)
+    assert str(address) == named and address.port == 7447
     v6 = RelayAddress("2001:db8::1", 7447, bytes(32))
     assert RelayAddress.parse(str(v6)) == v6
     for bad in ("p2paid:abc", "p2paid-relay://host:7447", "p2paid-relay://host/key",
@@ -26,30 +29,50 @@ def test_relay_address_round_trip_and_errors() -> None:
             RelayAddress.parse(bad)
 
 
-def test_published_hint_reaches_other_members(tmp_path: Path) -> None:
-    """A relay one member adds is published in their section: every replica that
-    syncs the board sees it as a hint, and plans to use it."""
+def test_published_hint_is_only_a_suggestion_for_other_members(tmp_path: Path) -> None:
+    """A relay one member adds is published in their section and used by that member;
+    every other replica sees it only as a suggestion (with who suggests it), does not use
+    it until it is accepted, and then uses it without publishing it in turn."""
     with p2paid.open_store(tmp_path / "a") as a, p2paid.open_store(tmp_path / "b") as b:
-        board_a = a.create_board("Camp")
+        board_a = a.create_board("Camp", display_name="Ana")
         board_b = b.join(p2paid.Invite(board_a.keys.secret, "Camp"))  # an invite without hints
-        assert board_b.relay_hints() == []
+        assert board_b.relays_in_use() == [] and board_b.suggested_relays() == []
         board_a.add_relay(RELAY_1)
+        assert board_a.relays_in_use() == [RELAY_1]
         board_b.receive(list(board_a.envelopes()))
-        assert board_b.relay_hints() == [RELAY_1]
+        assert board_b.relays_in_use() == []
+        [suggestion] = board_b.suggested_relays()
+        assert (suggestion.address, suggestion.board_id) == (RELAY_1, board_b.id)
+        [by] = suggestion.suggested_by
+        assert (by.author, by.name, by.fingerprint) == (
+            board_a.author.hex(), "Ana", board_a.author_fingerprint)
         assert RELAY_1 in p2paid.Invite.from_uri(board_a.invite()).relays  # new invites too
 
+        assert board_b.accept_relay(RELAY_1) == RELAY_1
+        assert board_b.relays_in_use() == [RELAY_1] and board_b.suggested_relays() == []
+        board_a.receive(list(board_b.envelopes()))
+        assert board_a.suggested_relays() == []  # B did not publish it back
+        with pytest.raises(p2paid.NotFoundError):
+            board_b.accept_relay(RELAY_2)  # nobody suggests it
 
-async def test_relay_plan_merges_config_invites_and_hints(tmp_path: Path) -> None:
-    """Configured relays apply to every board (or one); hints apply to their board."""
-    with p2paid.open_store(tmp_path / "n") as store:
+
+async def test_relay_plan_merges_config_and_invites_not_suggestions(tmp_path: Path) -> None:
+    """Configured relays apply to every board (or one); a board's own relays (from its
+    invite) apply to that board; a relay another member publishes is not in the plan."""
+    with p2paid.open_store(tmp_path / "n") as store, \
+            p2paid.open_store(tmp_path / "other") as other:
         first = store.create_board("First", relays=[RELAY_1])
         second = store.create_board("Second")
         store.add_relay(RELAY_2, second.id)
+        theirs = other.join(first.invite())
+        theirs.publish_relays([SUGGESTED])
+        first.receive(list(theirs.envelopes()))
+        assert len(first.suggested_relays()) == 1
     async with p2paid.open_node(tmp_path / "n", listen=None, mdns=False) as node:
         plan = node.relay_plan()
         assert plan == {RELAY_1: frozenset({first.id}), RELAY_2: frozenset({second.id})}
         with trio.fail_after(5):
             while len([t for t in node.dialer.targets.values() if t.source == "relay"]) < 2:
                 await trio.sleep(0.05)
-        target = node.dialer.get("10.0.0.9", 9000)
+        target = node.dialer.get("127.0.0.2", 9000)
         assert target is not None and target.pinned and target.node_id == bytes(range(1, 33))

@@ -135,13 +135,18 @@ class ReadModel:
     """Cached sections of one document.
 
     Args:
-        doc: the Automerge document (read only here).
+        doc: the Automerge document (read only here), or a function giving the
+            document to read one author's section from (the local author's own
+            changes may live in a document of their own: see BoardDocument.write).
         start_ops: ``author -> start_op`` of each section, kept current by the caller.
     """
 
-    def __init__(self, doc: Document, start_ops: Mapping[bytes, int],
-                 local_author: bytes = b"") -> None:
-        self._doc = doc
+    def __init__(self, doc: Document | Callable[[bytes], Document],
+                 start_ops: Mapping[bytes, int], local_author: bytes = b"") -> None:
+        if isinstance(doc, Document):
+            self._doc_of: Callable[[bytes], Document] = lambda _author, d=doc: d
+        else:
+            self._doc_of = doc
         #: changes by this author count as local (made here, or by another process here)
         self.local_author = local_author
         self._start_ops = start_ops
@@ -198,7 +203,7 @@ class ReadModel:
         if cached is not None:
             return cached.relays
         obj = self._section_obj(author)
-        doc = self._doc
+        doc = self._doc_of(author)
         try:
             profile = None if obj is None else read_safely(lambda: doc.get(obj, PROFILE))
             value = None if profile is None else read_safely(
@@ -352,9 +357,8 @@ class ReadModel:
         start_op = self._start_ops.get(author)
         return None if start_op is None else section_object_id(author, start_op)
 
-    def _read_map(self, obj: bytes) -> dict[str, Any]:
+    def _read_map(self, obj: bytes, doc: Document) -> dict[str, Any]:
         """A map's keys and values; a value that cannot be read is left out."""
-        doc = self._doc
         keys = read_safely(lambda: doc.keys(obj))
         try:
             values = read_safely(lambda: doc.values(obj))
@@ -375,10 +379,11 @@ class ReadModel:
         obj = self._section_obj(author)
         if obj is None:
             return sec
+        doc = self._doc_of(author)
         try:
-            if read_safely(lambda: self._doc.object_type(obj)) != ObjType.Map:
+            if read_safely(lambda: doc.object_type(obj)) != ObjType.Map:
                 return sec
-            fields = self._read_map(obj)
+            fields = self._read_map(obj, doc)
         except UnreadableError:
             return sec
         children: dict[str, bytes] = {}
@@ -388,7 +393,7 @@ class ReadModel:
                 children[coll] = entry[1]
                 sec.collections[object_counter(entry[1])] = coll
         try:
-            profile = self._read_map(children[PROFILE]) if PROFILE in children else {}
+            profile = self._read_map(children[PROFILE], doc) if PROFILE in children else {}
         except UnreadableError:
             profile = {}
         try:
@@ -403,17 +408,17 @@ class ReadModel:
             if coll == PROFILE:
                 continue
             try:
-                entries = self._read_map(child)
+                entries = self._read_map(child, doc)
             except UnreadableError:
                 continue
             for entry_id, value in entries.items():
-                self._store_entry(sec, author_hex, (coll, entry_id), value)
+                self._store_entry(sec, author_hex, (coll, entry_id), value, doc)
         return sec
 
     def _read_entry(self, sec: Section, author: bytes, obj: bytes | None, key: EntryKey) -> None:
         coll, entry_id = key
         value = None
-        doc = self._doc
+        doc = self._doc_of(author)
         if obj is not None:
             try:
                 child = read_safely(lambda: doc.get(obj, coll))
@@ -422,9 +427,10 @@ class ReadModel:
                     value = read_safely(lambda: doc.get(child[1], entry_id))
             except UnreadableError:
                 value = None
-        self._store_entry(sec, author.hex(), key, value)
+        self._store_entry(sec, author.hex(), key, value, doc)
 
-    def _store_entry(self, sec: Section, author_hex: str, key: EntryKey, value: Any) -> None:
+    def _store_entry(self, sec: Section, author_hex: str, key: EntryKey, value: Any,
+                     doc: Document) -> None:
         """Validate one entry into ``sec``; a malformed or missing one is left out."""
         coll, entry_id = key
         kind = _KINDS.get(coll)
@@ -434,7 +440,7 @@ class ReadModel:
             return
         sec.entries[object_counter(value[1])] = key
         try:
-            fields = self._read_map(value[1])
+            fields = self._read_map(value[1], doc)
         except UnreadableError:
             return
         try:

@@ -107,6 +107,12 @@ class RelayReplica:
     def vector(self, board_id: bytes) -> Mapping[bytes, int]:
         return {a: h.seq for a, h in self._board_heads(board_id).items()}
 
+    def heads(self, board_id: bytes) -> Mapping[bytes, FeedHead]:
+        return self._board_heads(board_id)
+
+    def hash_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
+        return self._db.held_hashes(board_id, author, seq, seq).get(seq)
+
     def _forked(self, board_id: bytes) -> dict[bytes, int]:
         forked = self._fork_seqs.get(board_id)
         if forked is None:

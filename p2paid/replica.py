@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import final
 
 from .board import Board
+from .feed import FeedHead
 from .local import Store
 from .replication import BoardAccess, Received
 
@@ -66,6 +67,12 @@ class StoreReplica:
 
     def vector(self, board_id: bytes) -> Mapping[bytes, int]:
         return self.board(board_id).version_vector()
+
+    def heads(self, board_id: bytes) -> Mapping[bytes, FeedHead]:
+        return self.board(board_id).heads()
+
+    def hash_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
+        return self._store.db.held_hashes(board_id, author, seq, seq).get(seq)
 
     def forked(self, board_id: bytes) -> Mapping[bytes, int]:
         return self.board(board_id).forked

@@ -13,8 +13,12 @@ two :class:`Replica` objects (a node's store, a relay's store).
    are listed by id. Each entry carries a 16-byte digest of the sender's version
    vector, keyed and bound to ``h``.
 2. **Digest.** Equal digests mean the board is in sync: nothing more is sent for
-   it (the reconnect of two synced nodes costs the handshake and two Hellos).
-3. **Vectors.** Otherwise both send their version vector ``{author: seq}``.
+   it (the reconnect of two synced nodes costs the handshake and two Hellos). The
+   digest covers each feed's head hash, so two versions of one feed differ.
+3. **Vectors.** Otherwise both send their version vector ``{author: (seq, tag)}``,
+   the tag being the start of the head envelope's hash. A side whose own envelope
+   at that seq has another hash resends the peer that author's whole feed: the
+   peer then finds the lowest seq where they differ, a proof that the author forked.
 4. **Envelopes.** Each side sends, per author, the envelopes the peer lacks, in
    seq order, in batches of at most ``batch_bytes``, with at most ``window``
    batches unacknowledged. ``peer_has`` records what the peer holds or was sent,
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
 from .envelope import HEADER_BYTES
+from .feed import FeedHead
 from .errors import (
     EnvelopeError,
     MalformedEnvelopeError,
@@ -123,6 +128,14 @@ class Replica(Protocol):
         """Highest contiguous seq held per author."""
         ...
 
+    def heads(self, board_id: bytes) -> Mapping[bytes, FeedHead]:
+        """The newest envelope held per author (seq and hash)."""
+        ...
+
+    def hash_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
+        """The hash of the held envelope ``(author, seq)``, if any."""
+        ...
+
     def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
         """Raw envelopes ``after+1, after+2, ...`` of one author, at least one if any, in at
         most ``max_bytes`` (unless a single envelope is larger)."""
@@ -174,20 +187,21 @@ def peek_envelope(raw: bytes) -> tuple[bytes, bytes, int]:
     return raw[1:33], raw[33:65], int.from_bytes(raw[65:73], "big")
 
 
-def _vector_entries(vector: Mapping[bytes, int]) -> tuple[tuple[bytes, int], ...]:
+def _vector_entries(heads: Mapping[bytes, FeedHead]) -> tuple[tuple[bytes, int, bytes], ...]:
     """The entries to send, at most Vector.MAX_ENTRIES (the longest feeds first: the
     peer then resends at worst the short feeds left out, which is correct, only slower)."""
-    entries = sorted(vector.items(), key=lambda e: -e[1])[: Vector.MAX_ENTRIES]
-    return tuple(entries)
+    entries = sorted(((a, h.seq, h.hash[: Vector.TAG_BYTES]) for a, h in heads.items()
+                      if h.seq), key=lambda e: -e[1])
+    return tuple(entries[: Vector.MAX_ENTRIES])
 
 
-def vector_digest(key: bytes, handshake_hash: bytes, vector: Mapping[bytes, int]) -> bytes:
-    """16-byte digest of a version vector, keyed and bound to one session."""
+def vector_digest(key: bytes, handshake_hash: bytes, heads: Mapping[bytes, FeedHead]) -> bytes:
+    """16-byte digest of the feed heads held, keyed and bound to one session."""
     mac = hmac.new(key, b"p2paid/1 digest\x00" + handshake_hash, hashlib.sha256)
-    for author in sorted(vector):
-        seq = vector[author]
-        if seq:
-            mac.update(author + seq.to_bytes(8, "big"))
+    for author in sorted(heads):
+        head = heads[author]
+        if head.seq:
+            mac.update(author + head.seq.to_bytes(8, "big") + head.hash)
     return mac.digest()[:16]
 
 
@@ -201,7 +215,7 @@ class _Link:
     digest_key: bytes
     local_index: int
     sent_digest: bytes
-    sent_vector: dict[bytes, int]
+    sent_heads: dict[bytes, FeedHead]
     remote_index: int | None = None
     live: bool = False
     peer_has: dict[bytes, int] = field(default_factory=dict)
@@ -335,9 +349,9 @@ class SyncSession:
         for index, acc in enumerate(accesses):
             key = acc.board_id if self._by_id else acc.tag_key
             assert key is not None
-            vector = dict(self._replica.vector(acc.board_id))
-            digest = vector_digest(key, self._h, vector)
-            self._links.append(_Link(acc.board_id, key, index, digest, vector))
+            heads = dict(self._replica.heads(acc.board_id))
+            digest = vector_digest(key, self._h, heads)
+            self._links.append(_Link(acc.board_id, key, index, digest, heads))
             ident = acc.board_id if self._by_id else board_tag(key, self._initiator, self._h)
             entries.append(HelloBoard(ident, digest))
         self._hello_sent = True
@@ -378,12 +392,12 @@ class SyncSession:
             self._by_remote[index] = link
             if hmac.compare_digest(entry.digest, link.sent_digest):
                 link.live = True
-                link.peer_has = dict(link.sent_vector)
+                link.peer_has = {a: h.seq for a, h in link.sent_heads.items()}
                 self.events.append(SyncEvent("in-sync", link.board_id))
                 out.extend(self._pump(link))
             else:
                 self.events.append(SyncEvent("linked", link.board_id))
-                out.append(Vector(link.local_index, _vector_entries(link.sent_vector)))
+                out.append(Vector(link.local_index, _vector_entries(link.sent_heads)))
         return out
 
     def _remote_link(self, index: int) -> _Link:
@@ -399,9 +413,19 @@ class SyncSession:
         if link.live:
             raise RemoteProtocolError("second vector for a board")
         link.live = True
-        for author, seq in message.entries:
+        heads = link.sent_heads
+        for author, seq, tag in message.entries:
             if seq > link.peer_has.get(author, 0):
                 link.peer_has[author] = seq
+            ours = heads.get(author)
+            if not tag or ours is None or seq > ours.seq:
+                continue  # (if ahead of us, it compares our tag with its envelope)
+            mine = ours.hash if seq == ours.seq else self._replica.hash_at(
+                link.board_id, author, seq)
+            if mine is not None and mine[: Vector.TAG_BYTES] != tag:
+                # Another version of this feed: resend ours whole, so that the peer
+                # finds the lowest seq where they differ (a proof of the fork).
+                link.peer_has[author] = 0
         return self._pump(link)
 
     def _on_envelopes(self, message: Envelopes) -> list[Message]:

@@ -137,25 +137,32 @@ class Hello:
 @final
 @dataclass(frozen=True, slots=True)
 class Vector:
-    """The sender's version vector for one board (``board`` = index in the sender's Hello)."""
+    """The sender's version vector for one board (``board`` = index in the sender's Hello).
+
+    Each entry is ``(author, seq, tag)``: the highest contiguous seq held and the first
+    :data:`TAG_BYTES` bytes of that envelope's hash (empty from a sender that sends
+    none), so that two versions of one feed of equal length are told apart.
+    """
 
     TYPE: ClassVar[int] = 2
     board: int
-    entries: tuple[tuple[bytes, int], ...]
-    #: 20,000 entries of 32 + 9 bytes fit in one message (MAX_MESSAGE_BYTES).
-    MAX_ENTRIES: ClassVar[int] = 20_000
+    entries: tuple[tuple[bytes, int, bytes], ...]
+    #: 16,000 entries of 32 + 9 + 8 bytes (and msgpack framing) fit in one message.
+    MAX_ENTRIES: ClassVar[int] = 16_000
+    TAG_BYTES: ClassVar[int] = 8
 
     def fields(self) -> list[Any]:
-        return [self.board, [[a, s] for a, s in self.entries]]
+        return [self.board, [[a, s, t] if t else [a, s] for a, s, t in self.entries]]
 
     @classmethod
     def parse(cls, f: list[Any]) -> Vector:
         entries = []
         for entry in _list(f[1], cls.MAX_ENTRIES):
-            pair = _list(entry, 2)
-            if len(pair) != 2:
-                raise DecodeError("vector entry is not a pair")
-            entries.append((_bytes(pair[0], 32), _uint(pair[1])))
+            triple = _list(entry, 3)
+            if len(triple) < 2:
+                raise DecodeError("vector entry is not [author, seq, tag]")
+            tag = _bytes(triple[2], cls.TAG_BYTES) if len(triple) == 3 else b""
+            entries.append((_bytes(triple[0], 32), _uint(triple[1]), tag))
         return cls(_uint(f[0]), tuple(entries))
 
 

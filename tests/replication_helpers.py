@@ -177,6 +177,18 @@ class MemoryReplica:
     def vector(self, board_id: bytes) -> Mapping[bytes, int]:
         return {a: len(f) for a, f in self._boards[board_id].feeds.items() if f}
 
+    def feed_envelopes(self, board_id: bytes) -> dict[bytes, list[Envelope]]:
+        """Every feed held (a copy), for checks that compare versions."""
+        return {a: list(f) for a, f in self._boards[board_id].feeds.items()}
+
+    def heads(self, board_id: bytes) -> Mapping[bytes, FeedHead]:
+        return {a: FeedHead(len(f), f[-1].hash)
+                for a, f in self._boards[board_id].feeds.items() if f}
+
+    def hash_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
+        feed = self._boards[board_id].feeds.get(author, [])
+        return feed[seq - 1].hash if 0 < seq <= len(feed) else None
+
     def forked(self, board_id: bytes) -> Mapping[bytes, int]:
         return {a: p.seq for a, p in self._boards[board_id].proofs.items()}
 
@@ -322,7 +334,7 @@ class Endpoint:
     max_in_flight: int = 0
     #: the replica's vectors when the session started: what its Hello/Vector declare (a
     #: relay answers later, with at least this much)
-    declared: dict[bytes, dict[bytes, int]] = field(default_factory=dict)
+    declared: dict[bytes, dict[bytes, tuple[bytes, ...]]] = field(default_factory=dict)
     #: (board, author, seq) of every envelope sent / received on this session
     sent_ids: set[tuple[bytes, bytes, int]] = field(default_factory=set)
     received_ids: set[tuple[bytes, bytes, int]] = field(default_factory=set)
@@ -418,7 +430,7 @@ class Connection:
         if len(board_ids) != 1:
             raise FlowControlViolation("one batch mixes boards")
         (board_id,) = board_ids
-        self._check_redundancy(end, ids)
+        self._check_redundancy(end, ids, message.envelopes)
         sizes = [len(raw) for raw in message.envelopes]
         if sum(sizes[:-1]) >= end.batch_bytes:
             raise FlowControlViolation(
@@ -434,16 +446,21 @@ class Connection:
         end.channel.send(message)
         end.flush()
 
-    def _check_redundancy(self, end: Endpoint, ids: list[tuple[bytes, bytes, int]]) -> None:
-        """Nothing is sent twice, nothing received is echoed, nothing declared is resent."""
+    def _check_redundancy(self, end: Endpoint, ids: list[tuple[bytes, bytes, int]],
+                          raws: Sequence[bytes]) -> None:
+        """Nothing is sent twice, nothing received is echoed, nothing declared is resent
+        (unless the peer declared another version of it: a fork being proved)."""
         peer = self.ends[1 - self.ends.index(end)]
-        for ident in ids:
+        for ident, raw in zip(ids, raws, strict=True):
             board_id, author, seq = ident
             if ident in end.sent_ids:
                 raise RedundantSend(f"seq {seq} sent twice on one session")
             if ident in end.received_ids:
                 raise RedundantSend(f"seq {seq} echoed to the peer that sent it")
-            if seq <= peer.declared.get(board_id, {}).get(author, 0):
+            held = peer.declared.get(board_id, {}).get(author, ())
+            own = end.declared.get(board_id, {}).get(author, ())
+            diverged = any(x != y for x, y in zip(held, own, strict=False))
+            if seq <= len(held) and not diverged:
                 raise RedundantSend(f"seq {seq} sent although the peer's Hello covers it")
             end.sent_ids.add(ident)
 
@@ -483,7 +500,8 @@ class Connection:
                 return
             if isinstance(event, HandshakeComplete):
                 end.declared = {
-                    acc.board_id: dict(end.replica.vector(acc.board_id))
+                    acc.board_id: {a: tuple(e.hash for e in feed) for a, feed in
+                                   end.replica.feed_envelopes(acc.board_id).items()}
                     for acc in end.replica.boards()
                 }
                 end.session = SyncSession(

@@ -325,36 +325,55 @@ def test_first_envelope_must_link_to_zero(store: Store, board: Board, writer: Wr
     receive_refused(store, board, [env.raw], ChainError)
 
 
-def test_fork_against_held_envelope_is_refused_and_recorded(
+def test_fork_against_held_envelope_ends_the_feed_before_it(
     store: Store, board: Board, writer: Writer
 ) -> None:
-    """A second validly signed envelope at a held (author, seq) -> ForkError; the
-    rejection is recorded with code "fork"; the first version stays."""
+    """A second validly signed envelope at a held (author, seq) proves a fork: it is
+    refused (ForkError, recorded as "fork"), the proof (both envelopes) is kept, and
+    the author's feed ends before that seq, so the first version is dropped too (every
+    replica does the same whichever version it saw first, so all converge)."""
     (e1,) = writer.next()
-    board.receive([e1.raw])
+    e2, e3 = writer.next(2)
+    board.receive([e1.raw, e2.raw, e3.raw])
     rival = Writer(board, writer.key)  # same key, another document: a fork of the feed
-    _header, change = rival.change("a different first change")
-    fork = rival.seal(change, 1)
+    rival.next()  # the same seq 1 as the writer's (both start from an empty section)
+    _header, change = rival.change("a different second change")
+    fork = rival.seal(change, 2, prev=e1.hash)
     fork.verify_signature()
-    assert fork.hash != e1.hash
-    receive_refused(store, board, [fork.raw], ForkError)
+    assert fork.hash != e2.hash
+    report = board.receive([fork.raw])
+    assert [type(r.error) for r in report.rejected] == [ForkError]
+    assert report.accepted == 0 and [p.seq for p in report.forks] == [2]
     rows = store.db.rejections(board.id)
-    assert [(a, s, c) for a, s, c, _ in rows] == [(writer.author, 1, "fork")]
+    assert [(a, s, c) for a, s, c, _ in rows] == [(writer.author, 2, "fork")]
+    assert board.version_vector()[writer.author] == 1
     assert list(board.envelopes()).count(e1.raw) == 1
+    assert e2.raw not in list(board.envelopes())
+    proof = store.db.forks(board.id)[writer.author]
+    assert (proof.seq, {proof.first, proof.second}) == (2, {e2.raw, fork.raw})
+    assert [i.title for i in board.items() if i.author == writer.author.hex()] == ["need 1"]
+    # what the author signs later is refused, whichever version it follows
+    e4 = writer.next()[0]
+    assert [type(r.error).__name__ for r in board.receive([e4.raw]).rejected] == [
+        "ForkedFeedError"]
 
 
-def test_fork_in_one_batch_keeps_the_first(store: Store, board: Board, writer: Writer) -> None:
-    """Two validly signed versions of seq 1 in one batch: the first is accepted, the
-    second refused with ForkError and recorded."""
+def test_fork_in_one_batch_ends_the_feed_before_it(
+    store: Store, board: Board, writer: Writer
+) -> None:
+    """Two validly signed versions of seq 1 in one batch: neither is stored, both are
+    refused with ForkError (recorded), and the proof is kept."""
     (e1,) = writer.next()
     rival = Writer(board, writer.key)
     _header, change = rival.change("rival")
     fork = rival.seal(change, 1)
     report = board.receive([e1.raw, fork.raw])
-    assert report.accepted == 1
-    assert [type(r.error) for r in report.rejected] == [ForkError]
-    assert board.version_vector()[writer.author] == 1
-    assert [(s, c) for _, s, c, _ in store.db.rejections(board.id)] == [(1, "fork")]
+    assert report.accepted == 0
+    assert [type(r.error) for r in report.rejected] == [ForkError, ForkError]
+    assert writer.author not in board.version_vector()
+    assert [(s, c) for _, s, c, _ in store.db.rejections(board.id)] == [(1, "fork"),
+                                                                        (1, "fork")]
+    assert store.db.forks(board.id)[writer.author].seq == 1
 
 
 def test_forged_second_version_of_held_seq_is_not_a_fork(

@@ -338,10 +338,12 @@ async def test_forged_envelope_drops_the_peer_and_is_not_stored(
             assert "genuine content, broken signature" not in titles(scene.honest.node.board())
 
 
-async def test_validly_signed_fork_is_refused_and_recorded(tmp_path: Path) -> None:
+async def test_validly_signed_fork_ends_the_feed_everywhere(tmp_path: Path) -> None:
     """Mallory's key is copied to a second device and both post as seq 2: a fork.
-    The node keeps the first version it got, refuses the second (not stored, not
-    passed on to the honest peer) and records the fork; the honest link is unaffected."""
+    The node refuses the second version (not stored, recorded), keeps the proof and
+    ends Mallory's feed before seq 2, so the first version is dropped too; it passes
+    the proof to the honest peer, which ends the feed the same way (so all converge);
+    the honest link is unaffected and Mallory's seq 1 stays."""
     with trio.fail_after(20):
         async with open_scene(tmp_path) as scene:
             make_member(tmp_path / "mallory", scene.invite, "mallory")
@@ -369,16 +371,20 @@ async def test_validly_signed_fork_is_refused_and_recorded(tmp_path: Path) -> No
 
             fork = Envelope.decode(fork_raw)
             db = scene.victim.node.store.db
-            assert db.held_hashes(scene.board_id, author, 2, 2) == {
-                2: Envelope.decode(first_raw).hash}
+            assert db.held_hashes(scene.board_id, author, 2, 2) == {}
+            assert db.held_hashes(scene.board_id, author, 1, 1)  # seq 1 was not forked
             forks = [r for r in db.rejections(scene.board_id) if r[2] == "fork"]
             assert [(a, s) for a, s, _, _ in forks] == [(author, fork.seq)]
+            assert {db.forks(scene.board_id)[author].first,
+                    db.forks(scene.board_id)[author].second} == {first_raw, fork_raw}
+            with trio.fail_after(5):  # the proof reaches the honest node
+                await wait_until(lambda: author in scene.honest.node.board().board.forked)
             for node in (scene.victim, scene.honest):
-                assert "first version" in titles(node.node.board())
+                assert "first version" not in titles(node.node.board())
                 assert "second version" not in titles(node.node.board())
+                assert node.node.board().board.version_vector()[author] == 1
             await scene.check_honest()
-            held = scene.honest.node.store.db.held_hashes(scene.board_id, author, 2, 2)
-            assert held == {2: Envelope.decode(first_raw).hash}
+            assert scene.honest.node.store.db.held_hashes(scene.board_id, author, 2, 2) == {}
 
 
 # ---------------------------------------------------------------------- floods

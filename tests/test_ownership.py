@@ -37,11 +37,13 @@ from p2paid import Board, Item, ReceiveReport, Store
 from p2paid.bundle import write_bundle
 from p2paid.changes import parse_change
 from p2paid.document import section_object_id
+from p2paid.readmodel import object_counter
 from p2paid.envelope import ZERO_HASH, Envelope, check_change, seal_envelope
 from p2paid.errors import (
     ChangeMismatchError,
+    DependencyError,
     EnvelopeError,
-    InvalidChangeError,
+    ForbiddenOpError,
     OwnershipError,
 )
 
@@ -298,7 +300,8 @@ def test_what_builds_on_a_refused_change_is_refused(world: World, name: str) -> 
     * chained to it and offered alone: held as a gap, then ChainError once B's honest
       feed moves on;
     * chained to the stored head but depending on it through Automerge deps: refused
-      too (InvalidChangeError), never stored, so it never shows (and replicas agree).
+      too (DependencyError: a change depends only on its author's previous stored
+      one), never stored, so it never shows (and replicas agree).
     """
     w = world
     attacker, _, refused = _malicious(w, ATTACKS[name])
@@ -355,7 +358,7 @@ def test_what_builds_on_a_refused_change_is_refused(world: World, name: str) -> 
     for board, old in zip(w.boards, before, strict=True):
         report = receive(board, [sneaky.raw])
         assert not report.applied and report.accepted == 0
-        assert [type(r.error) for r in report.rejected] == [InvalidChangeError]
+        assert [type(r.error) for r in report.rejected] == [DependencyError]
         assert board.version_vector()[w.b_id] == b_seq + 1
         assert board.document.pending_count == 0
         assert board.document.heads() == old[0]
@@ -409,11 +412,13 @@ def test_carried_envelopes_are_checked_when_joining(world: World, tmp_path: Path
 # --------------------------------------------------------------------- the root-key hole
 
 
-def test_hijacked_root_key_is_accepted_but_harmless(world: World) -> None:
-    """B writes root key A.hex() without having seen A's section: it names no other
-    actor, so the rule accepts it, and it wins the root key; yet A's section, read by
-    object id, stays visible with its fields on every replica, A's later writes still
-    land, B's forged "need of A" never shows, and all this survives a save/load."""
+def test_hijacked_root_key_is_refused_and_harmless(world: World) -> None:
+    """B writes root key A.hex() without having seen A's section. It names no other
+    actor, so the ownership rule alone would accept it (and it would win the root
+    key). The op rules refuse it: only a member's first op writes the root (its own
+    section). Readers address sections by object id anyway: A's section stays visible
+    with its fields on every replica, A's later writes still land, B's forged "need of
+    A" never shows, and all this survives a save/load."""
     w = world
     fake_id = os.urandom(16).hex()
 
@@ -436,14 +441,16 @@ def test_hijacked_root_key_is_accepted_but_harmless(world: World) -> None:
     env = seal_as_b(w, change)
     assert env.seq == header.seq
     items_before = state(w.a)[2]
+    b_seq = w.b.version_vector()[w.b_id]
     for board in w.boards:
         report = receive(board, [env.raw])
-        assert report.accepted == 1 and not report.rejected
-        assert [h.hash for h in report.applied] == [header.hash]
-        assert board.version_vector()[w.b_id] == env.seq
-        # the hole is real: the root key now shows B's map, not A's section
+        assert report.accepted == 0
+        assert [type(r.error) for r in report.rejected] == [ForbiddenOpError]
+        assert board.version_vector()[w.b_id] == b_seq
         shown = board.document.automerge.get(ROOT, w.a_id.hex())
-        assert shown is not None and bytes(shown[1]) != w.a_section()
+        # (the id's actor-index hint may differ; actor and counter must not)
+        assert shown is not None and bytes(shown[1])[2:34] == w.a_id
+        assert object_counter(bytes(shown[1])) == object_counter(w.a_section())
         assert [i.to_json(now=FIXED_NOW) for i in board.items()] == items_before
         assert fake_id not in [i.id for i in board.items()]
     assert_need_intact(w)
@@ -621,7 +628,8 @@ def _undecodable(w: World) -> Envelope:
             data[cursor : cursor + length] = b"\xff" * length
         cursor += length
     poison = _rechunk(deps, actor, seq, start_op, time, message, rest[:pos] + bytes(data))
-    assert parse_change(poison).other_actors == ()
+    with pytest.raises(ChangeMismatchError):  # the op columns are decoded before applying
+        parse_change(poison)
     return seal_as_b(w, poison)
 
 
@@ -631,7 +639,8 @@ def test_change_whose_ops_do_not_decode_is_refused(world: World) -> None:
 
     Failed up to 2f93c2e: parse_change/check_change read only the header, so the
     envelope was accepted, stored, and reported as applied although Automerge never
-    took it. Automerge refuses the batch; the board bisects it to find the culprit.
+    took it. Since the own-feed rule, parse_change decodes every op column, so the
+    change is refused before it is stored.
     """
     w = world
     env = _undecodable(w)
@@ -675,7 +684,9 @@ def test_change_skipping_its_previous_seq_cannot_crash_receivers(world: World) -
     panicked (change_graph.rs "assertion left == right", a pyo3 PanicException, i.e.
     a BaseException) inside Board.receive after the envelopes were stored, and again
     on every later load: one member bricked the board for everyone. Passes since
-    8170265 (seq-contiguous release).
+    8170265 (seq-contiguous release). Since the own-feed rule, seq k+1 is refused at
+    once (DependencyError: it must depend on exactly B's seq k), and k+2, chained to
+    it, is not stored either; nothing waits.
     """
     w = world
     doc = Document(actor_id=w.b_id)
@@ -688,8 +699,11 @@ def test_change_skipping_its_previous_seq_cannot_crash_receivers(world: World) -
     e1 = seal_as_b(w, waits)
     e2 = seal_as_b(w, skips, seq=e1.seq + 1, prev=e1.hash)
     for board in w.boards:
-        receive(board, [e1.raw, e2.raw])
-        assert board.document.pending_count >= 1
+        report = receive(board, [e1.raw, e2.raw])
+        assert report.accepted == 0 and report.held == 0
+        assert [type(r.error).__name__ for r in report.rejected] == [
+            "DependencyError", "ChainError"]
+        assert board.document.pending_count == 0
     assert_need_intact(w)
     for name in "abc":
         w.reopen(name)

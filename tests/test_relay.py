@@ -283,17 +283,16 @@ async def _attacker(nursery: trio.Nursery, address: tuple[str, int], keys: Board
     return client
 
 
-async def test_relay_refuses_forged_altered_forked_and_replayed_envelopes(
+async def test_relay_refuses_forged_altered_and_replayed_envelopes(
         tmp_path: Path) -> None:
     """Against a relay holding an honest member's feed (seq 1-3), hand-driven clients
     send: a forgery (another key's signature under the member's author id), the next
     envelope with a ciphertext byte flipped, a held envelope with a byte flipped, a
-    truncated envelope, a validly signed second version of seq 2 (a fork, sealed with a
-    copy of the member's author key) and a replay of seq 1. None is stored, none
-    reaches the honest client connected throughout, the forger's connections are
-    dropped (bad-signature / malformed) and the fork's and replay's sender stays
-    connected. The store, reopened after the relay stops, holds exactly the honest feed
-    and a record of the fork (and of nothing else: forgeries do not brand the author)."""
+    truncated envelope, and a replay of seq 1. None is stored, none reaches the honest
+    client connected throughout, the forger's connections are dropped (bad-signature /
+    malformed) and the replay's sender stays connected. The store, reopened after the
+    relay stops, holds exactly the honest feed, and no record brands the author
+    (forgeries are not forks)."""
     with open_store(tmp_path / "member") as store:
         board = store.create_board("Aid", display_name="honest")
         board.post_need("Water")
@@ -303,10 +302,6 @@ async def test_relay_refuses_forged_altered_forked_and_replayed_envelopes(
         assert [e.seq for e in genuine] == [1, 2, 3]
         board.post_need("Soap")
         env4 = [Envelope.decode(r) for r in store.db.envelopes(board.id)][3]
-        author_key = AuthorKey(board._author_key.private_bytes())  # a copy of the key
-        fork = seal_envelope(board_id=board.id, cipher=board._cipher, author_key=author_key,
-                             seq=2, prev=genuine[0].hash, change=b"another history")
-    fork.verify_signature()  # validly signed: a real fork, not a forgery
     forger = AuthorKey.generate()
     forged_env = seal_envelope(board_id=keys.board_id, cipher=board._cipher,
                                author_key=forger, seq=4, prev=genuine[2].hash, change=b"x")
@@ -314,7 +309,7 @@ async def test_relay_refuses_forged_altered_forked_and_replayed_envelopes(
     altered_next = _flip(env4.raw, HEADER_BYTES + 3)
     altered_held = _flip(genuine[1].raw, HEADER_BYTES + 3)
     truncated = genuine[2].raw[: HEADER_BYTES + 10]
-    bad = {forged, altered_next, altered_held, truncated, fork.raw}
+    bad = {forged, altered_next, altered_held, truncated}
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -334,9 +329,8 @@ async def test_relay_refuses_forged_altered_forked_and_replayed_envelopes(
                 assert attacker.close_reason == reason
 
             attacker = await _attacker(nursery, addr, keys, 3)
-            for raw in (fork.raw, genuine[0].raw):
-                batch = await attacker.inject(keys.board_id, [raw])
-                await poll(lambda b=batch: (keys.board_id, b) in attacker.acked)  # type: ignore[misc]
+            batch = await attacker.inject(keys.board_id, [genuine[0].raw])
+            await poll(lambda b=batch: (keys.board_id, b) in attacker.acked)  # type: ignore[misc]
             await attacker.ping(77)
             await poll(lambda: 77 in attacker.pongs)
             assert not attacker.is_closed
@@ -358,11 +352,59 @@ async def test_relay_refuses_forged_altered_forked_and_replayed_envelopes(
     assert relay_envelopes(tmp_path / "relay", keys.board_id) == raws([*genuine, env4])
     db = Database(tmp_path / "relay")
     try:
-        recorded = db.rejections(keys.board_id)
+        assert db.rejections(keys.board_id) == []
+        assert db.forks(keys.board_id) == {}
     finally:
         db.close()
-    # The fork is recorded; the forgeries did not brand the member as forked.
-    assert [(a, s, c) for a, s, c, _ in recorded] == [(genuine[0].author, 2, "fork")]
+
+
+async def test_a_fork_sent_to_a_relay_ends_the_feed_for_every_client(
+        tmp_path: Path) -> None:
+    """A member's key on two devices signs two versions of seq 2 (a fork). The relay
+    holds version 1 (1-3); a client uploads version 2: the relay refuses it (the sender
+    stays connected: the fault is the author's), keeps the proof, cuts the author's feed
+    back to seq 1, and sends the proof to every connected client that holds more, so
+    they cut it back too. What the author signs later is refused; other authors' feeds
+    are untouched."""
+    keys = board_keys(7)
+    good = FeedWriter(keys)
+    good.many(3)
+    twin = FeedWriter(keys, good.author_key)
+    twin.envelopes = good.envelopes[:1]
+    twin.many(2, b"another history")
+    other = FeedWriter(keys)
+    other.many(2)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            relay = await start_relay(nursery, tmp_path / "relay")
+            addr = relay.hostport
+            holder = await open_client(nursery, addr,
+                                       member(keys, *good.envelopes, *other.envelopes))
+            await poll(lambda: holder.in_sync(keys.board_id))
+            watcher = await open_client(nursery, addr, member(keys, name="watcher"))
+            await poll(lambda: len(watcher.holds(keys.board_id)) == 5)
+            uploader = await open_client(nursery, addr, member(keys, *twin.envelopes))
+            for client in (holder, watcher, uploader):
+                await poll(lambda c=client: c.replica.forked(keys.board_id)  # type: ignore[misc]
+                           == {good.author: 2})
+                await poll(lambda c=client: c.holds(keys.board_id)  # type: ignore[misc]
+                           == raws([good.envelopes[0], *other.envelopes]))
+            assert not uploader.is_closed and not holder.is_closed
+            late = good.next()  # seq 4 on version 1: refused everywhere now
+            holder.replica.feeds(keys.board_id)  # (the holder cut its feed too)
+            batch = await uploader.inject(keys.board_id, [late.raw])
+            await poll(lambda: (keys.board_id, batch) in uploader.acked)
+            await relay.stop()
+            nursery.cancel_scope.cancel()
+    assert relay_envelopes(tmp_path / "relay", keys.board_id) == raws(
+        [good.envelopes[0], *other.envelopes])
+    db = Database(tmp_path / "relay")
+    try:
+        proof = db.forks(keys.board_id)[good.author]
+        assert proof.seq == 2
+        assert {proof.first, proof.second} == {good.envelopes[1].raw, twin.envelopes[1].raw}
+    finally:
+        db.close()
 
 
 async def test_valid_envelopes_in_a_dropped_senders_batch_still_reach_other_clients(
@@ -700,9 +742,10 @@ async def test_rate_limit_throttles_a_fast_uploader(tmp_path: Path) -> None:
 
 async def test_fork_evidence_does_not_bypass_the_storage_caps(tmp_path: Path) -> None:
     """Anyone can make a board and an author key. After one envelope, a client sends
-    forty validly signed 8 KB second versions of seq 1: each is refused as a fork (the
-    sender stays connected), but the relay must not keep unbounded fork evidence beyond
-    its max_board_bytes (here 50,000), or its caps mean nothing."""
+    forty validly signed 8 KB second versions of seq 1: the first proves a fork (the
+    author's feed ends before seq 1), the others are refused as the forked author's; the
+    sender stays connected, and the relay keeps one proof (two envelopes), counted in
+    the board's storage, so that proofs cannot get around its caps."""
     keys = board_keys(11)
     feed = FeedWriter(keys)
     first = feed.next()
@@ -720,14 +763,17 @@ async def test_fork_evidence_does_not_bypass_the_storage_caps(tmp_path: Path) ->
                 batch = await client.inject(keys.board_id, [fork])
                 await poll(lambda b=batch: (keys.board_id, b) in client.acked)  # type: ignore[misc]
             assert not client.is_closed
+            stored = relay.relay.replica.total_bytes
             await relay.stop()
             nursery.cancel_scope.cancel()
-    assert relay_envelopes(tmp_path / "relay", keys.board_id) == {first.raw}
+    assert relay_envelopes(tmp_path / "relay", keys.board_id) == set()
     with sqlite3.connect(tmp_path / "relay" / DB_FILENAME) as con:
         (kept,) = con.execute(
-            "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM rejections WHERE board_id = ?",
-            (keys.board_id,)).fetchone()
-    assert kept + len(first.raw) <= cap, f"{kept} bytes of fork evidence kept"
+            "SELECT COALESCE(SUM(LENGTH(first) + LENGTH(second)), 0) FROM forks "
+            "WHERE board_id = ?", (keys.board_id,)).fetchone()
+        (count,) = con.execute("SELECT COUNT(*) FROM forks").fetchone()
+    assert count == 1 and kept <= 2 * (len(forks[0]) + len(first.raw))
+    assert stored == kept <= cap, f"{kept} bytes of fork evidence kept, {stored} counted"
 
 
 # ---------------------------------------------------------------------- status and metrics

@@ -43,6 +43,7 @@ from replication_helpers import (
 )
 
 from p2paid.envelope import HEADER_BYTES, MAX_CIPHERTEXT
+from p2paid.feed import FeedHead
 from p2paid.errors import RemoteProtocolError, SignatureError
 from p2paid.invite import BoardKeys
 from p2paid.replication import SyncSession, vector_digest
@@ -348,15 +349,18 @@ def test_offered_boards_can_be_restricted() -> None:
 
 
 def test_digest_is_keyed_and_bound_to_the_session() -> None:
-    """The vector digest changes with the key, the handshake hash, and the vector; zero seqs
-    do not count (an author with nothing held is no author)."""
-    vec = {b"a" * 32: 3, b"b" * 32: 1}
+    """The vector digest changes with the key, the handshake hash, the vector and the
+    head hashes (two versions of one feed of equal length differ); zero seqs do not
+    count (an author with nothing held is no author)."""
+    h1, h2 = b"1" * 32, b"2" * 32
+    vec = {b"a" * 32: FeedHead(3, h1), b"b" * 32: FeedHead(1, h2)}
     base = vector_digest(b"k" * 32, b"h" * 32, vec)
     assert len(base) == 16
     assert vector_digest(b"K" * 32, b"h" * 32, vec) != base
     assert vector_digest(b"k" * 32, b"H" * 32, vec) != base
-    assert vector_digest(b"k" * 32, b"h" * 32, {**vec, b"a" * 32: 4}) != base
-    assert vector_digest(b"k" * 32, b"h" * 32, {**vec, b"c" * 32: 0}) == base
+    assert vector_digest(b"k" * 32, b"h" * 32, {**vec, b"a" * 32: FeedHead(4, h1)}) != base
+    assert vector_digest(b"k" * 32, b"h" * 32, {**vec, b"a" * 32: FeedHead(3, h2)}) != base
+    assert vector_digest(b"k" * 32, b"h" * 32, {**vec, b"c" * 32: FeedHead(0, h1)}) == base
     assert vector_digest(b"k" * 32, b"h" * 32, dict(reversed(vec.items()))) == base
 
 
@@ -502,21 +506,28 @@ def test_forged_or_malformed_envelope_drops_the_peer(kind: str) -> None:
 
 
 def test_validly_signed_fork_is_not_the_relaying_peers_fault() -> None:
-    """Two validly signed envelopes at one seq are the *author's* fault: the peer that relays
-    the second is not dropped; the first is kept and the author is recorded as forked."""
+    """Two validly signed envelopes at one seq are the *author's* fault: the peer that
+    relays the second is not dropped. B holds the author's feed 1..3 (as does A); C
+    holds another version of seq 2 and 3 (the author's key on a second device). When C
+    syncs with B, B refuses C's version, ends the author's feed before seq 2, and passes
+    the proof to both C and A: all three end with the same feed (seq 1), and every
+    connection stays up."""
     w = FeedWriter(BOARD)
     w.many(3)
-    a, b = replica_with([w]), replica_with([w])
-    conn = Connection(a, b)
-    conn.run()
     fork = FeedWriter(BOARD, w.author_key)
     fork.envelopes = w.envelopes[:1]
-    second = fork.next(b"another seq 2")
-    conn.inject(conn.a, Envelopes(0, 0, (second.raw,)))
-    conn.deliver(0)
-    assert kinds(conn.b.sent)[-1] == "Ack"
-    assert b.feeds(BOARD.board_id) == expected_feeds([w])
-    assert b.forked == {(BOARD.board_id, w.author)}
+    fork.many(2, b"another history")
+    a, b, c = replica_with([w]), replica_with([w]), replica_with([fork])
+    mesh = Mesh([a, b, c], batch_bytes=900 * 1024, window=4)
+    mesh.connect((0, 1))
+    mesh.drain()
+    mesh.connect((1, 2))
+    mesh.drain()
+    assert b.forked_authors == {(BOARD.board_id, w.author)}
+    for replica in (a, b, c):
+        assert replica.forked(BOARD.board_id) == {w.author: 2}, replica
+        assert replica.feeds(BOARD.board_id) == {w.author: (w.envelopes[0].raw,)}
+    assert all(not conn.a.closed and not conn.b.closed for conn in mesh.up())
 
 
 def test_duplicate_delivery_is_harmless() -> None:
@@ -629,7 +640,8 @@ def test_forged_gap_envelope_does_not_get_an_honest_peer_dropped(tmp_path: Path)
 def test_largest_vector_the_decoder_accepts_fits_in_a_message() -> None:
     """Vector.MAX_ENTRIES entries with the widest seqs still fit in MAX_MESSAGE_BYTES, so a
     decodable vector is always sendable."""
-    entries = tuple((i.to_bytes(32, "big"), 2**64 - 1) for i in range(Vector.MAX_ENTRIES))
+    entries = tuple((i.to_bytes(32, "big"), 2**64 - 1, b"\xff" * Vector.TAG_BYTES)
+                    for i in range(Vector.MAX_ENTRIES))
     assert len(encode_message(Vector(0, entries))) <= MAX_MESSAGE_BYTES
 
 
@@ -640,6 +652,9 @@ class _HugeBoardReplica(MemoryReplica):
 
     def vector(self, board_id: bytes) -> dict[bytes, int]:
         return {i.to_bytes(32, "big"): 1 + i % 7 for i in range(self.AUTHORS)}
+
+    def heads(self, board_id: bytes) -> dict[bytes, FeedHead]:
+        return {a: FeedHead(s, bytes(32)) for a, s in self.vector(board_id).items()}
 
 
 def test_session_sends_a_sendable_vector_for_a_board_with_too_many_authors() -> None:
@@ -659,7 +674,7 @@ def test_session_sends_a_sendable_vector_for_a_board_with_too_many_authors() -> 
     assert len(vector.entries) <= Vector.MAX_ENTRIES
     assert len(encode_message(vector)) <= MAX_MESSAGE_BYTES
     claimed = huge.vector(BOARD.board_id)
-    assert all(claimed[a] == s for a, s in vector.entries)  # never overstates
+    assert all(claimed[a] == s for a, s, _ in vector.entries)  # never overstates
 
 
 # --------------------------------------------------------------------- state machine

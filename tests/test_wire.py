@@ -58,6 +58,7 @@ from p2paid.wire import (
     Refused,
     SecureChannel,
     Vector,
+    Evidence,
     decode_message,
     encode_message,
 )
@@ -105,7 +106,8 @@ MESSAGES: st.SearchStrategy[Message] = st.one_of(
         Vector,
         board=UINT64,
         entries=st.lists(
-            st.tuples(st.binary(min_size=32, max_size=32), UINT64), max_size=40
+            st.tuples(st.binary(min_size=32, max_size=32), UINT64,
+                      st.just(b"") | st.binary(min_size=8, max_size=8)), max_size=40
         ).map(tuple),
     ),
     st.builds(
@@ -124,6 +126,8 @@ MESSAGES: st.SearchStrategy[Message] = st.one_of(
         text=_text(1000),
     ),
     st.builds(Close, reason=_text(200)),
+    st.builds(Evidence, board=UINT64,
+              envelopes=st.tuples(st.binary(max_size=300), st.binary(max_size=300))),
 )
 
 #: A chunking of a byte stream: "all" at once, one byte at a time, or cycled split sizes.
@@ -313,7 +317,7 @@ def test_every_message_type_round_trips_through_the_codec(message: Message) -> N
     "message",
     [
         Hello(1, "n" * 16, True, tuple(HelloBoard(bytes([i]) * 32, bytes(16)) for i in range(3))),
-        Vector(2**64 - 1, ((bytes(32), 2**64 - 1),)),
+        Vector(2**64 - 1, ((bytes(32), 2**64 - 1, b"\xff" * 8),)),
         Envelopes(0, 0, ()),
         Envelopes(1, 2, (b"",)),
         Ack(2**64 - 1, 0),

@@ -20,7 +20,7 @@ from automerge.core import Document
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from . import relayplan
-from .changes import ChangeHeader, parse_change
+from .changes import ChangeHeader
 from .document import (
     BoardDocument,
     DocumentBrokenError,

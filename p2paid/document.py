@@ -22,6 +22,7 @@ an author is dropped whenever a change of that author is applied.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, final
@@ -406,12 +407,12 @@ class BoardDocument:
             obj = todo.pop()
             ctr = object_counter(obj)
             try:
-                keys = read_safely(lambda o=obj: doc.keys(o))
+                keys = read_safely(functools.partial(doc.keys, obj))
             except UnreadableError:
                 continue
             for key in keys:
                 try:
-                    got = read_safely(lambda o=obj, k=key: doc.get(o, k))
+                    got = read_safely(functools.partial(doc.get, obj, key))
                 except UnreadableError:
                     got = None  # the author's later ops on it are refused
                 if got is None:
@@ -431,7 +432,9 @@ class BoardDocument:
         author's previous change and start after its max op."""
         if self._own is None:
             head = self.last_hashes.get(self.author)
-            own = Document(actor_id=self.author) if head is None else self._doc.fork_at([head])
+            # (fork_at exists in automerge-py 0.2.0.dev4 but not in its type stubs)
+            own = (Document(actor_id=self.author) if head is None
+                   else self._doc.fork_at([head]))  # type: ignore[attr-defined]
             own.set_actor(self.author)
             self._own = own
         return self._own

@@ -17,6 +17,7 @@ not happen; this is the second line of defence.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -144,7 +145,12 @@ class ReadModel:
     def __init__(self, doc: Document | Callable[[bytes], Document],
                  start_ops: Mapping[bytes, int], local_author: bytes = b"") -> None:
         if isinstance(doc, Document):
-            self._doc_of: Callable[[bytes], Document] = lambda _author, d=doc: d
+            only = doc
+
+            def the_document(_author: bytes) -> Document:
+                return only
+
+            self._doc_of: Callable[[bytes], Document] = the_document
         else:
             self._doc_of = doc
         #: changes by this author count as local (made here, or by another process here)
@@ -357,16 +363,20 @@ class ReadModel:
         start_op = self._start_ops.get(author)
         return None if start_op is None else section_object_id(author, start_op)
 
-    def _read_map(self, obj: bytes, doc: Document) -> dict[str, Any]:
-        """A map's keys and values; a value that cannot be read is left out."""
+    def _read_map(self, obj: bytes, doc: Document, *, whole: bool = False) -> dict[str, Any]:
+        """A map's keys and values; a value that cannot be read is left out, or, with
+        ``whole`` (an entry: one need, offer or claim), makes the map unreadable."""
         keys = read_safely(lambda: doc.keys(obj))
+        values: list[Any]
         try:
             values = read_safely(lambda: doc.values(obj))
         except UnreadableError:
+            if whole:
+                raise
             values = []
             for key in keys:  # find the unreadable one(s); keep the rest
                 try:
-                    values.append(read_safely(lambda k=key: doc.get(obj, k)))
+                    values.append(read_safely(functools.partial(doc.get, obj, key)))
                 except UnreadableError:
                     values.append(None)
         return {
@@ -393,7 +403,8 @@ class ReadModel:
                 children[coll] = entry[1]
                 sec.collections[object_counter(entry[1])] = coll
         try:
-            profile = self._read_map(children[PROFILE], doc) if PROFILE in children else {}
+            profile = (self._read_map(children[PROFILE], doc, whole=True)
+                       if PROFILE in children else {})
         except UnreadableError:
             profile = {}
         try:
@@ -440,9 +451,9 @@ class ReadModel:
             return
         sec.entries[object_counter(value[1])] = key
         try:
-            fields = self._read_map(value[1], doc)
+            fields = self._read_map(value[1], doc, whole=True)
         except UnreadableError:
-            return
+            return  # one invalid entry: not shown
         try:
             if kind is None:
                 target[entry_id] = Claim.from_fields(entry_id, author_hex, sec.name, fields)

@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
 from .envelope import HEADER_BYTES
-from .feed import FeedHead
 from .errors import (
     EnvelopeError,
     MalformedEnvelopeError,
@@ -56,6 +55,7 @@ from .errors import (
     SignatureError,
     WrongBoardError,
 )
+from .feed import FeedHead
 from .wire import (
     PROTOCOL_VERSION,
     Ack,

@@ -243,3 +243,85 @@ def change_hash(chunk: bytes) -> bytes:
     """SHA-256 change hash of a type-1 chunk."""
     assert chunk[8] == 1
     return hashlib.sha256(b"\x01" + chunk[9:]).digest()
+
+
+class CraftedFeed:
+    """A hostile member's feed of hand-built changes that obey the own-feed rule.
+
+    Each change depends on exactly the member's previous change and starts at its
+    max op + 1, and every envelope is signed with the member's own author key, so a
+    change is refused (or not) for its ops alone. ``section`` is the counter of the
+    member's section map (op 1 of its first change), ``needs`` that of its needs map.
+    """
+
+    SECTION = 1
+    NEEDS = 3
+
+    def __init__(self, board_id: bytes, content_key: bytes, author_key: object) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        from p2paid.identity import AuthorKey
+
+        assert isinstance(author_key, AuthorKey)
+        self.board_id = board_id
+        self.cipher = ChaCha20Poly1305(content_key)
+        self.key = author_key
+        self.actor = bytes(author_key.public)
+        self.seq = 0
+        self.max_op = 0
+        self.last_hash = b""
+        self.prev = bytes(32)
+
+    def next_start(self) -> int:
+        return self.max_op + 1
+
+    def chunk(self, ops: Sequence[CraftedOp], *, start_op: int | None = None,
+              deps: Sequence[bytes] | None = None, seq: int | None = None,
+              canonical: bool = True) -> bytes:
+        """The next change of this feed (or one with the given fields overridden)."""
+        return change_chunk(
+            actor=self.actor, seq=self.seq + 1 if seq is None else seq,
+            start_op=self.next_start() if start_op is None else start_op, ops=ops,
+            deps=([self.last_hash] if self.seq else []) if deps is None else deps,
+            canonical=canonical)
+
+    def first(self) -> list[CraftedOp]:
+        """The ops of an honest first change: the section, its version, a needs map."""
+        return [CraftedOp(MAKE_MAP, None, self.actor.hex()),
+                CraftedOp(SET, (0, self.SECTION), "v", int_value(1)),
+                CraftedOp(MAKE_MAP, (0, self.SECTION), "needs")]
+
+    def need_ops(self, item_id: str, title: str, *, now: int,
+                 extra: Sequence[tuple[str, tuple[int, bytes]]] = ()) -> list[CraftedOp]:
+        """Ops that post a valid need (plus ``extra`` fields) as the next change."""
+        item = (0, self.next_start())
+        ops = [CraftedOp(MAKE_MAP, (0, self.NEEDS), item_id),
+               CraftedOp(SET, item, "title", str_value(title)),
+               CraftedOp(SET, item, "category", str_value("water")),
+               CraftedOp(SET, item, "created", int_value(now))]
+        ops.extend(CraftedOp(SET, item, key, value) for key, value in extra)
+        return ops
+
+    def advance(self, raw: bytes) -> None:
+        """Move the feed past an envelope sealed earlier with ``advance=False``."""
+        from p2paid.changes import parse_change
+        from p2paid.envelope import Envelope, open_envelope
+
+        env = Envelope.decode(raw)
+        header = parse_change(open_envelope(env, self.cipher))
+        assert env.seq == self.seq + 1 and env.prev == self.prev
+        self.seq, self.max_op = header.seq, header.max_op
+        self.last_hash, self.prev = header.hash, env.hash
+
+    def seal(self, chunk: bytes, *, advance: bool = True) -> bytes:
+        """Seal ``chunk`` as the next envelope; ``advance`` moves the feed past it."""
+        from p2paid.changes import parse_change
+        from p2paid.envelope import seal_envelope
+
+        env = seal_envelope(board_id=self.board_id, cipher=self.cipher, author_key=self.key,
+                            seq=self.seq + 1, prev=self.prev, change=chunk)
+        if advance:
+            header = parse_change(chunk)
+            self.seq, self.max_op = header.seq, header.max_op
+            self.last_hash, self.prev = header.hash, env.hash
+        return env.raw

@@ -430,7 +430,7 @@ class Connection:
         if len(board_ids) != 1:
             raise FlowControlViolation("one batch mixes boards")
         (board_id,) = board_ids
-        self._check_redundancy(end, ids, message.envelopes)
+        self._check_redundancy(end, ids)
         sizes = [len(raw) for raw in message.envelopes]
         if sum(sizes[:-1]) >= end.batch_bytes:
             raise FlowControlViolation(
@@ -446,12 +446,11 @@ class Connection:
         end.channel.send(message)
         end.flush()
 
-    def _check_redundancy(self, end: Endpoint, ids: list[tuple[bytes, bytes, int]],
-                          raws: Sequence[bytes]) -> None:
+    def _check_redundancy(self, end: Endpoint, ids: list[tuple[bytes, bytes, int]]) -> None:
         """Nothing is sent twice, nothing received is echoed, nothing declared is resent
         (unless the peer declared another version of it: a fork being proved)."""
         peer = self.ends[1 - self.ends.index(end)]
-        for ident, raw in zip(ids, raws, strict=True):
+        for ident in ids:
             board_id, author, seq = ident
             if ident in end.sent_ids:
                 raise RedundantSend(f"seq {seq} sent twice on one session")

@@ -59,9 +59,9 @@ def _run(steps: list[list[tuple[str, int, str, Any]]]) -> tuple[Document, list[A
                     current = tx.get(obj, key)
                     if current is None or current[0] != ObjType.Map:
                         maps.append(bytes(tx.put_object(obj, key, ObjType.Map)))
-                elif tx.get(obj, key) is not None:
+                else:
                     got = tx.get(obj, key)
-                    if got[0] != ObjType.Map:
+                    if got is not None and got[0] != ObjType.Map:
                         tx.delete(obj, key)
     return doc, doc.get_changes([])
 
@@ -106,7 +106,7 @@ def test_every_change_automerge_makes_parses_exactly(
 
 def _crafted(ops: list[CraftedOp], *, canonical: bool = True) -> bytes:
     actor = bytes(range(32))
-    first = [CraftedOp(MAKE_MAP, None, actor.hex())] + ops
+    first = [CraftedOp(MAKE_MAP, None, actor.hex()), *ops]
     return change_chunk(actor=actor, seq=1, start_op=1, ops=first, canonical=canonical)
 
 

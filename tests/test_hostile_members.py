@@ -107,7 +107,7 @@ def test_a_member_who_takes_anothers_name_is_marked_and_told_apart_by_key(
     item carries its author's own fingerprint, and Board.members() covers every
     member, also those with nothing listed. Chen's name is not marked."""
     w = world
-    posts = {}
+    posts: dict[str, tuple[str, str]] = {}
     for name in ("Ana", "Аna", "A\u200dna"):
         store = p2paid.open_store(tmp_path / f"b-{name_key(name)}-{len(posts)}")
         board = store.join(w.invite, display_name=name)
@@ -202,7 +202,7 @@ def test_local_input_with_format_controls_is_refused(world: World, text: str) ->
     for field in ("title", "unit", "location"):
         fields = {"title": "ok", field: text}
         with pytest.raises(ValidationError, match=field):
-            board.post_need(**fields)  # type: ignore[arg-type]
+            board.post_need(**fields)
     if "\u2028" not in text and "\u2029" not in text:  # line breaks are fine in details
         with pytest.raises(ValidationError, match="details"):
             board.post_need("ok", details=text)

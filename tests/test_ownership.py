@@ -37,7 +37,6 @@ from p2paid import Board, Item, ReceiveReport, Store
 from p2paid.bundle import write_bundle
 from p2paid.changes import parse_change
 from p2paid.document import section_object_id
-from p2paid.readmodel import object_counter
 from p2paid.envelope import ZERO_HASH, Envelope, check_change, seal_envelope
 from p2paid.errors import (
     ChangeMismatchError,
@@ -46,6 +45,7 @@ from p2paid.errors import (
     ForbiddenOpError,
     OwnershipError,
 )
+from p2paid.readmodel import object_counter
 
 FIXED_NOW = 1_900_000_000_000
 TMP_BASE = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None

@@ -43,8 +43,8 @@ from replication_helpers import (
 )
 
 from p2paid.envelope import HEADER_BYTES, MAX_CIPHERTEXT
-from p2paid.feed import FeedHead
 from p2paid.errors import RemoteProtocolError, SignatureError
+from p2paid.feed import FeedHead
 from p2paid.invite import BoardKeys
 from p2paid.replication import SyncSession, vector_digest
 from p2paid.wire import (

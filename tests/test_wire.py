@@ -48,6 +48,7 @@ from p2paid.wire import (
     Close,
     ConnectionClosed,
     Envelopes,
+    Evidence,
     HandshakeComplete,
     Hello,
     HelloBoard,
@@ -58,7 +59,6 @@ from p2paid.wire import (
     Refused,
     SecureChannel,
     Vector,
-    Evidence,
     decode_message,
     encode_message,
 )

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeVar, final
 
@@ -212,10 +212,12 @@ class Op(NamedTuple):
     insert: bool = False
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class ChangeHeader:
-    """A parsed change: the header fields p2paid checks, and its ops."""
+class ChangeHeader(NamedTuple):
+    """A parsed change: the header fields p2paid checks, and its ops.
+
+    (A named tuple: one is made per received change, and a frozen dataclass costs
+    several times as much to build.)
+    """
 
     hash: bytes
     deps: tuple[bytes, ...]
@@ -277,7 +279,9 @@ def parse_change(chunk: bytes) -> ChangeHeader:
         body = raw_body
     else:
         raise ChangeMismatchError(f"chunk type {chunk_type} is not a change")
-    digest = hashlib.sha256(b"\x01" + uleb_bytes(len(body)) + body).digest()
+    hasher = hashlib.sha256(b"\x01" + uleb_bytes(len(body)))
+    hasher.update(body)
+    digest = hasher.digest()
     if digest[:4] != checksum:
         raise ChangeMismatchError("change checksum does not match")
     end = len(body)
@@ -309,7 +313,8 @@ def parse_change(chunk: bytes) -> ChangeHeader:
         others.append(body[pos : pos + size])
         pos += size
     ops = _parse_ops(body, pos, start_op, 1 + len(others))
-    return ChangeHeader(digest, deps, actor, seq, start_op, time, tuple(others), len(ops), ops)
+    return _new_header(ChangeHeader, (digest, deps, actor, seq, start_op, time, tuple(others),
+                                      len(ops), ops))
 
 
 def _utf8(raw: bytes, what: str) -> str:
@@ -327,26 +332,35 @@ def _columns(body: bytes, pos: int) -> dict[int, bytes]:
     if n_columns > len(_MAP_OP_COLUMNS):
         raise _fail("too many columns")
     specs: list[tuple[int, int]] = []
+    last = -1
+    end = len(body)
     for _ in range(n_columns):
-        spec, pos = _uleb(body, pos)
-        length, pos = _uleb(body, pos)
-        if specs and spec <= specs[-1][0]:
+        if pos + 1 < end and body[pos] < 0x80 and body[pos + 1] < 0x80:
+            spec, length = body[pos], body[pos + 1]  # nearly always one byte each
+            pos += 2
+        else:
+            spec, pos = _uleb(body, pos)
+            length, pos = _uleb(body, pos)
+        if spec <= last:
             raise _fail("columns out of order")
         if spec not in _MAP_OP_COLUMNS:
             raise ChangeMismatchError(
                 f"change uses an Automerge feature p2paid does not accept (column {spec:#x}: "
                 "lists, text, marks or compressed columns)")
+        if not length:
+            raise ChangeMismatchError(_NOT_CANONICAL)  # Automerge leaves empty columns out
+        last = spec
         specs.append((spec, length))
     columns: dict[int, bytes] = {}
     for spec, length in specs:
-        if pos + length > len(body):
+        if pos + length > end:
             raise _fail("truncated column")
-        if not length:
-            raise ChangeMismatchError(_NOT_CANONICAL)  # Automerge leaves empty columns out
         columns[spec] = body[pos : pos + length]
         pos += length
     return columns
 
+
+_new_op = _new_header = tuple.__new__
 
 _NOT_CANONICAL: Final = ("change is not encoded as Automerge encodes it "
                          "(its saved form would not load)")
@@ -399,7 +413,27 @@ def _rle(data: bytes, read: Callable[[bytes, int], tuple[_T, int]]) -> list[_T |
     return out
 
 
-def _rle_uleb(data: bytes) -> list[int | None]:
+#: Short uLEB columns decoded before: an author's changes repeat most of them byte for
+#: byte (actions, pred groups, value metadata), so decoding each once saves time.
+_ULEB_CACHE: dict[bytes, tuple[int | None, ...]] = {}
+_ULEB_CACHE_MAX: Final = 4096
+_ULEB_CACHE_KEY_BYTES: Final = 32
+
+
+def _rle_uleb(data: bytes) -> Sequence[int | None]:
+    """:func:`_rle` of uLEB values (cached for short columns)."""
+    if len(data) <= _ULEB_CACHE_KEY_BYTES:
+        cached = _ULEB_CACHE.get(data)
+        if cached is None:
+            cached = tuple(_decode_rle_uleb(data))
+            if len(_ULEB_CACHE) >= _ULEB_CACHE_MAX:
+                _ULEB_CACHE.clear()
+            _ULEB_CACHE[data] = cached
+        return cached
+    return _decode_rle_uleb(data)
+
+
+def _decode_rle_uleb(data: bytes) -> list[int | None]:
     """:func:`_rle` of uLEB values, inlined: most runs and values are one byte."""
     out: list[int | None] = []
     pos = 0
@@ -456,11 +490,64 @@ def _rle_uleb(data: bytes) -> list[int | None]:
     return out
 
 
+def _rle_str(data: bytes) -> list[str | None]:
+    """:func:`_rle` of strings (uLEB length, UTF-8), inlined for the common case."""
+    out: list[str | None] = []
+    pos = 0
+    end = len(data)
+    prev = 0
+    last: str | None = None
+    while pos < end:
+        n = data[pos]
+        if n < 0x80:
+            pos += 1
+            n = n - 0x80 if n & 0x40 else n
+        else:
+            n, pos = _sleb(data, pos)
+        if n == 0:
+            count, pos = _uleb(data, pos)
+            if count == 0 or prev == 2:
+                raise ChangeMismatchError(_NOT_CANONICAL)
+            out.extend([None] * count)
+            prev, last = 2, None
+            continue
+        value, pos = _read_str(data, pos)
+        if n > 0:
+            if n < 2 or (prev in (1, -1) and last == value):
+                raise ChangeMismatchError(_NOT_CANONICAL)
+            out.extend([value] * n)
+            prev, last = 1, value
+        else:
+            if prev == -1 or (prev == 1 and last == value):
+                raise ChangeMismatchError(_NOT_CANONICAL)
+            out.append(value)
+            for _ in range(-n - 1):
+                following, pos = _read_str(data, pos)
+                if following == value:
+                    raise ChangeMismatchError(_NOT_CANONICAL)
+                out.append(following)
+                value = following
+            prev, last = -1, value
+        if len(out) > MAX_OPS:
+            raise ChangeMismatchError(f"change has more than {MAX_OPS} ops")
+    if prev == 2 and len(out) == out.count(None):
+        raise ChangeMismatchError(_NOT_CANONICAL)  # all nulls: Automerge leaves it out
+    return out
+
+
 def _read_str(data: bytes, pos: int) -> tuple[str, int]:
-    size, pos = _uleb(data, pos)
-    if pos + size > len(data):
+    size = data[pos] if pos < len(data) else 0x80
+    if size < 0x80:
+        pos += 1
+    else:
+        size, pos = _uleb(data, pos)
+    end = pos + size
+    if end > len(data):
         raise _fail("truncated string")
-    return _utf8(data[pos : pos + size], "map key"), pos + size
+    try:
+        return data[pos:end].decode("utf-8"), end
+    except UnicodeDecodeError:
+        raise _fail("map key is not UTF-8") from None
 
 
 def _delta(data: bytes) -> list[int | None]:
@@ -521,7 +608,7 @@ def _parse_ops(body: bytes, pos: int, start_op: int, n_actors: int) -> tuple[Op,
     if count > MAX_OPS:
         raise ChangeMismatchError(f"change has more than {MAX_OPS} ops")
 
-    def full(values: list[_T | None], what: str) -> list[_T | None]:
+    def full(values: Sequence[_T | None], what: str) -> Sequence[_T | None]:
         if not values:
             return [None] * count
         if len(values) != count:
@@ -533,7 +620,7 @@ def _parse_ops(body: bytes, pos: int, start_op: int, n_actors: int) -> tuple[Op,
         raise ChangeMismatchError(_NOT_CANONICAL)  # Automerge writes these iff it has ops
     obj_actor = full(_rle_uleb(columns.get(_OBJ_ACTOR, b"")), "object actor")
     obj_ctr = full(_rle_uleb(columns.get(_OBJ_CTR, b"")), "object counter")
-    keys = full(_rle(columns.get(_KEY_STR, b""), _read_str), "key")
+    keys = full(_rle_str(columns.get(_KEY_STR, b"")), "key")
     inserts = _booleans(columns.get(_INSERT, b""))
     metas = full(_rle_uleb(columns.get(_VAL_META, b"")), "value metadata")
     groups = full(_rle_uleb(columns.get(_PRED_GROUP, b"")), "pred group")
@@ -542,7 +629,9 @@ def _parse_ops(body: bytes, pos: int, start_op: int, n_actors: int) -> tuple[Op,
     raw = columns.get(_VAL_RAW, b"")
     if len(inserts) != count:
         raise _fail("the insert column does not match the op count")
-    n_preds = sum(g or 0 for g in groups)
+    if None in groups:
+        raise _fail("a pred group is null")
+    n_preds = sum(groups)  # type: ignore[arg-type]  # (no None, checked above)
     if not len(pred_actor) == len(pred_ctr) == n_preds:
         raise _fail("the pred columns do not match their groups")
     ops: list[Op] = []
@@ -571,11 +660,10 @@ def _parse_ops(body: bytes, pos: int, start_op: int, n_actors: int) -> tuple[Op,
             raise _fail("the value column is shorter than its metadata says")
         if kind == VALUE_STR:
             value: int | str | bytes | None = _utf8(raw[raw_pos:end], "string value")
-        elif kind == VALUE_INT and size == 1:
-            byte = raw[raw_pos]
-            if byte >= 0x80:
+        elif kind == VALUE_INT and size:
+            value, used = _sleb(raw, raw_pos)
+            if used != end:
                 raise _fail("a number value has the wrong length")
-            value = byte - 0x80 if byte & 0x40 else byte
         elif kind == VALUE_NULL and not size:
             value = None
         else:
@@ -593,7 +681,9 @@ def _parse_ops(body: bytes, pos: int, start_op: int, n_actors: int) -> tuple[Op,
             pred_tuple = tuple(preds)
         else:
             pred_tuple = no_preds
-        ops.append(Op(start_op + i, obj, key, action, kind, value, pred_tuple, inserts[i]))
+        # (tuple.__new__ skips NamedTuple's Python-level constructor: this runs per op)
+        ops.append(_new_op(Op, (start_op + i, obj, key, action, kind, value, pred_tuple,
+                                inserts[i])))
     if raw_pos != len(raw):
         raise _fail("the value column is longer than its metadata says")
     return tuple(ops)

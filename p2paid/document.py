@@ -23,6 +23,7 @@ an author is dropped whenever a change of that author is applied.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, final
@@ -52,6 +53,8 @@ __all__ = [
     "new_item_id",
     "section_object_id",
 ]
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
 
@@ -219,6 +222,8 @@ class BoardDocument:
         self._bad_seq: set[tuple[bytes, int]] = set()
         #: apply one change per Automerge call (after a panic, to find the culprit)
         self.careful = False
+        #: a change came out of order (a bug): the board reloads the document
+        self.stale = False
 
     # ------------------------------------------------------------------ applying
 
@@ -281,7 +286,11 @@ class BoardDocument:
             if header.seq <= seq:
                 continue  # already applied
             if header.seq != seq + 1:
-                self._refuse(header, "it arrived before its author's previous change")
+                # Not the sender's doing (the store holds contiguous feeds): a bug here.
+                # Never refuse it (that would delete it); the next load applies it.
+                log.error("change %d of %s came before change %d; left for the next load",
+                          header.seq, header.actor.hex()[:12], seq + 1)
+                self.stale = True
                 continue
             if header.start_op <= max_ops.get(actor, self.max_ops.get(actor, 0)):
                 # Reusing op ids breaks every later save/load of the document.

@@ -345,14 +345,19 @@ class Store:
         self, path: str | os.PathLike[str], boards: Iterable[bytes] | None = None
     ) -> int:
         """Write every envelope of the given boards (default: all held, joined or
-        carried) to a bundle file. Returns the number of envelopes written."""
-        ids = list(boards) if boards is not None else sorted(self.db.envelope_boards())
+        carried) to a bundle file, and the two envelopes of each fork proof known (so
+        that whoever imports it learns the fork). Returns the number of records."""
+        ids = list(boards) if boards is not None else sorted(
+            set(self.db.envelope_boards()) | set(self.db.board_sizes()))
         for board in self._boards.values():
             board.refresh()
 
         def all_envelopes() -> Iterator[bytes]:
             for board_id in ids:
                 yield from self.db.envelopes(board_id)
+                for fork in self.db.forks(board_id).values():
+                    yield fork.first
+                    yield fork.second
 
         with self.db.read():
             return write_bundle(path, all_envelopes())

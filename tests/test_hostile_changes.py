@@ -544,3 +544,23 @@ def test_ownership_is_still_checked_first(world: World) -> None:
                          ops=[CraftedOp(SET, (1, 1), "title", str_value("B was here"))])
     refused_as(w.offer([w.b.seal(chunk, advance=False)]), OwnershipError)
     assert_intact(w)
+
+
+def test_a_bundle_carries_fork_proofs(world: World, tmp_path: Path) -> None:
+    """A replica that proved a fork writes the proof into its bundles: a member that had
+    version 2 only, and a newcomer, both end B's feed there when they import it."""
+    w = world
+    v1, v2 = _versions(w)
+    a, c = w.board("a"), w.board("c")
+    a.receive([v1, v2])
+    assert a.forked == {w.b.actor: 2}
+    c.receive([v2])
+    bundle = tmp_path / "proof.p2paid"
+    w.stores["a"].export_bundle(bundle, [a.id])
+    w.stores["c"].import_bundle(bundle)
+    assert c.forked == {w.b.actor: 2} and c.version_vector()[w.b.actor] == 1
+    with p2paid.open_store(tmp_path / "d") as d_store:
+        d = d_store.join(a.invite())
+        d_store.import_bundle(bundle)
+        assert d.forked == {w.b.actor: 2}
+        assert [i.to_json(NOW) for i in d.items()] == [i.to_json(NOW) for i in a.items()]

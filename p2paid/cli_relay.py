@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from .hosts import normalize_host
 from .local import default_data_dir, open_store
 from .net.tcp import format_address, parse_address
 from .relay import (
@@ -79,9 +80,9 @@ async def _run(data_dir: Any, options: RelayOptions) -> None:
 
 def _host_and_port(text: str) -> tuple[str, int | None]:
     """``HOST`` or ``HOST:PORT`` (a missing port means: the one the relay listens on)."""
-    if text.count(":") == 1 or text.startswith("["):
+    if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
         return parse_address(text)
-    return text.strip("[]"), None
+    return normalize_host(text.strip()), None
 
 
 def cmd_relay_status(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ __all__ = [
     "ForkError",
     "FrameTooLargeError",
     "HandshakeError",
+    "HostError",
     "InvalidChangeError",
     "InviteError",
     "LimitExceededError",
@@ -70,6 +71,10 @@ class AmbiguousIdError(UsageError):
 
 class InviteError(UsageError):
     """An invite or address URI is malformed."""
+
+
+class HostError(UsageError):
+    """A host is neither an IP address literal nor a valid DNS name."""
 
 
 # --------------------------------------------------------------------- our bugs

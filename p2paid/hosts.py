@@ -17,7 +17,7 @@ import ipaddress
 import re
 from typing import Final
 
-from .errors import UsageError
+from .errors import HostError
 
 __all__ = ["MAX_HOST_CHARS", "HostError", "address_key", "normalize_host"]
 
@@ -25,10 +25,6 @@ __all__ = ["MAX_HOST_CHARS", "HostError", "address_key", "normalize_host"]
 MAX_HOST_CHARS: Final = 253
 _MAX_LABEL: Final = 63
 _LDH: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
-
-
-class HostError(UsageError):
-    """A host is neither an IP address literal nor a valid DNS name."""
 
 
 def normalize_host(text: str) -> str:

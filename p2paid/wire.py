@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Final, Union, final
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from .envelope import MAX_ENVELOPE_BYTES
 from .errors import (
     DecodeError,
     FrameTooLargeError,
@@ -36,15 +37,20 @@ from .errors import (
     RemoteProtocolError,
 )
 from .noise import MAX_MESSAGE_LEN, TAGLEN, HandshakeState, NoiseTransport
+from .relayaddr import MAX_TOKEN_BYTES
+from .strictpack import MAX_SKIPPED_VALUES, StrictReader
 
 __all__ = [
+    "MAX_HELLO_BYTES",
     "MAX_MESSAGE_BYTES",
+    "MAX_QUEUED_EVENTS",
     "NEED_DATA",
     "PROLOGUE",
     "Ack",
     "Close",
     "ConnectionClosed",
     "Envelopes",
+    "Evidence",
     "HandshakeComplete",
     "Hello",
     "HelloBoard",
@@ -57,6 +63,7 @@ __all__ = [
     "Vector",
     "decode_message",
     "encode_message",
+    "message_limit",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -65,35 +72,26 @@ PROLOGUE: Final = b"p2paid/1"
 #: Hard cap on one message (a batch of envelopes is kept well below it).
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 _MAX_PLAINTEXT: Final = MAX_MESSAGE_LEN - TAGLEN
+#: Messages decoded ahead of the caller taking them (the rest waits as bytes).
+MAX_QUEUED_EVENTS: Final = 64
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
 
 # ---------------------------------------------------------------------- messages
+#
+# Each message class knows its fields: ``fields()`` for the encoder (msgpack), and
+# ``read(r, count)`` for the strict decoder, which reads the fields it knows of the
+# ``count`` present (at least the required ones) through a StrictReader and never
+# builds a value the schema does not have. It returns the message and how many
+# fields it read; the rest are skipped.
 
-
-def _bytes(value: Any, size: int | None = None) -> bytes:
-    if not isinstance(value, bytes) or (size is not None and len(value) != size):
-        raise DecodeError("message field is not the right bytes")
-    return value
-
-
-def _uint(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DecodeError("message field is not an unsigned integer")
-    return value
-
-
-def _str(value: Any, limit: int = 1000) -> str:
-    if not isinstance(value, str) or len(value) > limit:
-        raise DecodeError("message field is not a short string")
-    return value
-
-
-def _list(value: Any, limit: int) -> list[Any]:
-    if not isinstance(value, list) or len(value) > limit:
-        raise DecodeError("message field is not a list within its limit")
-    return value
+#: Largest Hello (1,024 boards of 53 bytes, a token, and room for later fields).
+MAX_HELLO_BYTES: Final = 64 * 1024
+#: Largest message of the small kinds (Ack, Ping, Pong, Refused, Close).
+MAX_SMALL_BYTES: Final = 16 * 1024
+#: Largest Evidence message (two envelopes and room for later fields).
+MAX_EVIDENCE_BYTES: Final = 256 * 1024
 
 
 @final
@@ -108,29 +106,43 @@ class HelloBoard:
 @final
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """First message each way: role, and the boards offered."""
+    """First message each way: role, and the boards offered.
+
+    ``token`` (optional 5th field) is a relay access token; a node sends it only to
+    the relay it belongs to. A Hello without it is a Hello without a token.
+    """
 
     TYPE: ClassVar[int] = 1
+    REQUIRED: ClassVar[int] = 4
+    MAX_BYTES: ClassVar[int] = MAX_HELLO_BYTES
+    MAX_BOARDS: ClassVar[int] = 1024
     version: int
     role: str  #: "node" or "relay"
     by_id: bool  #: True when ``boards`` carry board ids (to or from a relay), False for tags
     boards: tuple[HelloBoard, ...]
-    MAX_BOARDS: ClassVar[int] = 1024
+    token: bytes | None = field(default=None, repr=False)
 
     def fields(self) -> list[Any]:
-        return [self.version, self.role, self.by_id, [[b.key, b.digest] for b in self.boards]]
+        out: list[Any] = [self.version, self.role, self.by_id,
+                          [[b.key, b.digest] for b in self.boards]]
+        if self.token is not None:
+            out.append(self.token)
+        return out
 
     @classmethod
-    def parse(cls, f: list[Any]) -> Hello:
+    def read(cls, r: StrictReader, count: int) -> tuple[Hello, int]:
+        version = r.uint("hello version")
+        role = r.text(16, "hello role")
+        by_id = r.boolean("hello by_id")
         boards = []
-        for entry in _list(f[3], cls.MAX_BOARDS):
-            pair = _list(entry, 2)
-            if len(pair) != 2:
-                raise DecodeError("hello board entry is not a pair")
-            boards.append(HelloBoard(_bytes(pair[0], 32), _bytes(pair[1], 16)))
-        if not isinstance(f[2], bool):
-            raise DecodeError("hello by_id is not a boolean")
-        return cls(_uint(f[0]), _str(f[1], 16), f[2], tuple(boards))
+        for _ in range(r.array(cls.MAX_BOARDS, "hello boards")):
+            r.pair("hello board entry")
+            key = r.binary(32, "hello board key", sizes=(32,))
+            boards.append(HelloBoard(key, r.binary(16, "hello digest", sizes=(16,))))
+        if count == cls.REQUIRED:
+            return cls(version, role, by_id, tuple(boards)), count
+        token = r.binary(MAX_TOKEN_BYTES, "hello token")
+        return cls(version, role, by_id, tuple(boards), token), cls.REQUIRED + 1
 
 
 @final
@@ -139,23 +151,25 @@ class Vector:
     """The sender's version vector for one board (``board`` = index in the sender's Hello)."""
 
     TYPE: ClassVar[int] = 2
-    board: int
-    entries: tuple[tuple[bytes, int], ...]
+    REQUIRED: ClassVar[int] = 2
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
     #: 20,000 entries of 32 + 9 bytes fit in one message (MAX_MESSAGE_BYTES).
     MAX_ENTRIES: ClassVar[int] = 20_000
+    board: int
+    entries: tuple[tuple[bytes, int], ...]
 
     def fields(self) -> list[Any]:
         return [self.board, [[a, s] for a, s in self.entries]]
 
     @classmethod
-    def parse(cls, f: list[Any]) -> Vector:
+    def read(cls, r: StrictReader, count: int) -> tuple[Vector, int]:
+        board = r.uint("vector board")
         entries = []
-        for entry in _list(f[1], cls.MAX_ENTRIES):
-            pair = _list(entry, 2)
-            if len(pair) != 2:
-                raise DecodeError("vector entry is not a pair")
-            entries.append((_bytes(pair[0], 32), _uint(pair[1])))
-        return cls(_uint(f[0]), tuple(entries))
+        for _ in range(r.array(cls.MAX_ENTRIES, "vector entries")):
+            r.pair("vector entry")
+            author = r.binary(32, "vector author", sizes=(32,))
+            entries.append((author, r.uint("vector seq")))
+        return cls(board, tuple(entries)), cls.REQUIRED
 
 
 @final
@@ -164,18 +178,22 @@ class Envelopes:
     """A batch of envelopes of one board; the receiver acknowledges ``batch``."""
 
     TYPE: ClassVar[int] = 3
+    REQUIRED: ClassVar[int] = 3
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
+    MAX_ENVELOPES: ClassVar[int] = 10_000
     board: int
     batch: int
     envelopes: tuple[bytes, ...] = field(repr=False)
-    MAX_ENVELOPES: ClassVar[int] = 10_000
 
     def fields(self) -> list[Any]:
         return [self.board, self.batch, list(self.envelopes)]
 
     @classmethod
-    def parse(cls, f: list[Any]) -> Envelopes:
-        envs = tuple(_bytes(e) for e in _list(f[2], cls.MAX_ENVELOPES))
-        return cls(_uint(f[0]), _uint(f[1]), envs)
+    def read(cls, r: StrictReader, count: int) -> tuple[Envelopes, int]:
+        board, batch = r.uint("envelopes board"), r.uint("envelopes batch")
+        envs = tuple(r.binary(MAX_ENVELOPE_BYTES, "envelope", too_large=FrameTooLargeError)
+                     for _ in range(r.array(cls.MAX_ENVELOPES, "envelopes")))
+        return cls(board, batch, envs), cls.REQUIRED
 
 
 @final
@@ -184,6 +202,8 @@ class Ack:
     """The receiver processed batch ``batch`` of ``board`` (flow control)."""
 
     TYPE: ClassVar[int] = 4
+    REQUIRED: ClassVar[int] = 2
+    MAX_BYTES: ClassVar[int] = MAX_SMALL_BYTES
     board: int
     batch: int
 
@@ -191,36 +211,40 @@ class Ack:
         return [self.board, self.batch]
 
     @classmethod
-    def parse(cls, f: list[Any]) -> Ack:
-        return cls(_uint(f[0]), _uint(f[1]))
+    def read(cls, r: StrictReader, count: int) -> tuple[Ack, int]:
+        return cls(r.uint("ack board"), r.uint("ack batch")), cls.REQUIRED
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class Ping:
     TYPE: ClassVar[int] = 5
+    REQUIRED: ClassVar[int] = 1
+    MAX_BYTES: ClassVar[int] = MAX_SMALL_BYTES
     nonce: int
 
     def fields(self) -> list[Any]:
         return [self.nonce]
 
     @classmethod
-    def parse(cls, f: list[Any]) -> Ping:
-        return cls(_uint(f[0]))
+    def read(cls, r: StrictReader, count: int) -> tuple[Ping, int]:
+        return cls(r.uint("ping nonce")), cls.REQUIRED
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class Pong:
     TYPE: ClassVar[int] = 6
+    REQUIRED: ClassVar[int] = 1
+    MAX_BYTES: ClassVar[int] = MAX_SMALL_BYTES
     nonce: int
 
     def fields(self) -> list[Any]:
         return [self.nonce]
 
     @classmethod
-    def parse(cls, f: list[Any]) -> Pong:
-        return cls(_uint(f[0]))
+    def read(cls, r: StrictReader, count: int) -> tuple[Pong, int]:
+        return cls(r.uint("pong nonce")), cls.REQUIRED
 
 
 @final
@@ -233,6 +257,8 @@ class Refused:
     """
 
     TYPE: ClassVar[int] = 7
+    REQUIRED: ClassVar[int] = 3
+    MAX_BYTES: ClassVar[int] = MAX_SMALL_BYTES
     board: bytes
     code: str
     text: str
@@ -241,11 +267,10 @@ class Refused:
         return [self.board, self.code, self.text]
 
     @classmethod
-    def parse(cls, f: list[Any]) -> Refused:
-        board = _bytes(f[0])
-        if len(board) not in (0, 32):
-            raise DecodeError("refused board key is not 32 bytes")
-        return cls(board, _str(f[1], 64), _str(f[2]))
+    def read(cls, r: StrictReader, count: int) -> tuple[Refused, int]:
+        board = r.binary(32, "refused board key", sizes=(0, 32))
+        code, text = r.text(64, "refused code"), r.text(1000, "refused text")
+        return cls(board, code, text), cls.REQUIRED
 
 
 @final
@@ -254,22 +279,49 @@ class Close:
     """The sender is closing the connection, and why."""
 
     TYPE: ClassVar[int] = 8
+    REQUIRED: ClassVar[int] = 1
+    MAX_BYTES: ClassVar[int] = MAX_SMALL_BYTES
     reason: str
 
     def fields(self) -> list[Any]:
         return [self.reason]
 
     @classmethod
-    def parse(cls, f: list[Any]) -> Close:
-        return cls(_str(f[0], 200))
+    def read(cls, r: StrictReader, count: int) -> tuple[Close, int]:
+        return cls(r.text(200, "close reason")), cls.REQUIRED
 
 
-Message = Union[Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close]  # noqa: UP007
+@final
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Proof that an author forked: two validly signed envelopes at one ``(author, seq)``
+    of ``board`` (an index in the sender's Hello)."""
+
+    TYPE: ClassVar[int] = 9
+    REQUIRED: ClassVar[int] = 2
+    MAX_BYTES: ClassVar[int] = MAX_EVIDENCE_BYTES
+    board: int
+    envelopes: tuple[bytes, bytes] = field(repr=False)
+
+    def fields(self) -> list[Any]:
+        return [self.board, list(self.envelopes)]
+
+    @classmethod
+    def read(cls, r: StrictReader, count: int) -> tuple[Evidence, int]:
+        board = r.uint("evidence board")
+        if r.array(2, "evidence envelopes") != 2:
+            raise DecodeError("evidence carries exactly two envelopes")
+        first, second = (
+            r.binary(MAX_ENVELOPE_BYTES, "evidence envelope", too_large=FrameTooLargeError)
+            for _ in range(2))
+        return cls(board, (first, second)), cls.REQUIRED
+
+
+Message = Union[Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence]  # noqa: UP007
 _TYPES: Final[dict[int, Any]] = {
-    cls.TYPE: cls for cls in (Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close)
+    cls.TYPE: cls
+    for cls in (Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence)
 }
-_ARITY: Final = {Hello.TYPE: 4, Vector.TYPE: 2, Envelopes.TYPE: 3, Ack.TYPE: 2, Ping.TYPE: 1,
-                 Pong.TYPE: 1, Refused.TYPE: 3, Close.TYPE: 1}
 
 
 def encode_message(message: Message) -> bytes:
@@ -277,24 +329,58 @@ def encode_message(message: Message) -> bytes:
     return msgpack.packb([message.TYPE, *message.fields()], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def decode_message(body: bytes) -> Message:
-    """Decode one message body.
+def message_limit(head: bytes | bytearray | memoryview) -> int | None:
+    """The size limit of a message whose body starts with ``head`` (SPEC 11.2), or None
+    while too few bytes are known to tell.
+
+    Lets a receiver refuse a body that is not a typed array (a map, say), or that is
+    larger than its type allows, before the rest of it arrives.
 
     Raises:
-        DecodeError: malformed msgpack, unknown type, missing or ill-typed fields.
+        DecodeError: the body does not start as an array with a known message type.
     """
-    try:
-        value = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise DecodeError("message is not valid msgpack") from exc
-    if not isinstance(value, list) or not value or type(value[0]) is not int:
+    if not head:
+        return None
+    marker = head[0]
+    if 0x91 <= marker <= 0x9F:
+        at = 1
+    elif marker in (0xDC, 0xDD):
+        at = 3 if marker == 0xDC else 5
+    else:
         raise DecodeError("message is not a typed array")
-    kind = _TYPES.get(value[0])
+    if len(head) <= at:
+        return None
+    kind = _TYPES.get(head[at])
     if kind is None:
-        raise DecodeError(f"unknown message type {value[0]}")
-    if len(value) - 1 < _ARITY[value[0]]:
-        raise DecodeError(f"message type {value[0]} is missing fields")
-    parsed: Message = kind.parse(value[1:])
+        raise DecodeError(f"unknown message type {head[at]}")
+    limit: int = kind.MAX_BYTES
+    return limit
+
+
+def decode_message(body: bytes | bytearray | memoryview) -> Message:
+    """Decode one message body with the strict reader (SPEC 11.2).
+
+    Raises:
+        DecodeError: not a typed array, unknown type, missing or ill-typed fields,
+            a container or string over its limit, or bytes after the message.
+        FrameTooLargeError: an envelope over MAX_ENVELOPE_BYTES.
+    """
+    r = StrictReader(body)
+    count = r.array(MAX_SKIPPED_VALUES, "message")
+    if not count:
+        raise DecodeError("message is not a typed array")
+    type_code = r.fixint("message type")
+    kind = _TYPES.get(type_code)
+    if kind is None:
+        raise DecodeError(f"unknown message type {type_code}")
+    fields = count - 1
+    if fields < kind.REQUIRED:
+        raise DecodeError(f"message type {type_code} is missing fields")
+    message, read = kind.read(r, fields)
+    r.skip(fields - read)
+    if not r.at_end:
+        raise DecodeError("bytes after the end of the message")
+    parsed: Message = message
     return parsed
 
 
@@ -343,6 +429,13 @@ class SecureChannel:
         expected_remote: for a dialler that knows whom it calls (a pinned relay, a
             known peer): abort before revealing our identity if the responder's
             node id differs.
+        hello_first: apply SPEC 11.2's rule that messages before the peer's Hello are
+            at most MAX_HELLO_BYTES (off only for tests of the framing alone).
+
+    What one connection can make its process hold: a partial frame (< 64 KiB), one
+    read's worth of plaintext, one partial message (at most its type's limit, and at
+    most MAX_HELLO_BYTES before the peer's Hello) and MAX_QUEUED_EVENTS decoded
+    messages.
     """
 
     def __init__(
@@ -352,8 +445,12 @@ class SecureChannel:
         *,
         expected_remote: bytes | None = None,
         prologue: bytes = PROLOGUE,
+        hello_first: bool = True,
     ) -> None:
         self.initiator = initiator
+        self._hello_first = hello_first
+        self._peer_hello = False
+        self._closed = False
         self._hs: HandshakeState | None = HandshakeState(initiator, node_key, prologue)
         self._expected = expected_remote
         self._transport: NoiseTransport | None = None
@@ -363,6 +460,7 @@ class SecureChannel:
         self._events: deque[Event] = deque()
         self._eof = False
         self._failed: RemoteProtocolError | None = None
+        self._raise_later: RemoteProtocolError | None = None
         self.remote_static: bytes | None = None
         self.handshake_hash: bytes | None = None
         self.bytes_in = 0
@@ -421,15 +519,39 @@ class SecureChannel:
         self._inbuf += data
         try:
             self._process()
+            self._decode_some()
         except RemoteProtocolError as exc:
             self._failed = exc
             raise
 
     def next_event(self) -> Event | _NeedData:
-        """The next event, or :data:`NEED_DATA`."""
+        """The next event, or :data:`NEED_DATA`.
+
+        At most :data:`MAX_QUEUED_EVENTS` messages are decoded ahead; the rest of what
+        arrived stays as bytes until they are taken, so one read of many tiny
+        messages never turns into a heap of objects.
+
+        Raises:
+            RemoteProtocolError: a message decoded late breaks the protocol (the
+                channel is then dead; later calls return :data:`NEED_DATA`).
+        """
+        if not self._events and self._failed is None:
+            try:
+                self._decode_some()
+            except RemoteProtocolError as exc:
+                # Messages before the bad one are delivered first.
+                self._failed = self._raise_later = exc
         if self._events:
             return self._events.popleft()
+        if self._raise_later is not None:
+            error, self._raise_later = self._raise_later, None
+            raise error
         return NEED_DATA
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received and held until they form a whole frame or message."""
+        return len(self._inbuf) + len(self._plain)
 
     def _frames(self) -> list[bytes]:
         frames = []
@@ -452,11 +574,8 @@ class SecureChannel:
                 self._handshake(frame)
             else:
                 self._plain += self._transport.decrypt(frame)
-                self._messages()
-        if self._eof:
-            if self._inbuf or self._plain or self._transport is None:
-                raise DecodeError("connection closed in the middle of a frame or handshake")
-            self._events.append(ConnectionClosed())
+        if self._eof and (self._inbuf or self._transport is None):
+            raise DecodeError("connection closed in the middle of a frame or handshake")
 
     def _handshake(self, frame: bytes) -> None:
         hs = self._hs
@@ -479,18 +598,43 @@ class SecureChannel:
             self._hs = None
             self._events.append(HandshakeComplete(self.remote_static, self.handshake_hash))
 
-    def _messages(self) -> None:
+    def _decode_some(self) -> None:
+        """Decode whole messages from the plaintext until the queue holds
+        MAX_QUEUED_EVENTS; refuse a message by its length and first bytes as soon as
+        they arrive (SPEC 11.2), before the rest of it is buffered."""
+        if self._transport is None or self._closed:
+            return
         plain = self._plain
         pos = 0
-        while len(plain) - pos >= 4:
-            (length,) = _U32.unpack_from(plain, pos)
-            if length == 0:
-                raise DecodeError("empty message")
-            if length > MAX_MESSAGE_BYTES:
-                raise FrameTooLargeError(f"message length {length} over {MAX_MESSAGE_BYTES}")
-            if len(plain) - pos - 4 < length:
-                break
-            body = bytes(plain[pos + 4 : pos + 4 + length])
-            pos += 4 + length
-            self._events.append(MessageReceived(decode_message(body)))
-        del plain[:pos]
+        try:
+            while len(self._events) < MAX_QUEUED_EVENTS and len(plain) - pos >= 4:
+                (length,) = _U32.unpack_from(plain, pos)
+                self._check_length(length, plain[pos + 4 : pos + 10])
+                if len(plain) - pos - 4 < length:
+                    break
+                with memoryview(plain) as view, view[pos + 4 : pos + 4 + length] as body:
+                    message = decode_message(body)
+                pos += 4 + length
+                if isinstance(message, Hello):
+                    self._peer_hello = True
+                self._events.append(MessageReceived(message))
+        finally:
+            del plain[:pos]
+        if self._eof and len(self._events) < MAX_QUEUED_EVENTS:
+            if plain:
+                raise DecodeError("connection closed in the middle of a message")
+            self._closed = True
+            self._events.append(ConnectionClosed())
+
+    def _check_length(self, length: int, head: bytes | bytearray) -> None:
+        if length == 0:
+            raise DecodeError("empty message")
+        cap = MAX_MESSAGE_BYTES if self._peer_hello or not self._hello_first else (
+            MAX_HELLO_BYTES)
+        if length > cap:
+            raise FrameTooLargeError(f"message length {length} over {cap}"
+                                     + ("" if cap == MAX_MESSAGE_BYTES else " before a hello"))
+        limit = message_limit(head)
+        if limit is not None and length > limit:
+            raise FrameTooLargeError(f"message of {length} bytes, over its type's limit "
+                                     f"of {limit}")

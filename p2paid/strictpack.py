@@ -19,7 +19,7 @@ from typing import Final, final
 
 from .errors import DecodeError, RemoteProtocolError
 
-__all__ = ["MAX_SKIPPED_VALUES", "MAX_SKIP_DEPTH", "StrictReader"]
+__all__ = ["MAX_SKIPPED_VALUES", "MAX_SKIP_DEPTH", "CutShort", "StrictReader"]
 
 #: Most values (containers and scalars, at any depth) skipped in one message.
 MAX_SKIPPED_VALUES: Final = 4096
@@ -48,6 +48,10 @@ _SIZED: Final = {0xC4: (_U8, 0), 0xC5: (_U16, 0), 0xC6: (_U32, 0), 0xD9: (_U8, 0
                  0xC9: (_U32, 1)}
 
 
+class CutShort(DecodeError):
+    """The data ended inside a value (what came before it was valid)."""
+
+
 @final
 class StrictReader:
     """Reads msgpack values of an expected shape from ``data``, front to back.
@@ -71,7 +75,7 @@ class StrictReader:
     def _take(self, n: int, what: str) -> int:
         start = self.pos
         if n > self._end - start:
-            raise DecodeError(f"{what} is cut short")
+            raise CutShort(f"{what} is cut short")
         self.pos = start + n
         return start
 

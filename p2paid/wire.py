@@ -38,7 +38,7 @@ from .errors import (
 )
 from .noise import MAX_MESSAGE_LEN, TAGLEN, HandshakeState, NoiseTransport
 from .relayaddr import MAX_TOKEN_BYTES
-from .strictpack import MAX_SKIPPED_VALUES, StrictReader
+from .strictpack import MAX_SKIPPED_VALUES, CutShort, StrictReader
 
 __all__ = [
     "MAX_HELLO_BYTES",
@@ -61,9 +61,9 @@ __all__ = [
     "Refused",
     "SecureChannel",
     "Vector",
+    "check_head",
     "decode_message",
     "encode_message",
-    "message_limit",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -329,32 +329,37 @@ def encode_message(message: Message) -> bytes:
     return msgpack.packb([message.TYPE, *message.fields()], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def message_limit(head: bytes | bytearray | memoryview) -> int | None:
-    """The size limit of a message whose body starts with ``head`` (SPEC 11.2), or None
-    while too few bytes are known to tell.
+#: How much of a message's start :func:`check_head` reads.
+HEAD_BYTES: Final = 96
 
-    Lets a receiver refuse a body that is not a typed array (a map, say), or that is
-    larger than its type allows, before the rest of it arrives.
+
+def check_head(head: bytes | bytearray | memoryview, length: int) -> None:
+    """Check the first bytes of a message body whose length prefix says ``length``,
+    before the rest arrives (SPEC 11.2): it must be a typed array of a known type,
+    ``length`` within that type's limit, and its first fields (up to the header of
+    its first container: the envelopes, the entries, the boards) well-formed.
 
     Raises:
-        DecodeError: the body does not start as an array with a known message type.
+        DecodeError: what is there already breaks the schema (a map, say).
+        FrameTooLargeError: ``length`` is over the type's limit.
     """
-    if not head:
-        return None
-    marker = head[0]
-    if 0x91 <= marker <= 0x9F:
-        at = 1
-    elif marker in (0xDC, 0xDD):
-        at = 3 if marker == 0xDC else 5
-    else:
-        raise DecodeError("message is not a typed array")
-    if len(head) <= at:
-        return None
-    kind = _TYPES.get(head[at])
-    if kind is None:
-        raise DecodeError(f"unknown message type {head[at]}")
-    limit: int = kind.MAX_BYTES
-    return limit
+    r = StrictReader(head)
+    try:
+        count = r.array(MAX_SKIPPED_VALUES, "message")
+        if not count:
+            raise DecodeError("message is not a typed array")
+        type_code = r.fixint("message type")
+        kind = _TYPES.get(type_code)
+        if kind is None:
+            raise DecodeError(f"unknown message type {type_code}")
+        if length > kind.MAX_BYTES:
+            raise FrameTooLargeError(f"message of type {type_code} and {length} bytes, "
+                                     f"over its limit of {kind.MAX_BYTES}")
+        if count - 1 < kind.REQUIRED:
+            raise DecodeError(f"message type {type_code} is missing fields")
+        kind.read(r, count - 1)
+    except CutShort:
+        return  # valid as far as it goes
 
 
 def decode_message(body: bytes | bytearray | memoryview) -> Message:
@@ -451,6 +456,8 @@ class SecureChannel:
         self._hello_first = hello_first
         self._peer_hello = False
         self._closed = False
+        #: the start of the message being received was checked (check_head)
+        self._head_checked = False
         self._hs: HandshakeState | None = HandshakeState(initiator, node_key, prologue)
         self._expected = expected_remote
         self._transport: NoiseTransport | None = None
@@ -459,7 +466,8 @@ class SecureChannel:
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
         self._eof = False
-        self._failed: RemoteProtocolError | None = None
+        #: why the channel died: (error class, message, close reason)
+        self._failed: tuple[type[RemoteProtocolError], str, str] | None = None
         self._raise_later: RemoteProtocolError | None = None
         self.remote_static: bytes | None = None
         self.handshake_hash: bytes | None = None
@@ -510,7 +518,8 @@ class SecureChannel:
             RemoteProtocolError: the bytes break the protocol (the channel is then dead).
         """
         if self._failed is not None:
-            raise self._failed
+            kind, text, reason = self._failed
+            raise kind(text, close_reason=reason)
         if self._eof:
             raise LocalProtocolError("receive_data after the end of the stream")
         if not data:
@@ -521,7 +530,7 @@ class SecureChannel:
             self._process()
             self._decode_some()
         except RemoteProtocolError as exc:
-            self._failed = exc
+            self._fail(exc)
             raise
 
     def next_event(self) -> Event | _NeedData:
@@ -540,13 +549,26 @@ class SecureChannel:
                 self._decode_some()
             except RemoteProtocolError as exc:
                 # Messages before the bad one are delivered first.
-                self._failed = self._raise_later = exc
+                self._fail(exc)
+                self._raise_later = exc
         if self._events:
             return self._events.popleft()
         if self._raise_later is not None:
             error, self._raise_later = self._raise_later, None
             raise error
         return NEED_DATA
+
+    def _fail(self, exc: RemoteProtocolError) -> None:
+        """The channel is dead: remember why, and free the buffers at once.
+
+        Only a description of the error is kept, never the exception: its traceback
+        refers to the frames that hold this channel and the bytes just read, and such
+        a cycle lives until the cyclic collector runs (a flood of failing connections
+        then holds a megabyte each).
+        """
+        self._failed = (type(exc), str(exc), exc.close_reason)
+        self._inbuf.clear()
+        self._plain.clear()
 
     @property
     def buffered_bytes(self) -> int:
@@ -609,9 +631,10 @@ class SecureChannel:
         try:
             while len(self._events) < MAX_QUEUED_EVENTS and len(plain) - pos >= 4:
                 (length,) = _U32.unpack_from(plain, pos)
-                self._check_length(length, plain[pos + 4 : pos + 10])
+                self._check_start(length, plain, pos + 4)
                 if len(plain) - pos - 4 < length:
                     break
+                self._head_checked = False
                 with memoryview(plain) as view, view[pos + 4 : pos + 4 + length] as body:
                     message = decode_message(body)
                 pos += 4 + length
@@ -626,7 +649,10 @@ class SecureChannel:
             self._closed = True
             self._events.append(ConnectionClosed())
 
-    def _check_length(self, length: int, head: bytes | bytearray) -> None:
+    def _check_start(self, length: int, plain: bytearray, at: int) -> None:
+        """Refuse a message by its length and first bytes as soon as they are here."""
+        if self._head_checked:
+            return
         if length == 0:
             raise DecodeError("empty message")
         cap = MAX_MESSAGE_BYTES if self._peer_hello or not self._hello_first else (
@@ -634,7 +660,7 @@ class SecureChannel:
         if length > cap:
             raise FrameTooLargeError(f"message length {length} over {cap}"
                                      + ("" if cap == MAX_MESSAGE_BYTES else " before a hello"))
-        limit = message_limit(head)
-        if limit is not None and length > limit:
-            raise FrameTooLargeError(f"message of {length} bytes, over its type's limit "
-                                     f"of {limit}")
+        wanted = min(length, HEAD_BYTES)
+        head = plain[at : at + wanted]
+        check_head(head, length)
+        self._head_checked = len(head) == wanted

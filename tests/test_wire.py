@@ -314,11 +314,13 @@ def feed_expecting_failure(channel: SecureChannel, data: bytes, chunking: Any = 
 
 
 def assert_stays_failed(channel: SecureChannel, error: RemoteProtocolError) -> None:
-    """A channel that raised keeps raising the same error, whatever it is fed."""
+    """A channel that raised keeps raising the same error (a fresh exception of the
+    same class, message and close reason), whatever it is fed."""
     for data in (b"", b"\x00\x10", bytes(100)):
         with pytest.raises(RemoteProtocolError) as again:
             channel.receive_data(data)
-        assert again.value is error
+        assert type(again.value) is type(error) and str(again.value) == str(error)
+        assert again.value.close_reason == error.close_reason
 
 
 # --------------------------------------------------------------------- codec round trips
@@ -957,6 +959,10 @@ def _channel_stream(channel: SecureChannel, peer: RawPeer, plaintext: bytes) -> 
     b"\xdd\x00\x00\x00\x04\x63",  # an array whose type is unknown (99)
     b"\xc4\x10",  # bytes
     b"\x94\x05",  # a Ping announced as 900 KiB
+    b"\x94\x03\x00\x00\xdd\x00\x01\x86\xa0",  # Envelopes declaring 100,000 of them
+    b"\x93\x02\x00\xdd\x00\x01\x86\xa0",  # a Vector declaring 100,000 entries
+    b"\x94\x03\x00\x00\xdc\x00\x02\xa1x",  # an envelope that is text, not bytes
+    b"\x94\x03\x00",  # Envelopes missing a field
 ])
 def test_a_big_message_that_cannot_be_valid_is_refused_at_its_first_frame(head: bytes) -> None:
     """The receiver checks a message's first bytes against its length as soon as they

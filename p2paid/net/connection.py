@@ -53,7 +53,7 @@ HELLO_TIMEOUT: Final = 5.0
 HELLO_TIMEOUT_REASON: Final = "no hello"
 KEEPALIVE_INTERVAL: Final = 15.0
 IDLE_TIMEOUT: Final = 60.0
-RECEIVE_SIZE: Final = 256 * 1024
+RECEIVE_SIZE: Final = 64 * 1024
 #: A link quiet this long (seconds) gets its deferred changes applied.
 IDLE_FLUSH_DELAY: Final = 0.002
 

@@ -281,12 +281,16 @@ async def test_strangers_that_say_hello_hold_a_relay_full_but_a_known_client_evi
                                       member(keys, *FeedWriter(keys).many(2)), key=client_key)
             await poll(lambda: first.in_sync(keys.board_id))
             await first.aclose()
-            flood = await open_noise_clients(nursery, relay.hostport, spread_addresses(20, 10),
+            flood = await open_noise_clients(nursery, relay.hostport, spread_addresses(19, 10),
                                              expected_remote=relay.key)
+            await poll(lambda: relay.relay.admission.connections == 19)
+            flood += await open_noise_clients(nursery, relay.hostport, ["127.0.12.1"],
+                                              expected_remote=relay.key)  # the youngest
             hello = Hello(1, "node", True, (HelloBoard(bytes(32), bytes(16)),))
             for client in flood:
                 await client.send(hello, Ping(1))
-            await poll(lambda: relay.relay.admission.connections == 20)
+            await poll(lambda: relay.relay.admission.connections == 20
+                       and all(any(isinstance(m, Hello) for m in c.received) for c in flood))
             newcomer = await NoiseClient.connect(relay.hostport, "127.0.3.1")
             assert newcomer is not None
             await newcomer.run()

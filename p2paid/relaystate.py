@@ -303,7 +303,14 @@ class RelayLedger:
                               int(time.time())))
         if intro is not None and intro.token_hash is None:
             self._charge(intro, self._cost(size_after) - self._cost(size_before))
-        if client is not None and client.node_id not in self._clients:
-            self._clients.add(client.node_id)
-            self._db.execute("INSERT OR IGNORE INTO relay_clients VALUES (?, ?)",
-                             (client.node_id, int(time.time())))
+        if client is not None:
+            self.remember_client(client.node_id)
+
+    def remember_client(self, node_id: bytes) -> None:
+        """Count ``node_id`` as a client holding data here (from now on, and after a
+        restart)."""
+        if node_id not in self._clients:
+            with self._db.write():
+                self._db.execute("INSERT OR IGNORE INTO relay_clients VALUES (?, ?)",
+                                 (node_id, int(time.time())))
+            self._clients.add(node_id)

@@ -275,11 +275,8 @@ async def _serve(host: ConnectionHost, conn: Connection, channel: SecureChannel,
         except* RemoteProtocolError as group:
             exc = group.exceptions[0]
             assert isinstance(exc, RemoteProtocolError)
-            # Silent strangers come in floods: one line each would drown the log.
-            level = logging.DEBUG if exc.close_reason == HELLO_TIMEOUT_REASON else (
-                logging.WARNING)
-            log.log(level, "dropping peer %s (%s): %s", fingerprint(conn.remote_id),
-                    conn.address, exc)
+            _DROPS.log(exc.close_reason != HELLO_TIMEOUT_REASON, "dropping peer %s (%s): %s",
+                       fingerprint(conn.remote_id), conn.address, exc)
             conn.close_reason = exc.close_reason
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.close_reason = conn.close_reason or "connection lost"
@@ -353,6 +350,37 @@ def _with_token(messages: list[Message], token: bytes | None) -> list[Message]:
         return messages
     return [dataclasses.replace(m, token=token) if isinstance(m, Hello) else m
             for m in messages]
+
+
+class _DropLog:
+    """Warnings about dropped peers, at most MAX_DROP_WARNINGS a minute: an attacker
+    who opens connections only to be dropped must not fill the disk with the log.
+    The rest go to debug, and a count of them follows."""
+
+    def __init__(self) -> None:
+        self._window = -DROP_LOG_WINDOW
+        self._warned = 0
+        self._quiet = 0
+
+    def log(self, warn: bool, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._window >= DROP_LOG_WINDOW:
+            if self._quiet:
+                log.warning("%d more peers dropped in the last minute (debug log has them)",
+                            self._quiet)
+            self._window, self._warned, self._quiet = now, 0, 0
+        if warn and self._warned < MAX_DROP_WARNINGS:
+            self._warned += 1
+            log.warning(message, *args)
+            return
+        self._quiet += warn
+        log.debug(message, *args)
+
+
+#: Dropped-peer warnings per DROP_LOG_WINDOW seconds (per process).
+MAX_DROP_WARNINGS: Final = 20
+DROP_LOG_WINDOW: Final = 60.0
+_DROPS = _DropLog()
 
 
 class _TokenBucket:

@@ -202,3 +202,22 @@ def test_oversized_invites_and_containers_are_refused() -> None:
     uri = "p2paid:" + base64.b32encode(body + check).decode().rstrip("=").lower()
     with pytest.raises(InviteError, match="malformed"):
         Invite.from_uri(uri)
+
+
+@given(st.text(max_size=200))
+def test_any_text_after_the_scheme_is_a_relay_address_or_an_invite_error(text: str) -> None:
+    try:
+        address = RelayAddress.parse("p2paid-relay://" + text)
+    except InviteError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert RelayAddress.parse(str(address)) == address
+
+
+@given(st.text(max_size=80))
+def test_any_text_is_host_port_or_a_usage_error(text: str) -> None:
+    try:
+        host, port = parse_address(text, 7446)
+    except UsageError:
+        return
+    assert normalize_host(host) == host and 0 <= port <= 65535

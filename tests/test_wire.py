@@ -63,6 +63,7 @@ from p2paid.wire import (
     Refused,
     SecureChannel,
     Vector,
+    check_head,
     decode_message,
     encode_message,
 )
@@ -1012,3 +1013,20 @@ def test_max_hello_bytes_fits_the_largest_hello() -> None:
     boards = tuple(HelloBoard(bytes([i % 256]) * 32, bytes(16)) for i in range(Hello.MAX_BOARDS))
     largest = Hello(2**64 - 1, "r" * 16, True, boards, b"t" * 64)
     assert len(encode_message(largest)) < MAX_HELLO_BYTES
+
+
+@given(MESSAGES, st.data())
+def test_the_start_of_a_valid_message_is_never_refused(message: Message,
+                                                       data: st.DataObject) -> None:
+    """check_head (run on every prefix of an arriving message) accepts every prefix of
+    every valid message: early refusal never costs an honest peer its connection."""
+    body = encode_message(message)
+    cut = data.draw(st.integers(0, len(body)))
+    check_head(body[:cut], len(body))
+
+
+@given(st.binary(max_size=120), st.integers(1, 2 * MAX_MESSAGE_BYTES))
+def test_check_head_on_garbage_raises_only_remote_protocol_errors(head: bytes,
+                                                                  length: int) -> None:
+    with contextlib.suppress(DecodeError, FrameTooLargeError):
+        check_head(head, length)

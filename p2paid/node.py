@@ -254,7 +254,7 @@ class Node:
         if remote == self.node_id:
             conn.close_reason = "connected to itself"
             return False
-        conn.known = remote in self.peerbook
+        conn.known_since = self.peerbook.first_seen(remote)
         existing = self._conns.get(remote)
         if existing is not None and not self._keep_new(existing, conn):
             conn.close_reason = "duplicate"
@@ -310,8 +310,8 @@ class Node:
     def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
         if event.kind in ("linked", "in-sync") and not conn.known:
             # It named a board we hold (only members can): a known peer from now on.
-            conn.known = True
             self.peerbook.add(conn.remote_id)
+            conn.known_since = self.peerbook.first_seen(conn.remote_id)
         name = self._board_name(event.board_id)
         peer = fingerprint(conn.remote_id)
         if event.kind == "received" and event.count:

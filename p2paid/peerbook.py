@@ -19,8 +19,8 @@ from .store import Database
 __all__ = ["MAX_KNOWN_PEERS", "PeerBook"]
 
 MAX_KNOWN_PEERS: Final = 10_000
-#: A known peer's last-seen time is rewritten at most this often (seconds).
-_TOUCH_EVERY: Final = 3600
+#: A known peer's last-seen time is rewritten at most this often (milliseconds).
+_TOUCH_EVERY: Final = 3600 * 1000
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS known_peers (
@@ -43,9 +43,12 @@ class PeerBook:
         with db.write():
             db.execute(_SCHEMA)
         self._seen: dict[bytes, int] = {}
-        for node_id, seen in db.execute("SELECT node_id, last_seen FROM known_peers"):
-            if isinstance(node_id, bytes) and isinstance(seen, int):
+        self._first: dict[bytes, int] = {}
+        for node_id, first, seen in db.execute(
+                "SELECT node_id, first_seen, last_seen FROM known_peers"):
+            if isinstance(node_id, bytes) and isinstance(first, int) and isinstance(seen, int):
                 self._seen[node_id] = seen
+                self._first[node_id] = first
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._seen
@@ -53,9 +56,13 @@ class PeerBook:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def first_seen(self, node_id: bytes) -> int | None:
+        """When ``node_id`` first became known, in ms since the epoch (None: it is not)."""
+        return self._first.get(node_id)
+
     def add(self, node_id: bytes) -> None:
         """Remember ``node_id`` (or note that it was seen again)."""
-        now = int(time.time())
+        now = int(time.time() * 1000)
         if now - self._seen.get(node_id, -_TOUCH_EVERY) < _TOUCH_EVERY:
             return
         with self._db.write():
@@ -66,4 +73,6 @@ class PeerBook:
                 oldest = min(self._seen, key=self._seen.__getitem__)
                 self._db.execute("DELETE FROM known_peers WHERE node_id = ?", (oldest,))
                 del self._seen[oldest]
+                del self._first[oldest]
         self._seen[node_id] = now
+        self._first.setdefault(node_id, now)

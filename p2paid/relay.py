@@ -306,7 +306,7 @@ class Relay:
         return []
 
     def register(self, conn: Connection) -> bool:
-        conn.known = self.replica.ledger.is_known(conn.remote_id)
+        conn.known_since = self.replica.ledger.client_since(conn.remote_id)
         refusal = self.admission.admit(conn)
         if refusal is not None:
             conn.close_reason = refusal
@@ -336,7 +336,8 @@ class Relay:
 
     def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
         if event.kind == "received" and event.count:
-            conn.known = True  # its upload is stored here now
+            # its upload is stored here now: a known client
+            conn.known_since = self.replica.ledger.client_since(conn.remote_id)
             self._metric("stored_counter", event.count)
             log.debug("board %s: %d envelope(s) from %s", event.board_id.hex()[:12],
                       event.count, fingerprint(conn.remote_id))

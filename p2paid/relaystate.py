@@ -218,9 +218,10 @@ class RelayLedger:
             assert isinstance(board, bytes) and isinstance(client, bytes)
             self._intros[board] = _Intro(client, str(address),
                                          digest if isinstance(digest, bytes) else None)
-        self._clients: set[bytes] = {
-            r[0] for r in db.execute("SELECT node_id FROM relay_clients")
-            if isinstance(r[0], bytes)}
+        self._clients: dict[bytes, int] = {
+            node_id: since for node_id, since in db.execute(
+                "SELECT node_id, first_stored FROM relay_clients")
+            if isinstance(node_id, bytes) and isinstance(since, int)}
         self._by_key: Counter[bytes] = Counter()
         self._by_address: Counter[str] = Counter()
         for board, intro in self._intros.items():
@@ -234,6 +235,11 @@ class RelayLedger:
     def is_known(self, node_id: bytes) -> bool:
         """Whether the relay stored an upload of this client (ever)."""
         return node_id in self._clients
+
+    def client_since(self, node_id: bytes) -> int | None:
+        """When the relay first stored an upload of this client, in ms since the epoch
+        (None: never)."""
+        return self._clients.get(node_id)
 
     # ------------------------------------------------------------------ quotas
 
@@ -310,7 +316,8 @@ class RelayLedger:
         """Count ``node_id`` as a client holding data here (from now on, and after a
         restart)."""
         if node_id not in self._clients:
+            now = int(time.time() * 1000)
             with self._db.write():
                 self._db.execute("INSERT OR IGNORE INTO relay_clients VALUES (?, ?)",
-                                 (node_id, int(time.time())))
-            self._clients.add(node_id)
+                                 (node_id, now))
+            self._clients[node_id] = now

@@ -35,6 +35,7 @@ from p2paid.net.admission import ADDRESS_FULL, EVICTED, FULL
 from p2paid.net.connection import HELLO_TIMEOUT_REASON
 from p2paid.net.peers import DialTarget
 from p2paid.relay import RelayLimits
+from p2paid.replication import SyncSession
 from p2paid.wire import Hello, HelloBoard, Ping
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -176,6 +177,50 @@ async def test_silent_authenticated_connections_at_the_cap_do_not_lock_out_a_kno
             await wait_until(lambda: all(c.is_closed for c in flood))
             assert {c.close_reason for c in flood} == {EVICTED, HELLO_TIMEOUT_REASON}
             assert [p.node_id for p in node.peers()] == [honest.node.node_id.hex()]
+            nursery.cancel_scope.cancel()
+
+
+async def test_keys_a_hostile_member_made_known_in_bulk_do_not_keep_an_older_member_out(
+        tmp_path: Path) -> None:
+    """A member fills every slot of a node (max_connections 6) with fresh node keys that
+    each send a valid Hello for the board, so each becomes known, and keep pinging. The
+    honest peer, known from before, comes back and evicts the most recently known of
+    them; a stranger is refused (there is no stranger left to evict)."""
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            invite = make_member(tmp_path / "victim", None, "victim")
+            make_member(tmp_path / "honest", invite, "honest")
+            victim = await start_node(nursery, tmp_path / "victim", max_connections=6)
+            honest = await start_node(nursery, tmp_path / "honest", peers=[victim.address])
+            await wait_until(lambda: len(victim.node.peers()) == 1)
+            await honest.stop()
+            keys = victim.node.board().board.keys
+            await trio.sleep(0.01)  # the hostile keys become known strictly later
+            flood = await open_noise_clients(nursery, victim.address,
+                                             spread_addresses(6, 2), parallel=1)
+            for client in flood:
+                replica = MemoryReplica("node")
+                replica.add_board(keys)
+                assert client.channel.handshake_hash is not None
+                session = SyncSession(replica, initiator=True,
+                                      handshake_hash=client.channel.handshake_hash)
+                await client.send(*session.start(), Ping(1))
+            await wait_until(lambda: len(victim.node.peerbook) == 7
+                             and all(c.known for c in victim.node.admission._conns))
+            honest = await start_node(nursery, tmp_path / "honest", peers=[victim.address])
+            need = await victim.node.board().post_need("the honest member is back")
+            await wait_until(lambda: need.id in {i.id for i in honest.node.board().items()})
+            (evicted,) = [c for c in flood if c.is_closed]
+            assert evicted.close_reason == EVICTED
+
+            def since(c: NoiseClient) -> int:
+                return victim.node.peerbook.first_seen(c.channel.remote_static or b"") or 0
+
+            assert since(evicted) == max(since(c) for c in flood)  # the most recently known
+            stranger = await NoiseClient.connect(victim.address, "127.0.1.251")
+            assert stranger is not None
+            await stranger.run()
+            assert stranger.close_reason == FULL
             nursery.cancel_scope.cancel()
 
 

@@ -12,9 +12,11 @@ Four limits, all counted here:
 A **known** peer (one this node synced a board with before, or a relay client whose
 uploads the relay stored) and every connection we dialled ourselves are exempt from
 the per-address cap, and when the connections are all taken, such a newcomer
-**evicts a stranger**: the youngest inbound connection that is not known. Strangers
-never evict anyone. Connections that send no Hello within HELLO_TIMEOUT are closed
-by the connection itself (:mod:`p2paid.net.connection`).
+**evicts a stranger**: the youngest inbound connection that is not known. If there is
+none, a known newcomer evicts the inbound peer that became known most recently, if that
+was after the newcomer did: a hostile member who makes many node keys known cannot keep
+older members out. Strangers never evict anyone. Connections that send no Hello within
+HELLO_TIMEOUT are closed by the connection itself (:mod:`p2paid.net.connection`).
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ class Admission:
             return ADDRESS_FULL
         if self.connections < self.limits.max_connections:
             return None
-        victim = self._victim() if exempt else None
+        victim = self._victim(conn) if exempt else None
         if victim is None:
             self._refuse("full", "connection limit (%d) reached; refusing %s",
                          self.limits.max_connections, conn.address)
@@ -149,12 +151,21 @@ class Admission:
             if not self._inbound[key]:
                 del self._inbound[key]
 
-    def _victim(self) -> Connection | None:
-        """The youngest inbound connection of a stranger that is not already leaving."""
-        for conn in reversed(self._conns):
-            if not conn.initiator and not conn.known and conn not in self._evicting:
+    def _victim(self, newcomer: Connection) -> Connection | None:
+        """Whom ``newcomer`` (known, or dialled by us) replaces: the youngest inbound
+        connection of a stranger; failing that, for a known newcomer, the inbound peer
+        that became known most recently, if after the newcomer did (so that keys made
+        known in bulk by a hostile member cannot keep older members out)."""
+        candidates = [c for c in self._conns
+                      if not c.initiator and c not in self._evicting]
+        for conn in reversed(candidates):
+            if conn.known_since is None:
                 return conn
-        return None
+        since = newcomer.known_since
+        if since is None:
+            return None
+        newer = [c for c in candidates if c.known_since is not None and c.known_since > since]
+        return max(newer, key=lambda c: c.known_since or 0.0, default=None)
 
     def _refuse(self, what: str, message: str, *args: object) -> None:
         self.refused[what] += 1

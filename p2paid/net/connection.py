@@ -102,8 +102,9 @@ class Connection:
         #: for inbound connections: the remote address as the per-address caps count it
         self.address_key = address_key
         self.initiator = initiator
-        #: a known peer (synced before): exempt from the per-address cap, never evicted
-        self.known = False
+        #: since when the peer is known (synced a board with us before; for a relay: its
+        #: uploads are stored), in ms since the epoch; None for a stranger
+        self.known_since: float | None = None
         self.remote_id: bytes = b""
         self.session: SyncSession | None = None
         self.connected_at = time.time()
@@ -118,6 +119,11 @@ class Connection:
     def __repr__(self) -> str:
         way = "out" if self.initiator else "in"
         return f"<Connection {way} {self.address} {fingerprint(self.remote_id)}>"
+
+    @property
+    def known(self) -> bool:
+        """A known peer: exempt from the per-address cap; evicts strangers when full."""
+        return self.known_since is not None
 
     @property
     def bytes_in(self) -> int:

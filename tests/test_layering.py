@@ -13,7 +13,8 @@ CORE = [
     "p2paid.changeops", "p2paid.feed", "p2paid.model", "p2paid.readmodel", "p2paid.document",
     "p2paid.store", "p2paid.ingest", "p2paid.board", "p2paid.bundle", "p2paid.local",
     "p2paid.noise", "p2paid.wire", "p2paid.replication", "p2paid.replica", "p2paid.hosts",
-    "p2paid.relayaddr", "p2paid.strictpack", "p2paid.peerbook", "p2paid.relaystate",
+    "p2paid.relayaddr", "p2paid.strictpack", "p2paid.messages", "p2paid.peerbook",
+    "p2paid.relaystate",
 ]
 SHELL_ONLY = ("trio", "socket", "zeroconf", "asyncio")
 

@@ -200,7 +200,8 @@ def run_benchmarks(*, quick: bool = False, as_json: bool = False, only: str | No
     """Run the benchmarks and print figures (or JSON). Returns an exit status."""
     n = 1000 if quick else 10_000
     authors = 100 if quick else 1000
-    selected = set((only or "apply,open,post,sync,insync,live,relay,fanout,relaymem").split(","))
+    selected = set((only or "apply,open,post,sync,insync,live,relay,fanout,relaymem,attacks"
+                    ).split(","))
     report = Report(as_json)
     meta: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpu",
@@ -237,6 +238,10 @@ def run_benchmarks(*, quick: bool = False, as_json: bool = False, only: str | No
             from .bench_relay import run_relay_benchmarks
 
             run_relay_benchmarks(report, single, quick, selected)
+        if "attacks" in selected:
+            from .bench_attacks import run_attack_benchmarks
+
+            run_attack_benchmarks(report, root)
     if as_json:
         print(json.dumps({"meta": meta, "figures": [f.__dict__ for f in report.figures]},
                          indent=2))

@@ -128,9 +128,11 @@ trio.run(main, *sys.argv[1:6])
 
 
 class _Child:
-    def __init__(self, script: str, *args: str) -> None:
+    def __init__(self, script: str, *args: str, quiet: bool = False) -> None:
+        """``quiet``: discard the child's log (stderr), e.g. a victim of an attack."""
         self.proc = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True,
+                                     stderr=subprocess.DEVNULL if quiet else None)
 
     def send(self, value: dict[str, Any]) -> None:
         assert self.proc.stdin is not None

@@ -3,7 +3,8 @@
 The relay runs as its own process (``p2paid relay``); the writer is a real node
 process posting through it; the 50 readers are light clients in one process
 (a Noise channel and a sync session each, holding envelopes in memory), since
-50 full nodes would measure the readers' machine, not the relay.
+50 full nodes would measure the readers' machine, not the relay. They connect from
+127.0.N.1 addresses, four per address, as clients on separate machines would.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ class Reader:
             self.arrivals[seq] = now
         return Received(len(envelopes))
 
-async def client(address, reader, ready):
-    stream = await trio.open_tcp_stream(address.host, address.port)
+async def client(address, reader, ready, local):
+    # Four readers per local address, as members on their own machines (a relay caps
+    # connections and handshakes per address).
+    stream = await trio.open_tcp_stream(address.host, address.port, local_address=local)
     channel = SecureChannel(True, X25519PrivateKey.generate(), expected_remote=address.key)
     session = None
     await stream.send_all(channel.data_to_send())
@@ -83,8 +86,8 @@ async def main(address, board_hex, count):
     readers = [Reader(bytes.fromhex(board_hex)) for _ in range(int(count))]
     ready = []
     async with trio.open_nursery() as nursery:
-        for r in readers:
-            nursery.start_soon(client, address, r, ready)
+        for i, r in enumerate(readers):
+            nursery.start_soon(client, address, r, ready, f"127.0.{10 + i // 4}.1")
         while len(ready) < len(readers):
             await trio.sleep(0.05)
         print(json.dumps({"ready": len(ready)}), flush=True)

@@ -544,7 +544,9 @@ class Board:
         one seq, e.g. from a peer): end that author's feed before it.
 
         Returns:
-            True if it was news (a new fork, or a lower one of the author).
+            True if it was news (a new fork, or a lower one of the author); False also
+            when nothing of that author is held here (its feed is then refused at the
+            fork once it arrives and a peer proves it again).
 
         Raises:
             EnvelopeError: the envelopes do not prove a fork on this board.
@@ -554,6 +556,8 @@ class Board:
             self._load()
         with self._db.write():
             self._catch_up()
+            if proof.author not in self._heads:
+                return False  # nothing of that author here: the proof changes nothing
             if not record_fork(self._db, self.id, proof):
                 return False
             self._heads = self._db.heads(self.id)

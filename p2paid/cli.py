@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller workload (1,000 changes)")
     p.add_argument("--only", metavar="NAMES",
                    help="comma-separated subset: apply, open, post, sync, insync, live, relay, "
-                        "fanout, relaymem (default: all)")
+                        "fanout, relaymem, attacks (default: all)")
     return parser
 
 

@@ -19,7 +19,7 @@ from .identity import fingerprint
 from .local import default_data_dir, open_store
 from .model import ItemKind, now_ms
 from .net.tcp import parse_address
-from .node import DEFAULT_PORT, MAX_CONNECTIONS, Node, open_node, read_runtime
+from .node import DEFAULT_PORT, MAX_CONNECTIONS, MAX_PER_ADDRESS, Node, open_node, read_runtime
 from .render import SafeFormatter, plural, safe, when
 
 __all__ = ["add_node_commands"]
@@ -43,7 +43,8 @@ async def _run(args: argparse.Namespace, listen: tuple[str, int] | None,
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_node(args.data_dir, listen=listen, peers=peers,
                              mdns=not args.no_mdns, advertise=not args.no_advertise,
-                             max_connections=args.max_connections) as node, \
+                             max_connections=args.max_connections,
+                             max_per_address=args.max_per_address) as node, \
                 trio.open_nursery() as nursery:
             _greet(node, args)
             nursery.start_soon(_log_events, node)
@@ -166,6 +167,9 @@ def add_node_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> 
                    help="find peers by mDNS without announcing this node")
     p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
                    help=f"cap on simultaneous peer connections (default {MAX_CONNECTIONS})")
+    p.add_argument("--max-per-address", type=int, default=MAX_PER_ADDRESS, metavar="N",
+                   help="cap on connections from one address (IPv6: one /64) of peers this "
+                        f"node has not synced with before (default {MAX_PER_ADDRESS})")
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", help="log only problems")
     noise.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")

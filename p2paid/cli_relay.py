@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
 from .errors import NotFoundError
+from .hosts import normalize_host
 from .local import default_data_dir, open_store
 from .model import Member
 from .net.tcp import format_address, parse_address
@@ -25,8 +28,9 @@ from .relay import (
     read_relay_runtime,
     serve_relay,
 )
-from .relayaddr import RelayAddress
+from .relayaddr import RelayAddress, decode_token, encode_token
 from .relayplan import normal_address
+from .relaystate import RelayTokens
 from .render import SafeFormatter, json_text, plural, safe
 
 __all__ = ["add_relay_commands"]
@@ -50,10 +54,14 @@ def cmd_relay_run(args: argparse.Namespace) -> int:
             return 2
     limits = RelayLimits(
         max_connections=args.max_connections,
+        max_per_address=args.max_per_address,
         rate_bytes_per_s=int(args.rate_kib * 1024),
         max_board_bytes=int(args.max_board_mib * MIB),
         max_total_bytes=int(args.max_total_mib * MIB),
         allowed_boards=allowed,
+        quota_per_key=int(args.quota_key_mib * MIB),
+        quota_per_address=int(args.quota_address_mib * MIB),
+        require_token=args.require_token,
     )
     options = RelayOptions(
         listen=parse_address(args.listen, DEFAULT_RELAY_PORT),
@@ -84,9 +92,9 @@ async def _run(data_dir: Any, options: RelayOptions) -> None:
 
 def _host_and_port(text: str) -> tuple[str, int | None]:
     """``HOST`` or ``HOST:PORT`` (a missing port means: the one the relay listens on)."""
-    if text.count(":") == 1 or text.startswith("["):
+    if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
         return parse_address(text)
-    return text.strip("[]"), None
+    return normalize_host(text.strip()), None
 
 
 def cmd_relay_status(args: argparse.Namespace) -> int:
@@ -121,15 +129,69 @@ def cmd_relay_status(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_add(args: argparse.Namespace) -> int:
+    if args.token is not None:
+        parsed = RelayAddress.parse(args.address)
+        args.address = str(parsed.with_token(decode_token(args.token)))
     with open_store(args.data_dir, create=False) as store:
         if args.board:
             board = store.board(args.board)
             board.add_relay(args.address)
-            print(safe(f"board {board.name!r} now syncs through {args.address.strip()} "
+            print(safe(f"board {board.name!r} now syncs through {_shown(args.address)} "
                        "(published to its members as a suggestion)"))
         else:
-            address = store.add_relay(args.address)
-            print(safe(f"every board now syncs through {address}"))
+            print(safe(f"every board now syncs through {_shown(store.add_relay(args.address))}"))
+    return 0
+
+
+def _shown(address: str) -> str:
+    """An address as printed: without its token, which is a secret."""
+    parsed = RelayAddress.parse(address)
+    return parsed.without_token_text() + (" (with its access token)" if parsed.token else "")
+
+
+def cmd_relay_token_create(args: argparse.Namespace) -> int:
+    db = open_relay_db(args.data_dir or default_data_dir())
+    try:
+        token, info = RelayTokens(db).create(args.note or "")
+    finally:
+        db.close()
+    text = encode_token(token)
+    if args.json:
+        print(json.dumps({"id": info.id, "token": text, "note": info.note}))
+        return 0
+    print(f"token {info.id}: {text}")
+    print("shown once: give it to the group (append ?token=... to the relay address, or "
+          "'p2paid relay add ADDRESS --token TOKEN'); revoke it with "
+          f"'p2paid relay token revoke {info.id}'")
+    return 0
+
+
+def cmd_relay_token_list(args: argparse.Namespace) -> int:
+    db = open_relay_db(args.data_dir or default_data_dir())
+    try:
+        tokens = RelayTokens(db).list()
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(t) for t in tokens], indent=2))
+        return 0
+    if not tokens:
+        print("no tokens: create one with 'p2paid relay token create --note GROUP'")
+    for t in tokens:
+        state = "valid" if t.revoked is None else "revoked " + time.strftime(
+            "%Y-%m-%d", time.localtime(t.revoked))
+        created = time.strftime("%Y-%m-%d", time.localtime(t.created))
+        print(f"{t.id}  {state:<18} created {created}  {t.note}")
+    return 0
+
+
+def cmd_relay_token_revoke(args: argparse.Namespace) -> int:
+    db = open_relay_db(args.data_dir or default_data_dir())
+    try:
+        info = RelayTokens(db).revoke(args.id)
+    finally:
+        db.close()
+    print(f"token {info.id} revoked: clients presenting it are refused from now on")
     return 0
 
 
@@ -244,6 +306,9 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections,
                    metavar="N", help="simultaneous clients (default %(default)s)")
+    p.add_argument("--max-per-address", type=int, default=_DEFAULTS.max_per_address,
+                   metavar="N", help="simultaneous clients from one address (IPv6: one /64) "
+                   "that hold nothing here yet (default %(default)s)")
     p.add_argument("--rate-kib", type=float,
                    default=_DEFAULTS.rate_bytes_per_s / 1024, metavar="KIB",
                    help="KiB/s one client may upload, after a burst (default %(default).0f)")
@@ -256,6 +321,14 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
                    help="storage in all (default %(default).0f)")
     p.add_argument("--allow", action="append", metavar="BOARD_ID",
                    help="carry only these boards (repeatable; default: any board)")
+    p.add_argument("--quota-key-mib", type=float, default=_DEFAULTS.quota_per_key / MIB,
+                   metavar="MIB", help="storage in boards one client key brought here "
+                   "without an access token (default %(default).0f)")
+    p.add_argument("--quota-address-mib", type=float,
+                   default=_DEFAULTS.quota_per_address / MIB, metavar="MIB",
+                   help="the same per client address, IPv6 by /64 (default %(default).0f)")
+    p.add_argument("--require-token", action="store_true",
+                   help="serve only clients with an access token ('relay token create')")
     p.add_argument("-v", "--verbose", action="store_true", help="log every sync")
     actions = p.add_subparsers(dest="relay_command", metavar="ACTION")
     a = cmd("status", cmd_relay_status, "boards, envelopes, bytes and connections of the "
@@ -265,6 +338,7 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
     a.add_argument("address", help="p2paid-relay://HOST:PORT/KEY, as the relay printed it")
     a.add_argument("--board", metavar="ID", help="only this board (the relay is then "
                    "published to its members)")
+    a.add_argument("--token", metavar="TOKEN", help="the access token its operator gave you")
     a = cmd("remove", cmd_relay_remove, "stop using a relay (configured, of a board, or "
             "accepted); with --board only for that board", actions)
     a.add_argument("address")
@@ -279,3 +353,13 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
             "listing it", actions)
     a.add_argument("address")
     a.add_argument("--board", metavar="ID", help="only this board")
+    t = actions.add_parser("token", help="access tokens of the relay on this data dir "
+                           "(token create|list|revoke)")
+    tokens = t.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    a = cmd("create", cmd_relay_token_create, "make an access token (shown once) to hand "
+            "to a group", tokens, True)
+    a.add_argument("--note", metavar="TEXT", help="who it is for (shown in 'token list')")
+    cmd("list", cmd_relay_token_list, "the relay's tokens (ids and notes, never the tokens)",
+        tokens, True)
+    a = cmd("revoke", cmd_relay_token_revoke, "refuse a token from now on", tokens)
+    a.add_argument("id", help="the token's id, as 'relay token list' shows it")

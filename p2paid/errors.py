@@ -30,6 +30,7 @@ __all__ = [
     "ForkedFeedError",
     "FrameTooLargeError",
     "HandshakeError",
+    "HostError",
     "InvalidChangeError",
     "InviteError",
     "LimitExceededError",
@@ -73,6 +74,10 @@ class AmbiguousIdError(UsageError):
 
 class InviteError(UsageError):
     """An invite or address URI is malformed."""
+
+
+class HostError(UsageError):
+    """A host is neither an IP address literal nor a valid DNS name."""
 
 
 # --------------------------------------------------------------------- our bugs

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import InviteError, ValidationError
+from .relayaddr import RelayAddress
 from .text import text_problem
 
 __all__ = [
@@ -47,6 +48,11 @@ SECRET_BYTES = 32
 MAX_BOARD_NAME = 100
 MAX_RELAY_HINTS = 8
 MAX_RELAY_ADDRESS = 300
+#: Longest invite accepted, in characters (the largest valid one is about 4,800).
+MAX_INVITE_CHARS = 8192
+#: msgpack limits for an invite body: nothing in a valid invite comes near them.
+_UNPACK_LIMITS = {"max_str_len": 1024, "max_bin_len": 1024, "max_array_len": 64,
+                  "max_map_len": 64, "max_ext_len": 64}
 INVITE_SCHEME = "p2paid:"
 INVITE_VERSION = 1
 _HKDF_SALT = b"p2paid/1"
@@ -121,9 +127,16 @@ class Invite:
             raise InviteError("an invite's secret is 32 bytes")
         if len(self.relays) > MAX_RELAY_HINTS:
             raise InviteError(f"an invite carries at most {MAX_RELAY_HINTS} relay hints")
-        for relay in self.relays:
+        hints = []
+        for number, relay in enumerate(self.relays, 1):
             if not isinstance(relay, str) or not 0 < len(relay) <= MAX_RELAY_ADDRESS:
-                raise InviteError("an invite's relay hint is not a short string")
+                raise InviteError(f"the invite's relay hint {number} is not a short string")
+            try:
+                hints.append(str(RelayAddress.parse(relay)))
+            except InviteError as exc:
+                raise InviteError(f"the invite's relay hint {number} is not valid: {exc}"
+                                  ) from exc
+        object.__setattr__(self, "relays", tuple(hints))
         try:
             object.__setattr__(self, "name", validate_board_name(self.name))
         except ValidationError as exc:
@@ -147,7 +160,11 @@ class Invite:
         Raises:
             InviteError: with a message that says what is wrong with it.
         """
+        if not isinstance(uri, str):
+            raise InviteError("an invite is text")
         text = uri.strip()
+        if len(text) > MAX_INVITE_CHARS:
+            raise InviteError(f"the invite is longer than {MAX_INVITE_CHARS} characters")
         if not text.lower().startswith(INVITE_SCHEME):
             raise InviteError("not a p2paid invite: it must start with 'p2paid:'")
         encoded = text[len(INVITE_SCHEME) :].upper()
@@ -172,8 +189,8 @@ class Invite:
                 f"{INVITE_VERSION}); upgrade p2paid"
             )
         try:
-            fields = msgpack.unpackb(body[1:], raw=False, strict_map_key=True)
-        except (ValueError, msgpack.UnpackException) as exc:
+            fields = msgpack.unpackb(body[1:], raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+        except (ValueError, RecursionError, msgpack.UnpackException) as exc:
             raise InviteError("the invite's contents are malformed") from exc
         if (
             not isinstance(fields, list)

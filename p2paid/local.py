@@ -193,8 +193,13 @@ class Store:
     def create_board(
         self, name: str, *, display_name: str | None = None, relays: Iterable[str] = ()
     ) -> Board:
-        """Create a new board with a fresh secret; you are its first member."""
-        return self._add_board(new_board_secret(), validate_board_name(name), tuple(relays),
+        """Create a new board with a fresh secret; you are its first member.
+
+        Raises:
+            InviteError: a relay hint is not a valid relay address.
+        """
+        hints = tuple(str(RelayAddress.parse(r)) for r in relays)
+        return self._add_board(new_board_secret(), validate_board_name(name), hints,
                                display_name)
 
     def join(self, invite: str | Invite, *, display_name: str | None = None) -> Board:

@@ -27,19 +27,22 @@ from typing import Final, final
 import trio
 
 from .asyncboard import AsyncBoard
-from .errors import P2paidError, UsageError
+from .errors import InviteError, P2paidError, UsageError
 from .identity import NodeKey, fingerprint
 from .invite import Invite
 from .local import Store, open_store
+from .net.admission import Admission, AdmissionLimits
 from .net.connection import RESYNC_REASON, Connection
 from .net.inbound import serve_inbound
 from .net.peers import Dialer, DialTarget
 from .net.tcp import format_address, open_listener
+from .peerbook import PeerBook
 from .relayaddr import RelayAddress
 from .relayplan import plan_relays
 from .render import plural
 from .replica import StoreReplica
 from .replication import SyncEvent
+from .wire import Hello, Message
 
 __all__ = ["Node", "PeerInfo", "open_node"]
 
@@ -47,6 +50,12 @@ log = logging.getLogger("p2paid.node")
 
 DEFAULT_PORT: Final = 7446
 MAX_CONNECTIONS: Final = 64
+#: Inbound connections from one address (an IPv6 /64) that is not a known peer: a few
+#: devices behind one router, not one machine taking every slot.
+MAX_PER_ADDRESS: Final = 8
+#: Handshakes in progress, in all and from one address.
+MAX_HANDSHAKES: Final = 32
+MAX_HANDSHAKES_PER_ADDRESS: Final = 4
 #: How often the node looks for envelopes other processes (the CLI) stored.
 STORE_POLL_INTERVAL: Final = 0.25
 STATUS_INTERVAL: Final = 2.0
@@ -75,13 +84,16 @@ class PeerInfo:
 class Node:
     """A running node. Use :func:`open_node`; do not construct it."""
 
-    def __init__(self, store: Store, nursery: trio.Nursery, *, max_connections: int) -> None:
+    def __init__(self, store: Store, nursery: trio.Nursery, *, max_connections: int,
+                 max_per_address: int = MAX_PER_ADDRESS) -> None:
         self.store = store
         self.node_key: NodeKey = store.node_key
         self.node_id = self.node_key.public
         self.replica = StoreReplica(store)
         self._nursery = nursery
-        self._max_connections = max_connections
+        self.admission = Admission(AdmissionLimits(
+            max_connections, max_per_address, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS))
+        self.peerbook = PeerBook(store.db)
         self._conns: dict[bytes, Connection] = {}
         self._busy = False
         self._boards: dict[bytes, AsyncBoard] = {}
@@ -154,26 +166,24 @@ class Node:
 
     def refresh_relays(self) -> None:
         """Dial the relays of :meth:`relay_plan`; redial one whose boards changed."""
-        plan = self.relay_plan()
-        wanted: dict[tuple[str, int], tuple[RelayAddress, frozenset[bytes]]] = {}
-        for text, board_ids in plan.items():
-            address = RelayAddress.parse(text)
-            wanted[(address.host, address.port)] = (address, board_ids)
+        wanted = _relay_targets(self.relay_plan())
         for key, target in list(self.dialer.targets.items()):
             if target.source == "relay" and (
                     key not in wanted or wanted[key][1] != target.boards
-                    or wanted[key][0].key != target.node_id):
+                    or wanted[key][0].key != target.node_id
+                    or wanted[key][0].token != target.token):
                 self.dialer.remove(*key)
                 conn = self._conns.get(target.node_id or b"")
                 if conn is not None:
                     conn.close(RESYNC_REASON)
         for key, (address, board_ids) in wanted.items():
             if self.dialer.get(*key) is None:
-                log.info("syncing %s through relay %s", plural(len(board_ids), "board"),
-                         address)
+                log.info("syncing %s through relay %s%s", plural(len(board_ids), "board"),
+                         address.without_token_text(),
+                         " (with an access token)" if address.token else "")
                 self.dialer.add(DialTarget(address.host, address.port, source="relay",
                                            node_id=address.key, pinned=True, to_relay=True,
-                                           boards=board_ids))
+                                           boards=board_ids, token=address.token))
 
     async def watch_relays(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
@@ -230,20 +240,28 @@ class Node:
 
     # ------------------------------------------------------------------ ConnectionHost
 
+    def replica_for(self, conn: Connection) -> StoreReplica:
+        return self.replica
+
+    def on_hello(self, conn: Connection, hello: Hello) -> list[Message]:
+        return []
+
     def register(self, conn: Connection) -> bool:
         remote = conn.remote_id
         if remote == self.node_id:
             conn.close_reason = "connected to itself"
             return False
+        conn.known_since = self.peerbook.first_seen(remote)
         existing = self._conns.get(remote)
-        if existing is not None:
-            if not self._keep_new(existing, conn):
-                conn.close_reason = "duplicate"
-                return False
-            existing.close("duplicate")
-        elif len(self._conns) >= self._max_connections:
-            conn.close_reason = "full"
+        if existing is not None and not self._keep_new(existing, conn):
+            conn.close_reason = "duplicate"
             return False
+        refusal = self.admission.admit(conn, replacing=existing is not None)
+        if refusal is not None:
+            conn.close_reason = refusal
+            return False
+        if existing is not None:
+            existing.close("duplicate")
         self._conns[remote] = conn
         log.info("peer %s connected (%s, %s)", fingerprint(remote), conn.address,
                  "outbound" if conn.initiator else "inbound")
@@ -259,6 +277,7 @@ class Node:
         return opener(new) < opener(existing)
 
     def unregister(self, conn: Connection) -> None:
+        self.admission.release(conn)
         self.after_receive(conn)  # envelopes stored from a batch cut short
         if self._conns.get(conn.remote_id) is conn:
             del self._conns[conn.remote_id]
@@ -286,6 +305,10 @@ class Node:
         self._pulse()
 
     def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
+        if event.kind in ("linked", "in-sync") and not conn.known:
+            # It named a board we hold (only members can): a known peer from now on.
+            self.peerbook.add(conn.remote_id)
+            conn.known_since = self.peerbook.first_seen(conn.remote_id)
         name = self._board_name(event.board_id)
         peer = fingerprint(conn.remote_id)
         if event.kind == "received" and event.count:
@@ -327,8 +350,7 @@ class Node:
         log.info("listening on %s (node key %s)", format_address(*self.listen_address),
                  fingerprint(self.node_id))
         task_status.started(self.listen_address)
-        await serve_inbound(self, listener, lambda handshaking: (
-            len(self._conns) + handshaking < self._max_connections))
+        await serve_inbound(self, listener, self.admission)
 
     async def watch_store(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:
@@ -395,6 +417,7 @@ async def open_node(
     mdns: bool = True,
     advertise: bool = True,
     max_connections: int = MAX_CONNECTIONS,
+    max_per_address: int = MAX_PER_ADDRESS,
     store: Store | None = None,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the ``async with`` block.
@@ -406,6 +429,8 @@ async def open_node(
         peers: addresses to keep connections to.
         mdns: find peers on the local network (and be found, unless ``advertise`` is False).
         max_connections: cap on simultaneous peer connections.
+        max_per_address: cap on inbound connections from one address (an IPv6 /64)
+            that are not known peers.
         store: an already open store to use instead of ``data_dir`` (not closed here).
 
     Raises:
@@ -416,7 +441,8 @@ async def open_node(
     st = open_store(data_dir) if store is None else store
     try:
         async with trio.open_nursery() as nursery:
-            node = Node(st, nursery, max_connections=max_connections)
+            node = Node(st, nursery, max_connections=max_connections,
+                        max_per_address=max_per_address)
             for board in st.boards():
                 board.load()
             if listen is not None:
@@ -438,6 +464,26 @@ async def open_node(
     finally:
         if own_store:
             st.close()
+
+
+def _relay_targets(plan: dict[str, frozenset[bytes]]
+                   ) -> dict[tuple[str, int], tuple[RelayAddress, frozenset[bytes]]]:
+    """One dial target per relay host and port: the boards of every address naming it,
+    and its token if any of them carries one."""
+    wanted: dict[tuple[str, int], tuple[RelayAddress, frozenset[bytes]]] = {}
+    for text, board_ids in plan.items():
+        try:
+            address = RelayAddress.parse(text)
+        except InviteError as exc:  # kept out of the plan already; never fatal
+            log.warning("ignoring relay %r: %s", text[:80], exc)
+            continue
+        key = (address.host, address.port)
+        known = wanted.get(key)
+        if known is not None and known[0].key == address.key:
+            address = known[0].with_token(known[0].token or address.token)
+            board_ids = known[1] | board_ids
+        wanted[key] = (address, board_ids)
+    return wanted
 
 
 async def _start_listener(node: Node, nursery: trio.Nursery, listen: tuple[str, int]) -> None:

@@ -28,14 +28,17 @@ from .errors import EnvelopeError, UsageError
 from .feed import FeedHead, ForkProof
 from .identity import NodeKey, fingerprint
 from .ingest import ingest, record_fork
+from .net.admission import Admission, AdmissionLimits
 from .net.connection import Connection
 from .net.inbound import serve_inbound
 from .net.tcp import format_address, open_listener
 from .relayaddr import RelayAddress
+from .relaystate import ClientInfo, Quotas, RelayLedger, RelayTokens
 from .replication import BoardAccess, Received, SyncEvent
 from .store import Database, ForkRow
+from .wire import Hello, Message, Refused
 
-__all__ = ["Relay", "RelayLimits", "RelayReplica", "serve_relay"]
+__all__ = ["ClientReplica", "Relay", "RelayLimits", "RelayReplica", "serve_relay"]
 
 log = logging.getLogger("p2paid.relay")
 
@@ -44,9 +47,15 @@ RUNTIME_KEY: Final = "relay-runtime"
 ROLE_KEY: Final = "role"
 _NODE_KEY: Final = "node_key"
 STATUS_INTERVAL: Final = 2.0
-#: Handshakes allowed past the connection cap, to tell those clients Close("full").
-FULL_NOTICE_SLOTS: Final = 16
+#: Handshakes in progress, in all and from one address (past the connection cap too,
+#: so that a known client can get in and evict a stranger, or a stranger be told
+#: Close("full")).
+MAX_HANDSHAKES: Final = 256
+MAX_HANDSHAKES_PER_ADDRESS: Final = 8
 MIB: Final = 1024 * 1024
+#: Close reasons of a relay that requires access tokens.
+TOKEN_REQUIRED: Final = "token-required"
+TOKEN_INVALID: Final = "token-invalid"
 
 
 @final
@@ -55,12 +64,22 @@ class RelayLimits:
     """What an operator allows. Every limit, when reached, is logged and told to the peer."""
 
     max_connections: int = 512
+    #: inbound connections from one address (IPv4, or IPv6 /64) of clients that hold
+    #: nothing here: a community centre's or a carrier NAT's worth of members
+    max_per_address: int = 32
     #: bytes per second one connection may send us (beyond a burst of 4 s worth)
     rate_bytes_per_s: int = 1 * MIB
     max_board_bytes: int = 256 * MIB
     max_total_bytes: int = 4 * 1024 * MIB
     #: when not None, only these board ids are carried
     allowed_boards: frozenset[bytes] | None = None
+    #: bytes in boards one client key introduced (without a token): a group's board
+    #: of 100,000 posts is about 60 MiB
+    quota_per_key: int = 256 * MIB
+    #: bytes in boards introduced from one address (IPv4, or IPv6 /64)
+    quota_per_address: int = 512 * MIB
+    #: refuse clients that present no valid access token
+    require_token: bool = False
 
 
 @final
@@ -73,10 +92,13 @@ class RelayReplica:
         self._heads: dict[bytes, dict[bytes, FeedHead]] = {}
         self._sizes: dict[bytes, int] = db.board_sizes()
         self._fork_seqs: dict[bytes, dict[bytes, int]] = {}
+        self.tokens = RelayTokens(db)
+        self.ledger = RelayLedger(db, self.tokens, self._sizes)
+        self._quotas = Quotas(limits.quota_per_key, limits.quota_per_address)
         self._full_logged: dict[bytes, float] = {}
         self.changed_boards: set[bytes] = set()
         self.stats: dict[str, int] = {"stored": 0, "duplicates": 0, "refused": 0,
-                                      "refused_full": 0}
+                                      "refused_full": 0, "refused_quota": 0}
 
     @property
     def role(self) -> str:
@@ -134,6 +156,12 @@ class RelayReplica:
             EnvelopeError: the evidence proves nothing (the sender's fault).
         """
         proof = ForkProof.check(board_id, Envelope.decode(first), Envelope.decode(second))
+        if proof.author not in self._board_heads(board_id):
+            return False  # nothing of that author here: the proof changes nothing
+        proof_bytes = len(first) + len(second)
+        if (self._sizes.get(board_id, 0) + proof_bytes > self._limits.max_board_bytes
+                or self.total_bytes + proof_bytes > self._limits.max_total_bytes):
+            return False  # no room: the author's envelopes are refused at the cap anyway
         with self._db.write():
             if not record_fork(self._db, board_id, proof):
                 return False
@@ -151,7 +179,10 @@ class RelayReplica:
     def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
         return self._db.read_feed(board_id, author, after, max_bytes)
 
-    def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
+    def receive(self, board_id: bytes, envelopes: Sequence[bytes],
+                client: ClientInfo | None = None) -> Received:
+        """Verify and store a batch (SPEC 14.2); ``client`` is who uploads it (None: no
+        quota applies, as for a local import)."""
         if self.accepts(board_id) is not None:
             return Received(notice=self.accepts(board_id))
         decoded, rejected = _decode(envelopes)
@@ -161,22 +192,28 @@ class RelayReplica:
         if (size + incoming > self._limits.max_board_bytes
                 or self.total_bytes + incoming > self._limits.max_total_bytes):
             self.stats["refused_full"] += len(decoded)
-            now = time.monotonic()
-            if now - self._full_logged.get(board_id, -3600.0) > 60:
-                self._full_logged[board_id] = now
-                log.warning("board %s is full (%.2f MiB stored); refusing new envelopes",
-                            board_id.hex()[:12], size / MIB)
+            self._log_once(board_id, "board %s is full (%.2f MiB stored); refusing new "
+                           "envelopes", board_id.hex()[:12], size / MIB)
             return Received(rejected=rejected, notice=(
                 "board-full", "this relay has no room for more of this board"))
+        if client is not None:
+            over = self.ledger.check(board_id, incoming, client, self._quotas)
+            if over is not None:
+                self.stats["refused_quota"] += len(decoded)
+                self._log_once(board_id, "board %s refused: %s", board_id.hex()[:12], over)
+                return Received(rejected=rejected, notice=(
+                    "quota", f"{over}; ask the relay's operator for an access token"))
         heads = self._board_heads(board_id)
         with self._db.write():
             result = ingest(self._db, board_id, decoded, heads, None,
                             forked=self._forked(board_id))
+            stored = sum(len(a.envelope.raw) for a in result.accepted)
+            if result.accepted:
+                self.ledger.stored(board_id, size, size + stored, client)
             if result.forks:
                 sizes = self._db.board_sizes()
         for acc in result.accepted:
             heads[acc.envelope.author] = FeedHead(acc.envelope.seq, acc.envelope.hash)
-        stored = sum(len(a.envelope.raw) for a in result.accepted)
         if result.accepted:
             self._sizes[board_id] = size + stored
             self.changed_boards.add(board_id)
@@ -187,6 +224,58 @@ class RelayReplica:
         self.stats["duplicates"] += result.duplicates
         self.stats["refused"] += len(rejected)
         return Received(len(result.accepted), result.duplicates, rejected, notice)
+
+
+    def _log_once(self, board_id: bytes, message: str, *args: object) -> None:
+        """Warn about a refused board at most once a minute."""
+        now = time.monotonic()
+        if now - self._full_logged.get(board_id, -3600.0) > 60:
+            self._full_logged[board_id] = now
+            log.warning(message, *args)
+
+
+@final
+class ClientReplica:
+    """The relay's replica as one client's session sees it: uploads are attributed
+    to that client (for the quotas and the known-client record)."""
+
+    def __init__(self, replica: RelayReplica, client: ClientInfo) -> None:
+        self._replica = replica
+        self.client = client
+
+    @property
+    def role(self) -> str:
+        return "relay"
+
+    def boards(self) -> Sequence[BoardAccess]:
+        return self._replica.boards()
+
+    def accepts(self, board_id: bytes) -> tuple[str, str] | None:
+        return self._replica.accepts(board_id)
+
+    def vector(self, board_id: bytes) -> Mapping[bytes, int]:
+        return self._replica.vector(board_id)
+
+    def heads(self, board_id: bytes) -> Mapping[bytes, FeedHead]:
+        return self._replica.heads(board_id)
+
+    def hash_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
+        return self._replica.hash_at(board_id, author, seq)
+
+    def forked(self, board_id: bytes) -> Mapping[bytes, int]:
+        return self._replica.forked(board_id)
+
+    def fork_evidence(self, board_id: bytes, author: bytes) -> tuple[bytes, bytes] | None:
+        return self._replica.fork_evidence(board_id, author)
+
+    def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool:
+        return self._replica.record_fork(board_id, first, second)
+
+    def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
+        return self._replica.read(board_id, author, after, max_bytes)
+
+    def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
+        return self._replica.receive(board_id, envelopes, self.client)
 
 
 def _decode(envelopes: Iterable[bytes]) -> tuple[list[Envelope], list[EnvelopeError]]:
@@ -238,7 +327,10 @@ class Relay:
         self.node_key = relay_key(db)
         self.replica = RelayReplica(db, limits)
         self._nursery = nursery
-        self._conns: dict[Connection, None] = {}
+        self._conns: dict[Connection, ClientInfo] = {}
+        self.admission = Admission(AdmissionLimits(
+            limits.max_connections, limits.max_per_address, MAX_HANDSHAKES,
+            MAX_HANDSHAKES_PER_ADDRESS))
         self.listen_address: tuple[str, int] | None = None
         self.public: tuple[str, int] | None = None
         self.started = time.time()
@@ -254,19 +346,47 @@ class Relay:
 
     # ------------------------------------------------------------------ ConnectionHost
 
+    def replica_for(self, conn: Connection) -> ClientReplica:
+        info = self._conns.get(conn) or ClientInfo(conn.remote_id, conn.address_key or "")
+        return ClientReplica(self.replica, info)
+
+    def on_hello(self, conn: Connection, hello: Hello) -> list[Message] | None:
+        """Check the client's access token (SPEC 14.3)."""
+        info = self._conns.get(conn)
+        if hello.token is not None:
+            digest = self.replica.tokens.check(hello.token)
+            if digest is not None:
+                if info is not None:
+                    info.token_hash = digest
+                return []
+            if self.limits.require_token:
+                conn.close_reason = TOKEN_INVALID
+                log.info("client %s (%s) presented an unknown or revoked token",
+                         fingerprint(conn.remote_id), conn.address)
+                return None
+            return [Refused(b"", TOKEN_INVALID, "this relay does not know that access token "
+                            "(revoked?); serving without it, within the new-board quotas")]
+        if self.limits.require_token:
+            conn.close_reason = TOKEN_REQUIRED
+            log.info("client %s (%s) has no access token", fingerprint(conn.remote_id),
+                     conn.address)
+            return None
+        return []
+
     def register(self, conn: Connection) -> bool:
-        if len(self._conns) >= self.limits.max_connections:
-            conn.close_reason = "full"
-            log.warning("connection limit (%d) reached; refusing %s",
-                        self.limits.max_connections, conn.address)
+        conn.known_since = self.replica.ledger.client_since(conn.remote_id)
+        refusal = self.admission.admit(conn)
+        if refusal is not None:
+            conn.close_reason = refusal
             return False
-        self._conns[conn] = None
+        self._conns[conn] = ClientInfo(conn.remote_id, conn.address_key or "")
         log.info("client %s connected (%s)", fingerprint(conn.remote_id), conn.address)
         self._metric("connections_gauge", len(self._conns))
         return True
 
     def unregister(self, conn: Connection) -> None:
-        if self._conns.pop(conn, 0) is None:
+        self.admission.release(conn)
+        if self._conns.pop(conn, None) is not None:
             log.info("client %s left (%s)", fingerprint(conn.remote_id),
                      conn.close_reason or "closed")
             self._metric("connections_gauge", len(self._conns))
@@ -284,6 +404,8 @@ class Relay:
 
     def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
         if event.kind == "received" and event.count:
+            # its upload is stored here now: a known client
+            conn.known_since = self.replica.ledger.client_since(conn.remote_id)
             self._metric("stored_counter", event.count)
             log.debug("board %s: %d envelope(s) from %s", event.board_id.hex()[:12],
                       event.count, fingerprint(conn.remote_id))
@@ -295,10 +417,7 @@ class Relay:
     # ------------------------------------------------------------------ service
 
     async def accept_loop(self, listener: trio.SocketListener) -> None:
-        # Past the cap, a few more clients are let through the handshake only to be
-        # told Close("full"); beyond those, the socket is closed at once.
-        await serve_inbound(self, listener, lambda handshaking: (
-            len(self._conns) + handshaking < self.limits.max_connections + FULL_NOTICE_SLOTS))
+        await serve_inbound(self, listener, self.admission)
 
     def status(self) -> dict[str, Any]:
         return {

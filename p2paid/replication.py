@@ -89,7 +89,7 @@ PEER_FAULTS: Final = (SignatureError, MalformedEnvelopeError, OversizedEnvelopeE
 DEFAULT_BATCH_BYTES: Final = 900 * 1024
 DEFAULT_WINDOW: Final = 4
 #: Refusal codes after which a sender stops sending that board on the connection.
-STALLING: Final = frozenset({"board-full", "not-allowed"})
+STALLING: Final = frozenset({"board-full", "not-allowed", "quota"})
 _ROLE_LABEL: Final = {True: b"p2paid/1 initiator", False: b"p2paid/1 responder"}
 
 

@@ -290,6 +290,15 @@ class Database:
             raise StorageError(f"store write failed: {exc}") from exc
         return int(cur.lastrowid or 0)
 
+    def execute(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        """Run one statement for a module that keeps its own tables in this file
+        (:mod:`p2paid.peerbook`, :mod:`p2paid.relaystate`); wrap writes in :meth:`write`.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        return self._query(sql, args)
+
     # ------------------------------------------------------------------ meta
 
     def get_meta(self, key: str) -> bytes | None:

@@ -8,9 +8,10 @@ Byte layout on the TCP stream::
     stream   = message*
     message  = length(4, big-endian, 1..MAX_MESSAGE_BYTES) || msgpack array
 
-A message is a msgpack array ``[type, field, ...]``; receivers ignore extra
-trailing fields (room for later minor versions) and treat an unknown type, a
-missing field or a field of the wrong type as a :class:`RemoteProtocolError`.
+The messages themselves and their strict codec are in :mod:`p2paid.messages`
+(re-exported here). The channel checks each message's length and first bytes as
+they arrive, allows at most MAX_HELLO_BYTES before the peer's Hello, and decodes at
+most MAX_QUEUED_EVENTS messages ahead of its caller.
 
 :class:`SecureChannel` follows h11's shape: feed it bytes with
 :meth:`~SecureChannel.receive_data` (``b""`` = EOF), pull events with
@@ -22,10 +23,9 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Union, final
+from dataclasses import dataclass
+from typing import Final, final
 
-import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .errors import (
@@ -35,12 +35,35 @@ from .errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from .messages import (
+    HEAD_BYTES,
+    MAX_HELLO_BYTES,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Close,
+    Envelopes,
+    Evidence,
+    Hello,
+    HelloBoard,
+    Message,
+    Ping,
+    Pong,
+    Refused,
+    Vector,
+    check_head,
+    decode_message,
+    encode_message,
+)
 from .noise import MAX_MESSAGE_LEN, TAGLEN, HandshakeState, NoiseTransport
 
-__all__ = [
+__all__ = [  # the messages are re-exported: most callers need both
+    "MAX_HELLO_BYTES",
     "MAX_MESSAGE_BYTES",
+    "MAX_QUEUED_EVENTS",
     "NEED_DATA",
     "PROLOGUE",
+    "PROTOCOL_VERSION",
     "Ack",
     "Close",
     "ConnectionClosed",
@@ -56,276 +79,18 @@ __all__ = [
     "Refused",
     "SecureChannel",
     "Vector",
+    "check_head",
     "decode_message",
     "encode_message",
 ]
 
-PROTOCOL_VERSION: Final = 1
 #: Noise prologue: protocol name and major version.
 PROLOGUE: Final = b"p2paid/1"
-#: Hard cap on one message (a batch of envelopes is kept well below it).
-MAX_MESSAGE_BYTES: Final = 1024 * 1024
 _MAX_PLAINTEXT: Final = MAX_MESSAGE_LEN - TAGLEN
+#: Messages decoded ahead of the caller taking them (the rest waits as bytes).
+MAX_QUEUED_EVENTS: Final = 64
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-
-
-# ---------------------------------------------------------------------- messages
-
-
-def _bytes(value: Any, size: int | None = None) -> bytes:
-    if not isinstance(value, bytes) or (size is not None and len(value) != size):
-        raise DecodeError("message field is not the right bytes")
-    return value
-
-
-def _uint(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DecodeError("message field is not an unsigned integer")
-    return value
-
-
-def _str(value: Any, limit: int = 1000) -> str:
-    if not isinstance(value, str) or len(value) > limit:
-        raise DecodeError("message field is not a short string")
-    return value
-
-
-def _list(value: Any, limit: int) -> list[Any]:
-    if not isinstance(value, list) or len(value) > limit:
-        raise DecodeError("message field is not a list within its limit")
-    return value
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class HelloBoard:
-    """One board offered in a Hello: a tag (peers) or board id (relays), and a digest."""
-
-    key: bytes  #: 32 bytes
-    digest: bytes  #: 16 bytes
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Hello:
-    """First message each way: role, and the boards offered."""
-
-    TYPE: ClassVar[int] = 1
-    version: int
-    role: str  #: "node" or "relay"
-    by_id: bool  #: True when ``boards`` carry board ids (to or from a relay), False for tags
-    boards: tuple[HelloBoard, ...]
-    MAX_BOARDS: ClassVar[int] = 1024
-
-    def fields(self) -> list[Any]:
-        return [self.version, self.role, self.by_id, [[b.key, b.digest] for b in self.boards]]
-
-    @classmethod
-    def parse(cls, f: list[Any]) -> Hello:
-        boards = []
-        for entry in _list(f[3], cls.MAX_BOARDS):
-            pair = _list(entry, 2)
-            if len(pair) != 2:
-                raise DecodeError("hello board entry is not a pair")
-            boards.append(HelloBoard(_bytes(pair[0], 32), _bytes(pair[1], 16)))
-        if not isinstance(f[2], bool):
-            raise DecodeError("hello by_id is not a boolean")
-        return cls(_uint(f[0]), _str(f[1], 16), f[2], tuple(boards))
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Vector:
-    """The sender's version vector for one board (``board`` = index in the sender's Hello).
-
-    Each entry is ``(author, seq, tag)``: the highest contiguous seq held and the first
-    :data:`TAG_BYTES` bytes of that envelope's hash (empty from a sender that sends
-    none), so that two versions of one feed of equal length are told apart.
-    """
-
-    TYPE: ClassVar[int] = 2
-    board: int
-    entries: tuple[tuple[bytes, int, bytes], ...]
-    #: 16,000 entries of 32 + 9 + 8 bytes (and msgpack framing) fit in one message.
-    MAX_ENTRIES: ClassVar[int] = 16_000
-    TAG_BYTES: ClassVar[int] = 8
-
-    def fields(self) -> list[Any]:
-        return [self.board, [[a, s, t] if t else [a, s] for a, s, t in self.entries]]
-
-    @classmethod
-    def parse(cls, f: list[Any]) -> Vector:
-        entries = []
-        for entry in _list(f[1], cls.MAX_ENTRIES):
-            triple = _list(entry, 3)
-            if len(triple) < 2:
-                raise DecodeError("vector entry is not [author, seq, tag]")
-            tag = _bytes(triple[2], cls.TAG_BYTES) if len(triple) == 3 else b""
-            entries.append((_bytes(triple[0], 32), _uint(triple[1]), tag))
-        return cls(_uint(f[0]), tuple(entries))
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Envelopes:
-    """A batch of envelopes of one board; the receiver acknowledges ``batch``."""
-
-    TYPE: ClassVar[int] = 3
-    board: int
-    batch: int
-    envelopes: tuple[bytes, ...] = field(repr=False)
-    MAX_ENVELOPES: ClassVar[int] = 10_000
-
-    def fields(self) -> list[Any]:
-        return [self.board, self.batch, list(self.envelopes)]
-
-    @classmethod
-    def parse(cls, f: list[Any]) -> Envelopes:
-        envs = tuple(_bytes(e) for e in _list(f[2], cls.MAX_ENVELOPES))
-        return cls(_uint(f[0]), _uint(f[1]), envs)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """The receiver processed batch ``batch`` of ``board`` (flow control)."""
-
-    TYPE: ClassVar[int] = 4
-    board: int
-    batch: int
-
-    def fields(self) -> list[Any]:
-        return [self.board, self.batch]
-
-    @classmethod
-    def parse(cls, f: list[Any]) -> Ack:
-        return cls(_uint(f[0]), _uint(f[1]))
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Ping:
-    TYPE: ClassVar[int] = 5
-    nonce: int
-
-    def fields(self) -> list[Any]:
-        return [self.nonce]
-
-    @classmethod
-    def parse(cls, f: list[Any]) -> Ping:
-        return cls(_uint(f[0]))
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Pong:
-    TYPE: ClassVar[int] = 6
-    nonce: int
-
-    def fields(self) -> list[Any]:
-        return [self.nonce]
-
-    @classmethod
-    def parse(cls, f: list[Any]) -> Pong:
-        return cls(_uint(f[0]))
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """The sender refused something (a relay limit, say) and stays connected.
-
-    ``board`` is the board's Hello key (its id, between a node and a relay), or
-    empty when the notice is about the whole connection.
-    """
-
-    TYPE: ClassVar[int] = 7
-    board: bytes
-    code: str
-    text: str
-
-    def fields(self) -> list[Any]:
-        return [self.board, self.code, self.text]
-
-    @classmethod
-    def parse(cls, f: list[Any]) -> Refused:
-        board = _bytes(f[0])
-        if len(board) not in (0, 32):
-            raise DecodeError("refused board key is not 32 bytes")
-        return cls(board, _str(f[1], 64), _str(f[2]))
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Close:
-    """The sender is closing the connection, and why."""
-
-    TYPE: ClassVar[int] = 8
-    reason: str
-
-    def fields(self) -> list[Any]:
-        return [self.reason]
-
-    @classmethod
-    def parse(cls, f: list[Any]) -> Close:
-        return cls(_str(f[0], 200))
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """Proof that an author forked: two envelopes of one ``(author, seq)``, both validly
-    signed (``board`` = index in the sender's Hello)."""
-
-    TYPE: ClassVar[int] = 9
-    board: int
-    envelopes: tuple[bytes, bytes] = field(repr=False)
-
-    def fields(self) -> list[Any]:
-        return [self.board, list(self.envelopes)]
-
-    @classmethod
-    def parse(cls, f: list[Any]) -> Evidence:
-        pair = _list(f[1], 2)
-        if len(pair) != 2:
-            raise DecodeError("evidence is not two envelopes")
-        return cls(_uint(f[0]), (_bytes(pair[0]), _bytes(pair[1])))
-
-
-Message = Union[Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence]  # noqa: UP007
-_TYPES: Final[dict[int, Any]] = {
-    cls.TYPE: cls for cls in (Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close,
-                              Evidence)
-}
-_ARITY: Final = {Hello.TYPE: 4, Vector.TYPE: 2, Envelopes.TYPE: 3, Ack.TYPE: 2, Ping.TYPE: 1,
-                 Pong.TYPE: 1, Refused.TYPE: 3, Close.TYPE: 1, Evidence.TYPE: 2}
-
-
-def encode_message(message: Message) -> bytes:
-    """msgpack body of one message (without the length prefix)."""
-    return msgpack.packb([message.TYPE, *message.fields()], use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def decode_message(body: bytes) -> Message:
-    """Decode one message body.
-
-    Raises:
-        DecodeError: malformed msgpack, unknown type, missing or ill-typed fields.
-    """
-    try:
-        value = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise DecodeError("message is not valid msgpack") from exc
-    if not isinstance(value, list) or not value or type(value[0]) is not int:
-        raise DecodeError("message is not a typed array")
-    kind = _TYPES.get(value[0])
-    if kind is None:
-        raise DecodeError(f"unknown message type {value[0]}")
-    if len(value) - 1 < _ARITY[value[0]]:
-        raise DecodeError(f"message type {value[0]} is missing fields")
-    parsed: Message = kind.parse(value[1:])
-    return parsed
 
 
 # ---------------------------------------------------------------------- events
@@ -373,6 +138,13 @@ class SecureChannel:
         expected_remote: for a dialler that knows whom it calls (a pinned relay, a
             known peer): abort before revealing our identity if the responder's
             node id differs.
+        hello_first: apply SPEC 11.2's rule that messages before the peer's Hello are
+            at most MAX_HELLO_BYTES (off only for tests of the framing alone).
+
+    What one connection can make its process hold: a partial frame (< 64 KiB), one
+    read's worth of plaintext, one partial message (at most its type's limit, and at
+    most MAX_HELLO_BYTES before the peer's Hello) and MAX_QUEUED_EVENTS decoded
+    messages.
     """
 
     def __init__(
@@ -382,8 +154,14 @@ class SecureChannel:
         *,
         expected_remote: bytes | None = None,
         prologue: bytes = PROLOGUE,
+        hello_first: bool = True,
     ) -> None:
         self.initiator = initiator
+        self._hello_first = hello_first
+        self._peer_hello = False
+        self._closed = False
+        #: the start of the message being received was checked (check_head)
+        self._head_checked = False
         self._hs: HandshakeState | None = HandshakeState(initiator, node_key, prologue)
         self._expected = expected_remote
         self._transport: NoiseTransport | None = None
@@ -392,7 +170,9 @@ class SecureChannel:
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
         self._eof = False
-        self._failed: RemoteProtocolError | None = None
+        #: why the channel died: (error class, message, close reason)
+        self._failed: tuple[type[RemoteProtocolError], str, str] | None = None
+        self._raise_later: RemoteProtocolError | None = None
         self.remote_static: bytes | None = None
         self.handshake_hash: bytes | None = None
         self.bytes_in = 0
@@ -442,7 +222,8 @@ class SecureChannel:
             RemoteProtocolError: the bytes break the protocol (the channel is then dead).
         """
         if self._failed is not None:
-            raise self._failed
+            kind, text, reason = self._failed
+            raise kind(text, close_reason=reason)
         if self._eof:
             raise LocalProtocolError("receive_data after the end of the stream")
         if not data:
@@ -451,15 +232,52 @@ class SecureChannel:
         self._inbuf += data
         try:
             self._process()
+            self._decode_some()
         except RemoteProtocolError as exc:
-            self._failed = exc
+            self._fail(exc)
             raise
 
     def next_event(self) -> Event | _NeedData:
-        """The next event, or :data:`NEED_DATA`."""
+        """The next event, or :data:`NEED_DATA`.
+
+        At most :data:`MAX_QUEUED_EVENTS` messages are decoded ahead; the rest of what
+        arrived stays as bytes until they are taken, so one read of many tiny
+        messages never turns into a heap of objects.
+
+        Raises:
+            RemoteProtocolError: a message decoded late breaks the protocol (the
+                channel is then dead; later calls return :data:`NEED_DATA`).
+        """
+        if not self._events and self._failed is None:
+            try:
+                self._decode_some()
+            except RemoteProtocolError as exc:
+                # Messages before the bad one are delivered first.
+                self._fail(exc)
+                self._raise_later = exc
         if self._events:
             return self._events.popleft()
+        if self._raise_later is not None:
+            error, self._raise_later = self._raise_later, None
+            raise error
         return NEED_DATA
+
+    def _fail(self, exc: RemoteProtocolError) -> None:
+        """The channel is dead: remember why, and free the buffers at once.
+
+        Only a description of the error is kept, never the exception: its traceback
+        refers to the frames that hold this channel and the bytes just read, and such
+        a cycle lives until the cyclic collector runs (a flood of failing connections
+        then holds a megabyte each).
+        """
+        self._failed = (type(exc), str(exc), exc.close_reason)
+        self._inbuf.clear()
+        self._plain.clear()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received and held until they form a whole frame or message."""
+        return len(self._inbuf) + len(self._plain)
 
     def _frames(self) -> list[bytes]:
         frames = []
@@ -482,11 +300,8 @@ class SecureChannel:
                 self._handshake(frame)
             else:
                 self._plain += self._transport.decrypt(frame)
-                self._messages()
-        if self._eof:
-            if self._inbuf or self._plain or self._transport is None:
-                raise DecodeError("connection closed in the middle of a frame or handshake")
-            self._events.append(ConnectionClosed())
+        if self._eof and (self._inbuf or self._transport is None):
+            raise DecodeError("connection closed in the middle of a frame or handshake")
 
     def _handshake(self, frame: bytes) -> None:
         hs = self._hs
@@ -509,18 +324,47 @@ class SecureChannel:
             self._hs = None
             self._events.append(HandshakeComplete(self.remote_static, self.handshake_hash))
 
-    def _messages(self) -> None:
+    def _decode_some(self) -> None:
+        """Decode whole messages from the plaintext until the queue holds
+        MAX_QUEUED_EVENTS; refuse a message by its length and first bytes as soon as
+        they arrive (SPEC 11.2), before the rest of it is buffered."""
+        if self._transport is None or self._closed:
+            return
         plain = self._plain
         pos = 0
-        while len(plain) - pos >= 4:
-            (length,) = _U32.unpack_from(plain, pos)
-            if length == 0:
-                raise DecodeError("empty message")
-            if length > MAX_MESSAGE_BYTES:
-                raise FrameTooLargeError(f"message length {length} over {MAX_MESSAGE_BYTES}")
-            if len(plain) - pos - 4 < length:
-                break
-            body = bytes(plain[pos + 4 : pos + 4 + length])
-            pos += 4 + length
-            self._events.append(MessageReceived(decode_message(body)))
-        del plain[:pos]
+        try:
+            while len(self._events) < MAX_QUEUED_EVENTS and len(plain) - pos >= 4:
+                (length,) = _U32.unpack_from(plain, pos)
+                self._check_start(length, plain, pos + 4)
+                if len(plain) - pos - 4 < length:
+                    break
+                self._head_checked = False
+                with memoryview(plain) as view, view[pos + 4 : pos + 4 + length] as body:
+                    message = decode_message(body)
+                pos += 4 + length
+                if isinstance(message, Hello):
+                    self._peer_hello = True
+                self._events.append(MessageReceived(message))
+        finally:
+            del plain[:pos]
+        if self._eof and len(self._events) < MAX_QUEUED_EVENTS:
+            if plain:
+                raise DecodeError("connection closed in the middle of a message")
+            self._closed = True
+            self._events.append(ConnectionClosed())
+
+    def _check_start(self, length: int, plain: bytearray, at: int) -> None:
+        """Refuse a message by its length and first bytes as soon as they are here."""
+        if self._head_checked:
+            return
+        if length == 0:
+            raise DecodeError("empty message")
+        cap = MAX_MESSAGE_BYTES if self._peer_hello or not self._hello_first else (
+            MAX_HELLO_BYTES)
+        if length > cap:
+            raise FrameTooLargeError(f"message length {length} over {cap}"
+                                     + ("" if cap == MAX_MESSAGE_BYTES else " before a hello"))
+        wanted = min(length, HEAD_BYTES)
+        head = plain[at : at + wanted]
+        check_head(head, length)
+        self._head_checked = len(head) == wanted

@@ -11,6 +11,7 @@ hand-made Envelopes batches (forgeries) that its own session never sees.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -286,14 +287,21 @@ class RelayClient:
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         window: int = DEFAULT_WINDOW,
         name: str = "",
+        local_address: str | None = None,
+        token: bytes | None = None,
     ) -> RelayClient:
         """Dial, complete the Noise handshake as initiator and send the Hello.
+
+        Args:
+            local_address: the 127.x.y.z address to connect from (the relay caps
+                connections per address).
+            token: an access token for the Hello.
 
         Raises:
             RemoteProtocolError: the handshake failed (wrong key, say).
             OSError / trio.BrokenResourceError: the relay closed the connection.
         """
-        stream = await trio.open_tcp_stream(*address)
+        stream = await trio.open_tcp_stream(*address, local_address=local_address)
         try:
             channel = SecureChannel(True, (key or NodeKey.generate()).private,
                                     expected_remote=expected_remote)
@@ -312,7 +320,9 @@ class RelayClient:
                                   handshake_hash=channel.handshake_hash, to_relay=True,
                                   boards=boards, batch_bytes=batch_bytes, window=window)
             client = cls(stream, channel, replica, session, name)
-            await client.send(session.start())  # with the third handshake message
+            hello = [dataclasses.replace(m, token=token) if isinstance(m, Hello) else m
+                     for m in session.start()]
+            await client.send(hello)  # with the third handshake message
         except BaseException:
             with trio.CancelScope(shield=True):
                 await stream.aclose()

@@ -267,6 +267,9 @@ def test_lone_surrogate_in_title_is_a_validation_error(alice: Store, alice_board
 # ---------------------------------------------------------------------------- invites
 
 
+_RELAY = "p2paid-relay://192.0.2.1:7070/" + "a" * 52
+
+
 def _encode_invite(body: bytes) -> str:
     """Build an invite by hand from the spec: base32(body || checksum), lowercase."""
     check = hashlib.sha256(b"p2paid invite\x00" + body).digest()[:4]
@@ -274,7 +277,7 @@ def _encode_invite(body: bytes) -> str:
 
 
 def _valid_invite() -> str:
-    return Invite(os.urandom(32), "Riverside mutual aid", ("tcp://192.0.2.1:7070",)).to_uri()
+    return Invite(os.urandom(32), "Riverside mutual aid", (_RELAY,)).to_uri()
 
 
 def _swap_char(uri: str) -> str:
@@ -297,6 +300,9 @@ INVITES: list[Any] = [
                  "32 bytes", id="short-secret"),
     pytest.param(lambda: _encode_invite(b"\x01" + msgpack.packb([os.urandom(32), "", []])),
                  "name", id="empty-name"),
+    pytest.param(lambda: _encode_invite(b"\x01" + msgpack.packb(
+        [os.urandom(32), "x", ["p2paid-relay://a..b:7447/" + "a" * 52]])),
+                 "relay hint 1", id="bad-relay-host"),
 ]
 
 

@@ -42,6 +42,7 @@ from p2paid.errors import (
 )
 from p2paid.identity import AuthorKey
 from p2paid.invite import MAX_BOARD_NAME, MAX_RELAY_ADDRESS, MAX_RELAY_HINTS, Invite
+from p2paid.relayaddr import RelayAddress
 from p2paid.text import text_problem
 
 MAGIC = bytes.fromhex("856f4a83")
@@ -71,16 +72,29 @@ def _valid_name(name: str) -> bool:
 
 
 names = st.text(_printable, min_size=1, max_size=MAX_BOARD_NAME).filter(_valid_name)
+_labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
+_hosts = st.one_of(
+    st.lists(_labels, min_size=1, max_size=4).map(".".join).filter(
+        lambda h: not h.split(".")[-1].isdigit()),
+    st.ip_addresses().map(str),
+)
+#: Relay hints as invites carry them: valid relay addresses, in normal form.
 relays = st.lists(
-    st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=MAX_RELAY_ADDRESS),
+    st.builds(lambda host, port, key, token: str(RelayAddress(host, port, key, token)),
+              _hosts, st.integers(1, 65535), st.binary(min_size=32, max_size=32),
+              st.none() | st.binary(min_size=1, max_size=64)).filter(
+        lambda text: len(text) <= MAX_RELAY_ADDRESS),
     max_size=MAX_RELAY_HINTS,
 ).map(tuple)
+_LONG_HINT = str(RelayAddress("r" * 63 + "." + "s" * 63 + ".example", 7447, bytes(32),
+                              bytes(32)))
 
 
 @FAST
 @given(secret=st.binary(min_size=32, max_size=32), name=names, hints=relays)
-@example(secret=bytes(32), name="Café Solidarité ☕ 互助", hints=("tcp://[2001:db8::1]:7070",))
-@example(secret=b"\xff" * 32, name="x" * MAX_BOARD_NAME, hints=("r" * MAX_RELAY_ADDRESS,) * 8)
+@example(secret=bytes(32), name="Café Solidarité ☕ 互助",
+         hints=(str(RelayAddress("2001:db8::1", 7070, bytes(32))),))
+@example(secret=b"\xff" * 32, name="x" * MAX_BOARD_NAME, hints=(_LONG_HINT,) * 8)
 def test_invite_round_trip(secret: bytes, name: str, hints: tuple[str, ...]) -> None:
     """to_uri/from_uri returns the same invite; the URI is 'p2paid:' + lowercase base32,
     and the upper-cased form (QR alphanumeric mode) parses to the same invite."""

@@ -390,10 +390,15 @@ async def test_validly_signed_fork_ends_the_feed_everywhere(tmp_path: Path) -> N
 # ---------------------------------------------------------------------- floods
 
 
-async def test_flood_of_authenticated_connections_is_capped(tmp_path: Path) -> None:
+async def test_flood_of_authenticated_connections_is_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Forty fresh identities connect one after the other and stay: the node never
     holds more than max_connections peers, turns the rest away (at accept, or with
-    Close('full') after the handshake), and keeps the honest link."""
+    Close('full') after the handshake), and keeps the honest link. (They send no
+    Hello; the hello timeout, which would close them, is lengthened here: see
+    test_transport_attacks.py for it.)"""
+    monkeypatch.setattr(p2paid.net.connection, "HELLO_TIMEOUT", 60.0)
     cap = 4
     peers: list[HandPeer] = []
     refused = 0

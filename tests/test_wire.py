@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import random
 import struct
+import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2paid.envelope import MAX_ENVELOPE_BYTES
 from p2paid.errors import (
     DecodeError,
     DecryptError,
@@ -41,7 +43,9 @@ from p2paid.errors import (
 )
 from p2paid.noise import MAX_MESSAGE_LEN, TAGLEN, HandshakeState, NoiseTransport
 from p2paid.wire import (
+    MAX_HELLO_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_QUEUED_EVENTS,
     NEED_DATA,
     PROLOGUE,
     Ack,
@@ -59,6 +63,7 @@ from p2paid.wire import (
     Refused,
     SecureChannel,
     Vector,
+    check_head,
     decode_message,
     encode_message,
 )
@@ -101,6 +106,7 @@ MESSAGES: st.SearchStrategy[Message] = st.one_of(
         role=_text(16),
         by_id=st.booleans(),
         boards=st.lists(HELLO_BOARDS, max_size=12).map(tuple),
+        token=st.none() | st.binary(max_size=64),
     ),
     st.builds(
         Vector,
@@ -127,7 +133,7 @@ MESSAGES: st.SearchStrategy[Message] = st.one_of(
     ),
     st.builds(Close, reason=_text(200)),
     st.builds(Evidence, board=UINT64,
-              envelopes=st.tuples(st.binary(max_size=300), st.binary(max_size=300))),
+              envelopes=st.tuples(st.binary(max_size=400), st.binary(max_size=400))),
 )
 
 #: A chunking of a byte stream: "all" at once, one byte at a time, or cycled split sizes.
@@ -193,6 +199,9 @@ def transfer(src: SecureChannel, dst: SecureChannel, chunking: Any = "all") -> l
     return events
 
 
+HELLO = Hello(1, "node", False, ())
+
+
 def open_pair(
     chunking: Any = "all", *, expected_remote: bytes | None = None
 ) -> tuple[SecureChannel, SecureChannel]:
@@ -207,6 +216,16 @@ def open_pair(
     assert h is not None and len(h) == 32 and h == resp.handshake_hash
     assert init_events == [HandshakeComplete(_pub(RESP_KEY), h)]
     assert resp_events == [HandshakeComplete(_pub(INIT_KEY), h)]
+    return init, resp
+
+
+def greeted_pair(chunking: Any = "all") -> tuple[SecureChannel, SecureChannel]:
+    """:func:`open_pair`, then a Hello each way (big messages are allowed only after
+    the peer's Hello, SPEC 11.2)."""
+    init, resp = open_pair(chunking)
+    for src, dst in ((init, resp), (resp, init)):
+        src.send(HELLO)
+        assert transfer(src, dst) == [MessageReceived(HELLO)]
     return init, resp
 
 
@@ -297,11 +316,13 @@ def feed_expecting_failure(channel: SecureChannel, data: bytes, chunking: Any = 
 
 
 def assert_stays_failed(channel: SecureChannel, error: RemoteProtocolError) -> None:
-    """A channel that raised keeps raising the same error, whatever it is fed."""
+    """A channel that raised keeps raising the same error (a fresh exception of the
+    same class, message and close reason), whatever it is fed."""
     for data in (b"", b"\x00\x10", bytes(100)):
         with pytest.raises(RemoteProtocolError) as again:
             channel.receive_data(data)
-        assert again.value is error
+        assert type(again.value) is type(error) and str(again.value) == str(error)
+        assert again.value.close_reason == error.close_reason
 
 
 # --------------------------------------------------------------------- codec round trips
@@ -468,7 +489,7 @@ def test_multi_frame_messages_cross_a_channel(
     """Envelopes of many 40 KB envelopes (up to ~1 MB, ~16 Noise frames) survive any split."""
     message = _big_envelopes(count, random.Random(seed))
     assert len(encode_message(message)) <= MAX_MESSAGE_BYTES
-    init, resp = open_pair()
+    init, resp = greeted_pair()
     sender, receiver = (init, resp) if initiator_sends else (resp, init)
     sender.send(message)
     sender.send(Ping(count))  # the next message must start right after the big one
@@ -476,13 +497,22 @@ def test_multi_frame_messages_cross_a_channel(
                                                   MessageReceived(Ping(count))]
 
 
+def _envelopes_of_exactly(size: int) -> Envelopes:
+    """An Envelopes message of exactly ``size`` encoded bytes, of envelopes no larger
+    than MAX_ENVELOPE_BYTES (15 of that size and one to fill up)."""
+    full = (b"\xab" * MAX_ENVELOPE_BYTES,) * 15
+    n = size - len(encode_message(Envelopes(0, 0, (*full, b""))))
+    while len(encode_message(Envelopes(0, 0, (*full, b"\xab" * n)))) > size:
+        n -= 1
+    message = Envelopes(0, 0, (*full, b"\xab" * n))
+    assert len(encode_message(message)) == size
+    return message
+
+
 def test_message_of_exactly_max_bytes_crosses_and_one_more_is_refused() -> None:
     """MAX_MESSAGE_BYTES is inclusive on both ends; one byte more is a LocalProtocolError."""
-    # fixarray(4), type, board, batch, fixarray(1), then a bin32 header of 5 bytes
-    overhead = 10
-    exact = Envelopes(0, 0, (b"\xab" * (MAX_MESSAGE_BYTES - overhead),))
-    assert len(encode_message(exact)) == MAX_MESSAGE_BYTES
-    init, resp = open_pair()
+    exact = _envelopes_of_exactly(MAX_MESSAGE_BYTES)
+    init, resp = greeted_pair()
     init.send(exact)
     frames = RawPeer.unframe(init.data_to_send())
     assert len(frames) == -(-(MAX_MESSAGE_BYTES + 4) // MAX_PLAINTEXT)
@@ -490,7 +520,8 @@ def test_message_of_exactly_max_bytes_crosses_and_one_more_is_refused() -> None:
     for frame in frames:
         resp.receive_data(RawPeer.frame(frame))
     assert drain_events(resp) == [MessageReceived(exact)]
-    too_big = Envelopes(0, 0, (b"\xab" * (MAX_MESSAGE_BYTES - overhead + 1),))
+    too_big = Envelopes(0, 0, (*exact.envelopes[:-1], exact.envelopes[-1] + b"\xab"))
+    assert len(encode_message(too_big)) == MAX_MESSAGE_BYTES + 1
     with pytest.raises(LocalProtocolError):
         init.send(too_big)
     assert init.data_to_send() == b""  # nothing half-sent
@@ -498,7 +529,7 @@ def test_message_of_exactly_max_bytes_crosses_and_one_more_is_refused() -> None:
 
 def test_one_byte_at_a_time_across_frames() -> None:
     """A 3-frame message fed one byte at a time decodes exactly once, at its last byte."""
-    init, resp = open_pair("bytes")
+    init, resp = greeted_pair("bytes")
     message = _big_envelopes(4, random.Random(1), size=45_000)
     resp.send(message)
     data = resp.data_to_send()
@@ -582,7 +613,7 @@ def test_eof_mid_frame_is_a_decode_error(cut: int) -> None:
 
 def test_eof_between_the_frames_of_one_message_is_a_decode_error() -> None:
     """Whole frames that hold only part of a message, then EOF: DecodeError."""
-    init, resp = open_pair()
+    init, resp = greeted_pair()
     init.send(_big_envelopes(3, random.Random(2)))
     frames = RawPeer.unframe(init.data_to_send())
     assert len(frames) >= 2
@@ -836,3 +867,167 @@ def test_chunks_helper(data: bytes, chunking: Any, expected: Sequence[bytes]) ->
     """The chunker used above splits losslessly (a broken chunker would hide bugs)."""
     assert chunks(data, chunking) == list(expected)
 
+
+
+# --------------------------------------------------------------------- strict decoder (finding 7)
+
+
+def test_evidence_round_trips_and_malformed_evidence_is_refused() -> None:
+    """Evidence (type 9): a board index and exactly two envelopes, each at most
+    MAX_ENVELOPE_BYTES."""
+    ev = Evidence(3, (b"a" * MAX_ENVELOPE_BYTES, b"b" * 200))
+    assert decode_message(encode_message(ev)) == ev
+    for body in ([9, 0, [b"a"]], [9, 0, [b"a", b"b", b"c"]], [9, 0, []], [9, 0, b"ab"],
+                 [9, -1, [b"a", b"b"]], [9, 0, ["a", b"b"]], [9, 0]):
+        with pytest.raises(DecodeError):
+            decode_message(msgpack.packb(body, use_bin_type=True))
+    with pytest.raises(FrameTooLargeError):
+        decode_message(msgpack.packb([9, 0, [b"a" * (MAX_ENVELOPE_BYTES + 1), b"b"]]))
+
+
+def test_hello_token_is_an_optional_fifth_field() -> None:
+    """A 4-field Hello has no token; a 5th field is a bin of at most 64 bytes; a 6th
+    and later fields are ignored."""
+    plain = Hello(1, "node", True, ())
+    assert encode_message(plain) == msgpack.packb([1, 1, "node", True, []])
+    assert decode_message(encode_message(plain)).token is None  # type: ignore[union-attr]
+    with_token = Hello(1, "node", True, (), b"t" * 64)
+    assert decode_message(encode_message(with_token)) == with_token
+    assert decode_message(msgpack.packb([1, 1, "node", True, [], b"t", "later"])) == Hello(
+        1, "node", True, (), b"t")
+    for token in (b"t" * 65, "text", 7, None):
+        with pytest.raises(DecodeError):
+            decode_message(msgpack.packb([1, 1, "node", True, [], token], use_bin_type=True))
+
+
+def test_maps_are_refused_and_never_expanded() -> None:
+    """A 1 MiB body holding a 100,000-entry map (the flood of finding 7) is refused at
+    its first byte; as a trailing field it is refused by the skip budget. Neither
+    allocates more than a few KiB."""
+    flood = msgpack.packb({f"{i:06}": i for i in range(100_000)})
+    assert len(flood) > 1_000_000
+    trailing = b"\x93\x05\x07" + flood  # the map as a trailing field of a Ping
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError):
+            decode_message(flood)
+        with pytest.raises(DecodeError):
+            decode_message(trailing)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, f"decoding the flood allocated {peak} bytes"
+
+
+@pytest.mark.parametrize(("body", "ok"), [
+    (b"\x94\x05\x07\x91\x90\x80", True),  # trailing [[]] and {}
+    (b"\x93\x05\x07" + b"\x91" * 15 + b"\xc0", True),  # 16 levels deep
+    (b"\x93\x05\x07" + b"\x91" * 16 + b"\xc0", False),  # 17 levels deep
+    (b"\x93\x05\x07\xdc\x10\x00" + b"\xc0" * 4096, False),  # 4,097 values in all
+    (b"\x93\x05\x07\xdc\x0f\xff" + b"\xc0" * 4095, True),  # 4,096 values in all
+    (b"\x93\x05\x07\xdd\xff\xff\xff\xff", False),  # a huge array header: refused at once
+    (b"\x93\x05\x07\xc1", False),  # the reserved byte
+    (b"\x93\x05\x07\xc7\x03\x01abc", True),  # ext 8
+    (b"\x93\x05\x07\xcb" + bytes(8), True),  # float 64
+    (b"\x93\x05\x07\xcb" + bytes(7), False),  # cut short
+    (b"\x92\x05\x07\xc0", False),  # a byte after the message
+])
+def test_trailing_fields_are_skipped_within_bounds(body: bytes, ok: bool) -> None:
+    if ok:
+        assert decode_message(body) == Ping(7)
+    else:
+        with pytest.raises(DecodeError):
+            decode_message(body)
+
+
+def test_unsigned_integers_in_any_width_and_signed_forms_are_accepted() -> None:
+    """Other encoders may write a non-negative integer as int8..int64 (msgpack allows
+    it); negative ones and the type code in a wide form are refused."""
+    assert decode_message(b"\x92\x05\xd3" + (2**62).to_bytes(8, "big")) == Ping(2**62)
+    assert decode_message(b"\x92\x05\xd0\x05") == Ping(5)
+    for body in (b"\x92\x05\xd0\xff", b"\x92\x05\xff", b"\x92\xcc\x05\x01", b"\x92\x05\xc3"):
+        with pytest.raises(DecodeError):
+            decode_message(body)
+
+
+def _channel_stream(channel: SecureChannel, peer: RawPeer, plaintext: bytes) -> list[bytes]:
+    """``plaintext`` as transport frames from ``peer`` to ``channel``, one per element."""
+    return [peer.encrypted_frame(plaintext[i : i + MAX_PLAINTEXT])
+            for i in range(0, len(plaintext), MAX_PLAINTEXT)]
+
+
+@pytest.mark.parametrize("head", [
+    msgpack.packb({"type": 3}) + bytes(10),  # a map
+    b"\xdd\x00\x00\x00\x04\x63",  # an array whose type is unknown (99)
+    b"\xc4\x10",  # bytes
+    b"\x94\x05",  # a Ping announced as 900 KiB
+    b"\x94\x03\x00\x00\xdd\x00\x01\x86\xa0",  # Envelopes declaring 100,000 of them
+    b"\x93\x02\x00\xdd\x00\x01\x86\xa0",  # a Vector declaring 100,000 entries
+    b"\x94\x03\x00\x00\xdc\x00\x02\xa1x",  # an envelope that is text, not bytes
+    b"\x94\x03\x00",  # Envelopes missing a field
+])
+def test_a_big_message_that_cannot_be_valid_is_refused_at_its_first_frame(head: bytes) -> None:
+    """The receiver checks a message's first bytes against its length as soon as they
+    arrive: a 900 KiB body that is a map, an unknown type or a Ping too large for its
+    kind is refused after the first frame, before the other 13 are buffered."""
+    channel, peer = raw_pair(False)
+    channel.receive_data(peer.stream(encode_message(HELLO)))
+    assert drain_events(channel) == [MessageReceived(HELLO)]
+    body = head + bytes(900 * 1024 - len(head))
+    frames = _channel_stream(channel, peer, U32.pack(len(body)) + body)
+    assert len(frames) > 10
+    with pytest.raises(RemoteProtocolError):
+        channel.receive_data(frames[0])
+
+
+def test_before_the_peers_hello_messages_are_at_most_max_hello_bytes() -> None:
+    channel, peer = raw_pair(False)
+    big = Envelopes(0, 0, (b"x" * 60_000, b"y" * 10_000))
+    with pytest.raises(FrameTooLargeError):
+        channel.receive_data(peer.stream(encode_message(big)))
+    channel, peer = raw_pair(False)
+    channel.receive_data(peer.stream(encode_message(HELLO)) + peer.stream(encode_message(big)))
+    assert drain_events(channel) == [MessageReceived(HELLO), MessageReceived(big)]
+
+
+def test_a_read_full_of_tiny_messages_is_decoded_only_as_it_is_taken() -> None:
+    """9,000 Pings in one read: at most MAX_QUEUED_EVENTS are decoded ahead; all
+    arrive, in order, as the caller takes them; a bad message among them is raised
+    from next_event when its turn comes, and the channel stays failed."""
+    channel, peer = raw_pair(False)
+    pings = b"".join(U32.pack(3) + encode_message(Ping(i % 100)) for i in range(9000))
+    channel.receive_data(peer.encrypted_frame(pings[:60_000]) + peer.encrypted_frame(
+        pings[60_000:] + U32.pack(2) + b"\x91\x63"))
+    assert len(channel._events) <= MAX_QUEUED_EVENTS  # test reaches in: queue length
+    got = []
+    with pytest.raises(DecodeError):
+        while (event := channel.next_event()) is not NEED_DATA:
+            assert isinstance(event, MessageReceived)
+            got.append(event.message)
+    assert got == [Ping(i % 100) for i in range(9000)]
+    assert channel.next_event() is NEED_DATA
+    with pytest.raises(DecodeError):
+        channel.receive_data(b"")
+
+
+def test_max_hello_bytes_fits_the_largest_hello() -> None:
+    boards = tuple(HelloBoard(bytes([i % 256]) * 32, bytes(16)) for i in range(Hello.MAX_BOARDS))
+    largest = Hello(2**64 - 1, "r" * 16, True, boards, b"t" * 64)
+    assert len(encode_message(largest)) < MAX_HELLO_BYTES
+
+
+@given(MESSAGES, st.data())
+def test_the_start_of_a_valid_message_is_never_refused(message: Message,
+                                                       data: st.DataObject) -> None:
+    """check_head (run on every prefix of an arriving message) accepts every prefix of
+    every valid message: early refusal never costs an honest peer its connection."""
+    body = encode_message(message)
+    cut = data.draw(st.integers(0, len(body)))
+    check_head(body[:cut], len(body))
+
+
+@given(st.binary(max_size=120), st.integers(1, 2 * MAX_MESSAGE_BYTES))
+def test_check_head_on_garbage_raises_only_remote_protocol_errors(head: bytes,
+                                                                  length: int) -> None:
+    with contextlib.suppress(DecodeError, FrameTooLargeError):
+        check_head(head, length)

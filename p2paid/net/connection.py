@@ -11,6 +11,7 @@ handshake timeout or a silent peer ends this connection only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ from ..wire import (
     Close,
     ConnectionClosed,
     HandshakeComplete,
+    Hello,
     Message,
     MessageReceived,
     Ping,
@@ -45,9 +47,13 @@ NOTHING_SHARED: Final = "no shared boards"
 #: Pings a peer may send per :data:`KEEPALIVE_INTERVAL` before it counts as flooding.
 MAX_PINGS: Final = 20
 HANDSHAKE_TIMEOUT: Final = 10.0
+#: A peer that has not sent a valid Hello this long after the handshake is dropped.
+HELLO_TIMEOUT: Final = 5.0
+#: Close reason of a peer dropped by HELLO_TIMEOUT.
+HELLO_TIMEOUT_REASON: Final = "no hello"
 KEEPALIVE_INTERVAL: Final = 15.0
 IDLE_TIMEOUT: Final = 60.0
-RECEIVE_SIZE: Final = 256 * 1024
+RECEIVE_SIZE: Final = 64 * 1024
 #: A link quiet this long (seconds) gets its deferred changes applied.
 IDLE_FLUSH_DELAY: Final = 0.002
 
@@ -58,8 +64,15 @@ class ConnectionHost(Protocol):
     @property
     def node_key(self) -> NodeKey: ...
 
-    @property
-    def replica(self) -> Replica: ...
+    def replica_for(self, conn: Connection) -> Replica:
+        """The replica a connection's session works on (a relay tells it who uploads)."""
+        ...
+
+    def on_hello(self, conn: Connection, hello: Hello) -> list[Message] | None:
+        """The peer's Hello, before the session sees it: messages to send first, or None
+        (with ``conn.close_reason`` set) to close the connection, e.g. a relay that
+        requires an access token."""
+        ...
 
     def register(self, conn: Connection) -> bool:
         """Admit an authenticated connection; False to close it (duplicate, self, full)."""
@@ -79,14 +92,19 @@ class Connection:
     """A live, authenticated connection to one peer."""
 
     def __init__(self, stream: trio.abc.Stream, channel: SecureChannel, address: str,
-                 initiator: bool) -> None:
+                 initiator: bool, address_key: str | None = None) -> None:
         self._stream = stream
         self._channel = channel
         self._send_lock = trio.Lock()
         self._dirty: set[bytes] = set()
         self._wake = trio.Event()
         self.address = address
+        #: for inbound connections: the remote address as the per-address caps count it
+        self.address_key = address_key
         self.initiator = initiator
+        #: since when the peer is known (synced a board with us before; for a relay: its
+        #: uploads are stored), in ms since the epoch; None for a stranger
+        self.known_since: float | None = None
         self.remote_id: bytes = b""
         self.session: SyncSession | None = None
         self.connected_at = time.time()
@@ -101,6 +119,11 @@ class Connection:
     def __repr__(self) -> str:
         way = "out" if self.initiator else "in"
         return f"<Connection {way} {self.address} {fingerprint(self.remote_id)}>"
+
+    @property
+    def known(self) -> bool:
+        """A known peer: exempt from the per-address cap; evicts strangers when full."""
+        return self.known_since is not None
 
     @property
     def bytes_in(self) -> int:
@@ -155,6 +178,14 @@ class Connection:
             for board_id in dirty:
                 await self.send(self.session.local_changed(board_id))
 
+    async def _expect_hello(self) -> None:
+        """Drop a peer that authenticated but sends no valid Hello in time (it would
+        otherwise hold a slot for free, pinging)."""
+        await trio.sleep(HELLO_TIMEOUT)
+        if self.session is not None and not self.session.greeted:
+            raise RemoteProtocolError(f"no hello within {HELLO_TIMEOUT:g} s",
+                                      close_reason=HELLO_TIMEOUT_REASON)
+
     async def _keepalive(self) -> None:
         while True:
             await trio.sleep(KEEPALIVE_INTERVAL / 3)
@@ -190,8 +221,14 @@ async def run_connection(
     to_relay: bool = False,
     boards: Sequence[bytes] | None = None,
     on_connected: Callable[[Connection], Awaitable[None]] | None = None,
+    address_key: str | None = None,
+    token: bytes | None = None,
 ) -> Connection | None:
     """Handshake, then sync until either side closes or misbehaves.
+
+    Args:
+        address_key: for inbound connections, the remote address as the caps count it.
+        token: a relay access token to send in our Hello (only with ``to_relay``).
 
     Returns:
         The connection once it has ended (None if the handshake failed).
@@ -200,7 +237,7 @@ async def run_connection(
         Nothing for peer faults (they are logged); cancellation propagates.
     """
     channel = SecureChannel(initiator, host.node_key.private, expected_remote=expected_remote)
-    conn = Connection(stream, channel, address, initiator)
+    conn = Connection(stream, channel, address, initiator, address_key)
     try:
         await _handshake(stream, channel)
     except (trio.TooSlowError, RemoteProtocolError, trio.BrokenResourceError,
@@ -213,7 +250,8 @@ async def run_connection(
         await _goodbye(conn, conn.close_reason or "duplicate")
         return conn
     try:
-        await _serve(host, conn, channel, to_relay, boards, on_connected)
+        await _serve(host, conn, channel, to_relay, boards, on_connected,
+                     token if to_relay else None)
     finally:
         host.unregister(conn)
         await _goodbye(conn, conn.close_reason or "bye")
@@ -222,9 +260,10 @@ async def run_connection(
 
 async def _serve(host: ConnectionHost, conn: Connection, channel: SecureChannel,
                  to_relay: bool, boards: Sequence[bytes] | None,
-                 on_connected: Callable[[Connection], Awaitable[None]] | None) -> None:
+                 on_connected: Callable[[Connection], Awaitable[None]] | None,
+                 token: bytes | None) -> None:
     assert channel.handshake_hash is not None
-    session = SyncSession(host.replica, initiator=conn.initiator,
+    session = SyncSession(host.replica_for(conn), initiator=conn.initiator,
                           handshake_hash=channel.handshake_hash, to_relay=to_relay,
                           boards=boards)
     conn.session = session
@@ -233,7 +272,8 @@ async def _serve(host: ConnectionHost, conn: Connection, channel: SecureChannel,
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn._pusher)
                 nursery.start_soon(conn._keepalive)
-                await conn.send(session.start())
+                nursery.start_soon(conn._expect_hello)
+                await conn.send(_with_token(session.start(), token))
                 if on_connected is not None:
                     await on_connected(conn)
                 await _read_loop(host, conn, channel, session)
@@ -241,8 +281,8 @@ async def _serve(host: ConnectionHost, conn: Connection, channel: SecureChannel,
         except* RemoteProtocolError as group:
             exc = group.exceptions[0]
             assert isinstance(exc, RemoteProtocolError)
-            log.warning("dropping peer %s (%s): %s", fingerprint(conn.remote_id),
-                        conn.address, exc)
+            _DROPS.log(exc.close_reason != HELLO_TIMEOUT_REASON, "dropping peer %s (%s): %s",
+                       fingerprint(conn.remote_id), conn.address, exc)
             conn.close_reason = exc.close_reason
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.close_reason = conn.close_reason or "connection lost"
@@ -292,6 +332,11 @@ async def _drain(host: ConnectionHost, conn: Connection, channel: SecureChannel,
         message = event.message
         if isinstance(message, Ping):
             conn.count_ping()
+        elif isinstance(message, Hello):
+            notices = host.on_hello(conn, message)
+            if notices is None:
+                return False
+            await conn.send(notices)
         await conn.send(session.handle(message))
         for sync_event in session.events:
             host.on_sync_event(conn, sync_event)
@@ -303,6 +348,45 @@ async def _drain(host: ConnectionHost, conn: Connection, channel: SecureChannel,
             conn.close_reason = NOTHING_SHARED
             return False
         host.after_receive(conn)
+
+
+def _with_token(messages: list[Message], token: bytes | None) -> list[Message]:
+    """Our first messages, the Hello carrying a relay access token if we have one."""
+    if token is None:
+        return messages
+    return [dataclasses.replace(m, token=token) if isinstance(m, Hello) else m
+            for m in messages]
+
+
+class _DropLog:
+    """Warnings about dropped peers, at most MAX_DROP_WARNINGS a minute: an attacker
+    who opens connections only to be dropped must not fill the disk with the log.
+    The rest go to debug, and a count of them follows."""
+
+    def __init__(self) -> None:
+        self._window = -DROP_LOG_WINDOW
+        self._warned = 0
+        self._quiet = 0
+
+    def log(self, warn: bool, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._window >= DROP_LOG_WINDOW:
+            if self._quiet:
+                log.warning("%d more peers dropped in the last minute (debug log has them)",
+                            self._quiet)
+            self._window, self._warned, self._quiet = now, 0, 0
+        if warn and self._warned < MAX_DROP_WARNINGS:
+            self._warned += 1
+            log.warning(message, *args)
+            return
+        self._quiet += warn
+        log.debug(message, *args)
+
+
+#: Dropped-peer warnings per DROP_LOG_WINDOW seconds (per process).
+MAX_DROP_WARNINGS: Final = 20
+DROP_LOG_WINDOW: Final = 60.0
+_DROPS = _DropLog()
 
 
 class _TokenBucket:

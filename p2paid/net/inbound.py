@@ -1,20 +1,23 @@
 """Accepting connections, for nodes and relays alike.
 
 Each accepted socket is served in its own task and holds a *handshake slot*
-until it is authenticated (or fails), so that a flood of silent or half-open
-connections counts against the cap just as connected peers do. Running out of
-file descriptors pauses accepting instead of ending the service.
+(counted in all and per remote address by :class:`~p2paid.net.admission.Admission`)
+until it is authenticated or fails, so that a flood of silent or half-open
+connections cannot pin more than a few sockets. Running out of file descriptors
+pauses accepting instead of ending the service, and no error of one connection
+ends it either.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
 from typing import Final, NoReturn
 
 import trio
 
+from ..hosts import address_key
+from .admission import Admission
 from .connection import Connection, ConnectionHost, run_connection
 from .tcp import format_address
 
@@ -26,29 +29,30 @@ _RESOURCE_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 
 
 async def serve_inbound(
-    host: ConnectionHost, listener: trio.SocketListener, admit: Callable[[int], bool]
+    host: ConnectionHost, listener: trio.SocketListener, admission: Admission
 ) -> NoReturn:
     """Accept and serve connections until cancelled.
 
     Args:
-        admit: called with the number of handshakes in progress; False closes the
-            new socket at once.
+        admission: decides which sockets may start a handshake (and, through the
+            host's ``register``, which authenticated connections stay).
     """
-    handshaking = 0
 
-    async def serve(stream: trio.SocketStream) -> None:
-        nonlocal handshaking
+    async def serve(stream: trio.SocketStream, ip: str, address: str) -> None:
+        key = address_key(ip)
         held = True
 
         async def release(_: Connection | None = None) -> None:
-            nonlocal handshaking, held
+            nonlocal held
             if held:
                 held = False
-                handshaking -= 1
+                admission.end_handshake(key)
 
         try:
-            await run_connection(host, stream, address=_peer_address(stream),
+            await run_connection(host, stream, address=address, address_key=key,
                                  initiator=False, on_connected=release)
+        except Exception:  # a bug that one peer's bytes triggered: keep serving the others
+            log.exception("connection from %s ended by an unexpected error", address)
         finally:
             await release()
 
@@ -62,17 +66,18 @@ async def serve_inbound(
                 log.warning("cannot accept connections right now: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            if not admit(handshaking):
+            ip, address = _peer_address(stream)
+            if not admission.begin_handshake(address_key(ip)):
                 await stream.aclose()
                 continue
-            handshaking += 1
-            nursery.start_soon(serve, stream)
+            nursery.start_soon(serve, stream, ip, address)
     raise AssertionError("unreachable")  # pragma: no cover - the loop only ends by raising
 
 
-def _peer_address(stream: trio.SocketStream) -> str:
+def _peer_address(stream: trio.SocketStream) -> tuple[str, str]:
+    """The remote IP and ``IP:PORT`` (``"?"`` if the socket is already gone)."""
     try:
         host, port = stream.socket.getpeername()[:2]
     except OSError:
-        return "?"
-    return format_address(host, port)
+        return "?", "?"
+    return str(host), format_address(host, port)

@@ -1,8 +1,12 @@
 """Dialling peers: one task per target, reconnecting with backoff and jitter.
 
-A target is an address from the configuration, from mDNS, or (later) a relay.
-Once a target has been reached, its node id is known, and it is not dialled
-while a connection to that node exists in either direction.
+A target is an address from the configuration, from mDNS, or a relay. Once a
+target has been reached, its node id is known, and it is not dialled while a
+connection to that node exists in either direction.
+
+Nothing that goes wrong with one target stops the node: an address the resolver
+cannot encode, an unreachable host, or an unexpected error in a connection is
+logged (once per kind of failure, not on every retry) and retried with backoff.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class DialTarget:
     boards: frozenset[bytes] | None = None
     #: every address to try, best first (mDNS announces several); default: host
     addresses: tuple[str, ...] = ()
+    #: relay access token sent in our Hello (relays only)
+    token: bytes | None = field(default=None, repr=False)
+    #: the last failure logged, so that a target failing the same way stays quiet
+    last_failure: str | None = None
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
@@ -84,7 +92,11 @@ class Dialer:
                 if target.node_id is not None and self._node.is_connected(target.node_id):
                     await self._node.wait_disconnected(target.node_id)
                 started = time.monotonic()
-                conn = await self._attempt(target)
+                try:
+                    conn = await self._attempt(target)
+                except Exception as exc:  # a bug or a surprise: never let it stop the node
+                    _failed(target, f"{type(exc).__name__}: {exc}", exc)
+                    conn = None
                 if conn is not None and conn.session is not None:
                     # It was up: a deliberate close (new boards to announce) redials at
                     # once; any other end starts the backoff afresh.
@@ -99,12 +111,19 @@ class Dialer:
         hosts = target.addresses or (target.host,)
         timeout = DIAL_TIMEOUT if len(hosts) == 1 else ALTERNATIVE_TIMEOUT
         for host in hosts:
+            address = format_address(host, target.port)
             try:
                 stream = await dial(host, target.port, timeout=timeout)
-            except OSError as exc:
-                log.debug("cannot reach %s: %s", format_address(host, target.port), exc)
+            except (OSError, UnicodeError, ValueError) as exc:  # trio's resolver: all three
+                _failed(target, f"cannot reach {address}: {exc}")
                 continue
-            return await self._connect(target, stream, format_address(host, target.port))
+            conn = await self._connect(target, stream, address)
+            if conn is not None and conn.session is not None and conn.session.greeted:
+                target.last_failure = None
+            elif conn is not None and conn.close_reason and target.to_relay:
+                _failed(target, f"relay {address} closed the connection: "
+                                f"{conn.close_reason}")
+            return conn
         return None
 
     async def _connect(self, target: DialTarget, stream: trio.SocketStream,
@@ -114,10 +133,26 @@ class Dialer:
             expected_remote=target.node_id if target.pinned else None,
             to_relay=target.to_relay,
             boards=None if target.boards is None else sorted(target.boards),
+            token=target.token,
         )
         if conn is not None and conn.remote_id and not target.pinned:
             target.node_id = conn.remote_id
         return conn
+
+
+def _failed(target: DialTarget, what: str, exc: BaseException | None = None) -> None:
+    """Log a failure of ``target`` once: the same failure again is only debug output."""
+    if what == target.last_failure:
+        log.debug("%s (again)", what)
+        return
+    target.last_failure = what
+    if exc is not None:
+        log.error("dialling %s failed unexpectedly; retrying with backoff: %s",
+                  target.address, what, exc_info=exc)
+    elif target.source == "mdns":
+        log.debug("%s", what)
+    else:
+        log.warning("%s; retrying with backoff", what)
 
 
 def _is_resync(reason: str | None) -> bool:

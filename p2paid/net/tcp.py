@@ -8,6 +8,7 @@ from typing import Final
 import trio
 
 from ..errors import UsageError
+from ..hosts import normalize_host
 
 __all__ = ["DIAL_TIMEOUT", "dial", "format_address", "open_listener", "parse_address"]
 
@@ -15,25 +16,32 @@ DIAL_TIMEOUT: Final = 10.0
 
 
 def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """``"host:port"``, ``"[v6]:port"`` or ``"host"`` (with a default port).
+    """``"host:port"``, ``"[v6]:port"`` or ``"host"`` (with a default port); the host is
+    checked and normalised by :func:`p2paid.hosts.normalize_host`.
 
     Raises:
-        UsageError: not a host and port.
+        UsageError: not a host and port (:class:`~p2paid.hosts.HostError` for the host).
     """
     text = text.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep or (host.count(":") and not host.startswith("[")):
+    if text.startswith("["):
+        inner, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise UsageError(f"{text[:80]!r} is not [IPV6]:PORT")
+        host, port_text = f"[{inner}]", rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:  # a name, an IPv4 address, or a bare IPv6 address: no port given
+        host, port_text = text, None
+    if port_text is None:
         if default_port is None:
-            raise UsageError(f"{text!r} is not HOST:PORT")
-        host, port_text = text, str(default_port)
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UsageError(f"{text!r}: the port must be a number") from None
-    if not host or not 0 <= port <= 65535:
-        raise UsageError(f"{text!r} is not HOST:PORT")
-    return host, port
+            raise UsageError(f"{text[:80]!r} is not HOST:PORT")
+        port_text = str(default_port)
+    if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
+        raise UsageError(f"{text[:80]!r}: the port must be a number")
+    port = int(port_text)
+    if port > 65535:
+        raise UsageError(f"{text[:80]!r}: the port must be at most 65535")
+    return normalize_host(host), port
 
 
 def format_address(host: str, port: int) -> str:

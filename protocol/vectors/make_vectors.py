@@ -25,6 +25,7 @@ from p2paid.document import section_object_id
 from p2paid.envelope import ZERO_HASH, associated_data, seal_envelope
 from p2paid.identity import AuthorKey, fingerprint
 from p2paid.invite import Invite, derive_board_keys
+from p2paid.relayaddr import RelayAddress
 
 HERE = Path(__file__).parent
 
@@ -41,7 +42,10 @@ def keys_and_invites() -> None:
     vectors = []
     for label, name, relays in (
         ("board-1", "Riverside mutual aid", []),
-        ("board-2", "Ríverside – ayuda mutua 🌊", ["p2paid-relay:example"]),
+        ("board-2", "Ríverside – ayuda mutua 🌊", [
+            str(RelayAddress("relay.example", 7447, fixed("relay-key"))),
+            str(RelayAddress("2001:db8::7", 7447, fixed("relay-key"), fixed("token")[:20])),
+        ]),
     ):
         secret = fixed(label)
         k = derive_board_keys(secret)

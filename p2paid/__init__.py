@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .node import PeerInfo as PeerInfo
     from .node import open_node as open_node
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: The async node lives above the sans-I/O line; import it (and trio) only when used,
 #: so that ``import p2paid`` for the synchronous library stays free of trio.

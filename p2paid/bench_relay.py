@@ -33,6 +33,7 @@ _READERS = r"""
 import json, sys, time, trio
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from p2paid.relayaddr import RelayAddress
+from p2paid.feed import FeedHead
 from p2paid.replication import BoardAccess, Received, SyncSession
 from p2paid.wire import NEED_DATA, HandshakeComplete, MessageReceived, SecureChannel
 
@@ -43,6 +44,12 @@ class Reader:
     def accepts(self, b): return None
     def vector(self, b):
         return {a: max(s) for a, s in self.feed.items()}
+    def heads(self, b):  # (a reader keeps no hashes: its vector never proves a fork)
+        return {a: FeedHead(max(s), bytes(32)) for a, s in self.feed.items()}
+    def hash_at(self, b, author, seq): return None
+    def forked(self, b): return {}
+    def fork_evidence(self, b, author): return None
+    def record_fork(self, b, first, second): return False
     def read(self, b, author, after, max_bytes): return []
     def receive(self, b, envelopes):
         now = time.perf_counter()

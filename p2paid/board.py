@@ -43,6 +43,7 @@ from .feed import EMPTY_HEAD, FeedHead, ForkProof, Rejection
 from .identity import AuthorId, AuthorKey, fingerprint
 from .ingest import CONTENT_REFUSALS, Accepted, ingest, record_fork
 from .invite import MAX_RELAY_HINTS, BoardId, BoardKeys, Invite, derive_board_keys
+from .memory import release_freed_memory
 from .model import (
     DEFAULT_NEED_TTL_DAYS,
     NEVER,
@@ -103,6 +104,26 @@ class ReceiveReport:
     applied: list[ChangeHeader] = field(default_factory=list)
     #: forks the batch proved: each author's feed now ends before its proof's seq
     forks: list[ForkProof] = field(default_factory=list)
+
+
+def _load_for_applying(saved: bytes) -> Document:
+    """A saved document, ready to take changes fast.
+
+    Automerge 0.7 applies a change that is concurrent with a loaded document's heads
+    (as every member's change is: each depends only on its author's previous one)
+    about 40 times slower than one applied to a document it built itself, even in a
+    batch: 0.41 ms against 0.026 ms per change at 10,000. A copy made with ``fork_at``
+    of all heads (about 0.05 s per 10,000 changes, once per open) is such a document.
+    """
+    loaded = Document.load(saved)
+    heads = loaded.get_heads()
+    if not heads:
+        return loaded
+    # (fork_at exists in automerge-py 0.2.0.dev4 but not in its type stubs)
+    forked: Document = loaded.fork_at(heads)  # type: ignore[attr-defined]
+    del loaded
+    release_freed_memory()  # the loaded copy's pages, and the saved bytes' parse
+    return forked
 
 
 @contextlib.contextmanager
@@ -248,7 +269,7 @@ class Board:
         max_ops: dict[bytes, int] = {}
         if snap is not None:
             try:
-                automerge_doc = Document.load(snap.doc)
+                automerge_doc = _load_for_applying(snap.doc)
                 vector, sections, max_ops = snap.vector, snap.sections, snap.max_ops
             except Exception as exc:  # automerge raises bare Exception on a corrupt save
                 log.warning("board %s: snapshot unreadable (%s); rebuilding", self.name, exc)
@@ -306,8 +327,9 @@ class Board:
         return self.document.author_state(author)
 
     def _has_changes(self, author: bytes) -> bool:
-        doc = self._doc
-        return doc is not None and doc.applied_seq.get(author, 0) > 0
+        """Whether the store holds changes of ``author`` (applied or still deferred: the
+        loader applies the deferred ones before it reads the author's state)."""
+        return self._heads.get(author, EMPTY_HEAD).seq > 0
 
     def _apply(self, changes: list[tuple[ChangeHeader, bytes]]) -> list[ChangeHeader]:
         """Apply changes to the document; purge any that Automerge refuses."""

@@ -3,7 +3,7 @@
 Reading a section costs O(its entries) Automerge calls, so a section is read
 once and then kept current entry by entry: a local write says what it touched,
 and a remote change's ops say which objects they targeted
-(:mod:`p2paid.changeops`), which an index of object counters maps back to
+(:mod:`p2paid.changes`), which an index of object counters maps back to
 entries. Each refreshed entry is compared with its cached value; differences
 become :class:`~p2paid.model.BoardEvent` values when events are tracked.
 
@@ -26,8 +26,7 @@ from typing import Any, Final, TypeVar, final
 
 from automerge.core import Document, ObjType
 
-from .changeops import ACTION_MAKE_MAP, Op
-from .changes import uleb_bytes
+from .changes import ACTION_MAKE_MAP, Op, uleb_bytes
 from .errors import ValidationError
 from .model import BoardEvent, Claim, ClaimStatus, EventKind, Item, ItemKind, Member, clean_text
 from .text import name_key

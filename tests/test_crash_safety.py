@@ -320,3 +320,28 @@ def test_bundle_import_survives_sigkill(tmp_path: Path) -> None:
         assert board.version_vector()[peer_author] == 600
         board.post_need("still writable")
         assert board.version_vector()[board.author] == 1
+
+
+def test_a_store_of_schema_1_is_upgraded_and_checked_again(tmp_path: Path) -> None:
+    """A data dir written by p2paid 0.1 (schema 1) opens: its snapshots are dropped, so
+    every stored change is applied and checked again under the own-feed rule; a change
+    that depends on another member's (as 0.1 made them) is refused then, not applied."""
+    import sqlite3
+
+    import p2paid
+    from p2paid.store import DB_FILENAME, SCHEMA_VERSION
+
+    with p2paid.open_store(tmp_path / "d") as store:
+        board = store.create_board("Aid", display_name="Ana")
+        for i in range(5):
+            board.post_need(f"need {i}")
+        board.save_snapshot()
+    with sqlite3.connect(tmp_path / "d" / DB_FILENAME) as con:
+        con.execute("UPDATE meta SET value = 1 WHERE key = 'schema'")
+        assert con.execute("SELECT COUNT(*) FROM snapshots").fetchone() == (1,)
+    with p2paid.open_store(tmp_path / "d") as store:
+        assert {i.title for i in store.board().items()} == {f"need {i}" for i in range(5)}
+        assert store.db.snapshot(store.board().id) is None
+    with sqlite3.connect(tmp_path / "d" / DB_FILENAME) as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (
+            SCHEMA_VERSION,)

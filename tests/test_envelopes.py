@@ -724,3 +724,17 @@ def test_a_live_batch_after_deferred_ones_loses_nothing(
     assert len(mine) == 152
     assert store.db.rejections(board.id) == []
     assert board.version_vector()[writer.author] == 152
+
+
+def test_an_author_whose_changes_are_deferred_is_checked_against_them(
+    store: Store, board: Board, writer: Writer
+) -> None:
+    """The rules must know an author's deferred (stored, not yet applied) changes even
+    after they forgot the author (another process stored something of it)."""
+    bulk = writer.next(120)
+    assert board.receive([e.raw for e in bulk], defer_apply=True).accepted == 120
+    board._rules.forget(writer.author)  # what a catch-up does
+    nxt = writer.next()[0]
+    report = board.receive([nxt.raw])
+    assert report.accepted == 1 and not report.rejected
+    assert board.version_vector()[writer.author] == 121

@@ -10,7 +10,7 @@ import pytest
 
 CORE = [
     "p2paid.errors", "p2paid.identity", "p2paid.invite", "p2paid.envelope", "p2paid.changes",
-    "p2paid.changeops", "p2paid.feed", "p2paid.model", "p2paid.readmodel", "p2paid.document",
+    "p2paid.feed", "p2paid.model", "p2paid.readmodel", "p2paid.document",
     "p2paid.store", "p2paid.ingest", "p2paid.board", "p2paid.bundle", "p2paid.local",
     "p2paid.noise", "p2paid.wire", "p2paid.replication", "p2paid.replica", "p2paid.hosts",
     "p2paid.relayaddr", "p2paid.strictpack", "p2paid.messages", "p2paid.peerbook",

@@ -715,15 +715,11 @@ def test_change_reusing_its_op_ids_keeps_the_board_exportable(world: World) -> N
     """B's next change, rewritten to start at op 1 (so its op ids collide with B's
     first change's), must not leave a document that Automerge cannot load again.
 
-    Currently FAILS (8170265): the change passes every check (header, ops decode,
-    seq-contiguous release) and Automerge applies it in memory, but the saved form
-    (Board.export_automerge, and every snapshot) no longer loads: "error inflating
-    document chunk ops: max_op is lower than start_op". Exports promised to be
-    "readable by any Automerge implementation" are not, and each snapshot is
-    unreadable, so every open logs a warning and replays the whole board.
-    Fix: refuse a change whose start_op is not greater than the max op of each of
-    its deps (track start_op + op count per applied change; changeops already
-    counts the ops), or at least of its author's previous change.
+    Failed up to 8170265: the change passed every check and Automerge applied it in
+    memory, but the saved form (Board.export_automerge, and every snapshot) no longer
+    loaded: "error inflating document chunk ops: max_op is lower than start_op".
+    Passes since the own-feed rule: a change starts exactly after its author's
+    previous change (DependencyError otherwise).
     """
     w = world
     doc = Document(actor_id=w.b_id)

@@ -2,7 +2,7 @@
 
 Each :class:`NoiseClient` dials from a chosen 127.x.y.z address, completes a real
 ``Noise_XX`` handshake with a throw-away key (the library's own
-:class:`~p2paid.wire.SecureChannel`), optionally sends a Hello or anything else,
+:class:`~p2paid.core.wire.SecureChannel`), optionally sends a Hello or anything else,
 and then records when the other side closes. They are cheap enough that hundreds
 run in one test.
 """
@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from p2paid.errors import RemoteProtocolError
-from p2paid.identity import NodeKey
-from p2paid.wire import (
+from p2paid.core.identity import NodeKey
+from p2paid.core.wire import (
     NEED_DATA,
     Close,
     ConnectionClosed,
@@ -26,6 +25,7 @@ from p2paid.wire import (
     MessageReceived,
     SecureChannel,
 )
+from p2paid.errors import RemoteProtocolError
 
 __all__ = ["NoiseClient", "open_noise_clients", "spread_addresses"]
 

@@ -16,9 +16,9 @@ from typing import Any
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2paid.envelope import ZERO_HASH, Envelope, seal_envelope
-from p2paid.identity import AuthorKey
-from p2paid.local import Store
+from p2paid.board.store import Store
+from p2paid.core.envelope import ZERO_HASH, Envelope, seal_envelope
+from p2paid.core.identity import AuthorKey
 
 __all__ = ["FIXED_NOW", "HostileMember", "deliver"]
 

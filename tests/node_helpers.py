@@ -15,15 +15,12 @@ from typing import Any, TypeVar
 
 import trio
 
-from p2paid.asyncboard import AsyncBoard
-from p2paid.board import Board
-from p2paid.envelope import Envelope
-from p2paid.errors import RemoteProtocolError
-from p2paid.identity import NodeKey
-from p2paid.local import open_store
-from p2paid.node import Node, open_node
-from p2paid.replication import SyncSession
-from p2paid.wire import (
+from p2paid.board.board import Board
+from p2paid.board.store import open_store
+from p2paid.core.envelope import Envelope
+from p2paid.core.identity import NodeKey
+from p2paid.core.replication import SyncSession
+from p2paid.core.wire import (
     NEED_DATA,
     Close,
     ConnectionClosed,
@@ -32,6 +29,9 @@ from p2paid.wire import (
     MessageReceived,
     SecureChannel,
 )
+from p2paid.errors import RemoteProtocolError
+from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.node import Node, open_node
 
 __all__ = [
     "LOCALHOST",

@@ -2,7 +2,7 @@
 subprocess) and drive lightweight relay clients over real TCP on 127.0.0.1.
 
 A :class:`RelayClient` is what a node does when it dials a relay, minus the node: a
-:class:`~p2paid.wire.SecureChannel` and a :class:`~p2paid.replication.SyncSession`
+:class:`~p2paid.core.wire.SecureChannel` and a :class:`~p2paid.core.replication.SyncSession`
 (``to_relay=True``) over an in-memory replica (``tests/replication_helpers.py``). It
 records every message, every batch it sent and every Ack it got, and can inject
 hand-made Envelopes batches (forgeries) that its own session never sees.
@@ -27,12 +27,10 @@ from typing import Any
 import trio
 from replication_helpers import MemoryReplica
 
-from p2paid.errors import RemoteProtocolError
-from p2paid.identity import NodeKey
-from p2paid.relay import Relay, RelayLimits, RelayOptions, serve_relay
-from p2paid.relayaddr import RelayAddress
-from p2paid.replication import DEFAULT_BATCH_BYTES, DEFAULT_WINDOW, SyncSession
-from p2paid.wire import (
+from p2paid.core.identity import NodeKey
+from p2paid.core.relayaddr import RelayAddress
+from p2paid.core.replication import DEFAULT_BATCH_BYTES, DEFAULT_WINDOW, SyncSession
+from p2paid.core.wire import (
     NEED_DATA,
     Ack,
     Close,
@@ -47,6 +45,8 @@ from p2paid.wire import (
     Refused,
     SecureChannel,
 )
+from p2paid.errors import RemoteProtocolError
+from p2paid.relay.server import Relay, RelayLimits, RelayOptions, serve_relay
 
 __all__ = [
     "LOCALHOST",
@@ -141,7 +141,7 @@ async def start_relay(nursery: trio.Nursery, data_dir: Path, *,
 _LEVELS_MAIN = (
     "import logging, sys\n"
     "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s %(message)s')\n"
-    "from p2paid.cli import main\n"
+    "from p2paid.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 

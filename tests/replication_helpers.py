@@ -1,14 +1,14 @@
 """Test doubles for the sync protocol: in-memory replicas and byte-level connections.
 
 * :class:`FeedWriter` seals the next envelope of one author's feed (real
-  :func:`~p2paid.envelope.seal_envelope`, arbitrary change bytes: replication never
+  :func:`~p2paid.core.envelope.seal_envelope`, arbitrary change bytes: replication never
   looks inside ciphertexts, only at chains and signatures).
-* :class:`MemoryReplica` implements :class:`~p2paid.replication.Replica`. It stores
+* :class:`MemoryReplica` implements :class:`~p2paid.core.replication.Replica`. It stores
   contiguous per-author feeds and checks every batch with
-  :func:`~p2paid.feed.plan_batch`, as the real store does, so forgeries are refused;
+  :func:`~p2paid.core.feed.plan_batch`, as the real store does, so forgeries are refused;
   envelopes that arrive beyond a gap wait in a buffer of at most ``held_cap``.
 * :class:`Connection` is h11's ``ConnectionPair`` one level up: two
-  :class:`~p2paid.wire.SecureChannel` + :class:`~p2paid.replication.SyncSession`
+  :class:`~p2paid.core.wire.SecureChannel` + :class:`~p2paid.core.replication.SyncSession`
   endpoints whose bytes sit in per-direction queues until a test delivers them (all
   at once or in arbitrary slices). It records every message each side sent and
   received, and checks each batch as it is sent: at most ``window`` unacknowledged
@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2paid.envelope import ZERO_HASH, Envelope, seal_envelope
-from p2paid.errors import EnvelopeError, ForkError
-from p2paid.feed import FeedHead, ForkProof, Rejection, plan_batch
-from p2paid.identity import AuthorKey
-from p2paid.invite import BoardKeys, derive_board_keys
-from p2paid.replication import (
+from p2paid.core.envelope import ZERO_HASH, Envelope, seal_envelope
+from p2paid.core.feed import FeedHead, ForkProof, Rejection, plan_batch
+from p2paid.core.identity import AuthorKey
+from p2paid.core.invite import BoardKeys, derive_board_keys
+from p2paid.core.replication import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_WINDOW,
     BoardAccess,
@@ -44,7 +43,7 @@ from p2paid.replication import (
     SyncSession,
     peek_envelope,
 )
-from p2paid.wire import (
+from p2paid.core.wire import (
     NEED_DATA,
     Ack,
     ConnectionClosed,
@@ -54,6 +53,7 @@ from p2paid.wire import (
     MessageReceived,
     SecureChannel,
 )
+from p2paid.errors import EnvelopeError, ForkError
 
 __all__ = [
     "Connection",
@@ -126,7 +126,7 @@ class _BoardData:
 
 
 class MemoryReplica:
-    """An in-memory :class:`~p2paid.replication.Replica` (a node's or a relay's store).
+    """An in-memory :class:`~p2paid.core.replication.Replica` (a node's or a relay's store).
 
     Args:
         role: "node" or "relay".

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import p2paid
-from p2paid.envelope import Envelope
+from p2paid.core.envelope import Envelope
 
 #: A worker on a shared data dir. argv: data_dir, role, tag, arg where role/arg is
 #: writer/count, importer/bundle path, exporter/output prefix, reader/expected item count.
@@ -414,9 +414,9 @@ PAUSED_CARRIER = textwrap.dedent(
     """
     import json, sys
     import p2paid
-    import p2paid.local
+    import p2paid.board.store
 
-    original = p2paid.local.Store._carry
+    original = p2paid.board.store.Store._carry
 
     def paused(self, board_id, envelopes):
         sys.stdout.write("carrying\\n")
@@ -424,7 +424,7 @@ PAUSED_CARRIER = textwrap.dedent(
         sys.stdin.readline()
         return original(self, board_id, envelopes)
 
-    p2paid.local.Store._carry = paused
+    p2paid.board.store.Store._carry = paused
     with p2paid.open_store(sys.argv[1], create=False) as store:
         report = store.import_bundle(sys.argv[2])
     sys.stdout.write(json.dumps([report.accepted, report.rejected]) + "\\n")

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 import p2paid
-from p2paid.envelope import Envelope
+from p2paid.core.envelope import Envelope
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 
@@ -329,7 +329,7 @@ def test_a_store_of_schema_1_is_upgraded_and_checked_again(tmp_path: Path) -> No
     import sqlite3
 
     import p2paid
-    from p2paid.store import DB_FILENAME, SCHEMA_VERSION
+    from p2paid.storage.sqlite import DB_FILENAME, SCHEMA_VERSION
 
     with p2paid.open_store(tmp_path / "d") as store:
         board = store.create_board("Aid", display_name="Ana")

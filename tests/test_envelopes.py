@@ -21,12 +21,13 @@ import pytest
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-import p2paid.envelope
-import p2paid.identity
+import p2paid.core.envelope
+import p2paid.core.identity
 from p2paid import Board, Item, ReceiveReport, Store, open_store
-from p2paid.changes import ChangeHeader, parse_change
-from p2paid.document import BoardDocument, new_item_id
-from p2paid.envelope import (
+from p2paid.automerge.chunk import ChangeHeader, parse_change
+from p2paid.board.document import BoardDocument, new_item_id
+from p2paid.board.model import ItemKind, now_ms
+from p2paid.core.envelope import (
     _HEAD,
     ENVELOPE_VERSION,
     HEADER_BYTES,
@@ -38,6 +39,8 @@ from p2paid.envelope import (
     associated_data,
     seal_envelope,
 )
+from p2paid.core.feed import EMPTY_HEAD, verify_run
+from p2paid.core.identity import AuthorKey
 from p2paid.errors import (
     ChainError,
     ChangeMismatchError,
@@ -50,9 +53,6 @@ from p2paid.errors import (
     SignatureError,
     WrongBoardError,
 )
-from p2paid.feed import EMPTY_HEAD, verify_run
-from p2paid.identity import AuthorKey
-from p2paid.model import ItemKind, now_ms
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -587,7 +587,7 @@ def test_bad_envelope_does_not_spoil_the_batch(
 def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Record the author of every Ed25519 verification (both import sites are spied)."""
     calls: list[bytes] = []
-    for module in (p2paid.envelope, p2paid.identity):
+    for module in (p2paid.core.envelope, p2paid.core.identity):
         original = module.verify_signature
 
         def spy(author: bytes, sig: bytes, data: bytes, _orig: Any = original) -> None:

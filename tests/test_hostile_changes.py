@@ -47,10 +47,12 @@ from automerge.core import Document
 
 import p2paid
 from p2paid import Board, Store
-from p2paid.board import MAX_HELD_BYTES, MAX_HELD_BYTES_PER_AUTHOR
-from p2paid.changes import parse_change
-from p2paid.document import receive_changes
-from p2paid.envelope import Envelope, open_envelope, seal_envelope
+from p2paid.automerge.chunk import parse_change
+from p2paid.automerge.rules import MAX_OP_COUNTER, AuthorState, FeedRules
+from p2paid.board.board import MAX_HELD_BYTES, MAX_HELD_BYTES_PER_AUTHOR
+from p2paid.board.document import receive_changes
+from p2paid.core.envelope import Envelope, open_envelope, seal_envelope
+from p2paid.core.identity import AuthorKey
 from p2paid.errors import (
     ChangeMismatchError,
     DependencyError,
@@ -58,8 +60,6 @@ from p2paid.errors import (
     ForbiddenOpError,
     OwnershipError,
 )
-from p2paid.identity import AuthorKey
-from p2paid.rules import MAX_OP_COUNTER, AuthorState, FeedRules
 
 NOW = 1_900_000_000_000
 
@@ -403,7 +403,7 @@ def test_a_resealed_change_does_not_poison_its_author(world: World, tmp_path: Pa
     bundle = tmp_path / "all.p2paid"
     with p2paid.open_store(tmp_path / "carrier") as carrier:
         a.receive([stolen])
-        from p2paid.bundle import write_bundle
+        from p2paid.board.bundle import write_bundle
 
         write_bundle(bundle, [*a.envelopes(), stolen])
         assert carrier.import_bundle(bundle).rejected == 0

@@ -15,10 +15,10 @@ from amcraft import COUNTER, SET, CraftedFeed, CraftedOp, int_value, sleb
 from node_helpers import HandPeer, board_state, make_member, start_node, titles, wait_until
 
 import p2paid
-from p2paid.identity import AuthorKey
-from p2paid.replica import StoreReplica
-from p2paid.replication import SyncSession
-from p2paid.wire import Envelopes
+from p2paid.core.identity import AuthorKey
+from p2paid.core.replication import SyncSession
+from p2paid.core.wire import Envelopes
+from p2paid.node.replica import StoreReplica
 
 NOW = 1_900_000_000_000
 

@@ -31,11 +31,11 @@ from hostile_helpers import FIXED_NOW, HostileMember, deliver
 
 import p2paid
 from p2paid import Board, Store, UsageError, ValidationError
-from p2paid.identity import fingerprint, short_fingerprint
-from p2paid.invite import validate_board_name
-from p2paid.model import EventKind, Item
-from p2paid.render import SafeFormatter, csv_cell, item_csv, item_detail, item_table, json_text
-from p2paid.text import (
+from p2paid.board.model import EventKind, Item
+from p2paid.cli.render import SafeFormatter, csv_cell, item_csv, item_detail, item_table, json_text
+from p2paid.core.identity import fingerprint, short_fingerprint
+from p2paid.core.invite import validate_board_name
+from p2paid.core.text import (
     ALLOWED_FORMAT,
     REFUSED_FORMAT,
     char_problem,

@@ -1,7 +1,7 @@
 """A legitimate node under attack while an honest peer keeps syncing with it.
 
 Every test runs a victim node and an honest peer connected to it, attacks the
-victim over 127.0.0.1 (raw TCP, or a hand-driven :class:`~p2paid.wire.SecureChannel`,
+victim over 127.0.0.1 (raw TCP, or a hand-driven :class:`~p2paid.core.wire.SecureChannel`,
 or a full sync session that knows the invite), then checks that the honest link
 is the very same connection as before the attack and still carries a new post
 in each direction. Nothing here waits on the real 10 s handshake timeout: it is
@@ -39,14 +39,11 @@ from node_helpers import (
 )
 
 import p2paid.net.connection
-from p2paid.asyncboard import AsyncBoard
-from p2paid.envelope import Envelope
-from p2paid.identity import NodeKey
-from p2paid.local import Store, open_store
-from p2paid.net.connection import MAX_PINGS
-from p2paid.replica import StoreReplica
-from p2paid.replication import SyncSession
-from p2paid.wire import (
+from p2paid.board.store import Store, open_store
+from p2paid.core.envelope import Envelope
+from p2paid.core.identity import NodeKey
+from p2paid.core.replication import SyncSession
+from p2paid.core.wire import (
     MAX_MESSAGE_BYTES,
     Ack,
     Envelopes,
@@ -57,6 +54,9 @@ from p2paid.wire import (
     Vector,
     encode_message,
 )
+from p2paid.net.connection import MAX_PINGS
+from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.replica import StoreReplica
 
 SHORT_HANDSHAKE_TIMEOUT = 0.5
 

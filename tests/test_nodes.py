@@ -36,13 +36,13 @@ from node_helpers import (
 
 import p2paid.net.connection
 import p2paid.net.peers
-from p2paid.asyncboard import AsyncBoard
-from p2paid.board import Board
-from p2paid.local import open_store
-from p2paid.model import BoardEvent, EventKind
-from p2paid.replica import StoreReplica
-from p2paid.replication import SyncSession
-from p2paid.wire import Envelopes, Hello, Message
+from p2paid.board.board import Board
+from p2paid.board.model import BoardEvent, EventKind
+from p2paid.board.store import open_store
+from p2paid.core.replication import SyncSession
+from p2paid.core.wire import Envelopes, Hello, Message
+from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.replica import StoreReplica
 
 
 def _has_title(board: AsyncBoard, title: str) -> bool:
@@ -427,7 +427,7 @@ async def test_hello_arriving_with_the_last_handshake_message_is_processed(
 NODE_SCRIPT = textwrap.dedent(
     """
     import sys, trio
-    from p2paid.node import open_node
+    from p2paid.node.node import open_node
 
     async def main() -> None:
         peer = (sys.argv[2], int(sys.argv[3]))

@@ -35,14 +35,14 @@ from relay_helpers import (
 )
 from replication_helpers import FeedWriter, MemoryReplica, board_keys
 
-from p2paid.envelope import HEADER_BYTES, Envelope, seal_envelope
+from p2paid.board.store import open_store
+from p2paid.core.envelope import HEADER_BYTES, Envelope, seal_envelope
+from p2paid.core.identity import AuthorKey
+from p2paid.core.invite import BoardKeys
+from p2paid.core.relayaddr import RelayAddress
 from p2paid.errors import RemoteProtocolError
-from p2paid.identity import AuthorKey
-from p2paid.invite import BoardKeys
-from p2paid.local import open_store
-from p2paid.relay import RelayLimits
-from p2paid.relayaddr import RelayAddress
-from p2paid.store import DB_FILENAME, Database
+from p2paid.relay.server import RelayLimits
+from p2paid.storage.sqlite import DB_FILENAME, Database
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -938,4 +938,4 @@ async def test_load_200_clients_on_20_boards(tmp_path: Path) -> None:
     bad = [line for line in log.splitlines()
            if line.startswith(("WARNING", "ERROR", "CRITICAL")) or "Traceback" in line]
     assert not bad, bad[:5]
-    assert log.count("INFO p2paid.relay client") >= 2 * 200  # the log is really captured
+    assert log.count("INFO p2paid.relay.server client") >= 2 * 200  # the log is really captured

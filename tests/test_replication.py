@@ -1,9 +1,9 @@
-"""p2paid.replication: the sync protocol between in-memory replicas, over real Noise channels.
+"""p2paid.core.replication: the sync protocol between in-memory replicas, over real Noise channels.
 
 No sockets and no trio: :mod:`replication_helpers` pipes bytes between
-:class:`~p2paid.wire.SecureChannel` + :class:`~p2paid.replication.SyncSession` endpoints
+:class:`~p2paid.core.wire.SecureChannel` + :class:`~p2paid.core.replication.SyncSession` endpoints
 and stores envelopes in :class:`MemoryReplica` objects that verify chains and signatures
-with :func:`p2paid.feed.plan_batch`, as the real store does.
+with :func:`p2paid.core.feed.plan_batch`, as the real store does.
 
 What this file proves:
 
@@ -42,12 +42,11 @@ from replication_helpers import (
     board_keys,
 )
 
-from p2paid.envelope import HEADER_BYTES, MAX_CIPHERTEXT
-from p2paid.errors import RemoteProtocolError, SignatureError
-from p2paid.feed import FeedHead
-from p2paid.invite import BoardKeys
-from p2paid.replication import SyncSession, vector_digest
-from p2paid.wire import (
+from p2paid.core.envelope import HEADER_BYTES, MAX_CIPHERTEXT
+from p2paid.core.feed import FeedHead
+from p2paid.core.invite import BoardKeys
+from p2paid.core.replication import SyncSession, vector_digest
+from p2paid.core.wire import (
     MAX_MESSAGE_BYTES,
     Ack,
     Envelopes,
@@ -57,6 +56,7 @@ from p2paid.wire import (
     Vector,
     encode_message,
 )
+from p2paid.errors import RemoteProtocolError, SignatureError
 
 BOARD = board_keys(0)
 OTHER_BOARD = board_keys(1)
@@ -615,7 +615,7 @@ def test_forged_gap_envelope_does_not_get_an_honest_peer_dropped(tmp_path: Path)
     unverified; when honest peer H later fills the gap, the forgery's SignatureError must not
     be blamed on H. (Board.receive reports held envelopes' refusals to the current caller.)"""
     from p2paid import open_store
-    from p2paid.replica import StoreReplica
+    from p2paid.node.replica import StoreReplica
 
     origin = open_store(tmp_path / "origin")
     board = origin.create_board("test")

@@ -21,10 +21,10 @@ import trio
 from node_helpers import LOCALHOST, make_member, start_node, titles, wait_until
 from relay_helpers import start_relay
 
-from p2paid.identity import short_fingerprint
-from p2paid.local import open_store
-from p2paid.node import RELAY_REFRESH_INTERVAL
-from p2paid.relayaddr import RelayAddress
+from p2paid.board.store import open_store
+from p2paid.core.identity import short_fingerprint
+from p2paid.core.relayaddr import RelayAddress
+from p2paid.node.node import RELAY_REFRESH_INTERVAL
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 

@@ -26,17 +26,17 @@ from replication_helpers import FeedWriter, MemoryReplica, board_keys
 
 import p2paid.net.connection
 import p2paid.net.peers
-import p2paid.node
-from p2paid.envelope import Envelope
-from p2paid.identity import NodeKey
-from p2paid.invite import BoardKeys
-from p2paid.local import open_store
+import p2paid.node.node
+from p2paid.board.store import open_store
+from p2paid.core.envelope import Envelope
+from p2paid.core.identity import NodeKey
+from p2paid.core.invite import BoardKeys
+from p2paid.core.replication import SyncSession
+from p2paid.core.wire import Hello, HelloBoard, Ping
 from p2paid.net.admission import ADDRESS_FULL, EVICTED, FULL
 from p2paid.net.connection import HELLO_TIMEOUT_REASON
 from p2paid.net.peers import DialTarget
-from p2paid.relay import RelayLimits
-from p2paid.replication import SyncSession
-from p2paid.wire import Hello, HelloBoard, Ping
+from p2paid.relay.server import RelayLimits
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -75,7 +75,7 @@ async def test_relay_hints_with_bad_hosts_and_failing_dials_do_not_stop_the_node
     hosts, and one whose connection task raises an unexpected error, are handed to
     the node's dialer directly. The node keeps running, keeps syncing with an honest
     peer, and logs each failure once, not on every retry."""
-    monkeypatch.setattr(p2paid.node, "RELAY_REFRESH_INTERVAL", 0.1)
+    monkeypatch.setattr(p2paid.node.node, "RELAY_REFRESH_INTERVAL", 0.1)
     monkeypatch.setattr(p2paid.net.peers, "BACKOFF_START", 0.05)
     monkeypatch.setattr(p2paid.net.peers, "BACKOFF_MAX", 0.1)
     invite = make_member(tmp_path / "victim", None, "victim")
@@ -258,7 +258,7 @@ async def test_handshakes_in_progress_are_capped_per_address(tmp_path: Path) -> 
                 sockets.append(await trio.open_tcp_stream(*victim.address,
                                                           local_address="127.0.0.3"))
             await wait_until(lambda: victim.node.admission.handshaking
-                             == p2paid.node.MAX_HANDSHAKES_PER_ADDRESS)
+                             == p2paid.node.node.MAX_HANDSHAKES_PER_ADDRESS)
             other = await NoiseClient.connect(victim.address, "127.0.0.4")
             assert other is not None
             for s in sockets:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from p2paid.net.connection import Connection
 
 __all__ = ["ADDRESS_FULL", "EVICTED", "FULL", "Admission", "AdmissionLimits"]
 

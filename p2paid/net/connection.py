@@ -1,8 +1,8 @@
 """One peer connection: the Noise channel and a sync session over a trio stream.
 
 The shell in the style of h11's trio example: read bytes, feed the sans-I/O
-:class:`~p2paid.wire.SecureChannel`, hand each message to the
-:class:`~p2paid.replication.SyncSession`, write what they produce. Three tasks
+:class:`~p2paid.core.wire.SecureChannel`, hand each message to the
+:class:`~p2paid.core.replication.SyncSession`, write what they produce. Three tasks
 share the connection: the reader, the pusher (sends what the local side gained,
 woken by :meth:`Connection.notify`) and the keepalive. Any protocol error, a
 handshake timeout or a silent peer ends this connection only.
@@ -20,10 +20,9 @@ from typing import Final, Protocol, final
 
 import trio
 
-from ..errors import HandshakeError, P2paidError, RemoteProtocolError
-from ..identity import NodeKey, fingerprint
-from ..replication import Replica, SyncEvent, SyncSession
-from ..wire import (
+from p2paid.core.identity import NodeKey, fingerprint
+from p2paid.core.replication import Replica, SyncEvent, SyncSession
+from p2paid.core.wire import (
     NEED_DATA,
     Close,
     ConnectionClosed,
@@ -35,6 +34,7 @@ from ..wire import (
     Refused,
     SecureChannel,
 )
+from p2paid.errors import HandshakeError, P2paidError, RemoteProtocolError
 
 __all__ = ["RESYNC_REASON", "Connection", "ConnectionHost", "run_connection"]
 

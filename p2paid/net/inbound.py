@@ -16,10 +16,10 @@ from typing import Final, NoReturn
 
 import trio
 
-from ..hosts import address_key
-from .admission import Admission
-from .connection import Connection, ConnectionHost, run_connection
-from .tcp import format_address
+from p2paid.core.hosts import address_key
+from p2paid.net.admission import Admission
+from p2paid.net.connection import Connection, ConnectionHost, run_connection
+from p2paid.net.tcp import format_address
 
 __all__ = ["serve_inbound"]
 

@@ -21,10 +21,10 @@ import ifaddr
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
-from .peers import DialTarget
+from p2paid.net.peers import DialTarget
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from p2paid.node.node import Node
 
 __all__ = ["SERVICE_TYPE", "run_mdns"]
 

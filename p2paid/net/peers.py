@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from .connection import RESYNC_REASON, Connection, run_connection
-from .tcp import DIAL_TIMEOUT, dial, format_address
+from p2paid.net.connection import RESYNC_REASON, Connection, run_connection
+from p2paid.net.tcp import DIAL_TIMEOUT, dial, format_address
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from p2paid.node.node import Node
 
 __all__ = ["DialTarget", "Dialer"]
 

@@ -19,13 +19,13 @@ from typing import Any
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2paid.bundle import write_bundle
-from p2paid.changes import parse_change
-from p2paid.document import section_object_id
-from p2paid.envelope import ZERO_HASH, associated_data, seal_envelope
-from p2paid.identity import AuthorKey, fingerprint
-from p2paid.invite import Invite, derive_board_keys
-from p2paid.relayaddr import RelayAddress
+from p2paid.automerge.chunk import parse_change
+from p2paid.board.bundle import write_bundle
+from p2paid.board.document import section_object_id
+from p2paid.core.envelope import ZERO_HASH, associated_data, seal_envelope
+from p2paid.core.identity import AuthorKey, fingerprint
+from p2paid.core.invite import Invite, derive_board_keys
+from p2paid.core.relayaddr import RelayAddress
 
 HERE = Path(__file__).parent
 

@@ -1,0 +1,6 @@
+"""The sans-I/O core: keys, invites, envelopes, feeds, Noise, the wire format and the
+replication state machine.
+
+Nothing here imports trio, sockets, zeroconf or automerge: it moves and checks signed,
+encrypted envelopes, never looking inside them, so nodes and relays share all of it.
+"""

@@ -733,7 +733,7 @@ def test_an_author_whose_changes_are_deferred_is_checked_against_them(
     after they forgot the author (another process stored something of it)."""
     bulk = writer.next(120)
     assert board.receive([e.raw for e in bulk], defer_apply=True).accepted == 120
-    board._rules.forget(writer.author)  # what a catch-up does
+    board.log._rules.forget(writer.author)  # what a catch-up does
     nxt = writer.next()[0]
     report = board.receive([nxt.raw])
     assert report.accepted == 1 and not report.rejected

@@ -49,7 +49,7 @@ import p2paid
 from p2paid import Board, Store
 from p2paid.automerge.chunk import parse_change
 from p2paid.automerge.rules import MAX_OP_COUNTER, AuthorState, FeedRules
-from p2paid.board.board import MAX_HELD_BYTES, MAX_HELD_BYTES_PER_AUTHOR
+from p2paid.board.log import MAX_HELD_BYTES, MAX_HELD_BYTES_PER_AUTHOR
 from p2paid.board.document import receive_changes
 from p2paid.core.envelope import Envelope, open_envelope, seal_envelope
 from p2paid.core.identity import AuthorKey
@@ -515,20 +515,20 @@ def test_held_envelopes_are_bounded_in_bytes_per_author_and_per_board(world: Wor
     for start in range(0, len(tail), 50):
         report = a.receive(tail[start : start + 50])
         assert report.accepted == 0
-    held = sum(len(e.raw) for e in a._held.values())
+    held = sum(len(e.raw) for e in a.log._held.values())
     assert 0 < held <= MAX_HELD_BYTES_PER_AUTHOR
     for n in range(20):
         other = CraftedFeed(a.id, a.keys.content_key, AuthorKey.generate())
         other.seal(other.chunk(other.first()))  # never sent: all the rest are gaps
         a.receive(big_tail(other, 60))
         per_author: dict[bytes, int] = {}
-        for env in a._held.values():
+        for env in a.log._held.values():
             per_author[env.author] = per_author.get(env.author, 0) + len(env.raw)
         assert max(per_author.values()) <= MAX_HELD_BYTES_PER_AUTHOR
         assert sum(per_author.values()) <= MAX_HELD_BYTES, n
     assert a.version_vector()[w.b.actor] == 1
     a = w.reopen("a")
-    assert a._held == {} and a.version_vector()[w.b.actor] == 1
+    assert a.log._held == {} and a.version_vector()[w.b.actor] == 1
     assert_intact(w)
 
 

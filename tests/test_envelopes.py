@@ -738,3 +738,18 @@ def test_an_author_whose_changes_are_deferred_is_checked_against_them(
     report = board.receive([nxt.raw])
     assert report.accepted == 1 and not report.rejected
     assert board.version_vector()[writer.author] == 121
+
+
+def test_a_bounded_flush_applies_deferred_changes_in_steps(
+    store: Store, board: Board, writer: Writer
+) -> None:
+    """flush(max_changes) applies at most that many deferred changes per call, in each
+    author's seq order, until none are left; the board then reads as if applied at once."""
+    bulk = writer.next(250)
+    assert board.receive([e.raw for e in bulk], defer_apply=True).accepted == 250
+    steps = []
+    while board.log.has_deferred:
+        steps.append(len(board.flush(100)))
+    assert steps == [100, 100, 50]
+    mine = [i for i in board.items() if i.author == writer.author.hex()]
+    assert len(mine) == 250

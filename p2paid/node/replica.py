@@ -56,14 +56,31 @@ class StoreReplica:
     def boards(self) -> Sequence[BoardAccess]:
         return [BoardAccess(b.id, b.keys.tag_key) for b in self._store.boards()]
 
-    def flush(self) -> set[bytes]:
-        """Apply deferred changes; returns the boards that had some."""
+    def flush(self, max_changes: int | None = None) -> set[bytes]:
+        """Apply deferred changes: all, or at most ``max_changes`` in this call (call
+        again while :attr:`has_deferred`, so that each step stays short). Returns the
+        boards that had changes applied."""
         t0 = time.perf_counter()
-        boards, self.deferred = self.deferred, set()
-        for board_id in boards:
-            self.board(board_id).flush()
+        touched: set[bytes] = set()
+        budget = max_changes
+        for board_id in list(self.deferred):
+            log = self.board(board_id).log
+            applied = log.flush(budget)
+            if applied or not log.has_deferred:
+                touched.add(board_id)
+            if not log.has_deferred:
+                self.deferred.discard(board_id)
+            if budget is not None:
+                budget -= max(len(applied), 1)
+                if budget <= 0:
+                    break
         self.stats["receive_s"] += time.perf_counter() - t0
-        return boards
+        return touched
+
+    @property
+    def has_deferred(self) -> bool:
+        """Some board has stored, checked changes not yet applied."""
+        return bool(self.deferred)
 
     def vector(self, board_id: bytes) -> Mapping[bytes, int]:
         return self.board(board_id).version_vector()

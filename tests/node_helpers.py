@@ -140,7 +140,7 @@ def stored_envelopes(data_dir: Path, board_id: bytes) -> dict[tuple[bytes, int],
     """``(author, seq) -> raw envelope`` as a freshly opened store sees them."""
     with open_store(data_dir, create=False) as store:
         out = {}
-        for raw in store.db.envelopes(board_id):
+        for raw in store._db.envelopes(board_id):
             env = Envelope.decode(raw)
             out[(env.author, env.seq)] = raw
         return out

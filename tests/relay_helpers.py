@@ -46,7 +46,8 @@ from p2paid.core.wire import (
     SecureChannel,
 )
 from p2paid.errors import RemoteProtocolError
-from p2paid.relay.server import Relay, RelayLimits, RelayOptions, serve_relay
+from p2paid.relay.replica import RelayLimits
+from p2paid.relay.server import Relay, RelayOptions, serve_relay
 
 __all__ = [
     "LOCALHOST",

@@ -54,7 +54,7 @@ class Snapshot:
 def snapshot(store: Store) -> Snapshot:
     boards = store.boards()
     return Snapshot(
-        dict(store.db.counts()),
+        dict(store._db.counts()),
         {b.id: b.version_vector() for b in boards},
         {b.id: b.items() for b in boards},
         store.carried(),
@@ -512,7 +512,7 @@ def cli_dir(tmp_path: Path) -> Path:
 
 def _cli_counts(data_dir: Path) -> dict[str, int]:
     with open_store(data_dir, create=False) as s:
-        return dict(s.db.counts())
+        return dict(s._db.counts())
 
 
 def test_cli_malformed_invite(cli_dir: Path) -> None:

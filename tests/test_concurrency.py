@@ -90,8 +90,8 @@ def _assert_feed_sound(store: p2paid.Store, board: p2paid.Board, author: bytes) 
     n = len(seqs)
     assert sorted(seqs) == list(range(1, n + 1)), f"feed not contiguous: {sorted(seqs)}"
     assert board.version_vector().get(author, 0) == n
-    assert store.db.rejections(board.id) == []
-    assert store.db.integrity_check() == []
+    assert store._db.rejections(board.id) == []
+    assert store._db.integrity_check() == []
     return n
 
 
@@ -339,7 +339,7 @@ def test_writer_blocked_by_a_held_lock_waits_then_succeeds(tmp_path: Path) -> No
     with p2paid.open_store(data_dir) as store:
         board = store.create_board("Lock board")
         board.items()
-        with store.db.write():  # hold the write lock
+        with store._db.write():  # hold the write lock
             proc = subprocess.Popen(
                 [sys.executable, "-m", "p2paid", "--data-dir", str(data_dir), "need", "add",
                  "waited"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -49,8 +49,8 @@ import p2paid
 from p2paid import Board, Store
 from p2paid.automerge.chunk import parse_change
 from p2paid.automerge.rules import MAX_OP_COUNTER, AuthorState, FeedRules
-from p2paid.board.log import MAX_HELD_BYTES, MAX_HELD_BYTES_PER_AUTHOR
 from p2paid.board.document import receive_changes
+from p2paid.board.log import MAX_HELD_BYTES, MAX_HELD_BYTES_PER_AUTHOR
 from p2paid.core.envelope import Envelope, open_envelope, seal_envelope
 from p2paid.core.identity import AuthorKey
 from p2paid.errors import (
@@ -397,7 +397,7 @@ def test_a_resealed_change_does_not_poison_its_author(world: World, tmp_path: Pa
         assert {"Insulin, cold chain", "Blankets, 20", "Drinking water"} <= titles
         assert board.get(c_post.id[:8]).title == "Insulin, cold chain"
     a = w.board("a")
-    rows = w.stores["a"].db.rejections(a.id)
+    rows = w.stores["a"]._db.rejections(a.id)
     assert {(author, code) for author, _, code, _ in rows} == {(w.b.actor, "change-mismatch")}
     # a blind carrier stores B's envelope (it cannot read it) and passes it on
     bundle = tmp_path / "all.p2paid"

@@ -320,7 +320,7 @@ async def test_forged_envelope_drops_the_peer_and_is_not_stored(
                                              head.hash, os.urandom(120), os.urandom(64))
                 else:
                     store.board().post_need("genuine content, broken signature")
-                    raw = store.db.read_feed(scene.board_id, store.board().author, 1, 1 << 20)[-1]
+                    raw = store._db.read_feed(scene.board_id, store.board().author, 1, 1 << 20)[-1]
                     forged = raw[:-1] + bytes([raw[-1] ^ 1])
                 env = Envelope.decode(forged)
                 vector_before = victim_board.version_vector()
@@ -331,7 +331,7 @@ async def test_forged_envelope_drops_the_peer_and_is_not_stored(
                 await peer.aclose()
             assert victim_board.version_vector().get(env.author, 0) == vector_before.get(
                 env.author, 0)
-            db = scene.victim.node.store.db
+            db = scene.victim.node.store._db
             assert db.held_hashes(scene.board_id, env.author, env.seq, env.seq) == {}
             assert not [r for r in db.rejections(scene.board_id) if r[2] == "fork"]
             await scene.check_honest()  # the victim's genuine next seq spreads
@@ -351,10 +351,10 @@ async def test_validly_signed_fork_ends_the_feed_everywhere(tmp_path: Path) -> N
             with open_store(tmp_path / "mallory-copy") as copy:
                 copy.board().post_need("second version")
                 author = copy.board().author
-                fork_raw = copy.db.read_feed(scene.board_id, author, 1, 1 << 20)[0]
+                fork_raw = copy._db.read_feed(scene.board_id, author, 1, 1 << 20)[0]
             with open_store(tmp_path / "mallory") as store:
                 first = store.board().post_need("first version")
-                first_raw = store.db.read_feed(scene.board_id, author, 1, 1 << 20)[0]
+                first_raw = store._db.read_feed(scene.board_id, author, 1, 1 << 20)[0]
                 assert first_raw != fork_raw and fork_raw[65:73] == first_raw[65:73]
                 peer, _ = await _member_session(scene, store)
                 honest = scene.honest.node.board()
@@ -370,7 +370,7 @@ async def test_validly_signed_fork_ends_the_feed_everywhere(tmp_path: Path) -> N
                 await peer.aclose()
 
             fork = Envelope.decode(fork_raw)
-            db = scene.victim.node.store.db
+            db = scene.victim.node.store._db
             assert db.held_hashes(scene.board_id, author, 2, 2) == {}
             assert db.held_hashes(scene.board_id, author, 1, 1)  # seq 1 was not forked
             forks = [r for r in db.rejections(scene.board_id) if r[2] == "fork"]
@@ -384,7 +384,7 @@ async def test_validly_signed_fork_ends_the_feed_everywhere(tmp_path: Path) -> N
                 assert "second version" not in titles(node.node.board())
                 assert node.node.board().board.version_vector()[author] == 1
             await scene.check_honest()
-            assert scene.honest.node.store.db.held_hashes(scene.board_id, author, 2, 2) == {}
+            assert scene.honest.node.store._db.held_hashes(scene.board_id, author, 2, 2) == {}
 
 
 # ---------------------------------------------------------------------- floods

@@ -530,7 +530,7 @@ async def test_sigkill_mid_sync_loses_nothing_confirmed(
             assert seen <= len(at_kill) < total, (
                 f"B held {len(at_kill)} of {total} at the kill (read {seen} before it)")
             with open_store(tmp_path / "b", create=False) as store:
-                assert store.db.integrity_check() == []
+                assert store._db.integrity_check() == []
                 b_board = store.board()
                 vector = b_board.version_vector()
                 # What is held is a contiguous prefix of each feed, and the document
@@ -538,7 +538,7 @@ async def test_sigkill_mid_sync_loses_nothing_confirmed(
                 assert sum(vector.values()) == len(at_kill)
                 assert len(b_board.items()) == vector[a.node.board().board.author] - 1
                 if kill_at > 0.8:  # B had saved a snapshot before the kill; reopen used it
-                    assert store.db.snapshot(board_id) is not None
+                    assert store._db.snapshot(board_id) is not None
 
             with log.open("ab") as err:
                 proc = await trio.lowlevel.open_process(argv, stdout=subprocess.DEVNULL,

@@ -289,7 +289,7 @@ def test_refusal_is_recorded_as_evidence(world: World) -> None:
     w = world
     _, _, env = _malicious(w, _edit_title)
     receive(w.a, [env.raw])
-    rows = w.stores["a"].db.rejections(w.a.id)
+    rows = w.stores["a"]._db.rejections(w.a.id)
     assert any(author == w.b_id and code == OwnershipError.code for author, _, code, _ in rows)
 
 

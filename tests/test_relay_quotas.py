@@ -27,7 +27,8 @@ from p2paid.board.store import open_store
 from p2paid.core.identity import NodeKey
 from p2paid.core.invite import BoardKeys, derive_board_keys
 from p2paid.core.relayaddr import RelayAddress, decode_token
-from p2paid.relay.server import TOKEN_INVALID, TOKEN_REQUIRED, RelayLimits
+from p2paid.relay.replica import RelayLimits
+from p2paid.relay.server import TOKEN_INVALID, TOKEN_REQUIRED
 from p2paid.relay.state import MIN_BOARD_CHARGE
 from p2paid.storage.sqlite import Database
 

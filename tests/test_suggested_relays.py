@@ -76,7 +76,7 @@ async def test_a_suggested_relay_is_dialled_only_after_it_is_accepted(tmp_path: 
             c = await start_node(nursery, tmp_path / "c", listen=False)
             await c.node.board().post_need("Insulin, cold chain")
             await wait_until(lambda: relay.relay.status()["connections"] == 1
-                             and relay.relay.replica.stats["stored"] >= 2)
+                             and relay.relay.replica.stats.stored >= 2)
             a = await start_node(nursery, tmp_path / "a", listen=False)
             board = a.node.board()
             # The hostile's envelopes reach Ana's data dir as a bundle, imported by

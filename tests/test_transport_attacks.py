@@ -36,7 +36,7 @@ from p2paid.core.wire import Hello, HelloBoard, Ping
 from p2paid.net.admission import ADDRESS_FULL, EVICTED, FULL
 from p2paid.net.connection import HELLO_TIMEOUT_REASON
 from p2paid.net.peers import DialTarget
-from p2paid.relay.server import RelayLimits
+from p2paid.relay.replica import RelayLimits
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 

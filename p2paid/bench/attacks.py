@@ -56,8 +56,8 @@ from p2paid.core.wire import (
     SecureChannel,
 )
 from p2paid.errors import RemoteProtocolError
-from p2paid.relay.server import RelayLimits, RelayReplica, open_relay_db, relay_key
-from p2paid.storage.peerbook import PeerBook
+from p2paid.relay.replica import RelayLimits, RelayReplica
+from p2paid.relay.server import open_relay_db, relay_key
 
 __all__ = ["attacker_main", "run_attack_benchmarks"]
 
@@ -401,7 +401,7 @@ def _node_attacks(report: Report, root: Path, secret: bytes, invite: Invite) -> 
     receivers = _receivers(root / "node", invite, 3, None)
     with open_store(sender_dir) as store:
         store.join(invite).receive([e.raw for e in feed])
-        book = PeerBook(store.db)
+        book = store.peer_book()
         for _, node_id in receivers:  # members who synced with this node before
             book.add(node_id)
     sender = _Child(_NODE, str(sender_dir), "-", "idle", quiet=True)
@@ -430,7 +430,7 @@ def _relay_attacks(report: Report, root: Path, secret: bytes, invite: Invite) ->
     db = open_relay_db(relay_dir)
     try:
         key = relay_key(db).public
-        replica = RelayReplica(db, RelayLimits())
+        replica = RelayReplica.open(db, RelayLimits())
         raws = [e.raw for e in make_feed(keys, AuthorKey.generate(), N)]
         for start in range(0, len(raws), 500):
             replica.receive(keys.board_id, raws[start : start + 500])

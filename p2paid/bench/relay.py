@@ -21,7 +21,7 @@ from p2paid.bench.net import _NODE, _Child
 from p2paid.board.store import open_store
 from p2paid.core.envelope import Envelope
 from p2paid.core.replication import DEFAULT_BATCH_BYTES
-from p2paid.relay.server import RelayLimits, RelayReplica
+from p2paid.relay.replica import RelayLimits, RelayReplica
 from p2paid.storage.sqlite import Database
 
 __all__ = ["run_relay_benchmarks"]
@@ -118,7 +118,7 @@ def _rss_mib(pid: int) -> float:
 def _ingest(report: Report, single: list[Envelope], root: Path) -> None:
     db = Database(root / "relay-ingest")
     try:
-        replica = RelayReplica(db, RelayLimits())
+        replica = RelayReplica.open(db, RelayLimits())
         batches: list[list[bytes]] = [[]]
         size = 0
         for env in single:

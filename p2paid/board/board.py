@@ -55,7 +55,8 @@ from p2paid.errors import (
     UsageError,
     ValidationError,
 )
-from p2paid.storage.sqlite import BoardRow, Database, ForkRow
+from p2paid.storage.base import ForkRow
+from p2paid.storage.sqlite import BoardRow, Database
 
 __all__ = ["Board", "ReceiveReport"]
 

@@ -55,8 +55,9 @@ from p2paid.errors import (
     StorageError,
     UsageError,
 )
+from p2paid.storage.base import ForkRow
 from p2paid.storage.ingest import CONTENT_REFUSALS, Accepted, ingest, record_fork
-from p2paid.storage.sqlite import Database, EnvelopeRow, ForkRow, SnapshotRow
+from p2paid.storage.sqlite import Database, EnvelopeRow, SnapshotRow
 
 __all__ = [
     "MAX_HELD_BYTES",
@@ -625,6 +626,15 @@ class BoardLog:
     def envelopes(self) -> Iterable[bytes]:
         """Every stored envelope of this board, per author in seq order."""
         return self._db.envelopes(self.id)
+
+    def read_feed(self, author: bytes, after: int, max_bytes: int) -> list[bytes]:
+        """Stored envelopes ``after+1, ...`` of one author: one at least (if held), then
+        as many as fit in ``max_bytes``."""
+        return self._db.read_feed(self.id, author, after, max_bytes)
+
+    def hash_at(self, author: bytes, seq: int) -> bytes | None:
+        """The hash of the stored envelope ``(author, seq)``, if any."""
+        return self._db.held_hashes(self.id, author, seq, seq).get(seq)
 
     def save_snapshot(self) -> None:
         """Store the current document so the next open skips re-applying changes."""

@@ -42,6 +42,7 @@ from p2paid.errors import (
     UsageError,
 )
 from p2paid.storage.ingest import ingest
+from p2paid.storage.peerbook import PeerBook
 from p2paid.storage.sqlite import DB_FILENAME, BoardRow, Database
 
 __all__ = ["BoardReport", "ImportReport", "Store", "default_data_dir", "open_store"]
@@ -50,6 +51,7 @@ __all__ = ["BoardReport", "ImportReport", "Store", "default_data_dir", "open_sto
 IMPORT_BATCH: Final = 10_000
 _NODE_KEY: Final = "node_key"
 _RELAYS: Final = "relays"
+_RUNTIME: Final = "runtime"
 
 
 def default_data_dir() -> Path:
@@ -107,7 +109,7 @@ class Store:
         if not create and not (path / DB_FILENAME).exists():
             raise NotFoundError(f"no p2paid data in {path}; run 'p2paid init' first")
         self.data_dir = path
-        self.db = Database(path)
+        self._db = Database(path)
         self._boards: dict[bytes, Board] = {}
 
     def __enter__(self) -> Store:
@@ -125,20 +127,40 @@ class Store:
             for board in self._boards.values():
                 board.close()
         finally:
-            self.db.close()
+            self._db.close()
+
+    # ------------------------------------------------------------------ node state
+
+    def peer_book(self) -> PeerBook:
+        """The peers this node has met (kept in the store, across restarts)."""
+        return PeerBook(self._db)
+
+    def last_arrival(self) -> int:
+        """The arrival counter of the newest stored envelope (any board, any process):
+        it grows whenever an envelope is stored, so a watcher polls it."""
+        return self._db.last_id()
+
+    def read_runtime(self) -> bytes | None:
+        """What the node running on this data dir last published (see
+        :meth:`write_runtime`)."""
+        return self._db.get_meta(_RUNTIME)
+
+    def write_runtime(self, status: bytes) -> None:
+        """Publish the running node's status for ``p2paid status`` in other processes."""
+        self._db.set_meta(_RUNTIME, status)
 
     # ------------------------------------------------------------------ keys
 
     @property
     def node_key(self) -> NodeKey:
         """This node's transport key, created on first use."""
-        raw = self.db.get_meta(_NODE_KEY)
+        raw = self._db.get_meta(_NODE_KEY)
         if raw is None:
-            with self.db.write():
-                raw = self.db.get_meta(_NODE_KEY)
+            with self._db.write():
+                raw = self._db.get_meta(_NODE_KEY)
                 if raw is None:
                     raw = NodeKey.generate().private_bytes()
-                    self.db.set_meta(_NODE_KEY, raw)
+                    self._db.set_meta(_NODE_KEY, raw)
         return NodeKey(raw)
 
     @property
@@ -150,10 +172,10 @@ class Store:
     def boards(self) -> list[Board]:
         """Every joined board, oldest first."""
         out = []
-        for row in self.db.boards():
+        for row in self._db.boards():
             board = self._boards.get(row.board_id)
             if board is None:
-                board = self._boards[row.board_id] = Board(self.db, row)
+                board = self._boards[row.board_id] = Board(self._db, row)
             out.append(board)
         return out
 
@@ -218,12 +240,12 @@ class Store:
         keys = derive_board_keys(secret)
         row = BoardRow(keys.board_id, secret, name, AuthorKey.generate().private_bytes(),
                        relays, now_ms())
-        with self.db.write():
-            if any(b.board_id == keys.board_id for b in self.db.boards()):
+        with self._db.write():
+            if any(b.board_id == keys.board_id for b in self._db.boards()):
                 raise UsageError(f"board {name!r} is already joined")
-            self.db.add_board(row)
+            self._db.add_board(row)
             self._adopt_carried(row)
-        board = self._boards[row.board_id] = Board(self.db, row)
+        board = self._boards[row.board_id] = Board(self._db, row)
         if display_name:
             board.set_display_name(display_name)
         return board
@@ -235,7 +257,7 @@ class Store:
         cipher = ChaCha20Poly1305(derive_board_keys(row.secret).content_key)
         rules = FeedRules(lambda _author: AuthorState(), lambda _author: False)
         updates: list[tuple[bytes, int]] = []
-        rows = self.db.envelopes_by_id([i for i, *_ in self.db.change_index(board_id)])
+        rows = self._db.envelopes_by_id([i for i, *_ in self._db.change_index(board_id)])
         refused_from: dict[bytes, int] = {}
         for r in rows:
             if r.author in refused_from:
@@ -246,19 +268,19 @@ class Store:
                 rules.check(header)
             except EnvelopeError as exc:
                 refused_from[r.author] = r.seq
-                self.db.record_rejection(board_id, r.author, r.seq, r.hash, exc.code, str(exc),
+                self._db.record_rejection(board_id, r.author, r.seq, r.hash, exc.code, str(exc),
                                          None, now_ms())
                 continue
             updates.append((header.hash, r.id))
-        self.db.set_change_hashes(updates)
+        self._db.set_change_hashes(updates)
         for author, seq in refused_from.items():
-            self.db.delete_feed_from(board_id, author, seq)
+            self._db.delete_feed_from(board_id, author, seq)
 
     # ------------------------------------------------------------------ relays
 
     def relays(self) -> dict[str, list[bytes] | None]:
         """Relays this node uses: ``address -> board ids`` (None: every board)."""
-        raw = self.db.get_meta(_RELAYS)
+        raw = self._db.get_meta(_RELAYS)
         entries = json.loads(raw) if raw else {}
         return {a: None if b is None else [bytes.fromhex(x) for x in b]
                 for a, b in entries.items()}
@@ -337,12 +359,12 @@ class Store:
 
     def _save_relays(self, relays: dict[str, list[bytes] | None]) -> None:
         data = {a: None if b is None else [x.hex() for x in b] for a, b in relays.items()}
-        self.db.set_meta(_RELAYS, json.dumps(data).encode())
+        self._db.set_meta(_RELAYS, json.dumps(data).encode())
 
     def carried(self) -> dict[bytes, int]:
         """Boards this store holds envelopes for but has not joined: ``id -> count``."""
-        joined = {b.board_id for b in self.db.boards()}
-        return {b: n for b, n in self.db.envelope_boards().items() if b not in joined}
+        joined = {b.board_id for b in self._db.boards()}
+        return {b: n for b, n in self._db.envelope_boards().items() if b not in joined}
 
     # ------------------------------------------------------------------ bundles
 
@@ -353,18 +375,18 @@ class Store:
         carried) to a bundle file, and the two envelopes of each fork proof known (so
         that whoever imports it learns the fork). Returns the number of records."""
         ids = list(boards) if boards is not None else sorted(
-            set(self.db.envelope_boards()) | set(self.db.board_sizes()))
+            set(self._db.envelope_boards()) | set(self._db.board_sizes()))
         for board in self._boards.values():
             board.refresh()
 
         def all_envelopes() -> Iterator[bytes]:
             for board_id in ids:
-                yield from self.db.envelopes(board_id)
-                for fork in self.db.forks(board_id).values():
+                yield from self._db.envelopes(board_id)
+                for fork in self._db.forks(board_id).values():
                     yield fork.first
                     yield fork.second
 
-        with self.db.read():
+        with self._db.read():
             return write_bundle(path, all_envelopes())
 
     def import_bundle(self, path: str | os.PathLike[str]) -> ImportReport:
@@ -410,11 +432,11 @@ class Store:
         The check runs under the write lock, so a join by another process
         cannot slip in between and leave unopened envelopes in a joined board.
         """
-        with self.db.write():
-            if any(row.board_id == board_id for row in self.db.boards()):
+        with self._db.write():
+            if any(row.board_id == board_id for row in self._db.boards()):
                 return None
-            forked = {a: f.seq for a, f in self.db.forks(board_id).items()}
-            result = ingest(self.db, board_id, envelopes, self.db.heads(board_id), None,
+            forked = {a: f.seq for a, f in self._db.forks(board_id).items()}
+            result = ingest(self._db, board_id, envelopes, self._db.heads(board_id), None,
                             forked=forked)
         gaps = [Rejection(e, ChainError(f"seq {e.seq}: earlier envelopes missing"))
                 for e in result.gaps]

@@ -23,10 +23,9 @@ from p2paid.core.relayaddr import RelayAddress, decode_token, encode_token
 from p2paid.core.text import plural
 from p2paid.errors import NotFoundError
 from p2paid.net.tcp import format_address, parse_address
+from p2paid.relay.replica import MIB, RelayLimits
 from p2paid.relay.server import (
     DEFAULT_RELAY_PORT,
-    MIB,
-    RelayLimits,
     RelayOptions,
     open_relay_db,
     read_relay_runtime,

@@ -42,7 +42,6 @@ from p2paid.net.peers import Dialer, DialTarget
 from p2paid.net.tcp import format_address, open_listener
 from p2paid.node.asyncboard import AsyncBoard
 from p2paid.node.replica import StoreReplica
-from p2paid.storage.peerbook import PeerBook
 
 __all__ = ["Node", "PeerInfo", "open_node"]
 
@@ -62,7 +61,6 @@ STATUS_INTERVAL: Final = 2.0
 RELAY_REFRESH_INTERVAL: Final = 5.0
 #: Seconds without new envelopes after which the node saves board snapshots.
 SNAPSHOT_WHEN_QUIET: Final = 5.0
-RUNTIME_KEY: Final = "runtime"
 
 
 @final
@@ -93,12 +91,12 @@ class Node:
         self._nursery = nursery
         self.admission = Admission(AdmissionLimits(
             max_connections, max_per_address, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS))
-        self.peerbook = PeerBook(store.db)
+        self.peerbook = store.peer_book()
         self._conns: dict[bytes, Connection] = {}
         self._busy = False
         self._boards: dict[bytes, AsyncBoard] = {}
         self._changed = trio.Event()
-        self._last_id = store.db.last_id()
+        self._last_id = store.last_arrival()
         self.listen_address: tuple[str, int] | None = None
         self.last_sync: dict[bytes, float] = {}
         self.dialer = Dialer(self, nursery)
@@ -371,7 +369,7 @@ class Node:
 
     def poll_store(self) -> bool:
         """Apply what other processes stored; True if anything was new."""
-        last = self.store.db.last_id()
+        last = self.store.last_arrival()
         boards = {b.id for b in self.store.boards()}
         if boards != self._board_ids:
             log.info("the set of joined boards changed; reconnecting to peers")
@@ -392,11 +390,11 @@ class Node:
         task_status.started()
         try:
             while True:
-                self.store.db.set_meta(RUNTIME_KEY, json.dumps(self.status()).encode())
+                self.store.write_runtime(json.dumps(self.status()).encode())
                 await trio.sleep(STATUS_INTERVAL)
         finally:
             with contextlib.suppress(Exception):
-                self.store.db.set_meta(RUNTIME_KEY, b"{}")
+                self.store.write_runtime(b"{}")
 
     def status(self) -> dict[str, object]:
         return {
@@ -500,7 +498,7 @@ async def _start_listener(node: Node, nursery: trio.Nursery, listen: tuple[str, 
 def read_runtime(data_dir: str | os.PathLike[str]) -> dict[str, object] | None:
     """The status a running node last published in ``data_dir`` (None if none runs)."""
     with open_store(Path(data_dir), create=False) as store:
-        raw = store.db.get_meta(RUNTIME_KEY)
+        raw = store.read_runtime()
     if not raw:
         return None
     try:

@@ -89,13 +89,13 @@ class StoreReplica:
         return self.board(board_id).heads()
 
     def hash_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
-        return self._store.db.held_hashes(board_id, author, seq, seq).get(seq)
+        return self.board(board_id).log.hash_at(author, seq)
 
     def forked(self, board_id: bytes) -> Mapping[bytes, int]:
         return self.board(board_id).forked
 
     def fork_evidence(self, board_id: bytes, author: bytes) -> tuple[bytes, bytes] | None:
-        fork = self._store.db.forks(board_id).get(author)
+        fork = self.board(board_id).log.forks().get(author)
         return None if fork is None else (fork.first, fork.second)
 
     def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool:
@@ -106,7 +106,7 @@ class StoreReplica:
 
     def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
         t0 = time.perf_counter()
-        envelopes = self._store.db.read_feed(board_id, author, after, max_bytes)
+        envelopes = self.board(board_id).log.read_feed(author, after, max_bytes)
         self.stats["read_s"] += time.perf_counter() - t0
         self.stats["sent"] += len(envelopes)
         return envelopes

@@ -6,12 +6,11 @@ by the library's HTTP server thread on the given address.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+from typing import final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-if TYPE_CHECKING:
-    from p2paid.relay.server import Relay
+from p2paid.relay.replica import RelayStats
 
 __all__ = ["RelayMetrics"]
 
@@ -35,17 +34,20 @@ class RelayMetrics:
                                   "Envelopes refused since start for lack of room", registry=r)
         self._server, self._thread = start_http_server(port, addr=host, registry=r)
 
-    def update(self, name: str, value: int) -> None:
-        if name == "connections_gauge":
-            self.connections.set(value)
-        elif name == "stored_counter":
-            self.stored.inc(value)
+    def connected(self, count: int) -> None:
+        """Clients connected now."""
+        self.connections.set(count)
 
-    def refresh(self, relay: Relay) -> None:
-        self.boards.set(relay.replica.board_count())
-        self.bytes.set(relay.replica.total_bytes)
-        self.refused.set(relay.replica.stats["refused"])
-        self.refused_full.set(relay.replica.stats["refused_full"])
+    def envelopes_stored(self, count: int) -> None:
+        """``count`` more envelopes were stored."""
+        self.stored.inc(count)
+
+    def refresh(self, boards: int, stored_bytes: int, stats: RelayStats) -> None:
+        """What the relay holds, and its refusals since start."""
+        self.boards.set(boards)
+        self.bytes.set(stored_bytes)
+        self.refused.set(stats.refused)
+        self.refused_full.set(stats.refused_full)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -16,29 +16,29 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
-from p2paid.core.envelope import Envelope
-from p2paid.core.feed import FeedHead, ForkProof
 from p2paid.core.identity import NodeKey, fingerprint
 from p2paid.core.relayaddr import RelayAddress
-from p2paid.core.replication import BoardAccess, Received, SyncEvent
+from p2paid.core.replication import SyncEvent
 from p2paid.core.wire import Hello, Message, Refused
-from p2paid.errors import EnvelopeError, UsageError
+from p2paid.errors import UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
 from p2paid.net.connection import Connection
 from p2paid.net.inbound import serve_inbound
 from p2paid.net.tcp import format_address, open_listener
-from p2paid.relay.state import ClientInfo, Quotas, RelayLedger, RelayTokens
-from p2paid.storage.ingest import ingest, record_fork
-from p2paid.storage.sqlite import Database, ForkRow
+from p2paid.relay.replica import ClientReplica, RelayLimits, RelayReplica
+from p2paid.relay.state import ClientInfo
+from p2paid.storage.sqlite import Database
 
-__all__ = ["ClientReplica", "Relay", "RelayLimits", "RelayReplica", "serve_relay"]
+if TYPE_CHECKING:
+    from p2paid.relay.metrics import RelayMetrics
+
+__all__ = ["Relay", "RelayOptions", "serve_relay"]
 
 log = logging.getLogger("p2paid.relay.server")
 
@@ -52,241 +52,9 @@ STATUS_INTERVAL: Final = 2.0
 #: Close("full")).
 MAX_HANDSHAKES: Final = 256
 MAX_HANDSHAKES_PER_ADDRESS: Final = 8
-MIB: Final = 1024 * 1024
 #: Close reasons of a relay that requires access tokens.
 TOKEN_REQUIRED: Final = "token-required"
 TOKEN_INVALID: Final = "token-invalid"
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class RelayLimits:
-    """What an operator allows. Every limit, when reached, is logged and told to the peer."""
-
-    max_connections: int = 512
-    #: inbound connections from one address (IPv4, or IPv6 /64) of clients that hold
-    #: nothing here: a community centre's or a carrier NAT's worth of members
-    max_per_address: int = 32
-    #: bytes per second one connection may send us (beyond a burst of 4 s worth)
-    rate_bytes_per_s: int = 1 * MIB
-    max_board_bytes: int = 256 * MIB
-    max_total_bytes: int = 4 * 1024 * MIB
-    #: when not None, only these board ids are carried
-    allowed_boards: frozenset[bytes] | None = None
-    #: bytes in boards one client key introduced (without a token): a group's board
-    #: of 100,000 posts is about 60 MiB
-    quota_per_key: int = 256 * MIB
-    #: bytes in boards introduced from one address (IPv4, or IPv6 /64)
-    quota_per_address: int = 512 * MIB
-    #: refuse clients that present no valid access token
-    require_token: bool = False
-
-
-@final
-class RelayReplica:
-    """A replica holding envelopes blind, for any board the limits allow."""
-
-    def __init__(self, db: Database, limits: RelayLimits) -> None:
-        self._db = db
-        self._limits = limits
-        self._heads: dict[bytes, dict[bytes, FeedHead]] = {}
-        self._sizes: dict[bytes, int] = db.board_sizes()
-        self._fork_seqs: dict[bytes, dict[bytes, int]] = {}
-        self.tokens = RelayTokens(db)
-        self.ledger = RelayLedger(db, self.tokens, self._sizes)
-        self._quotas = Quotas(limits.quota_per_key, limits.quota_per_address)
-        self._full_logged: dict[bytes, float] = {}
-        self.changed_boards: set[bytes] = set()
-        self.stats: dict[str, int] = {"stored": 0, "duplicates": 0, "refused": 0,
-                                      "refused_full": 0, "refused_quota": 0}
-
-    @property
-    def role(self) -> str:
-        return "relay"
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self._sizes.values())
-
-    def boards(self) -> Sequence[BoardAccess]:
-        return [BoardAccess(b, None) for b in self._sizes]
-
-    def board_count(self) -> int:
-        return len(self._sizes)
-
-    def accepts(self, board_id: bytes) -> tuple[str, str] | None:
-        allowed = self._limits.allowed_boards
-        if allowed is not None and board_id not in allowed:
-            return ("not-allowed", "this relay carries only the boards its operator allows")
-        return None
-
-    def _board_heads(self, board_id: bytes) -> dict[bytes, FeedHead]:
-        heads = self._heads.get(board_id)
-        if heads is None:
-            heads = self._heads[board_id] = self._db.heads(board_id)
-        return heads
-
-    def vector(self, board_id: bytes) -> Mapping[bytes, int]:
-        return {a: h.seq for a, h in self._board_heads(board_id).items()}
-
-    def heads(self, board_id: bytes) -> Mapping[bytes, FeedHead]:
-        return self._board_heads(board_id)
-
-    def hash_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
-        return self._db.held_hashes(board_id, author, seq, seq).get(seq)
-
-    def _forked(self, board_id: bytes) -> dict[bytes, int]:
-        forked = self._fork_seqs.get(board_id)
-        if forked is None:
-            forked = self._fork_seqs[board_id] = {
-                a: f.seq for a, f in self._db.forks(board_id).items()}
-        return forked
-
-    def forked(self, board_id: bytes) -> Mapping[bytes, int]:
-        return self._forked(board_id)
-
-    def fork_evidence(self, board_id: bytes, author: bytes) -> tuple[bytes, bytes] | None:
-        fork: ForkRow | None = self._db.forks(board_id).get(author)
-        return None if fork is None else (fork.first, fork.second)
-
-    def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool:
-        """Learn a fork from evidence a client sent (see :class:`~p2paid.core.feed.ForkProof`).
-
-        Raises:
-            EnvelopeError: the evidence proves nothing (the sender's fault).
-        """
-        proof = ForkProof.check(board_id, Envelope.decode(first), Envelope.decode(second))
-        if proof.author not in self._board_heads(board_id):
-            return False  # nothing of that author here: the proof changes nothing
-        proof_bytes = len(first) + len(second)
-        if (self._sizes.get(board_id, 0) + proof_bytes > self._limits.max_board_bytes
-                or self.total_bytes + proof_bytes > self._limits.max_total_bytes):
-            return False  # no room: the author's envelopes are refused at the cap anyway
-        with self._db.write():
-            if not record_fork(self._db, board_id, proof):
-                return False
-            sizes = self._db.board_sizes()
-        self._after_forks(board_id, sizes)
-        return True
-
-    def _after_forks(self, board_id: bytes, sizes: Mapping[bytes, int]) -> None:
-        """Stored feeds were cut back to before a fork: refresh what is cached."""
-        self._heads.pop(board_id, None)
-        self._fork_seqs.pop(board_id, None)
-        self._sizes[board_id] = sizes.get(board_id, 0)
-        self.changed_boards.add(board_id)
-
-    def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
-        return self._db.read_feed(board_id, author, after, max_bytes)
-
-    def receive(self, board_id: bytes, envelopes: Sequence[bytes],
-                client: ClientInfo | None = None) -> Received:
-        """Verify and store a batch (SPEC 14.2); ``client`` is who uploads it (None: no
-        quota applies, as for a local import)."""
-        if self.accepts(board_id) is not None:
-            return Received(notice=self.accepts(board_id))
-        decoded, rejected = _decode(envelopes)
-        notice = None
-        size = self._sizes.get(board_id, 0)
-        incoming = sum(len(e.raw) for e in decoded)
-        if (size + incoming > self._limits.max_board_bytes
-                or self.total_bytes + incoming > self._limits.max_total_bytes):
-            self.stats["refused_full"] += len(decoded)
-            self._log_once(board_id, "board %s is full (%.2f MiB stored); refusing new "
-                           "envelopes", board_id.hex()[:12], size / MIB)
-            return Received(rejected=rejected, notice=(
-                "board-full", "this relay has no room for more of this board"))
-        if client is not None:
-            over = self.ledger.check(board_id, incoming, client, self._quotas)
-            if over is not None:
-                self.stats["refused_quota"] += len(decoded)
-                self._log_once(board_id, "board %s refused: %s", board_id.hex()[:12], over)
-                return Received(rejected=rejected, notice=(
-                    "quota", f"{over}; ask the relay's operator for an access token"))
-        heads = self._board_heads(board_id)
-        with self._db.write():
-            result = ingest(self._db, board_id, decoded, heads, None,
-                            forked=self._forked(board_id))
-            stored = sum(len(a.envelope.raw) for a in result.accepted)
-            if result.accepted:
-                self.ledger.stored(board_id, size, size + stored, client)
-            if result.forks:
-                sizes = self._db.board_sizes()
-        for acc in result.accepted:
-            heads[acc.envelope.author] = FeedHead(acc.envelope.seq, acc.envelope.hash)
-        if result.accepted:
-            self._sizes[board_id] = size + stored
-            self.changed_boards.add(board_id)
-        if result.forks:
-            self._after_forks(board_id, sizes)
-        rejected.extend(r.error for r in result.rejected)
-        self.stats["stored"] += len(result.accepted)
-        self.stats["duplicates"] += result.duplicates
-        self.stats["refused"] += len(rejected)
-        return Received(len(result.accepted), result.duplicates, rejected, notice)
-
-
-    def _log_once(self, board_id: bytes, message: str, *args: object) -> None:
-        """Warn about a refused board at most once a minute."""
-        now = time.monotonic()
-        if now - self._full_logged.get(board_id, -3600.0) > 60:
-            self._full_logged[board_id] = now
-            log.warning(message, *args)
-
-
-@final
-class ClientReplica:
-    """The relay's replica as one client's session sees it: uploads are attributed
-    to that client (for the quotas and the known-client record)."""
-
-    def __init__(self, replica: RelayReplica, client: ClientInfo) -> None:
-        self._replica = replica
-        self.client = client
-
-    @property
-    def role(self) -> str:
-        return "relay"
-
-    def boards(self) -> Sequence[BoardAccess]:
-        return self._replica.boards()
-
-    def accepts(self, board_id: bytes) -> tuple[str, str] | None:
-        return self._replica.accepts(board_id)
-
-    def vector(self, board_id: bytes) -> Mapping[bytes, int]:
-        return self._replica.vector(board_id)
-
-    def heads(self, board_id: bytes) -> Mapping[bytes, FeedHead]:
-        return self._replica.heads(board_id)
-
-    def hash_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
-        return self._replica.hash_at(board_id, author, seq)
-
-    def forked(self, board_id: bytes) -> Mapping[bytes, int]:
-        return self._replica.forked(board_id)
-
-    def fork_evidence(self, board_id: bytes, author: bytes) -> tuple[bytes, bytes] | None:
-        return self._replica.fork_evidence(board_id, author)
-
-    def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool:
-        return self._replica.record_fork(board_id, first, second)
-
-    def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
-        return self._replica.read(board_id, author, after, max_bytes)
-
-    def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
-        return self._replica.receive(board_id, envelopes, self.client)
-
-
-def _decode(envelopes: Iterable[bytes]) -> tuple[list[Envelope], list[EnvelopeError]]:
-    decoded: list[Envelope] = []
-    rejected: list[EnvelopeError] = []
-    for raw in envelopes:
-        try:
-            decoded.append(Envelope.decode(raw))
-        except EnvelopeError as exc:
-            rejected.append(exc)
-    return decoded, rejected
 
 
 def open_relay_db(data_dir: str | os.PathLike[str]) -> Database:
@@ -325,7 +93,7 @@ class Relay:
         self._db = db
         self.limits = limits
         self.node_key = relay_key(db)
-        self.replica = RelayReplica(db, limits)
+        self.replica = RelayReplica.open(db, limits)
         self._nursery = nursery
         self._conns: dict[Connection, ClientInfo] = {}
         self.admission = Admission(AdmissionLimits(
@@ -334,7 +102,7 @@ class Relay:
         self.listen_address: tuple[str, int] | None = None
         self.public: tuple[str, int] | None = None
         self.started = time.time()
-        self.metrics: Any = None
+        self.metrics: RelayMetrics | None = None
 
     @property
     def rate_limit(self) -> int | None:
@@ -381,7 +149,8 @@ class Relay:
             return False
         self._conns[conn] = ClientInfo(conn.remote_id, conn.address_key or "")
         log.info("client %s connected (%s)", fingerprint(conn.remote_id), conn.address)
-        self._metric("connections_gauge", len(self._conns))
+        if self.metrics is not None:
+            self.metrics.connected(len(self._conns))
         return True
 
     def unregister(self, conn: Connection) -> None:
@@ -389,7 +158,8 @@ class Relay:
         if self._conns.pop(conn, None) is not None:
             log.info("client %s left (%s)", fingerprint(conn.remote_id),
                      conn.close_reason or "closed")
-            self._metric("connections_gauge", len(self._conns))
+            if self.metrics is not None:
+                self.metrics.connected(len(self._conns))
         # A client dropped mid-batch may have left stored envelopes unannounced.
         self.after_receive(conn)
 
@@ -406,13 +176,10 @@ class Relay:
         if event.kind == "received" and event.count:
             # its upload is stored here now: a known client
             conn.known_since = self.replica.ledger.client_since(conn.remote_id)
-            self._metric("stored_counter", event.count)
+            if self.metrics is not None:
+                self.metrics.envelopes_stored(event.count)
             log.debug("board %s: %d envelope(s) from %s", event.board_id.hex()[:12],
                       event.count, fingerprint(conn.remote_id))
-
-    def _metric(self, name: str, value: int) -> None:
-        if self.metrics is not None:
-            self.metrics.update(name, value)
 
     # ------------------------------------------------------------------ service
 
@@ -424,7 +191,7 @@ class Relay:
             "pid": os.getpid(), "updated": time.time(), "started": self.started,
             "address": str(self.address()), "connections": len(self._conns),
             "boards": self.replica.board_count(), "bytes": self.replica.total_bytes,
-            "stats": dict(self.replica.stats), "limits": _limits_json(self.limits),
+            "stats": asdict(self.replica.stats), "limits": _limits_json(self.limits),
         }
 
     async def write_status(self) -> None:
@@ -432,7 +199,8 @@ class Relay:
             while True:
                 self._db.set_meta(RUNTIME_KEY, json.dumps(self.status()).encode())
                 if self.metrics is not None:
-                    self.metrics.refresh(self)
+                    self.metrics.refresh(self.replica.board_count(), self.replica.total_bytes,
+                                         self.replica.stats)
                 await trio.sleep(STATUS_INTERVAL)
         finally:
             with trio.CancelScope(shield=True):

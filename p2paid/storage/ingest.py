@@ -31,7 +31,7 @@ from p2paid.errors import (
     InvalidChangeError,
     OwnershipError,
 )
-from p2paid.storage.sqlite import Database, ForkRow
+from p2paid.storage.base import EnvelopeStore, ForkRow
 
 __all__ = ["CONTENT_REFUSALS", "Accepted", "IngestResult", "OpenChange", "ingest",
            "record_fork"]
@@ -74,7 +74,7 @@ class IngestResult:
 
 
 def ingest(
-    db: Database,
+    db: EnvelopeStore,
     board_id: bytes,
     envelopes: Iterable[Envelope],
     heads: Mapping[bytes, FeedHead],
@@ -82,6 +82,8 @@ def ingest(
     forked: Mapping[bytes, int] | None = None,
 ) -> IngestResult:
     """Plan, check and store one batch. Must run inside ``db.write()``.
+
+    Uses only the :class:`~p2paid.storage.base.EnvelopeStore` port.
 
     Args:
         heads: the feed heads the caller has caught up to (``db.heads`` if unsure).
@@ -130,7 +132,7 @@ def ingest(
     return result
 
 
-def record_fork(db: Database, board_id: bytes, proof: ForkProof) -> bool:
+def record_fork(db: EnvelopeStore, board_id: bytes, proof: ForkProof) -> bool:
     """Keep a verified fork proof and end the author's stored feed before it.
 
     Must run inside ``db.write()``. Returns False if an equal or lower fork of the
@@ -143,7 +145,7 @@ def record_fork(db: Database, board_id: bytes, proof: ForkProof) -> bool:
     return True
 
 
-def _record(db: Database, board_id: bytes, rejected: list[Rejection]) -> None:
+def _record(db: EnvelopeStore, board_id: bytes, rejected: list[Rejection]) -> None:
     """Remember refusals that prove an author misbehaved: a few per author, no more."""
     now = now_ms()
     counts: dict[bytes, int] = {}

@@ -8,6 +8,7 @@ lock (``BEGIN IMMEDIATE``) and callers catch up with rows other processes added
 never forks and nothing is overwritten. See ``protocol/SPEC.md`` "Storage".
 
 This is a thin, typed layer over SQL; policy lives in :mod:`p2paid.board.board`.
+:class:`Database` implements the :class:`~p2paid.storage.base.EnvelopeStore` port.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import msgpack
 
 from p2paid.core.feed import FeedHead
 from p2paid.errors import StorageError
+from p2paid.storage.base import ForkRow, NewEnvelope
 
 __all__ = ["DB_FILENAME", "BoardRow", "Database", "EnvelopeRow", "ForkRow", "SnapshotRow"]
 
@@ -111,17 +113,6 @@ class EnvelopeRow:
     hash: bytes
     data: bytes
     change_hash: bytes | None
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ForkRow:
-    """Proof that ``author`` forked its feed at ``seq``: two envelopes, both signed."""
-
-    author: bytes
-    seq: int
-    first: bytes
-    second: bytes
 
 
 @final
@@ -350,9 +341,7 @@ class Database:
         )
         return {_int(s): _bytes(h) for s, h in rows}
 
-    def insert_envelopes(
-        self, board_id: bytes, rows: Iterable[tuple[bytes, int, bytes, bytes, bytes | None]]
-    ) -> int:
+    def insert_envelopes(self, board_id: bytes, rows: Iterable[NewEnvelope]) -> int:
         """Insert ``(author, seq, hash, data, change_hash)`` rows; returns the last row id.
 
         Must run inside :meth:`write`.

@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hostile_helpers import FIXED_NOW, HostileMember, deliver
@@ -200,7 +201,7 @@ def test_local_input_with_format_controls_is_refused(world: World, text: str) ->
     board = world.c
     before = sorted(board.envelopes())
     for field in ("title", "unit", "location"):
-        fields = {"title": "ok", field: text}
+        fields: dict[str, Any] = {"title": "ok", field: text}
         with pytest.raises(ValidationError, match=field):
             board.post_need(**fields)
     if "\u2028" not in text and "\u2029" not in text:  # line breaks are fine in details

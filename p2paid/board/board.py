@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, final
+from typing import Any, TypedDict, Unpack, final
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -58,9 +58,34 @@ from p2paid.errors import (
 from p2paid.storage.base import ForkRow
 from p2paid.storage.sqlite import BoardRow, Database
 
-__all__ = ["Board", "ReceiveReport"]
+__all__ = ["Board", "ItemChanges", "ItemFields", "ItemFilters", "ReceiveReport"]
 
 _UNSET: Any = object()
+
+
+class ItemFields(TypedDict, total=False):
+    """The optional fields of a new need or offer (see :meth:`Board.post`)."""
+
+    details: str
+    category: Category | str
+    quantity: int | None
+    unit: str
+    location: str
+    urgency: Urgency | str
+    expires_in_days: int | None
+
+
+class ItemChanges(ItemFields, total=False):
+    """The fields :meth:`Board.edit` changes; those left out stay as they are."""
+
+    title: str
+
+
+class ItemFilters(TypedDict, total=False):
+    """Filters of :meth:`Board.needs` and :meth:`Board.offers`."""
+
+    status: str | None
+    category: Category | str | None
 
 
 @final
@@ -213,10 +238,12 @@ class Board:
             and (status is None or item.display_status(now) == status)
         ]
 
-    def needs(self, **filters: Any) -> list[Item]:
+    def needs(self, **filters: Unpack[ItemFilters]) -> list[Item]:
+        """Needs, oldest first, filtered as :meth:`items`."""
         return self.items(kind=ItemKind.NEED, **filters)
 
-    def offers(self, **filters: Any) -> list[Item]:
+    def offers(self, **filters: Unpack[ItemFilters]) -> list[Item]:
+        """Offers, oldest first, filtered as :meth:`items`."""
         return self.items(kind=ItemKind.OFFER, **filters)
 
     def get(self, item_id: str) -> Item:
@@ -239,10 +266,12 @@ class Board:
         return matches[0]
 
     def my_claims(self) -> list[Claim]:
+        """Your claims on other members' needs and offers (active and cancelled)."""
         self._log.refresh()
         return self._log.document.claims_by(self.author)
 
     def display_name(self, author: bytes | None = None) -> str:
+        """The name a member (you, by default) shows on this board; "" if none."""
         self._log.refresh()
         return self._log.document.display_name(self.author if author is None else author)
 
@@ -397,12 +426,12 @@ class Board:
         self._db.set_meta(relayplan.REJECTED_META_PREFIX + self.id.hex(),
                           json.dumps(sorted(addresses)).encode())
 
-    def post_need(self, title: str, **fields: Any) -> Item:
+    def post_need(self, title: str, **fields: Unpack[ItemFields]) -> Item:
         """Post a need. Keyword fields as for :meth:`post`; expires in 14 days by default."""
         fields.setdefault("expires_in_days", DEFAULT_NEED_TTL_DAYS)
         return self.post(ItemKind.NEED, title, **fields)
 
-    def post_offer(self, title: str, **fields: Any) -> Item:
+    def post_offer(self, title: str, **fields: Unpack[ItemFields]) -> Item:
         """Post an offer. Keyword fields as for :meth:`post`; no expiry by default."""
         return self.post(ItemKind.OFFER, title, **fields)
 
@@ -419,7 +448,18 @@ class Board:
         urgency: Urgency | str = Urgency.NORMAL,
         expires_in_days: int | None = None,
     ) -> Item:
-        """Post a need or an offer.
+        """Post a need or an offer; returns it once it is durable.
+
+        Args:
+            kind: ``need`` or ``offer``.
+            title: what is needed or offered (required; one line).
+            details: more text, for instance when and how.
+            category: ``food``, ``water``, ``shelter``, ... (:class:`Category`).
+            quantity: how many (None: not counted); claims count against it.
+            unit: what ``quantity`` counts (``kg``, ``nights``).
+            location: where, in the group's own words.
+            urgency: ``low``, ``normal``, ``high`` or ``critical``.
+            expires_in_days: when it lapses (None: never).
 
         Raises:
             ValidationError: a field is out of range (nothing is written).

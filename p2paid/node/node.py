@@ -118,7 +118,8 @@ class Node:
     def _async_board(self, board_id: bytes) -> AsyncBoard:
         board = self._boards.get(board_id)
         if board is None:
-            board = self._boards[board_id] = AsyncBoard(self, self.store.board(board_id))
+            board = self._boards[board_id] = AsyncBoard(
+                self.store.board(board_id), self.board_changed, self._relays_changed)
             self._nursery.start_soon(board.run_writer)
         return board
 
@@ -139,6 +140,10 @@ class Node:
         board = self.store.create_board(name, display_name=display_name, relays=relays)
         self._boards_changed()
         return self._async_board(board.id)
+
+    def _relays_changed(self) -> None:
+        with contextlib.suppress(P2paidError):
+            self.refresh_relays()
 
     def _boards_changed(self) -> None:
         """Peers learn our boards in the Hello: reconnect so they learn the new one."""

@@ -19,14 +19,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Final, final
+from typing import Final, TypeVar, final
 
 from p2paid.core.envelope import Envelope
 from p2paid.core.feed import ForkProof
 from p2paid.core.replication import Replica
 from p2paid.errors import EnvelopeError
 
-__all__ = ["REPLICA_CHECKS", "ConformanceError", "ReplicaFixture", "check_replica"]
+__all__ = ["REPLICA_CHECKS", "ConformanceError", "ReplicaFixture", "check_replica", "run_checks"]
+
+_Fixture = TypeVar("_Fixture")
 
 
 class ConformanceError(AssertionError):
@@ -235,14 +237,25 @@ REPLICA_CHECKS: Final[Sequence[Callable[[ReplicaFixture], None]]] = (
 )
 
 
-def check_replica(make: ReplicaFactory) -> Iterator[str]:
-    """Run every check, each against a fresh fixture; yields each check's name as it
-    passes.
+def run_checks(checks: Sequence[Callable[[_Fixture], None]],
+               make: Callable[[], AbstractContextManager[_Fixture]]) -> Iterator[str]:
+    """Run each check against a fresh fixture from ``make``; yields each check's name as
+    it passes.
 
     Raises:
         ConformanceError: a check failed.
     """
-    for check in REPLICA_CHECKS:
+    for check in checks:
         with make() as fixture:
             check(fixture)
         yield check.__name__
+
+
+def check_replica(make: ReplicaFactory) -> Iterator[str]:
+    """Run every replica check (:data:`REPLICA_CHECKS`), each against a fresh fixture;
+    yields each check's name as it passes.
+
+    Raises:
+        ConformanceError: a check failed.
+    """
+    return run_checks(REPLICA_CHECKS, make)

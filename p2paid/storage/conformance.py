@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Final, final
 
-from p2paid.core.conformance import ConformanceError
+from p2paid.core.conformance import ConformanceError, run_checks
 from p2paid.core.feed import FeedHead
 from p2paid.errors import StorageError
 from p2paid.storage.base import EnvelopeStore, ForkRow, NewEnvelope
@@ -250,13 +250,10 @@ ENVELOPE_STORE_CHECKS: Final[Sequence[Callable[[StoreFixture], None]]] = (
 
 
 def check_envelope_store(make: StoreFactory) -> Iterator[str]:
-    """Run every check, each against a fresh store; yields each check's name as it
-    passes.
+    """Run every store check (:data:`ENVELOPE_STORE_CHECKS`), each against a fresh
+    store; yields each check's name as it passes.
 
     Raises:
         ConformanceError: a check failed.
     """
-    for check in ENVELOPE_STORE_CHECKS:
-        with make() as fixture:
-            check(fixture)
-        yield check.__name__
+    return run_checks(ENVELOPE_STORE_CHECKS, make)

@@ -42,7 +42,8 @@ from p2paid.core.wire import (
 )
 from p2paid.errors import DecodeError, FrameTooLargeError, RemoteProtocolError
 from p2paid.node.replica import StoreReplica
-from p2paid.relay.server import RelayLimits, RelayReplica, open_relay_db
+from p2paid.relay.replica import RelayLimits, RelayReplica
+from p2paid.relay.server import open_relay_db
 
 VECTORS = Path(__file__).parents[1] / "protocol" / "vectors"
 
@@ -223,7 +224,7 @@ def test_relay_refuses_with_the_code_of_the_vector(case: dict[str, Any], tmp_pat
                                                    ) -> None:
     db = open_relay_db(tmp_path / "relay")
     try:
-        relay = RelayReplica(db, RelayLimits())
+        relay = RelayReplica.open(db, RelayLimits())
         for name in case["holds"]:
             assert relay.receive(BOARD.board_id, [RAW[name]]).stored == 1
         for step in case["steps"]:
@@ -309,7 +310,7 @@ def _local_replica(local: dict[str, Any], root: Path) -> Iterator[Replica]:
         max_board_bytes=local.get("max_board_bytes", RelayLimits().max_board_bytes))
     db = open_relay_db(root / "relay")
     try:
-        relay = RelayReplica(db, limits)
+        relay = RelayReplica.open(db, limits)
         for name in local["holds"]:
             assert relay.receive(BOARD.board_id, [RAW[name]]).stored == 1
         yield relay

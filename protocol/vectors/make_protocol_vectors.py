@@ -70,7 +70,8 @@ from p2paid.core.wire import (  # noqa: E402
 )
 from p2paid.errors import RemoteProtocolError  # noqa: E402
 from p2paid.node.replica import StoreReplica  # noqa: E402
-from p2paid.relay.server import RelayLimits, RelayReplica, open_relay_db  # noqa: E402
+from p2paid.relay.replica import RelayLimits, RelayReplica  # noqa: E402
+from p2paid.relay.server import open_relay_db  # noqa: E402
 
 PROLOGUE = b"p2paid/1"
 FEED = json.loads((HERE / "envelopes.json").read_text())
@@ -308,7 +309,7 @@ def relay(holds: Sequence[str], limits: RelayLimits | None = None) -> Iterator[R
     with tempfile.TemporaryDirectory() as tmp:
         db = open_relay_db(Path(tmp) / "relay")
         try:
-            replica = RelayReplica(db, limits or RelayLimits())
+            replica = RelayReplica.open(db, limits or RelayLimits())
             for name in holds:
                 result = replica.receive(B1.board_id, [RAW[name]])
                 assert result.stored == 1 or name.endswith("fork"), (name, result)

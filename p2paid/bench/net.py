@@ -99,12 +99,35 @@ import json, sys, time, trio
 from p2paid.node.node import open_node
 from p2paid.board.readmodel import section_object_id
 
-async def main(data_dir, port, total, author_hex, item_id):
-    async with open_node(data_dir, listen=None, mdns=False) as node:
+def timed(calls, fn):
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            calls.append(time.perf_counter() - t)
+    return wrapper
+
+async def ticker(gaps):
+    last = time.perf_counter()
+    while True:
+        await trio.sleep(0.001)
+        now = time.perf_counter()
+        gaps.append(now - last - 0.001)
+        last = now
+
+async def main(data_dir, port, total, author_hex, item_id, stall):
+    async with open_node(data_dir, listen=None, mdns=False) as node, \
+            trio.open_nursery() as nursery:
         board = node.boards()[0]
         doc = board.board.load()
+        gaps, receives, flushes = [], [], []
+        node.replica.receive = timed(receives, node.replica.receive)
+        node.replica.flush = timed(flushes, node.replica.flush)
         sys.stdin.readline()
         t0 = time.perf_counter()
+        if stall == "stall":
+            nursery.start_soon(ticker, gaps)
         node.connect("127.0.0.1", int(port))
         first = None
         while board.board.applied_count < int(total):
@@ -112,6 +135,7 @@ async def main(data_dir, port, total, author_hex, item_id):
             if first is None and node.replica.stats["received"]:
                 first = time.perf_counter() - t0
         applied = time.perf_counter() - t0
+        nursery.cancel_scope.cancel()
         doc = board.board.load()
         am = doc.automerge
         author = bytes.fromhex(author_hex)
@@ -121,9 +145,12 @@ async def main(data_dir, port, total, author_hex, item_id):
         readable = time.perf_counter() - t0
         print(json.dumps({"applied_s": applied, "readable_s": readable, "first_s": first,
                           "title": title, "stats": node.replica.stats,
-                          "bytes_in": sum(p.bytes_in for p in node.peers())}), flush=True)
+                          "bytes_in": sum(p.bytes_in for p in node.peers()),
+                          "stall_s": max(gaps, default=0.0),
+                          "stalls_s": sorted(gaps)[-5:],
+                          "receive_calls_s": receives, "flush_calls_s": flushes}), flush=True)
 
-trio.run(main, *sys.argv[1:6])
+trio.run(main, *sys.argv[1:7])
 """
 
 
@@ -175,7 +202,7 @@ def _populate(root: Path, n: int, authors: int) -> tuple[Invite, Path, str, str]
     return invite, data_dir, author, item.id
 
 
-def _initial_sync(report: Report, root: Path, n: int, reps: int) -> Path:
+def _initial_sync(report: Report, root: Path, n: int, reps: int, stall: bool) -> Path:
     invite, a_dir, author, item_id = _populate(root, n, 1)
     sender = _Child(_NODE, str(a_dir), "-", "idle")
     port = sender.read()["port"]
@@ -184,10 +211,13 @@ def _initial_sync(report: Report, root: Path, n: int, reps: int) -> Path:
         b_dir = root / f"b{rep}"
         with open_store(b_dir) as store:
             store.join(invite)
-        receiver = _Child(_RECEIVER, str(b_dir), str(port), str(n), author, item_id)
-        receiver.send({"go": True})
-        runs.append(receiver.read())
-        receiver.proc.wait(timeout=30)
+        runs.append(_receive_once(b_dir, port, n, author, item_id, "-"))
+    stalls = []
+    for rep in range(reps if stall else 0):  # the same, with a 1 ms ticker in the receiver
+        b_dir = root / f"stall{rep}"
+        with open_store(b_dir) as store:
+            store.join(invite)
+        stalls.append(_receive_once(b_dir, port, n, author, item_id, "stall"))
     sent = sender.stop()
     runs.sort(key=lambda r: float(r["applied_s"]))
     result = runs[len(runs) // 2]
@@ -205,7 +235,37 @@ def _initial_sync(report: Report, root: Path, n: int, reps: int) -> Path:
                       "s"))
     report.add(Figure("  bytes on the wire to the receiver", result["bytes_in"] / 1e6, "MB",
                       "", f"{result['bytes_in'] / n:.0f} B per need (signed + encrypted)"))
+    if stalls:
+        _report_stall(report, n, stalls)
     return a_dir
+
+
+def _receive_once(b_dir: Path, port: int, n: int, author: str, item_id: str,
+                  stall: str) -> dict[str, Any]:
+    receiver = _Child(_RECEIVER, str(b_dir), str(port), str(n), author, item_id, stall)
+    receiver.send({"go": True})
+    result = receiver.read()
+    receiver.proc.wait(timeout=30)
+    return result
+
+
+def _report_stall(report: Report, n: int, runs: list[dict[str, Any]]) -> None:
+    """The longest time the receiver's event loop could not run a 1 ms ticker."""
+    runs.sort(key=lambda r: float(r["stall_s"]))
+    result = runs[len(runs) // 2]
+    spread = ", ".join(f"{r['stall_s'] * 1e3:.0f}" for r in runs)
+    report.add(Figure(f"longest event-loop stall on the receiver, sync of {n:,}",
+                      result["stall_s"] * 1e3, "ms", "< 50 ms",
+                      f"median of {len(runs)} ({spread} ms); next longest "
+                      + ", ".join(f"{s * 1e3:.0f}" for s in result["stalls_s"][-2::-1][:3])))
+    receives = result["receive_calls_s"]
+    flushes = result["flush_calls_s"]
+    report.add(Figure("  longest replica.receive call (verify..store)",
+                      max(receives, default=0.0) * 1e3, "ms", "",
+                      f"{len(receives)} calls, {sum(receives):.2f} s in all"))
+    report.add(Figure("  longest replica.flush call (Automerge, read model)",
+                      max(flushes, default=0.0) * 1e3, "ms", "",
+                      f"{len(flushes)} calls, {sum(flushes):.2f} s in all"))
 
 
 def _flights(a: SecureChannel, b: SecureChannel, ra: StoreReplica,
@@ -303,8 +363,8 @@ def _p90(values: list[float]) -> float:
 def run_network_benchmarks(report: Report, root: Path, n: int, selected: set[str]) -> None:
     """The live-sync figures (issue: live sync); each in its own processes."""
     a_dir = None
-    if selected & {"sync", "live"}:
-        a_dir = _initial_sync(report, root / "sync", n, 3)
+    if selected & {"sync", "live", "stall"}:
+        a_dir = _initial_sync(report, root / "sync", n, 3, "stall" in selected)
     if "insync" in selected:
         _in_sync(report, root, n)
     if "live" in selected and a_dir is not None:

@@ -69,6 +69,7 @@ from p2paid.core.wire import (
 )
 from p2paid.errors import (
     EnvelopeError,
+    LocalProtocolError,
     MalformedEnvelopeError,
     OversizedEnvelopeError,
     RemoteProtocolError,
@@ -143,9 +144,7 @@ class Replica(Protocol):
     """The local side of replication: implemented by the node and by the relay."""
 
     @property
-    def role(self) -> str:
-        """A :class:`~p2paid.core.codes.Role`."""
-        ...
+    def role(self) -> Role: ...
 
     def boards(self) -> Sequence[BoardAccess]: ...
 
@@ -355,10 +354,8 @@ class SyncSession:
             return []
         if isinstance(message, Vector):
             return self._on_vector(message)
-        if isinstance(message, Envelopes):  # (until the trio driver takes batches itself)
-            pending = self.begin_batch(message)
-            return self.end_batch(pending, self._replica.receive(pending.board_id,
-                                                                 pending.envelopes))
+        if isinstance(message, Envelopes):
+            raise LocalProtocolError("an Envelopes batch goes to begin_batch(), not handle()")
         if isinstance(message, Ack):
             return self._on_ack(message)
         if isinstance(message, Evidence):

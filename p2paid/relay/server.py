@@ -23,6 +23,7 @@ from typing import Any, Final, final
 
 import trio
 
+from p2paid.core.codes import CloseReason, RefusedCode, Role, SyncEventKind
 from p2paid.core.envelope import Envelope
 from p2paid.core.feed import FeedHead, ForkProof
 from p2paid.core.identity import NodeKey, fingerprint
@@ -31,7 +32,7 @@ from p2paid.core.replication import BoardAccess, Received, SyncEvent
 from p2paid.core.wire import Hello, Message, Refused
 from p2paid.errors import EnvelopeError, UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
-from p2paid.net.connection import Connection
+from p2paid.net.connection import Connection, ConnectionOptions
 from p2paid.net.inbound import serve_inbound
 from p2paid.net.tcp import format_address, open_listener
 from p2paid.relay.state import ClientInfo, Quotas, RelayLedger, RelayTokens
@@ -54,8 +55,8 @@ MAX_HANDSHAKES: Final = 256
 MAX_HANDSHAKES_PER_ADDRESS: Final = 8
 MIB: Final = 1024 * 1024
 #: Close reasons of a relay that requires access tokens.
-TOKEN_REQUIRED: Final = "token-required"
-TOKEN_INVALID: Final = "token-invalid"
+TOKEN_REQUIRED: Final = CloseReason.TOKEN_REQUIRED
+TOKEN_INVALID: Final = CloseReason.TOKEN_INVALID
 
 
 @final
@@ -101,8 +102,8 @@ class RelayReplica:
                                       "refused_full": 0, "refused_quota": 0}
 
     @property
-    def role(self) -> str:
-        return "relay"
+    def role(self) -> Role:
+        return Role.RELAY
 
     @property
     def total_bytes(self) -> int:
@@ -117,7 +118,8 @@ class RelayReplica:
     def accepts(self, board_id: bytes) -> tuple[str, str] | None:
         allowed = self._limits.allowed_boards
         if allowed is not None and board_id not in allowed:
-            return ("not-allowed", "this relay carries only the boards its operator allows")
+            return (RefusedCode.NOT_ALLOWED,
+                    "this relay carries only the boards its operator allows")
         return None
 
     def _board_heads(self, board_id: bytes) -> dict[bytes, FeedHead]:
@@ -195,14 +197,14 @@ class RelayReplica:
             self._log_once(board_id, "board %s is full (%.2f MiB stored); refusing new "
                            "envelopes", board_id.hex()[:12], size / MIB)
             return Received(rejected=rejected, notice=(
-                "board-full", "this relay has no room for more of this board"))
+                RefusedCode.BOARD_FULL, "this relay has no room for more of this board"))
         if client is not None:
             over = self.ledger.check(board_id, incoming, client, self._quotas)
             if over is not None:
                 self.stats["refused_quota"] += len(decoded)
                 self._log_once(board_id, "board %s refused: %s", board_id.hex()[:12], over)
                 return Received(rejected=rejected, notice=(
-                    "quota", f"{over}; ask the relay's operator for an access token"))
+                    RefusedCode.QUOTA, f"{over}; ask the relay's operator for an access token"))
         heads = self._board_heads(board_id)
         with self._db.write():
             result = ingest(self._db, board_id, decoded, heads, None,
@@ -244,8 +246,8 @@ class ClientReplica:
         self.client = client
 
     @property
-    def role(self) -> str:
-        return "relay"
+    def role(self) -> Role:
+        return Role.RELAY
 
     def boards(self) -> Sequence[BoardAccess]:
         return self._replica.boards()
@@ -335,10 +337,10 @@ class Relay:
         self.public: tuple[str, int] | None = None
         self.started = time.time()
         self.metrics: Any = None
-
-    @property
-    def rate_limit(self) -> int | None:
-        return self.limits.rate_bytes_per_s
+        #: a batch is received in one call (so a quota refuses it whole; a relay only
+        #: verifies and stores, about 30 ms for a full batch), at its clients' rate
+        self.connection_options = ConnectionOptions(rate_limit=limits.rate_bytes_per_s,
+                                                    receive_slice=None)
 
     def address(self) -> RelayAddress:
         host, port = self.public or self.listen_address or ("127.0.0.1", DEFAULT_RELAY_PORT)
@@ -364,8 +366,9 @@ class Relay:
                 log.info("client %s (%s) presented an unknown or revoked token",
                          fingerprint(conn.remote_id), conn.address)
                 return None
-            return [Refused(b"", TOKEN_INVALID, "this relay does not know that access token "
-                            "(revoked?); serving without it, within the new-board quotas")]
+            return [Refused(b"", RefusedCode.TOKEN_INVALID, "this relay does not know that "
+                            "access token (revoked?); serving without it, within the "
+                            "new-board quotas")]
         if self.limits.require_token:
             conn.close_reason = TOKEN_REQUIRED
             log.info("client %s (%s) has no access token", fingerprint(conn.remote_id),
@@ -403,7 +406,7 @@ class Relay:
                 other.notify(board_id)
 
     def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
-        if event.kind == "received" and event.count:
+        if event.kind is SyncEventKind.RECEIVED and event.count:
             # its upload is stored here now: a known client
             conn.known_since = self.replica.ledger.client_since(conn.remote_id)
             self._metric("stored_counter", event.count)
@@ -416,8 +419,11 @@ class Relay:
 
     # ------------------------------------------------------------------ service
 
-    async def accept_loop(self, listener: trio.SocketListener) -> None:
-        await serve_inbound(self, listener, self.admission)
+    async def accept_loop(self, listener: trio.SocketListener,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+        task_status.started()
+        await serve_inbound(self, listener, self.admission, self.connection_options)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -427,7 +433,9 @@ class Relay:
             "stats": dict(self.replica.stats), "limits": _limits_json(self.limits),
         }
 
-    async def write_status(self) -> None:
+    async def write_status(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+        task_status.started()
         try:
             while True:
                 self._db.set_meta(RUNTIME_KEY, json.dumps(self.status()).encode())
@@ -484,8 +492,8 @@ async def serve_relay(
 
                 relay.metrics = RelayMetrics(*opts.metrics)
             try:
-                nursery.start_soon(relay.accept_loop, listener)
-                nursery.start_soon(relay.write_status)
+                await nursery.start(relay.accept_loop, listener)
+                await nursery.start(relay.write_status)
                 log.info("relay %s listening on %s", fingerprint(relay.node_key.public),
                          format_address(*relay.listen_address))
                 task_status.started(relay)

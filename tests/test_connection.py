@@ -23,9 +23,9 @@ from p2paid.core.connection import (
     RawMessage,
     SyncConnection,
     Throttled,
-    TokenBucket,
 )
 from p2paid.core.pair import ConnectionPair
+from p2paid.core.ratelimit import TokenBucket
 from p2paid.core.replication import SyncEvent
 from p2paid.core.wire import (
     Ack,

@@ -18,13 +18,8 @@ from p2paid.core.codes import CloseReason
 from p2paid.core.identity import NodeKey
 from p2paid.core.replication import Received, Replica, SyncEvent, SyncSession
 from p2paid.core.wire import Hello, Message, Ping
-from p2paid.net.connection import (
-    RECEIVE_SLICE,
-    Connection,
-    ConnectionOptions,
-    receive_in_slices,
-    run_connection,
-)
+from p2paid.net.connection import Connection, receive_in_slices, run_connection
+from p2paid.net.interfaces import RECEIVE_SLICE, ConnectionOptions
 from p2paid.node.replica import DEFER_APPLY_FROM
 
 BOARD = board_keys(30)

@@ -56,13 +56,25 @@ import enum
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final, ParamSpec, TypeVar, final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from p2paid.core.codes import CloseReason, RefusedCode
-from p2paid.core.replication import PendingBatch, Received, Replica, SyncEvent, SyncSession
+from p2paid.core.events import (
+    PAUSED,
+    Authenticated,
+    BatchReceived,
+    ConnectionEnded,
+    ConnectionEvent,
+    HelloReceived,
+    Paused,
+    RawMessage,
+    Throttled,
+)
+from p2paid.core.ratelimit import TokenBucket
+from p2paid.core.replication import PendingBatch, Received, Replica, SyncSession
 from p2paid.core.wire import (
     NEED_DATA,
     Ack,
@@ -102,7 +114,6 @@ __all__ = [
     "RawMessage",
     "SyncConnection",
     "Throttled",
-    "TokenBucket",
 ]
 
 # Read when a connection is made (tests shorten them by patching this module).
@@ -163,100 +174,6 @@ TRANSITIONS: Final[dict[tuple[ConnectionState, _Input], ConnectionState]] = {
 _WAITING: Final = frozenset({_S.CHECKING_HELLO, _S.APPLYING})
 #: States with a running session.
 _SESSION: Final = frozenset({_S.GREETING, _S.CHECKING_HELLO, _S.SYNCING, _S.APPLYING})
-
-
-# ---------------------------------------------------------------------- events
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Authenticated:
-    """The handshake is done: admit the peer (:meth:`SyncConnection.start`) or close."""
-
-    remote_id: bytes  #: the peer's node id
-    handshake_hash: bytes  #: the channel binding
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """A message received before any session started (a plain secure channel)."""
-
-    message: Message
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class HelloReceived:
-    """The peer's Hello: answer :meth:`SyncConnection.accept_hello` or close."""
-
-    hello: Hello
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class BatchReceived:
-    """An Envelopes batch to receive; report with :meth:`SyncConnection.batch_done`.
-
-    The envelopes are per author in seq order, so contiguous slices of them may be
-    received one after the other.
-    """
-
-    token: int
-    board_id: bytes
-    envelopes: tuple[bytes, ...]
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Throttled:
-    """The peer sends faster than ``rate`` bytes/s: reading slows down (once told)."""
-
-    rate: int
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ConnectionEnded:
-    """The exchange is over; ``reason`` says why (None: the peer hung up)."""
-
-    reason: str | None
-
-
-class _Paused:
-    def __repr__(self) -> str:
-        return "PAUSED"
-
-
-#: Returned by :meth:`SyncConnection.next_event` while an event awaits the host's answer.
-PAUSED: Final = _Paused()
-ConnectionEvent = (Authenticated | RawMessage | HelloReceived | BatchReceived | SyncEvent
-                   | Throttled | ConnectionEnded)
-
-
-# ---------------------------------------------------------------------- rate limit
-
-
-@final
-class TokenBucket:
-    """A receive rate limit: ``rate`` bytes/s past a burst of 4 s worth.
-
-    Args:
-        rate: bytes per second.
-        now: the time the bucket starts (full).
-    """
-
-    def __init__(self, rate: int, now: float) -> None:
-        self.rate = rate
-        self.burst = 4 * rate
-        self._tokens = float(self.burst)
-        self._at = now
-
-    def take(self, size: int, now: float) -> float:
-        """Spend ``size`` bytes; returns the seconds to wait before reading more."""
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate) - size
-        self._at = now
-        return max(0.0, -self._tokens / self.rate)
 
 
 # ---------------------------------------------------------------------- connection
@@ -431,7 +348,7 @@ class SyncConnection:
                                     f"this relay reads at most {bucket.rate} bytes/s")])
         self.channel.receive_data(data)
 
-    def next_event(self) -> ConnectionEvent | NeedData | _Paused:
+    def next_event(self) -> ConnectionEvent | NeedData | Paused:
         """The next event, :data:`NEED_DATA`, or :data:`PAUSED` while the host has an
         event to answer. Messages that need no host are answered here.
 
@@ -445,7 +362,7 @@ class SyncConnection:
             return ConnectionEnded(self.close_reason)
         return self._guarded(self._next_event)
 
-    def _next_event(self) -> ConnectionEvent | NeedData | _Paused:
+    def _next_event(self) -> ConnectionEvent | NeedData | Paused:
         while not self._events:
             if self.state in _WAITING:
                 return PAUSED

@@ -5,11 +5,12 @@ Three tasks share a connection: the reader (which also hands the host what the
 connection surfaces), the pusher (sends what the local side gained, woken by
 :meth:`Connection.notify`) and the timer (keepalive, the hello and idle timeouts).
 What is heavy leaves the event loop's way: a received batch goes to the replica in
-slices of :data:`RECEIVE_SLICE` envelopes with a checkpoint between them, and deferred
+slices of ``RECEIVE_SLICE`` envelopes with a checkpoint between them, and deferred
 work (a node's Automerge apply) runs in bounded steps once the link falls quiet. Any
 protocol error, a handshake timeout or a silent peer ends this connection only.
 
-Policies this driver leaves to its host (:class:`ConnectionHost`): who is admitted,
+Policies this driver leaves to its host (:class:`~p2paid.net.interfaces.ConnectionHost`;
+how it is driven is :class:`~p2paid.net.interfaces.ConnectionOptions`): who is admitted,
 which of two duplicate connections stays, who is known, what a Hello's token is
 worth, and whom to tell about new envelopes.
 """
@@ -21,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, final
+from typing import Final, final
 
 import trio
 
@@ -34,18 +35,15 @@ from p2paid.core.connection import (
     SyncConnection,
     Throttled,
 )
-from p2paid.core.identity import NodeKey, fingerprint
+from p2paid.core.identity import fingerprint
 from p2paid.core.replication import Received, Replica, SyncEvent, SyncSession
-from p2paid.core.wire import NEED_DATA, Hello, Message, NeedData
+from p2paid.core.wire import NEED_DATA, NeedData
 from p2paid.errors import HandshakeError, LocalProtocolError, P2paidError, RemoteProtocolError
+from p2paid.net.interfaces import ConnectionHost, ConnectionOptions, DeferredWork
 
 __all__ = [
     "IDLE_FLUSH_DELAY",
-    "RECEIVE_SLICE",
     "Connection",
-    "ConnectionHost",
-    "ConnectionOptions",
-    "DeferredWork",
     "receive_in_slices",
     "run_connection",
 ]
@@ -55,64 +53,6 @@ log = logging.getLogger("p2paid.net")
 RECEIVE_SIZE: Final = 64 * 1024
 #: A link quiet this long (seconds) gets the host's deferred work done.
 IDLE_FLUSH_DELAY: Final = 0.002
-#: Envelopes per ``replica.receive`` call: about 15 ms of verifying, checking and
-#: storing on a small machine, so the event loop runs at least that often.
-RECEIVE_SLICE: Final = 256
-
-
-class ConnectionHost(Protocol):
-    """What a connection needs from the node or relay that runs it."""
-
-    @property
-    def node_key(self) -> NodeKey: ...
-
-    def replica_for(self, conn: Connection) -> Replica:
-        """The replica a connection's session works on (a relay tells it who uploads)."""
-        ...
-
-    def on_hello(self, conn: Connection, hello: Hello) -> list[Message] | None:
-        """The peer's Hello, before the session sees it: messages to send first, or None
-        (with ``conn.close_reason`` set) to close the connection, e.g. a relay that
-        requires an access token."""
-        ...
-
-    def register(self, conn: Connection) -> bool:
-        """Admit an authenticated connection; False to close it (duplicate, self, full),
-        with ``conn.close_reason`` set."""
-        ...
-
-    def unregister(self, conn: Connection) -> None: ...
-
-    def after_receive(self, conn: Connection) -> None:
-        """The replica may have gained envelopes from ``conn``: tell the others."""
-        ...
-
-    def on_sync_event(self, conn: Connection, event: SyncEvent) -> None: ...
-
-
-class DeferredWork(Protocol):
-    """Work a host puts off while envelopes stream in (a node applies big batches to
-    Automerge in one go), done in bounded steps once a link falls quiet."""
-
-    def has_deferred(self) -> bool: ...
-
-    def flush_deferred(self) -> bool:
-        """Do a bounded part of the work; True while more remains."""
-        ...
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ConnectionOptions:
-    """How a host's connections are driven."""
-
-    #: bytes/s a peer may send (a relay's per-client upload limit), or None
-    rate_limit: int | None = None
-    #: the host's deferred work, done when a link falls quiet
-    deferred: DeferredWork | None = None
-    #: envelopes per ``replica.receive`` call; None: a batch in one call (a relay: its
-    #: quotas refuse a batch whole, and it only verifies and stores)
-    receive_slice: int | None = RECEIVE_SLICE
 
 
 @final
@@ -274,7 +214,7 @@ async def run_connection(
         address_key: for inbound connections, the remote address as the caps count it.
         token: a relay access token to send in our Hello (only with ``to_relay``).
         options: rate limit, deferred work and batch slicing (the defaults: none,
-            none, :data:`RECEIVE_SLICE`).
+            none, ``RECEIVE_SLICE`` envelopes).
 
     Returns:
         The connection once it has ended (None if the handshake failed).

@@ -18,7 +18,8 @@ import trio
 
 from p2paid.core.hosts import address_key
 from p2paid.net.admission import Admission
-from p2paid.net.connection import Connection, ConnectionHost, ConnectionOptions, run_connection
+from p2paid.net.connection import Connection, run_connection
+from p2paid.net.interfaces import ConnectionHost, ConnectionOptions
 from p2paid.net.tcp import format_address
 
 __all__ = ["serve_inbound"]

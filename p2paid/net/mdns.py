@@ -22,7 +22,8 @@ import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from p2paid.core.codes import DialSource
-from p2paid.net.peers import DialTarget, DialTargets
+from p2paid.net.interfaces import DialTargets
+from p2paid.net.peers import DialTarget
 
 __all__ = ["SERVICE_TYPE", "run_mdns"]
 

@@ -4,8 +4,8 @@ A target is an address from the configuration, from mDNS, or a relay. Once a
 target has been reached, its node id is known, and it is not dialled while a
 connection to that node exists in either direction. The :class:`Dialer` is a
 service (``await nursery.start(dialer.serve)``) that starts each target's task with
-``nursery.start``; its host is any :class:`DialHost`, and mDNS feeds it through the
-:class:`DialTargets` it implements.
+``nursery.start``; its host is any :class:`~p2paid.net.interfaces.DialHost`, and mDNS
+feeds it through the :class:`~p2paid.net.interfaces.DialTargets` it implements.
 
 Nothing that goes wrong with one target stops the node: an address the resolver
 cannot encode, an unreachable host, or an unexpected error in a connection is
@@ -19,15 +19,16 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Final, Protocol, final
+from typing import Final, final
 
 import trio
 
 from p2paid.core.codes import CloseReason, DialSource
-from p2paid.net.connection import Connection, ConnectionHost, ConnectionOptions, run_connection
+from p2paid.net.connection import Connection, run_connection
+from p2paid.net.interfaces import ConnectionOptions, DialHost
 from p2paid.net.tcp import DIAL_TIMEOUT, dial, format_address
 
-__all__ = ["DialHost", "DialTarget", "DialTargets", "Dialer"]
+__all__ = ["DialTarget", "Dialer"]
 
 log = logging.getLogger("p2paid.net")
 
@@ -64,22 +65,6 @@ class DialTarget:
     @property
     def address(self) -> str:
         return format_address(self.host, self.port)
-
-
-class DialHost(ConnectionHost, Protocol):
-    """What a :class:`Dialer` needs of the node it dials for."""
-
-    def is_connected(self, node_id: bytes) -> bool: ...
-
-    async def wait_disconnected(self, node_id: bytes) -> None: ...
-
-
-class DialTargets(Protocol):
-    """Where dial targets go (mDNS adds and removes what it finds)."""
-
-    def add(self, target: DialTarget) -> None: ...
-
-    def remove(self, host: str, port: int) -> None: ...
 
 
 @final

@@ -38,8 +38,9 @@ from p2paid.core.text import plural
 from p2paid.core.wire import Hello, Message
 from p2paid.errors import InviteError, P2paidError, UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
-from p2paid.net.connection import Connection, ConnectionOptions
+from p2paid.net.connection import Connection
 from p2paid.net.inbound import serve_inbound
+from p2paid.net.interfaces import ConnectionOptions
 from p2paid.net.peers import Dialer, DialTarget
 from p2paid.net.tcp import format_address, open_listener
 from p2paid.node.asyncboard import AsyncBoard

@@ -32,8 +32,9 @@ from p2paid.core.replication import BoardAccess, Received, SyncEvent
 from p2paid.core.wire import Hello, Message, Refused
 from p2paid.errors import EnvelopeError, UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
-from p2paid.net.connection import Connection, ConnectionOptions
+from p2paid.net.connection import Connection
 from p2paid.net.inbound import serve_inbound
+from p2paid.net.interfaces import ConnectionOptions
 from p2paid.net.tcp import format_address, open_listener
 from p2paid.relay.state import ClientInfo, Quotas, RelayLedger, RelayTokens
 from p2paid.storage.ingest import ingest, record_fork

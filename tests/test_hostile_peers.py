@@ -38,8 +38,10 @@ from node_helpers import (
     wait_until,
 )
 
+import p2paid.core.connection
 import p2paid.net.connection
 from p2paid.board.store import Store, open_store
+from p2paid.core.connection import MAX_PINGS
 from p2paid.core.envelope import Envelope
 from p2paid.core.identity import NodeKey
 from p2paid.core.replication import SyncSession
@@ -54,7 +56,6 @@ from p2paid.core.wire import (
     Vector,
     encode_message,
 )
-from p2paid.net.connection import MAX_PINGS
 from p2paid.node.asyncboard import AsyncBoard
 from p2paid.node.replica import StoreReplica
 
@@ -63,7 +64,7 @@ SHORT_HANDSHAKE_TIMEOUT = 0.5
 
 @pytest.fixture(autouse=True)
 def _short_handshake_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(p2paid.net.connection, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE_TIMEOUT)
+    monkeypatch.setattr(p2paid.core.connection, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE_TIMEOUT)
 
 
 @dataclass
@@ -277,9 +278,9 @@ async def test_protocol_violation_inside_valid_frames_drops_the_peer(
 async def _member_session(scene: Scene, store: Store) -> tuple[HandPeer, SyncSession]:
     """A hand-driven peer that knows the invite, synced with the victim."""
     peer = await HandPeer.connect(scene.victim.address)
-    session = SyncSession(StoreReplica(store), initiator=True,
-                          handshake_hash=peer.handshake_hash)
-    await peer.send(*session.start())
+    await peer.start_session(StoreReplica(store))
+    session = peer.session
+    assert session is not None
     victim_board = scene.victim.node.board().board
     own = store.board()
 
@@ -289,7 +290,7 @@ async def _member_session(scene: Scene, store: Store) -> tuple[HandPeer, SyncSes
             theirs.get(a, 0) >= s for a, s in mine.items())
 
     with trio.fail_after(5):
-        await peer.run_session(session, synced)
+        await peer.run_session(synced)
     return peer, session
 
 
@@ -398,7 +399,7 @@ async def test_flood_of_authenticated_connections_is_capped(
     Close('full') after the handshake), and keeps the honest link. (They send no
     Hello; the hello timeout, which would close them, is lengthened here: see
     test_transport_attacks.py for it.)"""
-    monkeypatch.setattr(p2paid.net.connection, "HELLO_TIMEOUT", 60.0)
+    monkeypatch.setattr(p2paid.core.connection, "HELLO_TIMEOUT", 60.0)
     cap = 4
     peers: list[HandPeer] = []
     refused = 0
@@ -461,7 +462,7 @@ async def test_flood_of_unauthenticated_connections_is_capped(
     """200 sockets that connect and never finish the handshake (default 10 s timeout):
     the node must not keep them all (at most 2 x max_connections), else any client can
     pin sockets and tasks without ever authenticating."""
-    monkeypatch.setattr(p2paid.net.connection, "HANDSHAKE_TIMEOUT", 10.0)
+    monkeypatch.setattr(p2paid.core.connection, "HANDSHAKE_TIMEOUT", 10.0)
     cap = 4
     with trio.fail_after(20):
         async with open_scene(tmp_path, max_connections=cap) as scene:
@@ -513,7 +514,7 @@ async def test_many_half_sent_handshake_frames_keep_memory_bounded(
     """300 connections each send a 64 KiB handshake frame minus its last byte and
     wait: the node may buffer a few of them, but its memory must not grow with the
     number of such connections (bound: 8 MiB for what would be 19 MiB of buffers)."""
-    monkeypatch.setattr(p2paid.net.connection, "HANDSHAKE_TIMEOUT", 10.0)
+    monkeypatch.setattr(p2paid.core.connection, "HANDSHAKE_TIMEOUT", 10.0)
     almost = b"\xff\xff" + bytes(65534)
     with trio.fail_after(30):
         async with open_scene(tmp_path, max_connections=8) as scene:

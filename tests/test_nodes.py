@@ -34,13 +34,14 @@ from node_helpers import (
     wait_until,
 )
 
+import p2paid.core.connection
 import p2paid.net.connection
 import p2paid.net.peers
 from p2paid.board.board import Board
 from p2paid.board.model import BoardEvent, EventKind
 from p2paid.board.store import open_store
 from p2paid.core.replication import SyncSession
-from p2paid.core.wire import Envelopes, Hello, Message
+from p2paid.core.wire import Envelopes, Hello
 from p2paid.node.asyncboard import AsyncBoard
 from p2paid.node.replica import StoreReplica
 
@@ -378,11 +379,9 @@ async def test_wait_in_sync_waits_for_a_new_peer_to_hold_everything(tmp_path: Pa
                 assert waited.cancelled_caught, (
                     f"wait_in_sync returned while the peer held {len(store.board().items())}"
                     " of 50 needs")
-                session = SyncSession(StoreReplica(store), initiator=True,
-                                      handshake_hash=peer.handshake_hash)
-                await peer.send(*session.start())
+                await peer.start_session(StoreReplica(store))
                 async with trio.open_nursery() as inner:
-                    inner.start_soon(peer.run_session, session, lambda: False)
+                    inner.start_soon(peer.run_session, lambda: False)
                     await a.node.wait_in_sync()
                     assert len(store.board().items()) == 50
                     inner.cancel_scope.cancel()
@@ -402,17 +401,9 @@ async def test_hello_arriving_with_the_last_handshake_message_is_processed(
         async with trio.open_nursery() as nursery:
             a = await start_node(nursery, tmp_path / "a")
             with open_store(tmp_path / "copy") as store:
-                sessions: list[SyncSession] = []
-
-                def hello(peer: HandPeer) -> list[Message]:
-                    sessions.append(SyncSession(StoreReplica(store), initiator=True,
-                                                handshake_hash=peer.handshake_hash))
-                    return sessions[0].start()
-
-                peer = await HandPeer.connect(a.address, with_last_message=hello)
-                session = sessions[0]
-                their_hello = await peer.wait_for(Hello)
-                assert session.handle(their_hello) == []  # in sync: nothing more to say
+                peer = await HandPeer.connect(a.address, replica=StoreReplica(store))
+                await peer.wait_for(Hello)
+                assert [type(m) for m in peer.sent] == [Hello]  # in sync: nothing more to say
                 await a.node.board().post_need("pushed live")
                 with trio.fail_after(3):
                     batch = await peer.wait_for(Envelopes)
@@ -505,7 +496,7 @@ async def test_sigkill_mid_sync_loses_nothing_confirmed(
     make_member(tmp_path / "b", invite, "bob")
     total += 1  # + bob's display name
     # A sends in small batches, so B spends a while receiving (and can be killed meanwhile).
-    monkeypatch.setattr(p2paid.net.connection, "SyncSession",
+    monkeypatch.setattr(p2paid.core.connection, "SyncSession",
                         partial(SyncSession, batch_bytes=8 * 1024))
     log = tmp_path / "b.log"
     with trio.fail_after(90):

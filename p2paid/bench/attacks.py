@@ -31,31 +31,19 @@ from typing import Any, Final
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from p2paid.bench.child import Child
 from p2paid.bench.main import Figure, Report, make_feed
-from p2paid.bench.net import _NODE, _Child
 from p2paid.board.store import open_store
+from p2paid.core.codes import CloseReason, Role
 from p2paid.core.envelope import ZERO_HASH, seal_envelope
 from p2paid.core.feed import FeedHead
 from p2paid.core.identity import AuthorKey, NodeKey
 from p2paid.core.invite import Invite, derive_board_keys, new_board_secret
 from p2paid.core.relayaddr import RelayAddress
-from p2paid.core.replication import (
-    DEFAULT_BATCH_BYTES,
-    BoardAccess,
-    Received,
-    SyncSession,
-    board_tag,
-)
-from p2paid.core.wire import (
-    NEED_DATA,
-    ConnectionClosed,
-    HandshakeComplete,
-    Hello,
-    HelloBoard,
-    MessageReceived,
-    SecureChannel,
-)
+from p2paid.core.replication import BoardAccess, Received, Replica, SyncEvent, board_tag
+from p2paid.core.wire import HandshakeComplete, Hello, HelloBoard, Message, SecureChannel
 from p2paid.errors import RemoteProtocolError
+from p2paid.net.connection import Connection, run_connection
 from p2paid.relay.replica import RelayLimits, RelayReplica
 from p2paid.relay.server import open_relay_db, relay_key
 
@@ -66,28 +54,6 @@ N: Final = 2000
 RAMP: Final = 3.0
 SYNC_TIMEOUT: Final = 120.0
 
-# The honest receiver: a member's node with an empty board, dialling a peer or its relay.
-_RECEIVER = r"""
-import json, sys, time, trio
-from p2paid.node.node import open_node
-
-async def main(data_dir, peer, total):
-    t0 = time.perf_counter()
-    peers = [] if peer == "relay" else [("127.0.0.1", int(peer))]
-    async with open_node(data_dir, listen=None, mdns=False, peers=peers) as node:
-        board = node.boards()[0]
-        with trio.move_on_after(float(sys.argv[4])):
-            while board.board.applied_count < int(total):
-                await node.wait_changed()
-        done = board.board.applied_count >= int(total)
-        print(json.dumps({"applied_s": time.perf_counter() - t0 if done else None,
-                          "applied": board.board.applied_count}), flush=True)
-
-trio.run(main, *sys.argv[1:4])
-"""
-
-_ATTACKER = ("import sys; from p2paid.bench.attacks import attacker_main; "
-             "attacker_main(sys.argv[1:])")
 
 
 # ---------------------------------------------------------------------- the attacker
@@ -200,7 +166,7 @@ async def _maps(address: tuple[str, int], local: str, count: int, stats: _Stats,
 class _JunkReplica:
     """An uploader's replica: junk boards with one fresh author each."""
 
-    role = "node"
+    role = Role.NODE
 
     def __init__(self, boards: int, envelopes: int, size: int) -> None:
         self.feeds: dict[bytes, tuple[bytes, list[bytes]]] = {}
@@ -258,6 +224,39 @@ class _JunkReplica:
         return Received()
 
 
+class _Uploader:
+    """The :class:`~p2paid.net.connection.ConnectionHost` of one junk uploader: it hangs
+    up once the relay holds (or refused) everything."""
+
+    def __init__(self, replica: _JunkReplica, stats: _Stats) -> None:
+        self.node_key = NodeKey.generate()
+        self.replica = replica
+        self.stats = stats
+
+    def replica_for(self, conn: Connection) -> Replica:
+        return self.replica
+
+    def on_hello(self, conn: Connection, hello: Hello) -> list[Message] | None:
+        return []
+
+    def register(self, conn: Connection) -> bool:
+        self.stats.connected += 1
+        self.stats.live += 1
+        return True
+
+    def unregister(self, conn: Connection) -> None:
+        self.stats.live -= 1
+
+    def after_receive(self, conn: Connection) -> None:
+        session = conn.session
+        if session is not None and session.greeted and all(
+                session.is_in_sync(b) for b in self.replica.feeds):
+            conn.close(CloseReason.BYE)
+
+    def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
+        pass
+
+
 async def _junk(address: tuple[str, int], local: str, count: int, stats: _Stats,
                 options: dict[str, Any]) -> None:
     """Upload junk boards with a fresh key until the relay refuses or takes them all."""
@@ -265,48 +264,24 @@ async def _junk(address: tuple[str, int], local: str, count: int, stats: _Stats,
 
     async def one() -> None:
         while True:
-            replica = _JunkReplica(4, 16, 2000)
-            got = await _handshake(address, local, stats, expected)
-            if got is None:
+            host = _Uploader(_JunkReplica(4, 16, 2000), stats)
+            try:
+                stream = await trio.open_tcp_stream(*address, local_address=local)
+            except OSError:
+                stats.refused += 1
+                await trio.sleep(0.05)
                 continue
-            stream, channel = got
-            assert channel.handshake_hash is not None
-            session = SyncSession(replica, initiator=True, handshake_hash=channel.handshake_hash,
-                                  to_relay=True, batch_bytes=DEFAULT_BATCH_BYTES)
-            for m in session.start():
-                channel.send(m)
-            stats.live += 1
             with trio.move_on_after(10):
-                await _drive(stream, channel, session, replica)
-            stats.live -= 1
-            await stream.aclose()
+                conn = await run_connection(host, stream, address=f"{address[0]}:{address[1]}",
+                                            initiator=True, expected_remote=expected,
+                                            to_relay=True)
+                if conn is None:
+                    stats.refused += 1
+                    await trio.sleep(0.05)
 
     async with trio.open_nursery() as nursery:
         for _ in range(count):
             nursery.start_soon(one)
-
-
-async def _drive(stream: trio.SocketStream, channel: SecureChannel, session: SyncSession,
-                 replica: _JunkReplica) -> None:
-    try:
-        while True:
-            out = channel.data_to_send()
-            if out:
-                await stream.send_all(out)
-            if session.greeted and all(session.is_in_sync(b) for b in replica.feeds):
-                return
-            data = await stream.receive_some(65536)
-            channel.receive_data(data)
-            if not data:
-                return
-            while (event := channel.next_event()) is not NEED_DATA:
-                if isinstance(event, ConnectionClosed):
-                    return
-                assert isinstance(event, MessageReceived)
-                for m in session.handle(event.message):
-                    channel.send(m)
-    except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        return
 
 
 _ATTACKS: Final = {"silent": _silent, "maps": _maps, "junk": _junk}
@@ -355,7 +330,7 @@ def _receivers(root: Path, invite: Invite, count: int, relay: str | None
 
 
 def _sync(data_dir: Path, peer: str) -> float | None:
-    child = _Child(_RECEIVER, str(data_dir), peer, str(N), str(SYNC_TIMEOUT), quiet=True)
+    child = Child("attack_receiver", str(data_dir), peer, str(N), str(SYNC_TIMEOUT), quiet=True)
     result = child.read()
     child.proc.wait(timeout=30)
     value = result["applied_s"]
@@ -366,8 +341,8 @@ def _under(kind: str | None, address: tuple[str, int], options: dict[str, Any],
            data_dir: Path, peer: str) -> tuple[float | None, dict[str, Any]]:
     if kind is None:
         return _sync(data_dir, peer), {}
-    attacker = subprocess.Popen([sys.executable, "-c", _ATTACKER, kind, *map(str, address),
-                                 json.dumps(options)], stdin=subprocess.PIPE,
+    attacker = subprocess.Popen([sys.executable, "-m", "p2paid.bench.attacker", kind,
+                                 *map(str, address), json.dumps(options)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
     assert attacker.stdin is not None and attacker.stdout is not None
     try:
@@ -404,7 +379,7 @@ def _node_attacks(report: Report, root: Path, secret: bytes, invite: Invite) -> 
         book = store.peer_book()
         for _, node_id in receivers:  # members who synced with this node before
             book.add(node_id)
-    sender = _Child(_NODE, str(sender_dir), "-", "idle", quiet=True)
+    sender = Child("sync_node", str(sender_dir), "-", "idle", quiet=True)
     port = int(sender.read()["port"])
     address = ("127.0.0.1", port)
     try:

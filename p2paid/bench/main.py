@@ -201,8 +201,8 @@ def run_benchmarks(*, quick: bool = False, as_json: bool = False, only: str | No
     """Run the benchmarks and print figures (or JSON). Returns an exit status."""
     n = 1000 if quick else 10_000
     authors = 100 if quick else 1000
-    selected = set((only or "apply,open,post,sync,insync,live,relay,fanout,relaymem,attacks"
-                    ).split(","))
+    selected = set((only or "apply,open,post,sync,stall,insync,live,relay,fanout,relaymem,"
+                            "attacks").split(","))
     report = Report(as_json)
     meta: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpu",
@@ -231,7 +231,7 @@ def run_benchmarks(*, quick: bool = False, as_json: bool = False, only: str | No
                 _open(report, one)
             if "post" in selected:
                 _post(report, one, 50 if quick else 200)
-        if selected & {"sync", "insync", "live"}:
+        if selected & {"sync", "stall", "insync", "live"}:
             from p2paid.bench.net import run_network_benchmarks
 
             run_network_benchmarks(report, root, n, selected)

@@ -1,10 +1,11 @@
 """Relay figures for ``p2paid bench``: ingest rate, fan-out to 50 readers, idle memory.
 
 The relay runs as its own process (``p2paid relay``); the writer is a real node
-process posting through it; the 50 readers are light clients in one process
-(a Noise channel and a sync session each, holding envelopes in memory), since
-50 full nodes would measure the readers' machine, not the relay. They connect from
-127.0.N.1 addresses, four per address, as clients on separate machines would.
+process posting through it (:mod:`p2paid.bench.sync_node`); the 50 readers are light
+clients in one process (:mod:`p2paid.bench.relay_readers`: the library's connection
+over a replica that keeps only arrival times), since 50 full nodes would measure the
+readers' machine, not the relay. They connect from 127.0.N.1 addresses, four per
+address, as clients on separate machines would.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from p2paid.bench.child import Child, rss_mib
 from p2paid.bench.main import Figure, Report
-from p2paid.bench.net import _NODE, _Child
 from p2paid.board.store import open_store
 from p2paid.core.envelope import Envelope
 from p2paid.core.replication import DEFAULT_BATCH_BYTES
@@ -27,93 +28,6 @@ from p2paid.storage.sqlite import Database
 __all__ = ["run_relay_benchmarks"]
 
 perf = time.perf_counter
-
-# Light clients: N connections to a relay for one board; record when each envelope arrives.
-_READERS = r"""
-import json, sys, time, trio
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from p2paid.core.relayaddr import RelayAddress
-from p2paid.core.feed import FeedHead
-from p2paid.core.replication import BoardAccess, Received, SyncSession
-from p2paid.core.wire import NEED_DATA, HandshakeComplete, MessageReceived, SecureChannel
-
-class Reader:
-    role = "node"
-    def __init__(self, board): self.board, self.feed, self.arrivals = board, {}, {}
-    def boards(self): return [BoardAccess(self.board, None)]
-    def accepts(self, b): return None
-    def vector(self, b):
-        return {a: max(s) for a, s in self.feed.items()}
-    def heads(self, b):  # (a reader keeps no hashes: its vector never proves a fork)
-        return {a: FeedHead(max(s), bytes(32)) for a, s in self.feed.items()}
-    def hash_at(self, b, author, seq): return None
-    def forked(self, b): return {}
-    def fork_evidence(self, b, author): return None
-    def record_fork(self, b, first, second): return False
-    def read(self, b, author, after, max_bytes): return []
-    def receive(self, b, envelopes):
-        now = time.perf_counter()
-        for raw in envelopes:
-            author, seq = raw[33:65], int.from_bytes(raw[65:73], "big")
-            self.feed.setdefault(author, set()).add(seq)
-            self.arrivals[seq] = now
-        return Received(len(envelopes))
-
-async def client(address, reader, ready, local):
-    # Four readers per local address, as members on their own machines (a relay caps
-    # connections and handshakes per address).
-    stream = await trio.open_tcp_stream(address.host, address.port, local_address=local)
-    channel = SecureChannel(True, X25519PrivateKey.generate(), expected_remote=address.key)
-    session = None
-    await stream.send_all(channel.data_to_send())
-    while True:
-        data = await stream.receive_some(1 << 16)
-        if not data:
-            return
-        channel.receive_data(data)
-        while True:
-            event = channel.next_event()
-            if event is NEED_DATA:
-                break
-            if isinstance(event, HandshakeComplete):
-                session = SyncSession(reader, initiator=True, to_relay=True,
-                                      handshake_hash=channel.handshake_hash)
-                for m in session.start():
-                    channel.send(m)
-                ready.append(1)
-            elif isinstance(event, MessageReceived):
-                for m in session.handle(event.message):
-                    channel.send(m)
-        out = channel.data_to_send()
-        if out:
-            await stream.send_all(out)
-
-async def main(address, board_hex, count):
-    address = RelayAddress.parse(address)
-    readers = [Reader(bytes.fromhex(board_hex)) for _ in range(int(count))]
-    ready = []
-    async with trio.open_nursery() as nursery:
-        for i, r in enumerate(readers):
-            nursery.start_soon(client, address, r, ready, f"127.0.{10 + i // 4}.1")
-        while len(ready) < len(readers):
-            await trio.sleep(0.05)
-        print(json.dumps({"ready": len(ready)}), flush=True)
-        await trio.to_thread.run_sync(sys.stdin.readline)
-        print(json.dumps({"arrivals": [r.arrivals for r in readers]}), flush=True)
-        await trio.to_thread.run_sync(sys.stdin.readline)
-        nursery.cancel_scope.cancel()
-
-trio.run(main, *sys.argv[1:4])
-"""
-
-
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
 
 def _ingest(report: Report, single: list[Envelope], root: Path) -> None:
     db = Database(root / "relay-ingest")
@@ -160,9 +74,9 @@ def _fan_out(report: Report, root: Path, readers: int, posts: int) -> None:
             board.post_need("first")  # the writer's feed exists before readers subscribe
             store.add_relay(address)
             board_id = board.id.hex()
-        clients = _Child(_READERS, address, board_id, str(readers))
+        clients = Child("relay_readers", address, board_id, str(readers))
         clients.read(lambda v: "ready" in v)
-        writer = _Child(_NODE, str(writer_dir), "-", "idle")
+        writer = Child("sync_node", str(writer_dir), "-", "idle")
         writer.read()
         time.sleep(1.5)  # the writer dials the relay and syncs its first envelopes
         writer.send({"op": "post", "tag": "lat", "n": 100, "gap": 0.01, "concurrency": 1})
@@ -172,7 +86,7 @@ def _fan_out(report: Report, root: Path, readers: int, posts: int) -> None:
         time.sleep(2.0)
         clients.send({"op": "arrivals"})
         arrivals = clients.read(lambda v: "arrivals" in v)["arrivals"]
-        rss = _rss_mib(relay.pid)
+        rss = rss_mib(relay.pid)
         writer.stop()
         clients.send({"op": "stop"})
         clients.proc.wait(timeout=30)
@@ -210,10 +124,10 @@ def _idle_memory(report: Report, root: Path, connections: int) -> None:
     relay, address = _start_relay(root / "idle")
     try:
         board_id = bytes(32).hex()
-        clients = _Child(_READERS, address, board_id, str(connections))
+        clients = Child("relay_readers", address, board_id, str(connections))
         clients.read(lambda v: "ready" in v)
         time.sleep(2.0)
-        rss = _rss_mib(relay.pid)
+        rss = rss_mib(relay.pid)
         clients.send({"op": "arrivals"})
         clients.read(lambda v: "arrivals" in v)
         clients.send({"op": "stop"})

@@ -450,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("bench", cmd_bench, "measure this machine: apply, open and post figures", json_opt=True)
     p.add_argument("--quick", action="store_true", help="smaller workload (1,000 changes)")
     p.add_argument("--only", metavar="NAMES",
-                   help="comma-separated subset: apply, open, post, sync, insync, live, relay, "
-                        "fanout, relaymem, attacks (default: all)")
+                   help="comma-separated subset: apply, open, post, sync, stall, insync, live, "
+                        "relay, fanout, relaymem, attacks (default: all)")
     return parser
 
 

@@ -25,6 +25,10 @@ two :class:`Replica` objects (a node's store, a relay's store).
    so nothing is sent twice and nothing received is echoed back.
 5. **Live.** When the local vector grows (a local post, another peer, another
    process), :meth:`SyncSession.local_changed` pumps the difference.
+   A batch from the peer is taken in two steps, so that the caller can apply it
+   off the event loop's critical path (in slices): :meth:`SyncSession.begin_batch`
+   checks it and records what the peer now holds; the caller has the replica
+   receive it; :meth:`SyncSession.end_batch` answers with the Ack (or Refused).
 6. **Forks.** When the peer holds an author's envelope at or beyond a seq where
    this side knows the author forked (two validly signed versions of one seq), this
    side sends the proof (Evidence, once per author and connection); a replica that
@@ -46,6 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
+from p2paid.core.codes import CloseReason, RefusedCode, Role, SyncEventKind
 from p2paid.core.envelope import HEADER_BYTES
 from p2paid.core.feed import FeedHead
 from p2paid.core.wire import (
@@ -64,6 +69,7 @@ from p2paid.core.wire import (
 )
 from p2paid.errors import (
     EnvelopeError,
+    LocalProtocolError,
     MalformedEnvelopeError,
     OversizedEnvelopeError,
     RemoteProtocolError,
@@ -73,6 +79,7 @@ from p2paid.errors import (
 
 __all__ = [
     "BoardAccess",
+    "PendingBatch",
     "Received",
     "Replica",
     "SyncEvent",
@@ -89,7 +96,8 @@ PEER_FAULTS: Final = (SignatureError, MalformedEnvelopeError, OversizedEnvelopeE
 DEFAULT_BATCH_BYTES: Final = 900 * 1024
 DEFAULT_WINDOW: Final = 4
 #: Refusal codes after which a sender stops sending that board on the connection.
-STALLING: Final = frozenset({"board-full", "not-allowed", "quota"})
+STALLING: Final = frozenset({RefusedCode.BOARD_FULL, RefusedCode.NOT_ALLOWED,
+                              RefusedCode.QUOTA})
 _ROLE_LABEL: Final = {True: b"p2paid/1 initiator", False: b"p2paid/1 responder"}
 
 
@@ -113,14 +121,30 @@ class Received:
     #: ``(code, text)`` when a limit refused (part of) the batch; told to the peer
     notice: tuple[str, str] | None = None
 
+    def add(self, other: Received) -> None:
+        """Count ``other`` (a later part of the same batch) in this result."""
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+        self.notice = other.notice or self.notice
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """A checked Envelopes batch from the peer, waiting for the replica to receive it
+    (see :meth:`SyncSession.begin_batch`)."""
+
+    board_id: bytes
+    batch: int
+    envelopes: tuple[bytes, ...] = field(repr=False)
+
 
 class Replica(Protocol):
     """The local side of replication: implemented by the node and by the relay."""
 
     @property
-    def role(self) -> str:
-        """ "node" or "relay"."""
-        ...
+    def role(self) -> Role: ...
 
     def boards(self) -> Sequence[BoardAccess]: ...
 
@@ -167,10 +191,10 @@ class Replica(Protocol):
 @final
 @dataclass(frozen=True, slots=True)
 class SyncEvent:
-    """Something worth logging: ``kind`` is linked, in-sync, received, refused, or fork
-    (the peer proved that an author forked: ``count`` is the seq, ``detail`` the author)."""
+    """Something worth logging (see :class:`~p2paid.core.codes.SyncEventKind`; for a
+    fork, ``count`` is the seq and ``detail`` the author)."""
 
-    kind: str
+    kind: SyncEventKind
     board_id: bytes
     count: int = 0
     detail: str = ""
@@ -253,7 +277,7 @@ class SyncSession:
         self._replica = replica
         self._initiator = initiator
         self._h = handshake_hash
-        self._by_id = to_relay or replica.role == "relay"
+        self._by_id = to_relay or replica.role == Role.RELAY
         self._only = None if boards is None else set(boards)
         self._batch_bytes = batch_bytes
         self._window = window
@@ -290,7 +314,7 @@ class SyncSession:
 
     def start(self) -> list[Message]:
         """Messages to send first. A relay answers instead of speaking first."""
-        if self._replica.role == "relay":
+        if self._replica.role == Role.RELAY:
             return []
         accesses = [
             acc for acc in self._replica.boards()
@@ -302,8 +326,12 @@ class SyncSession:
     def handle(self, message: Message) -> list[Message]:
         """Process one message from the peer; return the messages to send.
 
+        Envelopes are not taken here (:meth:`begin_batch`): the replica's work on a
+        batch is the caller's to schedule.
+
         Raises:
             RemoteProtocolError: the peer broke the protocol; drop it.
+            LocalProtocolError: ``message`` is an Envelopes batch.
         """
         if isinstance(message, Hello):
             return self._on_hello(message)
@@ -317,17 +345,17 @@ class SyncSession:
         if not self._hello_received and not isinstance(message, Refused):
             raise RemoteProtocolError("message before hello")
         if isinstance(message, Refused):
-            self.events.append(SyncEvent("refused", message.board, 0,
+            self.events.append(SyncEvent(SyncEventKind.REFUSED, message.board, 0,
                                          f"{message.code}: {message.text}"))
             if message.code in STALLING:
                 for link in self._links:
-                    if link.board_id == message.board or link.digest_key == message.board:
+                    if link.board_id == message.board:
                         link.stalled = True
             return []
         if isinstance(message, Vector):
             return self._on_vector(message)
         if isinstance(message, Envelopes):
-            return self._on_envelopes(message)
+            raise LocalProtocolError("an Envelopes batch goes to begin_batch(), not handle()")
         if isinstance(message, Ack):
             return self._on_ack(message)
         if isinstance(message, Evidence):
@@ -355,7 +383,7 @@ class SyncSession:
             ident = acc.board_id if self._by_id else board_tag(key, self._initiator, self._h)
             entries.append(HelloBoard(ident, digest))
         self._hello_sent = True
-        return Hello(PROTOCOL_VERSION, self._replica.role, self._by_id, tuple(entries))
+        return Hello(PROTOCOL_VERSION, str(self._replica.role), self._by_id, tuple(entries))
 
     def _on_hello(self, hello: Hello) -> list[Message]:
         if self._hello_received:
@@ -393,10 +421,10 @@ class SyncSession:
             if hmac.compare_digest(entry.digest, link.sent_digest):
                 link.live = True
                 link.peer_has = {a: h.seq for a, h in link.sent_heads.items()}
-                self.events.append(SyncEvent("in-sync", link.board_id))
+                self.events.append(SyncEvent(SyncEventKind.IN_SYNC, link.board_id))
                 out.extend(self._pump(link))
             else:
-                self.events.append(SyncEvent("linked", link.board_id))
+                self.events.append(SyncEvent(SyncEventKind.LINKED, link.board_id))
                 out.append(Vector(link.local_index, _vector_entries(link.sent_heads)))
         return out
 
@@ -428,7 +456,18 @@ class SyncSession:
                 link.peer_has[author] = 0
         return self._pump(link)
 
-    def _on_envelopes(self, message: Envelopes) -> list[Message]:
+    def begin_batch(self, message: Envelopes) -> PendingBatch:
+        """Check a batch from the peer and record what it holds now (so nothing of it is
+        echoed back); the caller then has the replica receive ``envelopes`` (all at
+        once, or in contiguous slices: they are per author in seq order) and passes
+        the combined result to :meth:`end_batch`.
+
+        Raises:
+            RemoteProtocolError: the batch is out of order, for a board not shared, or
+                holds an envelope of another board or one too short to have a header.
+        """
+        if not self._hello_received:
+            raise RemoteProtocolError("message before hello")
         link = self._remote_link(message.board)
         if not link.live:
             raise RemoteProtocolError("envelopes before the vector")
@@ -438,18 +477,29 @@ class SyncSession:
                 raise WrongBoardError("envelope for another board in this board's batch")
             if seq > link.peer_has.get(author, 0):
                 link.peer_has[author] = seq
-        result = self._replica.receive(link.board_id, message.envelopes)
+        return PendingBatch(link.board_id, message.batch, message.envelopes)
+
+    def end_batch(self, pending: PendingBatch, result: Received) -> list[Message]:
+        """The replica received ``pending`` with ``result``: the Ack (or the Refused that
+        replaces it) and any fork evidence the peer now needs.
+
+        Raises:
+            RemoteProtocolError: the batch held an envelope that proves the *peer* at
+                fault (a forgery, say), not merely its author.
+        """
+        link = next(lk for lk in self._links if lk.board_id == pending.board_id
+                    and lk.remote_index is not None)
         for error in result.rejected:
             if isinstance(error, PEER_FAULTS):
                 raise RemoteProtocolError(f"peer sent an invalid envelope: {error}",
                                           close_reason=error.code)
-        self.events.append(SyncEvent("received", link.board_id, result.stored,
+        self.events.append(SyncEvent(SyncEventKind.RECEIVED, link.board_id, result.stored,
                                      f"{result.duplicates} duplicates"))
         if result.notice is not None and result.notice[0] in STALLING:
             # Not stored: no Ack (an Ack promises the batch is kept), and the sender
             # stops sending this board on this connection.
             return [Refused(link.board_id, *result.notice)]
-        out: list[Message] = [Ack(link.local_index, message.batch)]
+        out: list[Message] = [Ack(link.local_index, pending.batch)]
         if result.notice is not None:
             out.append(Refused(link.board_id, *result.notice))
         out.extend(self._evidence(link))  # it sent what we know to be forked
@@ -465,11 +515,11 @@ class SyncSession:
             news = self._replica.record_fork(link.board_id, first, second)
         except EnvelopeError as exc:
             raise RemoteProtocolError(f"peer sent bogus fork evidence: {exc}",
-                                      close_reason="bad-evidence") from exc
+                                      close_reason=CloseReason.BAD_EVIDENCE) from exc
         _, author, seq = peek_envelope(first)
         link.evidence[author] = min(seq, link.evidence.get(author, seq))
         if news:
-            self.events.append(SyncEvent("fork", link.board_id, seq, author.hex()))
+            self.events.append(SyncEvent(SyncEventKind.FORK, link.board_id, seq, author.hex()))
         return []
 
     def _evidence(self, link: _Link) -> list[Message]:

@@ -28,6 +28,7 @@ from typing import Final, final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from p2paid.core.codes import CloseReason
 from p2paid.core.messages import (
     HEAD_BYTES,
     MAX_HELLO_BYTES,
@@ -74,6 +75,7 @@ __all__ = [  # the messages are re-exported: most callers need both
     "HelloBoard",
     "Message",
     "MessageReceived",
+    "NeedData",
     "Ping",
     "Pong",
     "Refused",
@@ -115,13 +117,15 @@ class ConnectionClosed:
     """The peer closed its side (EOF) at a clean message boundary."""
 
 
-class _NeedData:
+class NeedData:
+    """The type of :data:`NEED_DATA` (there is one instance)."""
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
 #: Returned by :meth:`SecureChannel.next_event` when more bytes are needed.
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = NeedData()
 Event = HandshakeComplete | MessageReceived | ConnectionClosed
 
 
@@ -192,6 +196,10 @@ class SecureChannel:
         self.bytes_out += len(frame)
         self._out.append(frame)
 
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         """Bytes to write to the socket now (possibly empty)."""
         data = b"".join(self._out)
@@ -237,7 +245,7 @@ class SecureChannel:
             self._fail(exc)
             raise
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         """The next event, or :data:`NEED_DATA`.
 
         At most :data:`MAX_QUEUED_EVENTS` messages are decoded ahead; the rest of what
@@ -310,7 +318,7 @@ class SecureChannel:
             hs.read_message(frame)
             if self.initiator and self._expected is not None and hs.rs != self._expected:
                 raise HandshakeError("the peer's node key is not the one expected",
-                                     close_reason="wrong-key")
+                                     close_reason=CloseReason.WRONG_KEY)
             if not hs.complete:
                 self._send_frame(hs.write_message(b""))
         except HandshakeError:

@@ -8,7 +8,8 @@
 
 Everything runs in the node's own nursery; leaving the ``async with`` block
 cancels it and closes the store. Store and Automerge work runs on the trio
-thread: each call is short (batches are bounded), which keeps the design
+thread, in short steps (batches are received in slices, deferred changes applied
+in bounded steps: :mod:`p2paid.net.connection`), which keeps the design
 single-threaded and deterministic.
 """
 
@@ -28,6 +29,7 @@ import trio
 
 from p2paid.board.relayplan import plan_relays
 from p2paid.board.store import Store, open_store
+from p2paid.core.codes import CloseReason, DialSource, SyncEventKind
 from p2paid.core.identity import NodeKey, fingerprint
 from p2paid.core.invite import Invite
 from p2paid.core.relayaddr import RelayAddress
@@ -36,8 +38,9 @@ from p2paid.core.text import plural
 from p2paid.core.wire import Hello, Message
 from p2paid.errors import InviteError, P2paidError, UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
-from p2paid.net.connection import RESYNC_REASON, Connection
+from p2paid.net.connection import Connection
 from p2paid.net.inbound import serve_inbound
+from p2paid.net.interfaces import ConnectionOptions
 from p2paid.net.peers import Dialer, DialTarget
 from p2paid.net.tcp import format_address, open_listener
 from p2paid.node.asyncboard import AsyncBoard
@@ -99,7 +102,9 @@ class Node:
         self._last_id = store.last_arrival()
         self.listen_address: tuple[str, int] | None = None
         self.last_sync: dict[bytes, float] = {}
-        self.dialer = Dialer(self, nursery)
+        #: how its connections run: big batches are applied once a link falls quiet
+        self.connection_options = ConnectionOptions(deferred=self)
+        self.dialer = Dialer(self, self.connection_options)
         self._board_ids = {b.id for b in store.boards()}
 
     def __repr__(self) -> str:
@@ -149,7 +154,7 @@ class Node:
         """Peers learn our boards in the Hello: reconnect so they learn the new one."""
         self._board_ids = {b.id for b in self.store.boards()}
         for conn in list(self._conns.values()):
-            conn.close(RESYNC_REASON)
+            conn.close(CloseReason.BOARDS_CHANGED)
         with contextlib.suppress(P2paidError):
             self.refresh_relays()
 
@@ -157,7 +162,7 @@ class Node:
 
     def connect(self, host: str, port: int) -> None:
         """Keep a connection to ``host:port`` (reconnecting with backoff)."""
-        self.dialer.add(DialTarget(host, port, source="configured"))
+        self.dialer.add(DialTarget(host, port, source=DialSource.CONFIGURED))
 
     def relay_plan(self) -> dict[str, frozenset[bytes]]:
         """Which boards to sync through which relay: configured relays (for all or some
@@ -171,20 +176,20 @@ class Node:
         """Dial the relays of :meth:`relay_plan`; redial one whose boards changed."""
         wanted = _relay_targets(self.relay_plan())
         for key, target in list(self.dialer.targets.items()):
-            if target.source == "relay" and (
+            if target.source is DialSource.RELAY and (
                     key not in wanted or wanted[key][1] != target.boards
                     or wanted[key][0].key != target.node_id
                     or wanted[key][0].token != target.token):
                 self.dialer.remove(*key)
                 conn = self._conns.get(target.node_id or b"")
                 if conn is not None:
-                    conn.close(RESYNC_REASON)
+                    conn.close(CloseReason.BOARDS_CHANGED)
         for key, (address, board_ids) in wanted.items():
             if self.dialer.get(*key) is None:
                 log.info("syncing %s through relay %s%s", plural(len(board_ids), "board"),
                          address.without_token_text(),
                          " (with an access token)" if address.token else "")
-                self.dialer.add(DialTarget(address.host, address.port, source="relay",
+                self.dialer.add(DialTarget(address.host, address.port, source=DialSource.RELAY,
                                            node_id=address.key, pinned=True, to_relay=True,
                                            boards=board_ids, token=address.token))
 
@@ -252,19 +257,19 @@ class Node:
     def register(self, conn: Connection) -> bool:
         remote = conn.remote_id
         if remote == self.node_id:
-            conn.close_reason = "connected to itself"
+            conn.close_reason = CloseReason.SELF
             return False
         conn.known_since = self.peerbook.first_seen(remote)
         existing = self._conns.get(remote)
         if existing is not None and not self._keep_new(existing, conn):
-            conn.close_reason = "duplicate"
+            conn.close_reason = CloseReason.DUPLICATE
             return False
         refusal = self.admission.admit(conn, replacing=existing is not None)
         if refusal is not None:
             conn.close_reason = refusal
             return False
         if existing is not None:
-            existing.close("duplicate")
+            existing.close(CloseReason.DUPLICATE)
         self._conns[remote] = conn
         log.info("peer %s connected (%s, %s)", fingerprint(remote), conn.address,
                  "outbound" if conn.initiator else "inbound")
@@ -288,16 +293,22 @@ class Node:
                      conn.close_reason or "closed")
             self._pulse()
 
-    def replica_has_deferred(self) -> bool:
+    # ------------------------------------------------------------------ DeferredWork
+
+    def has_deferred(self) -> bool:
+        """Bulk syncs stored changes that are not applied yet."""
         return bool(self.replica.deferred)
 
-    def flush_deferred(self) -> None:
-        """Apply what bulk syncs stored, then tell peers and subscribers."""
+    def flush_deferred(self) -> bool:
+        """Apply (a bounded part of) what bulk syncs stored, then tell peers and
+        subscribers; True while more remains. (Unbounded until the replica's flush
+        takes a bound.)"""
         for board_id in self.replica.flush():
             board = self._boards.get(board_id)
             if board is not None:
                 board.publish_events()
         self._pulse()
+        return self.has_deferred()
 
     def after_receive(self, conn: Connection) -> None:
         # The set is shared by all connections: tell every peer (the sender's session
@@ -308,21 +319,21 @@ class Node:
         self._pulse()
 
     def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
-        if event.kind in ("linked", "in-sync") and not conn.known:
+        if event.kind in (SyncEventKind.LINKED, SyncEventKind.IN_SYNC) and not conn.known:
             # It named a board we hold (only members can): a known peer from now on.
             self.peerbook.add(conn.remote_id)
             conn.known_since = self.peerbook.first_seen(conn.remote_id)
         name = self._board_name(event.board_id)
         peer = fingerprint(conn.remote_id)
-        if event.kind == "received" and event.count:
+        if event.kind is SyncEventKind.RECEIVED and event.count:
             self.last_sync[event.board_id] = time.time()
             log.info("board %r: %d new envelope(s) from %s", name, event.count, peer)
-        elif event.kind == "in-sync":
+        elif event.kind is SyncEventKind.IN_SYNC:
             self.last_sync[event.board_id] = time.time()
             log.info("board %r: in sync with %s", name, peer)
-        elif event.kind == "linked":
+        elif event.kind is SyncEventKind.LINKED:
             log.info("board %r: syncing with %s", name, peer)
-        elif event.kind == "refused":
+        elif event.kind is SyncEventKind.REFUSED:
             log.warning("board %r: %s refused: %s", name, peer, event.detail)
 
     def _board_name(self, board_id: bytes) -> str:
@@ -353,7 +364,7 @@ class Node:
         log.info("listening on %s (node key %s)", format_address(*self.listen_address),
                  fingerprint(self.node_id))
         task_status.started(self.listen_address)
-        await serve_inbound(self, listener, self.admission)
+        await serve_inbound(self, listener, self.admission, self.connection_options)
 
     async def watch_store(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:
@@ -362,8 +373,8 @@ class Node:
         quiet_since = trio.current_time()
         while True:
             await trio.sleep(STORE_POLL_INTERVAL)
-            if self.replica.deferred:
-                self.flush_deferred()
+            while self.has_deferred() and self.flush_deferred():
+                await trio.lowlevel.checkpoint()
             if self.poll_store() or self._busy:
                 quiet_since = trio.current_time()
                 self._busy = False
@@ -448,6 +459,7 @@ async def open_node(
                         max_per_address=max_per_address)
             for board in st.boards():
                 board.load()
+            await nursery.start(node.dialer.serve)
             if listen is not None:
                 await _start_listener(node, nursery, listen)
             await nursery.start(node.watch_store)
@@ -458,8 +470,9 @@ async def open_node(
             if mdns:
                 from p2paid.net.mdns import run_mdns
 
+                listen_host = node.listen_address[0] if node.listen_address else None
                 announce = node.listen_address[1] if node.listen_address and advertise else None
-                await nursery.start(run_mdns, node, announce)
+                await nursery.start(run_mdns, node.dialer, listen_host, announce)
             try:
                 yield node
             finally:

@@ -13,6 +13,7 @@ from typing import final
 
 from p2paid.board.board import Board
 from p2paid.board.store import Store
+from p2paid.core.codes import RefusedCode, Role
 from p2paid.core.feed import FeedHead
 from p2paid.core.replication import BoardAccess, Received
 
@@ -30,8 +31,8 @@ class StoreReplica:
     """
 
     @property
-    def role(self) -> str:
-        return "node"
+    def role(self) -> Role:
+        return Role.NODE
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -45,7 +46,7 @@ class StoreReplica:
                                         "read_s": 0.0}
 
     def accepts(self, board_id: bytes) -> tuple[str, str] | None:
-        return ("not-a-relay", "this is a node; it does not carry boards by id")
+        return (RefusedCode.NOT_A_RELAY, "this is a node; it does not carry boards by id")
 
     def board(self, board_id: bytes) -> Board:
         board = self._boards.get(board_id)

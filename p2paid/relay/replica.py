@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
+from p2paid.core.codes import RefusedCode, Role
 from p2paid.core.envelope import Envelope
 from p2paid.core.feed import FeedHead, ForkProof
 from p2paid.core.replication import BoardAccess, Received
@@ -102,8 +103,8 @@ class RelayReplica:
         return cls(db, limits, tokens, RelayLedger(db, tokens, sizes), sizes)
 
     @property
-    def role(self) -> str:
-        return "relay"
+    def role(self) -> Role:
+        return Role.RELAY
 
     @property
     def total_bytes(self) -> int:
@@ -118,7 +119,8 @@ class RelayReplica:
     def accepts(self, board_id: bytes) -> tuple[str, str] | None:
         allowed = self._limits.allowed_boards
         if allowed is not None and board_id not in allowed:
-            return ("not-allowed", "this relay carries only the boards its operator allows")
+            return (RefusedCode.NOT_ALLOWED,
+                    "this relay carries only the boards its operator allows")
         return None
 
     def _board_heads(self, board_id: bytes) -> dict[bytes, FeedHead]:
@@ -196,14 +198,14 @@ class RelayReplica:
             self._log_once(board_id, "board %s is full (%.2f MiB stored); refusing new "
                            "envelopes", board_id.hex()[:12], size / MIB)
             return Received(rejected=rejected, notice=(
-                "board-full", "this relay has no room for more of this board"))
+                RefusedCode.BOARD_FULL, "this relay has no room for more of this board"))
         if client is not None:
             over = self.ledger.check(board_id, incoming, client, self._quotas)
             if over is not None:
                 self.stats.refused_quota += len(decoded)
                 self._log_once(board_id, "board %s refused: %s", board_id.hex()[:12], over)
                 return Received(rejected=rejected, notice=(
-                    "quota", f"{over}; ask the relay's operator for an access token"))
+                    RefusedCode.QUOTA, f"{over}; ask the relay's operator for an access token"))
         heads = self._board_heads(board_id)
         with self._store.write():
             result = ingest(self._store, board_id, decoded, heads, None,
@@ -245,8 +247,8 @@ class ClientReplica:
         self.client = client
 
     @property
-    def role(self) -> str:
-        return "relay"
+    def role(self) -> Role:
+        return Role.RELAY
 
     def boards(self) -> Sequence[BoardAccess]:
         return self._replica.boards()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
+from p2paid.core.codes import CloseReason, RefusedCode, SyncEventKind
 from p2paid.core.identity import NodeKey, fingerprint
 from p2paid.core.relayaddr import RelayAddress
 from p2paid.core.replication import SyncEvent
@@ -30,6 +31,7 @@ from p2paid.errors import UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
 from p2paid.net.connection import Connection
 from p2paid.net.inbound import serve_inbound
+from p2paid.net.interfaces import ConnectionOptions
 from p2paid.net.tcp import format_address, open_listener
 from p2paid.relay.replica import ClientReplica, RelayLimits, RelayReplica
 from p2paid.relay.state import ClientInfo
@@ -53,8 +55,8 @@ STATUS_INTERVAL: Final = 2.0
 MAX_HANDSHAKES: Final = 256
 MAX_HANDSHAKES_PER_ADDRESS: Final = 8
 #: Close reasons of a relay that requires access tokens.
-TOKEN_REQUIRED: Final = "token-required"
-TOKEN_INVALID: Final = "token-invalid"
+TOKEN_REQUIRED: Final = CloseReason.TOKEN_REQUIRED
+TOKEN_INVALID: Final = CloseReason.TOKEN_INVALID
 
 
 def open_relay_db(data_dir: str | os.PathLike[str]) -> Database:
@@ -103,10 +105,10 @@ class Relay:
         self.public: tuple[str, int] | None = None
         self.started = time.time()
         self.metrics: RelayMetrics | None = None
-
-    @property
-    def rate_limit(self) -> int | None:
-        return self.limits.rate_bytes_per_s
+        #: a batch is received in one call (so a quota refuses it whole; a relay only
+        #: verifies and stores, about 30 ms for a full batch), at its clients' rate
+        self.connection_options = ConnectionOptions(rate_limit=limits.rate_bytes_per_s,
+                                                    receive_slice=None)
 
     def address(self) -> RelayAddress:
         host, port = self.public or self.listen_address or ("127.0.0.1", DEFAULT_RELAY_PORT)
@@ -132,8 +134,9 @@ class Relay:
                 log.info("client %s (%s) presented an unknown or revoked token",
                          fingerprint(conn.remote_id), conn.address)
                 return None
-            return [Refused(b"", TOKEN_INVALID, "this relay does not know that access token "
-                            "(revoked?); serving without it, within the new-board quotas")]
+            return [Refused(b"", RefusedCode.TOKEN_INVALID, "this relay does not know that "
+                            "access token (revoked?); serving without it, within the "
+                            "new-board quotas")]
         if self.limits.require_token:
             conn.close_reason = TOKEN_REQUIRED
             log.info("client %s (%s) has no access token", fingerprint(conn.remote_id),
@@ -173,7 +176,7 @@ class Relay:
                 other.notify(board_id)
 
     def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
-        if event.kind == "received" and event.count:
+        if event.kind is SyncEventKind.RECEIVED and event.count:
             # its upload is stored here now: a known client
             conn.known_since = self.replica.ledger.client_since(conn.remote_id)
             if self.metrics is not None:
@@ -183,8 +186,11 @@ class Relay:
 
     # ------------------------------------------------------------------ service
 
-    async def accept_loop(self, listener: trio.SocketListener) -> None:
-        await serve_inbound(self, listener, self.admission)
+    async def accept_loop(self, listener: trio.SocketListener,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+        task_status.started()
+        await serve_inbound(self, listener, self.admission, self.connection_options)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -194,7 +200,9 @@ class Relay:
             "stats": asdict(self.replica.stats), "limits": _limits_json(self.limits),
         }
 
-    async def write_status(self) -> None:
+    async def write_status(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+        task_status.started()
         try:
             while True:
                 self._db.set_meta(RUNTIME_KEY, json.dumps(self.status()).encode())
@@ -252,8 +260,8 @@ async def serve_relay(
 
                 relay.metrics = RelayMetrics(*opts.metrics)
             try:
-                nursery.start_soon(relay.accept_loop, listener)
-                nursery.start_soon(relay.write_status)
+                await nursery.start(relay.accept_loop, listener)
+                await nursery.start(relay.write_status)
                 log.info("relay %s listening on %s", fingerprint(relay.node_key.public),
                          format_address(*relay.listen_address))
                 task_status.started(relay)

@@ -30,6 +30,12 @@ from p2paid.core.relayaddr import RelayAddress
 HERE = Path(__file__).parent
 
 
+
+def _last_change(doc: Document) -> bytes:
+    change = doc.get_last_local_change()
+    assert change is not None, "a transaction made no change"
+    return change.bytes
+
 def fixed(label: str) -> bytes:
     return hashlib.sha256(label.encode()).digest()
 
@@ -81,7 +87,7 @@ def feed() -> None:
         tx.put(sec, "v", ScalarType.Int, 1)
         profile = tx.put_object(sec, "profile", ObjType.Map)
         tx.put(profile, "name", ScalarType.Str, "Amina")
-    changes.append(doc.get_last_local_change().bytes)
+    changes.append(_last_change(doc))
     with doc.transaction() as tx:
         needs = tx.put_object(sec, "needs", ObjType.Map)
         need = tx.put_object(needs, "00112233445566778899aabbccddeeff", ObjType.Map)
@@ -93,7 +99,7 @@ def feed() -> None:
         for key, num in (("quantity", 40), ("created", 1_800_000_000_000),
                          ("updated", 1_800_000_000_000), ("expires", 1_801_209_600_000)):
             tx.put(need, key, ScalarType.Int, num)
-    changes.append(doc.get_last_local_change().bytes)
+    changes.append(_last_change(doc))
     prev = ZERO_HASH
     entries = []
     envelopes = []

@@ -263,10 +263,10 @@ def test_session_drops_the_peer_only_for_its_own_faults(case: dict[str, Any],
         offer = Envelopes(0, 0, tuple(RAW[n] for n in case["steps"][-1]["offer"]))
         if "close" in case["session"]:
             with pytest.raises(RemoteProtocolError) as info:
-                session.handle(offer)
+                session.handle_whole(offer)
             assert info.value.close_reason == case["session"]["close"]
         else:
-            reply = session.handle(offer)
+            reply = session.handle_whole(offer)
             assert [type(m).__name__ for m in reply] == case["session"]["reply"]
     finally:
         store.close()
@@ -344,10 +344,10 @@ def test_session_follows_the_vector(v: dict[str, Any], tmp_path: Path) -> None:
             assert decode_message(h(step["receive"]["hex"])) == received
             if "close" in step and step["close"] != "no shared boards":
                 with pytest.raises(RemoteProtocolError) as info:
-                    session.handle(received)
+                    session.handle_whole(received)
                 assert info.value.close_reason == step["close"]
                 return
-            sent = session.handle(received)
+            sent = session.handle_whole(received)
             if "close" in step:  # the connection's rule (SPEC 11.3)
                 assert session.greeted and not session.shared_boards
                 return
@@ -377,7 +377,7 @@ class _Side:
                 out = self.session.start()
             else:
                 assert isinstance(event, MessageReceived) and self.session is not None
-                out = self.session.handle(event.message)
+                out = self.session.handle_whole(event.message)
             for message in out:
                 self.channel.send(message)
 

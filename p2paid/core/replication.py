@@ -323,11 +323,25 @@ class SyncSession:
         ]
         return [self._hello(accesses)]
 
+    def handle_whole(self, message: Message) -> list[Message]:
+        """:meth:`handle` any message, an Envelopes batch included (received by the
+        replica in one call): for a driver that need not keep each step short, such
+        as a test, a vector generator or a command-line tool.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; drop it.
+        """
+        if isinstance(message, Envelopes):
+            pending = self.begin_batch(message)
+            return self.end_batch(
+                pending, self._replica.receive(pending.board_id, pending.envelopes))
+        return self.handle(message)
+
     def handle(self, message: Message) -> list[Message]:
         """Process one message from the peer; return the messages to send.
 
-        Envelopes are not taken here (:meth:`begin_batch`): the replica's work on a
-        batch is the caller's to schedule.
+        Envelopes are not taken here (:meth:`begin_batch`, or :meth:`handle_whole`):
+        the replica's work on a batch is the caller's to schedule.
 
         Raises:
             RemoteProtocolError: the peer broke the protocol; drop it.

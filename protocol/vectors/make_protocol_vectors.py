@@ -858,7 +858,7 @@ def _session_outcome(store: Any, offer: Sequence[str]) -> dict[str, Any]:
     assert isinstance(vector, Vector)
     session.handle(Vector(0, ()))
     try:
-        reply = session.handle(Envelopes(0, 0, tuple(RAW[n] for n in offer)))
+        reply = session.handle_whole(Envelopes(0, 0, tuple(RAW[n] for n in offer)))
     except RemoteProtocolError as exc:
         return {"close": exc.close_reason}
     return {"reply": [type(m).__name__ for m in reply]}
@@ -1084,7 +1084,7 @@ def _check_session(name: str, local: dict[str, Any], start: list[Any],
         assert _same(session.start(), start), name
         for message, reply in steps:
             try:
-                sent = session.handle(message)
+                sent = session.handle_whole(message)
             except RemoteProtocolError as exc:
                 assert exc.close_reason == reply, (name, message, exc)
                 return

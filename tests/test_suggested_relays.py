@@ -24,7 +24,7 @@ from relay_helpers import start_relay
 from p2paid.board.store import open_store
 from p2paid.core.identity import short_fingerprint
 from p2paid.core.relayaddr import RelayAddress
-from p2paid.node.node import RELAY_REFRESH_INTERVAL
+from p2paid.node.relays import RELAY_REFRESH_INTERVAL
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 

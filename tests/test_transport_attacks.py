@@ -28,6 +28,7 @@ import p2paid.core.connection
 import p2paid.net.connection
 import p2paid.net.peers
 import p2paid.node.node
+import p2paid.node.relays
 from p2paid.board.store import open_store
 from p2paid.core.codes import CloseReason, DialSource
 from p2paid.core.envelope import Envelope
@@ -76,7 +77,7 @@ async def test_relay_hints_with_bad_hosts_and_failing_dials_do_not_stop_the_node
     hosts, and one whose connection task raises an unexpected error, are handed to
     the node's dialer directly. The node keeps running, keeps syncing with an honest
     peer, and logs each failure once, not on every retry."""
-    monkeypatch.setattr(p2paid.node.node, "RELAY_REFRESH_INTERVAL", 0.1)
+    monkeypatch.setattr(p2paid.node.relays, "RELAY_REFRESH_INTERVAL", 0.1)
     monkeypatch.setattr(p2paid.net.peers, "BACKOFF_START", 0.05)
     monkeypatch.setattr(p2paid.net.peers, "BACKOFF_MAX", 0.1)
     invite = make_member(tmp_path / "victim", None, "victim")

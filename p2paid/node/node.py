@@ -16,27 +16,23 @@ single-threaded and deterministic.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Final, final
 
 import trio
 
-from p2paid.board.relayplan import plan_relays
 from p2paid.board.store import Store, open_store
 from p2paid.core.codes import CloseReason, DialSource, SyncEventKind
 from p2paid.core.identity import NodeKey, fingerprint
 from p2paid.core.invite import Invite
-from p2paid.core.relayaddr import RelayAddress
 from p2paid.core.replication import SyncEvent
-from p2paid.core.text import plural
 from p2paid.core.wire import Hello, Message
-from p2paid.errors import InviteError, P2paidError, UsageError
+from p2paid.errors import P2paidError, UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
 from p2paid.net.connection import Connection
 from p2paid.net.inbound import serve_inbound
@@ -44,7 +40,10 @@ from p2paid.net.interfaces import ConnectionOptions
 from p2paid.net.peers import Dialer, DialTarget
 from p2paid.net.tcp import format_address, open_listener
 from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.peertable import PeerInfo, PeerTable
+from p2paid.node.relays import RelayDialing
 from p2paid.node.replica import StoreReplica
+from p2paid.storage.runtime import STATUS_INTERVAL, encode_runtime, fresh_runtime
 
 __all__ = ["Node", "PeerInfo", "open_node"]
 
@@ -60,25 +59,11 @@ MAX_HANDSHAKES: Final = 32
 MAX_HANDSHAKES_PER_ADDRESS: Final = 4
 #: How often the node looks for envelopes other processes (the CLI) stored.
 STORE_POLL_INTERVAL: Final = 0.25
-STATUS_INTERVAL: Final = 2.0
-RELAY_REFRESH_INTERVAL: Final = 5.0
 #: Seconds without new envelopes after which the node saves board snapshots.
 SNAPSHOT_WHEN_QUIET: Final = 5.0
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """A connected peer, as :meth:`Node.peers` and ``p2paid peers`` show it."""
-
-    node_id: str
-    fingerprint: str
-    address: str
-    direction: str  #: "out" (we dialled) or "in"
-    connected_since: float
-    shared_boards: int
-    bytes_in: int
-    bytes_out: int
+#: Deferred changes applied to Automerge in one step, between which other tasks run
+#: (about 10-20 ms of work on a Raspberry Pi 4's core; ``p2paid bench --only stall``).
+FLUSH_STEP: Final = 256
 
 
 @final
@@ -95,20 +80,22 @@ class Node:
         self.admission = Admission(AdmissionLimits(
             max_connections, max_per_address, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS))
         self.peerbook = store.peer_book()
-        self._conns: dict[bytes, Connection] = {}
+        self._peers = PeerTable(self.node_id)
         self._busy = False
         self._boards: dict[bytes, AsyncBoard] = {}
-        self._changed = trio.Event()
         self._last_id = store.last_arrival()
         self.listen_address: tuple[str, int] | None = None
         self.last_sync: dict[bytes, float] = {}
         #: how its connections run: big batches are applied once a link falls quiet
         self.connection_options = ConnectionOptions(deferred=self)
         self.dialer = Dialer(self, self.connection_options)
+        self.relays = RelayDialing(
+            store, self.dialer, lambda node_id: self._peers.close(
+                node_id, CloseReason.BOARDS_CHANGED))
         self._board_ids = {b.id for b in store.boards()}
 
     def __repr__(self) -> str:
-        return f"<Node {fingerprint(self.node_id)} {len(self._conns)} peers>"
+        return f"<Node {fingerprint(self.node_id)} {len(self._peers)} peers>"
 
     # ------------------------------------------------------------------ boards
 
@@ -153,7 +140,7 @@ class Node:
     def _boards_changed(self) -> None:
         """Peers learn our boards in the Hello: reconnect so they learn the new one."""
         self._board_ids = {b.id for b in self.store.boards()}
-        for conn in list(self._conns.values()):
+        for conn in self._peers:
             conn.close(CloseReason.BOARDS_CHANGED)
         with contextlib.suppress(P2paidError):
             self.refresh_relays()
@@ -165,86 +152,37 @@ class Node:
         self.dialer.add(DialTarget(host, port, source=DialSource.CONFIGURED))
 
     def relay_plan(self) -> dict[str, frozenset[bytes]]:
-        """Which boards to sync through which relay: configured relays (for all or some
-        boards) and each board's own (from its invite, added or accepted here, or
-        published by this node's member). Relays that other members suggest are not
-        dialled until accepted (``relayplan`` explains why)."""
-        return plan_relays(self.store.relays(),
-                           {b.id: b.relays_in_use() for b in self.store.boards()})
+        """Which boards this node syncs through which relay (:meth:`RelayDialing.plan`)."""
+        return self.relays.plan()
 
     def refresh_relays(self) -> None:
-        """Dial the relays of :meth:`relay_plan`; redial one whose boards changed."""
-        wanted = _relay_targets(self.relay_plan())
-        for key, target in list(self.dialer.targets.items()):
-            if target.source is DialSource.RELAY and (
-                    key not in wanted or wanted[key][1] != target.boards
-                    or wanted[key][0].key != target.node_id
-                    or wanted[key][0].token != target.token):
-                self.dialer.remove(*key)
-                conn = self._conns.get(target.node_id or b"")
-                if conn is not None:
-                    conn.close(CloseReason.BOARDS_CHANGED)
-        for key, (address, board_ids) in wanted.items():
-            if self.dialer.get(*key) is None:
-                log.info("syncing %s through relay %s%s", plural(len(board_ids), "board"),
-                         address.without_token_text(),
-                         " (with an access token)" if address.token else "")
-                self.dialer.add(DialTarget(address.host, address.port, source=DialSource.RELAY,
-                                           node_id=address.key, pinned=True, to_relay=True,
-                                           boards=board_ids, token=address.token))
-
-    async def watch_relays(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                           ) -> None:
-        """Follow changes of the relays in use (checked every few seconds): relays
-        configured, added or accepted by another process, or published by our member."""
-        task_status.started()
-        while True:
-            try:
-                self.refresh_relays()
-            except P2paidError as exc:
-                log.warning("cannot plan relays: %s", exc)
-            await trio.sleep(RELAY_REFRESH_INTERVAL)
+        """Dial the relays of :meth:`relay_plan` now (the node does every few seconds)."""
+        self.relays.refresh()
 
     def peers(self) -> list[PeerInfo]:
-        return [
-            PeerInfo(c.remote_id.hex(), fingerprint(c.remote_id), c.address,
-                     "out" if c.initiator else "in", c.connected_at,
-                     len(c.session.shared_boards) if c.session else 0, c.bytes_in, c.bytes_out)
-            for c in self._conns.values()
-        ]
+        """The connected peers."""
+        return self._peers.info()
 
     def is_connected(self, node_id: bytes) -> bool:
-        return node_id in self._conns
+        return self._peers.get(node_id) is not None
 
     async def wait_disconnected(self, node_id: bytes) -> None:
-        while node_id in self._conns:
-            await self.wait_changed()
+        await self._peers.wait_disconnected(node_id)
 
     async def wait_for_peers(self, count: int = 1) -> None:
         """Wait until at least ``count`` peers are connected."""
-        while len(self._conns) < count:
-            await self.wait_changed()
+        await self._peers.wait_for_peers(count)
 
     async def wait_in_sync(self, board_id: bytes | None = None) -> None:
         """Wait until every connected peer holds everything we hold (of one board or all)."""
-        while True:
-            pending = [
-                c for c in self._conns.values()
-                if c.session is None or not c.session.greeted or any(
-                    not c.session.is_in_sync(b)
-                    for b in c.session.shared_boards if board_id in (None, b))
-            ]
-            if not pending:
-                return
-            await self.wait_changed()
+        await self._peers.wait_in_sync(board_id)
 
     async def wait_changed(self) -> None:
         """Wait until something happens: a peer comes or goes, or envelopes arrive."""
-        await self._changed.wait()
+        await self._peers.wait_changed()
 
     def _pulse(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        self._peers.pulse()
 
     # ------------------------------------------------------------------ ConnectionHost
 
@@ -260,38 +198,21 @@ class Node:
             conn.close_reason = CloseReason.SELF
             return False
         conn.known_since = self.peerbook.first_seen(remote)
-        existing = self._conns.get(remote)
-        if existing is not None and not self._keep_new(existing, conn):
+        replacing = self._peers.get(remote) is not None
+        if not self._peers.keeps_new(conn):
             conn.close_reason = CloseReason.DUPLICATE
             return False
-        refusal = self.admission.admit(conn, replacing=existing is not None)
+        refusal = self.admission.admit(conn, replacing=replacing)
         if refusal is not None:
             conn.close_reason = refusal
             return False
-        if existing is not None:
-            existing.close(CloseReason.DUPLICATE)
-        self._conns[remote] = conn
-        log.info("peer %s connected (%s, %s)", fingerprint(remote), conn.address,
-                 "outbound" if conn.initiator else "inbound")
-        self._pulse()
+        self._peers.add(conn)
         return True
-
-    def _keep_new(self, existing: Connection, new: Connection) -> bool:
-        """Of two connections to one peer, both sides keep the one opened by the
-        smaller node id (so they agree); from one opener, the older one."""
-        def opener(c: Connection) -> bytes:
-            return self.node_id if c.initiator else c.remote_id
-
-        return opener(new) < opener(existing)
 
     def unregister(self, conn: Connection) -> None:
         self.admission.release(conn)
         self.after_receive(conn)  # envelopes stored from a batch cut short
-        if self._conns.get(conn.remote_id) is conn:
-            del self._conns[conn.remote_id]
-            log.info("peer %s left (%s)", fingerprint(conn.remote_id),
-                     conn.close_reason or "closed")
-            self._pulse()
+        self._peers.discard(conn)
 
     # ------------------------------------------------------------------ DeferredWork
 
@@ -300,10 +221,9 @@ class Node:
         return bool(self.replica.deferred)
 
     def flush_deferred(self) -> bool:
-        """Apply (a bounded part of) what bulk syncs stored, then tell peers and
-        subscribers; True while more remains. (Unbounded until the replica's flush
-        takes a bound.)"""
-        for board_id in self.replica.flush():
+        """Apply at most :data:`FLUSH_STEP` of the changes bulk syncs stored, then tell
+        peers and subscribers; True while more remains."""
+        for board_id in self.replica.flush(FLUSH_STEP):
             board = self._boards.get(board_id)
             if board is not None:
                 board.publish_events()
@@ -345,7 +265,7 @@ class Node:
     def board_changed(self, board_id: bytes, source: Connection | None = None) -> None:
         """The store gained envelopes of ``board_id``: push them and publish events."""
         self._busy = True
-        for conn in self._conns.values():
+        for conn in self._peers:
             if conn is not source:
                 conn.notify(board_id)
         board = self._boards.get(board_id)
@@ -406,7 +326,7 @@ class Node:
         task_status.started()
         try:
             while True:
-                self.store.write_runtime(json.dumps(self.status()).encode())
+                self.store.write_runtime(encode_runtime(self.status()))
                 await trio.sleep(STATUS_INTERVAL)
         finally:
             with contextlib.suppress(Exception):
@@ -414,7 +334,7 @@ class Node:
 
     def status(self) -> dict[str, object]:
         return {
-            "pid": os.getpid(), "updated": time.time(), "node": fingerprint(self.node_id),
+            "pid": os.getpid(), "node": fingerprint(self.node_id),
             "listen": None if self.listen_address is None else format_address(
                 *self.listen_address),
             "peers": [asdict(p) for p in self.peers()],
@@ -464,7 +384,7 @@ async def open_node(
                 await _start_listener(node, nursery, listen)
             await nursery.start(node.watch_store)
             await nursery.start(node.write_status)
-            await nursery.start(node.watch_relays)
+            await nursery.start(node.relays.watch)
             for host, port in peers:
                 node.connect(host, port)
             if mdns:
@@ -482,26 +402,6 @@ async def open_node(
             st.close()
 
 
-def _relay_targets(plan: dict[str, frozenset[bytes]]
-                   ) -> dict[tuple[str, int], tuple[RelayAddress, frozenset[bytes]]]:
-    """One dial target per relay host and port: the boards of every address naming it,
-    and its token if any of them carries one."""
-    wanted: dict[tuple[str, int], tuple[RelayAddress, frozenset[bytes]]] = {}
-    for text, board_ids in plan.items():
-        try:
-            address = RelayAddress.parse(text)
-        except InviteError as exc:  # kept out of the plan already; never fatal
-            log.warning("ignoring relay %r: %s", text[:80], exc)
-            continue
-        key = (address.host, address.port)
-        known = wanted.get(key)
-        if known is not None and known[0].key == address.key:
-            address = known[0].with_token(known[0].token or address.token)
-            board_ids = known[1] | board_ids
-        wanted[key] = (address, board_ids)
-    return wanted
-
-
 async def _start_listener(node: Node, nursery: trio.Nursery, listen: tuple[str, int]) -> None:
     host, port = listen
     try:
@@ -516,16 +416,4 @@ async def _start_listener(node: Node, nursery: trio.Nursery, listen: tuple[str, 
 def read_runtime(data_dir: str | os.PathLike[str]) -> dict[str, object] | None:
     """The status a running node last published in ``data_dir`` (None if none runs)."""
     with open_store(Path(data_dir), create=False) as store:
-        raw = store.read_runtime()
-    if not raw:
-        return None
-    try:
-        status = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(status, dict) or not status:
-        return None
-    updated = status.get("updated")
-    if not isinstance(updated, int | float) or time.time() - updated > 3 * STATUS_INTERVAL + 5:
-        return None
-    return status
+        return fresh_runtime(store.read_runtime())

@@ -12,7 +12,6 @@ section 14 for what it does see.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ from p2paid.net.interfaces import ConnectionOptions
 from p2paid.net.tcp import format_address, open_listener
 from p2paid.relay.replica import ClientReplica, RelayLimits, RelayReplica
 from p2paid.relay.state import ClientInfo
+from p2paid.storage.runtime import STATUS_INTERVAL, encode_runtime, fresh_runtime
 from p2paid.storage.sqlite import Database
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ DEFAULT_RELAY_PORT: Final = 7447
 RUNTIME_KEY: Final = "relay-runtime"
 ROLE_KEY: Final = "role"
 _NODE_KEY: Final = "node_key"
-STATUS_INTERVAL: Final = 2.0
 #: Handshakes in progress, in all and from one address (past the connection cap too,
 #: so that a known client can get in and evict a stranger, or a stranger be told
 #: Close("full")).
@@ -194,7 +193,7 @@ class Relay:
 
     def status(self) -> dict[str, Any]:
         return {
-            "pid": os.getpid(), "updated": time.time(), "started": self.started,
+            "pid": os.getpid(), "started": self.started,
             "address": str(self.address()), "connections": len(self._conns),
             "boards": self.replica.board_count(), "bytes": self.replica.total_bytes,
             "stats": asdict(self.replica.stats), "limits": _limits_json(self.limits),
@@ -205,7 +204,7 @@ class Relay:
         task_status.started()
         try:
             while True:
-                self._db.set_meta(RUNTIME_KEY, json.dumps(self.status()).encode())
+                self._db.set_meta(RUNTIME_KEY, encode_runtime(self.status()))
                 if self.metrics is not None:
                     self.metrics.refresh(self.replica.board_count(), self.replica.total_bytes,
                                          self.replica.stats)
@@ -291,10 +290,4 @@ def read_relay_runtime(data_dir: str | os.PathLike[str]) -> dict[str, Any] | Non
         raw = db.get_meta(RUNTIME_KEY)
     finally:
         db.close()
-    try:
-        status = json.loads(raw or b"{}")
-    except ValueError:
-        return None
-    if not status or time.time() - float(status.get("updated", 0)) > 3 * STATUS_INTERVAL + 5:
-        return None
-    return dict(status)
+    return fresh_runtime(raw)

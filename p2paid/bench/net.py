@@ -107,6 +107,11 @@ def _report_stall(report: Report, n: int, runs: list[dict[str, Any]]) -> None:
     report.add(Figure("  longest replica.flush call (Automerge, read model)",
                       max(flushes, default=0.0) * 1e3, "ms", "",
                       f"{len(flushes)} calls, {sum(flushes):.2f} s in all"))
+    steps = result.get("longest_steps_s") or []
+    if steps:
+        took = steps[0][1]
+        report.add(Figure("  longest run of one task between checkpoints", took * 1e3, "ms", "",
+                          ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in steps)))
 
 
 def _in_sync(report: Report, root: Path, n: int) -> None:

@@ -38,6 +38,29 @@ def _timed(calls: list[float], fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+class _LongestSteps(trio.abc.Instrument):
+    """The longest run of each task between two of its checkpoints."""
+
+    def __init__(self) -> None:
+        self.longest: dict[str, float] = {}
+        self._started: trio.lowlevel.Task | None = None
+        self._at = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started, self._at = task, time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is not self._started:
+            return  # (its step began before the instrument was added)
+        took = time.perf_counter() - self._at
+        name = task.name.rsplit(".", 1)[-1]
+        if took > self.longest.get(name, 0.0):
+            self.longest[name] = took
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        return sorted(self.longest.items(), key=lambda kv: -kv[1])[:n]
+
+
 async def _ticker(gaps: list[float]) -> None:
     """How much later than asked each 1 ms sleep ended."""
     last = time.perf_counter()
@@ -62,8 +85,10 @@ async def _receive(data_dir: str, port: str, total: str, author_hex: str, item_i
         replica.flush = _timed(flushes, node.replica.flush)
         sys.stdin.readline()
         t0 = time.perf_counter()
+        steps = _LongestSteps()
         if stall == "stall":
             nursery.start_soon(_ticker, gaps)
+            trio.lowlevel.add_instrument(steps)
         node.connect("127.0.0.1", int(port))
         first = None
         while board.board.applied_count < int(total):
@@ -71,6 +96,8 @@ async def _receive(data_dir: str, port: str, total: str, author_hex: str, item_i
             if first is None and node.replica.stats["received"]:
                 first = time.perf_counter() - t0
         applied = time.perf_counter() - t0
+        if stall == "stall":
+            trio.lowlevel.remove_instrument(steps)
         nursery.cancel_scope.cancel()
         doc = board.board.load()
         am = doc.automerge
@@ -82,7 +109,8 @@ async def _receive(data_dir: str, port: str, total: str, author_hex: str, item_i
         say({"applied_s": applied, "readable_s": readable, "first_s": first, "title": title,
              "stats": node.replica.stats, "bytes_in": sum(p.bytes_in for p in node.peers()),
              "stall_s": max(gaps, default=0.0), "stalls_s": sorted(gaps)[-5:],
-             "receive_calls_s": receives, "flush_calls_s": flushes})
+             "receive_calls_s": receives, "flush_calls_s": flushes,
+             "longest_steps_s": steps.top(3)})
 
 
 def main(argv: list[str]) -> None:

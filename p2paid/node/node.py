@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -30,6 +31,7 @@ from p2paid.board.store import Store, open_store
 from p2paid.core.codes import CloseReason, DialSource, SyncEventKind
 from p2paid.core.identity import NodeKey, fingerprint
 from p2paid.core.invite import Invite
+from p2paid.core.pacing import StepSizer
 from p2paid.core.replication import SyncEvent
 from p2paid.core.wire import Hello, Message
 from p2paid.errors import P2paidError, UsageError
@@ -61,9 +63,9 @@ MAX_HANDSHAKES_PER_ADDRESS: Final = 4
 STORE_POLL_INTERVAL: Final = 0.25
 #: Seconds without new envelopes after which the node saves board snapshots.
 SNAPSHOT_WHEN_QUIET: Final = 5.0
-#: Deferred changes applied to Automerge in one step, between which other tasks run
-#: (about 10-20 ms of work on a Raspberry Pi 4's core; ``p2paid bench --only stall``).
-FLUSH_STEP: Final = 256
+#: Seconds one step of deferred Automerge work should take (other tasks run between
+#: steps; ``p2paid bench --only stall`` measures the longest pause).
+FLUSH_STEP_S: Final = 0.015
 
 
 @final
@@ -93,6 +95,8 @@ class Node:
             store, self.dialer, lambda node_id: self._peers.close(
                 node_id, CloseReason.BOARDS_CHANGED))
         self._board_ids = {b.id for b in store.boards()}
+        self._last_flush = -math.inf  # (trio time of the last step)
+        self._flush_step = StepSizer(FLUSH_STEP_S, first=256, minimum=32, maximum=8192)
 
     def __repr__(self) -> str:
         return f"<Node {fingerprint(self.node_id)} {len(self._peers)} peers>"
@@ -221,9 +225,14 @@ class Node:
         return bool(self.replica.deferred)
 
     def flush_deferred(self) -> bool:
-        """Apply at most :data:`FLUSH_STEP` of the changes bulk syncs stored, then tell
-        peers and subscribers; True while more remains."""
-        for board_id in self.replica.flush(FLUSH_STEP):
+        """Apply a part of the changes bulk syncs stored (sized to take about
+        :data:`FLUSH_STEP_S`), then tell peers and subscribers; True while more remains."""
+        self._last_flush = trio.current_time()
+        before, started = self.replica.stats["applied"], time.perf_counter()
+        touched = self.replica.flush(self._flush_step.size)
+        self._flush_step.record(int(self.replica.stats["applied"] - before),
+                                time.perf_counter() - started)
+        for board_id in touched:
             board = self._boards.get(board_id)
             if board is not None:
                 board.publish_events()
@@ -293,8 +302,11 @@ class Node:
         quiet_since = trio.current_time()
         while True:
             await trio.sleep(STORE_POLL_INTERVAL)
-            while self.has_deferred() and self.flush_deferred():
-                await trio.lowlevel.checkpoint()
+            # Work a connection left (it ended before falling quiet); not while a
+            # connection is at it, so that one step runs at a time.
+            if trio.current_time() - self._last_flush > STORE_POLL_INTERVAL:
+                while self.has_deferred() and self.flush_deferred():
+                    await trio.lowlevel.checkpoint()
             if self.poll_store() or self._busy:
                 quiet_since = trio.current_time()
                 self._busy = False

@@ -43,7 +43,7 @@ class StoreReplica:
         self.deferred: set[bytes] = set()
         #: cumulative work, for ``p2paid bench`` and logs
         self.stats: dict[str, float] = {"received": 0, "receive_s": 0.0, "sent": 0,
-                                        "read_s": 0.0}
+                                        "read_s": 0.0, "applied": 0}
 
     def accepts(self, board_id: bytes) -> tuple[str, str] | None:
         return (RefusedCode.NOT_A_RELAY, "this is a node; it does not carry boards by id")
@@ -67,6 +67,7 @@ class StoreReplica:
         for board_id in list(self.deferred):
             log = self.board(board_id).log
             applied = log.flush(budget)
+            self.stats["applied"] += len(applied)
             if applied or not log.has_deferred:
                 touched.add(board_id)
             if not log.has_deferred:

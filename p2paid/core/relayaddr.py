@@ -13,12 +13,11 @@ only to it, inside the encrypted connection (the Hello's ``token`` field).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass, field, replace
 from typing import Final, final
 
+from p2paid.core import base32
+from p2paid.core.base32 import Base32Error
 from p2paid.core.hosts import HostError, normalize_host
 from p2paid.errors import InviteError
 
@@ -29,12 +28,11 @@ _KEY_BYTES: Final = 32
 #: Longest access token (the Hello's ``token`` field is at most this many bytes).
 MAX_TOKEN_BYTES: Final = 64
 _TOKEN_PARAM: Final = "token="
-_BASE32: Final = re.compile("[a-z2-7]+")
 
 
 def encode_token(token: bytes) -> str:
     """A token as it is written in addresses and printed: lowercase unpadded base32."""
-    return base64.b32encode(token).decode("ascii").rstrip("=").lower()
+    return base32.encode(token)
 
 
 def decode_token(text: str) -> bytes:
@@ -43,10 +41,11 @@ def decode_token(text: str) -> bytes:
     Raises:
         InviteError: not base32, or not 1 to 64 bytes.
     """
-    text = text.strip().lower()
-    if not _BASE32.fullmatch(text) or len(text) % 8 in (1, 3, 6):
-        raise InviteError("a relay token is base32 text (letters a-z and digits 2-7)")
-    token = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+    try:
+        token = base32.decode(text.strip())
+    except Base32Error as exc:
+        raise InviteError(f"a relay token is base32 text (letters a-z and digits 2-7); this "
+                          f"one has {exc}") from None
     if not 0 < len(token) <= MAX_TOKEN_BYTES:
         raise InviteError(f"a relay token is 1 to {MAX_TOKEN_BYTES} bytes")
     return token
@@ -87,7 +86,7 @@ class RelayAddress:
     def without_token_text(self) -> str:
         """The address without its token: safe to log or show."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        key = base64.b32encode(self.key).decode("ascii").rstrip("=").lower()
+        key = base32.encode(self.key)
         return f"{RELAY_SCHEME}{host}:{self.port}/{key}"
 
     def with_token(self, token: bytes | None) -> RelayAddress:
@@ -127,10 +126,8 @@ class RelayAddress:
                 raise InviteError("an IPv6 relay host is written in brackets: [IPV6]:PORT")
         if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
             raise InviteError("the relay address needs HOST:PORT")
-        if not _BASE32.fullmatch(key_text.lower()):
-            raise InviteError("the relay key is not base32")
         try:
-            key = base64.b32decode(key_text.upper() + "=" * (-len(key_text) % 8))
-        except (binascii.Error, ValueError):
-            raise InviteError("the relay key is not base32") from None
+            key = base32.decode(key_text)
+        except Base32Error as exc:
+            raise InviteError(f"the relay key has {exc}") from None
         return cls(host, int(port_text), key, token)

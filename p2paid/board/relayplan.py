@@ -31,10 +31,13 @@ from p2paid.errors import P2paidError
 __all__ = [
     "REJECTED_META_PREFIX",
     "RelaySuggestion",
+    "RelayTarget",
     "board_relays",
     "configured_for",
     "normal_address",
     "plan_relays",
+    "relay_changes",
+    "relay_targets",
     "suggestions",
 ]
 
@@ -135,3 +138,46 @@ def configured_for(configured: Mapping[str, Collection[bytes] | None], board_id:
     """The configured relays (normal form) that apply to ``board_id``."""
     return {a for a in _normal(t for t, only in configured.items()
                                if only is None or board_id in only)}
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RelayTarget:
+    """One relay to dial: its address (key and token included) and the boards to sync
+    through it."""
+
+    address: RelayAddress
+    boards: frozenset[bytes]
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return self.address.host, self.address.port
+
+
+def relay_targets(plan: Mapping[str, frozenset[bytes]]) -> dict[tuple[str, int], RelayTarget]:
+    """One target per relay host and port, from :func:`plan_relays`: the boards of every
+    address naming it, and its token if any of them carries one. Addresses that do not
+    parse are left out (they are never fatal)."""
+    wanted: dict[tuple[str, int], RelayTarget] = {}
+    for text, board_ids in plan.items():
+        try:
+            address = RelayAddress.parse(text)
+        except P2paidError:
+            continue
+        known = wanted.get((address.host, address.port))
+        if known is not None and known.address.key == address.key:
+            address = known.address.with_token(known.address.token or address.token)
+            board_ids = known.boards | board_ids
+        target = RelayTarget(address, board_ids)
+        wanted[target.endpoint] = target
+    return wanted
+
+
+def relay_changes(dialing: Mapping[tuple[str, int], RelayTarget],
+                  wanted: Mapping[tuple[str, int], RelayTarget]
+                  ) -> tuple[list[RelayTarget], list[RelayTarget]]:
+    """``(stop, start)``: the relays dialled now that are no longer wanted as they are
+    (another key, token or set of boards: those are redialled), and those to dial."""
+    stop = [t for endpoint, t in dialing.items() if wanted.get(endpoint) != t]
+    start = [t for endpoint, t in wanted.items() if dialing.get(endpoint) != t]
+    return stop, start

@@ -235,8 +235,9 @@ class Pong:
 class Refused:
     """The sender refused something (a relay limit, say) and stays connected.
 
-    ``board`` is the board's Hello key (its id, between a node and a relay), or
-    empty when the notice is about the whole connection.
+    ``board`` is the board's id (also between nodes, whose Hellos list tags: both
+    sides of a shared board know it), or empty when the notice is about the whole
+    connection (``protocol/SPEC.md`` 11.2, 16.3).
     """
 
     TYPE: ClassVar[int] = 7

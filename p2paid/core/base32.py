@@ -44,7 +44,7 @@ def decode(text: str) -> bytes:
     if unused is None:
         raise Base32Error("a length that base32 never has (cut off?)")
     if unused and _value(upper[-1]) & ((1 << unused) - 1):
-        raise Base32Error("a last character that base32 never ends with (mistyped?)")
+        raise Base32Error("a last character that base32 never ends with (cut off or mistyped?)")
     return base64.b32decode(upper + "=" * (-len(upper) % 8))
 
 

@@ -1,9 +1,13 @@
 """Relay addresses: ``p2paid-relay://HOST:PORT/KEY[?token=TOKEN]``.
 
-``KEY`` is the relay's X25519 node key (its Noise static key) in lowercase
-unpadded base32 (52 characters). A node that dials a relay checks during the
-handshake that the relay presents exactly this key and refuses it otherwise, so
-a relay cannot be impersonated by whoever controls the network or the name.
+``KEY`` is the relay's X25519 node key (its Noise static key) followed by a 3-byte
+checksum, in lowercase unpadded base32 (56 characters), so that a mistyped key is
+refused when the address is read, not found out later as a relay that never
+answers. Addresses written before the checksum (52 characters, the key alone) are
+still read, as :attr:`RelayAddress.checked` False. A node that dials a relay
+checks during the handshake that the relay presents exactly this key and refuses
+it otherwise, so a relay cannot be impersonated by whoever controls the network or
+the name.
 
 ``TOKEN`` (optional) is an access token the relay's operator handed out, in
 lowercase unpadded base32 (1 to 64 bytes). A node sends it to that relay, and
@@ -13,6 +17,7 @@ only to it, inside the encrypted connection (the Hello's ``token`` field).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Final, final
 
@@ -21,10 +26,15 @@ from p2paid.core.base32 import Base32Error
 from p2paid.core.hosts import HostError, normalize_host
 from p2paid.errors import InviteError
 
-__all__ = ["MAX_TOKEN_BYTES", "RELAY_SCHEME", "RelayAddress", "decode_token", "encode_token"]
+__all__ = [
+    "MAX_TOKEN_BYTES", "RELAY_SCHEME", "RelayAddress", "decode_token", "encode_token",
+    "key_checksum",
+]
 
 RELAY_SCHEME: Final = "p2paid-relay://"
 _KEY_BYTES: Final = 32
+_CHECK_BYTES: Final = 3
+_CHECK_LABEL: Final = b"p2paid/1 relay key\x00"
 #: Longest access token (the Hello's ``token`` field is at most this many bytes).
 MAX_TOKEN_BYTES: Final = 64
 _TOKEN_PARAM: Final = "token="
@@ -63,6 +73,9 @@ class RelayAddress:
     port: int
     key: bytes
     token: bytes | None = field(default=None, repr=False)
+    #: False for an address read in the old form, without a checksum (its key may
+    #: hold a typo that nothing caught); written addresses always carry one
+    checked: bool = field(default=True, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, bytes) or len(self.key) != _KEY_BYTES:
@@ -86,7 +99,7 @@ class RelayAddress:
     def without_token_text(self) -> str:
         """The address without its token: safe to log or show."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        key = base32.encode(self.key)
+        key = base32.encode(self.key + key_checksum(self.key))
         return f"{RELAY_SCHEME}{host}:{self.port}/{key}"
 
     def with_token(self, token: bytes | None) -> RelayAddress:
@@ -126,8 +139,28 @@ class RelayAddress:
                 raise InviteError("an IPv6 relay host is written in brackets: [IPV6]:PORT")
         if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
             raise InviteError("the relay address needs HOST:PORT")
-        try:
-            key = base32.decode(key_text)
-        except Base32Error as exc:
-            raise InviteError(f"the relay key has {exc}") from None
-        return cls(host, int(port_text), key, token)
+        key, checked = _decode_key(key_text)
+        return cls(host, int(port_text), key, token, checked)
+
+
+def key_checksum(key: bytes) -> bytes:
+    """The 3 bytes written after a relay key: ``SHA-256(label || key)[:3]``."""
+    return hashlib.sha256(_CHECK_LABEL + key).digest()[:_CHECK_BYTES]
+
+
+def _decode_key(text: str) -> tuple[bytes, bool]:
+    """``(key, checked)`` from the key part of an address."""
+    try:
+        raw = base32.decode(text)
+    except Base32Error as exc:
+        raise InviteError(f"the relay key has {exc}") from None
+    if len(raw) == _KEY_BYTES:
+        return raw, False  # written before the checksum
+    if len(raw) != _KEY_BYTES + _CHECK_BYTES:
+        raise InviteError("the relay key has the wrong length (56 characters); was it cut "
+                          "off or copied with extra characters?")
+    key, check = raw[:_KEY_BYTES], raw[_KEY_BYTES:]
+    if key_checksum(key) != check:
+        raise InviteError("the relay key's checksum does not match: it was mistyped or "
+                          "damaged; copy the address again from the relay's operator")
+    return key, True

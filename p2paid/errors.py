@@ -11,6 +11,9 @@ splits by *blame*, as h11 and wsproto do:
   bundle file) is bad. Drop that peer or refuse that data; keep serving everyone
   else. ``close_reason`` is a short token suitable for telling the peer why.
 * :class:`StorageError` - the local store is unusable (corrupt, locked, full).
+
+OS errors on paths the user gave (a data dir, a bundle, an export file) come out as
+:class:`FileError`, naming the path, with the ``OSError`` as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = [
     "DependencyError",
     "EnvelopeDecryptError",
     "EnvelopeError",
+    "FileError",
     "ForbiddenOpError",
     "ForkError",
     "ForkedFeedError",
@@ -66,6 +70,21 @@ class ValidationError(UsageError):
 
 class NotFoundError(UsageError):
     """No board, item or key matches what was asked for."""
+
+
+class FileError(UsageError):
+    """A file or folder the user named cannot be used: missing, not ours, read-only or
+    on a full disk. The message names it and says what to do.
+
+    Attributes:
+        path: the file or folder.
+        errno: the ``OSError``'s errno (the ``OSError`` itself is ``__cause__``).
+    """
+
+    def __init__(self, message: str, path: object = None, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
 
 
 class AmbiguousIdError(UsageError):

@@ -18,6 +18,7 @@ nothing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
@@ -27,6 +28,7 @@ from typing import BinaryIO, Final
 
 from p2paid.core.envelope import MAX_ENVELOPE_BYTES
 from p2paid.errors import BundleError, LocalProtocolError
+from p2paid.storage.files import file_error
 
 __all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "read_bundle", "write_bundle"]
 
@@ -45,10 +47,16 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> in
 
     Raises:
         LocalProtocolError: a record is empty or larger than any envelope.
+        FileError: the file cannot be written (its folder is missing, not ours,
+            read-only or full); nothing is left behind.
     """
     target = Path(path)
     if not target.parent.is_dir():
-        raise FileNotFoundError(2, "the folder does not exist", str(target.parent))
+        missing = FileNotFoundError(errno.ENOENT, "no such folder", str(target.parent))
+        raise file_error(target.parent, missing, "write a bundle into") from missing
+    if target.is_dir():
+        folder = IsADirectoryError(errno.EISDIR, "is a folder", str(target))
+        raise file_error(target, folder, "write the bundle") from folder
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
     count = 0
@@ -74,6 +82,9 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> in
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise file_error(target, exc, "write the bundle") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -125,14 +136,20 @@ def read_bundle(path: str | os.PathLike[str]) -> Iterator[bytes]:
     Raises:
         BundleError: before anything is yielded, if the file is damaged, truncated
             or of an unsupported version.
-        OSError: the file cannot be read.
+        FileError: the file cannot be read (missing, not ours, a folder).
     """
-    with open(path, "rb") as f:
-        for _ in _records(f, hashlib.sha256()):
-            pass
+    try:
+        with open(path, "rb") as f:
+            for _ in _records(f, hashlib.sha256()):
+                pass
+    except OSError as exc:
+        raise file_error(path, exc, "read the bundle") from exc
     return _yield_checked(path)
 
 
 def _yield_checked(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        yield from _records(f, hashlib.sha256())
+    try:
+        with open(path, "rb") as f:
+            yield from _records(f, hashlib.sha256())
+    except OSError as exc:
+        raise file_error(path, exc, "read the bundle") from exc

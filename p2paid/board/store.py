@@ -38,6 +38,7 @@ from p2paid.errors import (
     AmbiguousIdError,
     ChainError,
     EnvelopeError,
+    FileError,
     NotFoundError,
     UsageError,
 )
@@ -106,6 +107,8 @@ class Store:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, create: bool = True) -> None:
         path = Path(data_dir)
+        if path.exists() and not path.is_dir():
+            raise FileError(f"cannot use the data dir {path}: it is a file, not a folder", path)
         if not create and not (path / DB_FILENAME).exists():
             raise NotFoundError(f"no p2paid data in {path}; run 'p2paid init' first")
         self.data_dir = path

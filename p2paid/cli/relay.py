@@ -129,9 +129,13 @@ def cmd_relay_status(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_add(args: argparse.Namespace) -> int:
+    parsed = RelayAddress.parse(args.address)
     if args.token is not None:
-        parsed = RelayAddress.parse(args.address)
         args.address = str(parsed.with_token(decode_token(args.token)))
+    if not parsed.checked:
+        print("p2paid: note: this relay address has no checksum (it was written by p2paid "
+              "0.2.0 or earlier): compare its key with the one the relay's operator gave",
+              file=sys.stderr)
     with open_store(args.data_dir, create=False) as store:
         if args.board:
             board = store.board(args.board)

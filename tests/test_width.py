@@ -65,6 +65,8 @@ def test_examples_of_clusters_and_widths() -> None:
     assert display_width("e\u0301") == 1
     assert display_width("\u1100\u1161\u11a8") == 2  # one Hangul syllable from jamo
     assert display_width("plain") == 5
+    assert display_width("\U0001F44D\U0001F3FD") == 2  # a skin tone: one glyph
+    assert display_width("မြန်မာ") == 5  # spacing vowel signs take their cell
 
 
 def test_myanmar_syllables_are_never_cut() -> None:

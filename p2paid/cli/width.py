@@ -4,8 +4,9 @@ Columns of ``p2paid list`` must line up whatever script a member writes in, and 
 cut must never leave half a character on screen. So text is handled in *extended
 grapheme clusters* (Unicode UAX #29: what a reader sees as one character, such as
 an emoji ZWJ sequence, a flag, a letter with its accents, a Hangul syllable, an
-Indic conjunct) and measured in terminal cells (East Asian Wide and Fullwidth
-characters, and emoji presented as emoji, take two).
+Indic conjunct) and measured in terminal cells as ``wcwidth`` counts them (East
+Asian Wide and Fullwidth characters take two, combining marks none, spacing marks
+one), except that an emoji sequence counts as the one wide glyph terminals draw.
 
 The rules of UAX #29 are implemented here from :mod:`unicodedata` (which has no
 grapheme-break property), with two approximations and one tailoring:
@@ -205,19 +206,28 @@ def graphemes(text: str) -> list[str]:
     return clusters
 
 
+def _char_width(ch: str) -> int:
+    """Cells of one character as ``wcwidth`` counts them: 2 for East Asian Wide and
+    Fullwidth, 0 for non-spacing and enclosing marks, format characters and the
+    Hangul vowel and final jamo that join a syllable, else 1."""
+    if unicodedata.east_asian_width(ch) in ("W", "F"):
+        return 2
+    if unicodedata.category(ch) in ("Mn", "Me", "Cf") or 0x1160 <= ord(ch) <= 0x11FF:
+        return 0
+    return 1
+
+
 def _cluster_width(cluster: str) -> int:
-    """Terminal cells of one cluster: 2 if wide (East Asian Wide or Fullwidth, an emoji
-    with emoji presentation, a flag), 0 if it shows nothing, else 1."""
+    """Cells of one cluster: an emoji sequence (a flag, a ZWJ sequence, a skin tone,
+    a symbol with emoji presentation) is one wide glyph, 2; anything else takes what
+    its characters take (so a spacing vowel sign, as in Burmese, takes its cell)."""
     first = ord(cluster[0])
     if 0x1F1E6 <= first <= 0x1F1FF and len(cluster) > 1:
         return 2
-    if chr(_VS16) in cluster and _pictographic(first):
+    if _pictographic(first) and len(cluster) > 1 and any(
+            ord(ch) in (_ZWJ, _VS16) or 0x1F3FB <= ord(ch) <= 0x1F3FF for ch in cluster):
         return 2
-    if any(unicodedata.east_asian_width(ch) in ("W", "F") for ch in cluster):
-        return 2
-    if all(unicodedata.category(ch) in ("Mn", "Me", "Cf") for ch in cluster):
-        return 0
-    return 1
+    return sum(_char_width(ch) for ch in cluster)
 
 
 def display_width(text: str) -> int:

@@ -183,7 +183,8 @@ def test_status_counts_plurals_and_the_last_bundle_import(tmp_path: Path) -> Non
     assert "0 open needs, 0 open offers (0 items in all)" in before
     assert "last sync never" in before
     assert "connected to 0 peers and 0 relays" in before
-    _ok(["bundle", "import", str(bundle), "--data-dir", str(b_dir)], env)
+    imported = _ok(["bundle", "import", str(bundle), "--data-dir", str(b_dir)], env)
+    assert imported.strip() == "Camp: 1,001 accepted, 0 already had, 0 rejected"
     after = _ok(["status", "--data-dir", str(b_dir)], env)
     assert "1,000 open needs, 1 open offer (1,001 items in all), 1 author, " in after
     assert "1,001 envelopes" in after  # 1,000 needs and the offer

@@ -275,12 +275,12 @@ def _print_import(report: ImportReport) -> None:
         name = entry.name or f"not joined, carried for others: {entry.board_id.hex()[:12]}"
         if not entry.board_id:
             name = "undecodable records"
-        print(f"{safe(name)}: {entry.accepted} accepted, {entry.duplicates} already had, "
-              f"{sum(entry.rejected.values())} rejected")
+        print(f"{safe(name)}: {entry.accepted:,} accepted, {entry.duplicates:,} already had, "
+              f"{sum(entry.rejected.values()):,} rejected")
         for code, n in sorted(entry.rejected.items()):
-            print(f"    rejected {n}: {code}")
+            print(f"    rejected {n:,}: {code}")
         if entry.held:
-            print(f"    held {entry.held}: earlier envelopes of their authors are missing")
+            print(f"    held {entry.held:,}: earlier envelopes of their authors are missing")
     if not report.boards:
         print("the bundle is empty")
 

@@ -1,6 +1,6 @@
 """Embedding a p2paid node in an existing trio application.
 
-Run:  python examples/embed_in_trio_app.py
+Run:  python examples/embed_in_trio_app.py [--listen HOST:PORT] [--mdns]
 
 The application already has a nursery and tasks of its own (here: a fake
 "dispatch desk" that prints a summary every few seconds). The node is one more
@@ -14,16 +14,19 @@ Patterns shown:
   * posting from app code (``await board.post_need``, durable on return);
   * a task that reacts to board events.
 
-Skipped on purpose: configuration files, a real UI, multiple boards.
+Skipped on purpose: configuration files, a real UI, multiple boards, mDNS by
+default (``--mdns`` turns it on).
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 
 import trio
 
 import p2paid
+from p2paid.net.tcp import parse_address
 
 
 async def dispatch_desk(board: p2paid.AsyncBoard) -> None:
@@ -40,11 +43,11 @@ async def log_events(board: p2paid.AsyncBoard) -> None:
         print(f"[board] {event}")
 
 
-async def main() -> None:
+async def main(listen: tuple[str, int], mdns: bool) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         # The application's own nursery, and the node inside it (nested on purpose).
         async with trio.open_nursery() as app:  # noqa: SIM117
-            async with p2paid.open_node(data_dir, listen=("127.0.0.1", 0), mdns=False) as node:
+            async with p2paid.open_node(data_dir, listen=listen, mdns=mdns) as node:
                 board = await node.create_board("Shelter north", display_name="Desk")
                 app.start_soon(dispatch_desk, board)
                 app.start_soon(log_events, board)
@@ -58,4 +61,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                        help="where the node accepts peers (default 127.0.0.1:0, port 0 = "
+                             "any free port)")
+    parser.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=False,
+                        help="local-network discovery by mDNS (default: off)")
+    args = parser.parse_args()
+    trio.run(main, parse_address(args.listen), args.mdns)

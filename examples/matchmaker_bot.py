@@ -1,9 +1,11 @@
 """A bot that watches a board and matches new offers to open needs.
 
 Run:  python examples/matchmaker_bot.py DATA_DIR [--peer HOST:PORT ...]
+          [--listen HOST:PORT] [--no-mdns]
 
-The bot is an ordinary node (it syncs like any other, on the LAN by mDNS or with
-the peers given). Whenever an offer is posted or changed, it lists the open needs
+The bot is an ordinary node: it syncs like any other, on the LAN by mDNS or with
+the peers given (``--no-mdns`` keeps it out of the local network's discovery).
+Whenever an offer is posted or changed, it lists the open needs
 of the same category that are not yet fully claimed, most urgent first; whenever
 a need is posted, it lists the open offers that could meet it. It only prints: a
 human decides and claims. Use a data dir that has joined the board
@@ -64,8 +66,9 @@ async def watch(board: p2paid.AsyncBoard) -> None:
                     print(f"    offer {describe(offer)}")
 
 
-async def main(data_dir: str, peers: list[tuple[str, int]]) -> None:
-    async with p2paid.open_node(data_dir, listen=("0.0.0.0", 0), peers=peers) as node:
+async def main(data_dir: str, peers: list[tuple[str, int]], listen: tuple[str, int],
+               mdns: bool) -> None:
+    async with p2paid.open_node(data_dir, listen=listen, peers=peers, mdns=mdns) as node:
         boards = node.boards()
         if not boards:
             raise SystemExit("this data dir has joined no board: run 'p2paid board join' first")
@@ -77,8 +80,16 @@ async def main(data_dir: str, peers: list[tuple[str, int]]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir")
-    parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT")
+    parser.add_argument("data_dir", help="a data dir that has joined the board(s) to watch")
+    parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                        help="keep a connection to this peer (repeatable; port defaults "
+                             "to 7446)")
+    parser.add_argument("--listen", default="0.0.0.0:0", metavar="HOST:PORT",
+                        help="where the bot accepts peers (default 0.0.0.0:0, port 0 = "
+                             "any free port)")
+    parser.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=True,
+                        help="find peers on the local network by mDNS (default: on)")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(main, args.data_dir, [parse_address(p, 7446) for p in args.peer])
+        trio.run(main, args.data_dir, [parse_address(p, 7446) for p in args.peer],
+                 parse_address(args.listen), args.mdns)

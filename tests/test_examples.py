@@ -1,4 +1,9 @@
-"""The examples in examples/ run and do what their docstrings say."""
+"""The examples in examples/ run and do what their docstrings say.
+
+Every example is run with mDNS off and listening on 127.0.0.1 only (``--no-mdns
+--listen 127.0.0.1:0``): tests send traffic only to the loopback interface (the
+suite's multicast guard fails a test whose process, or a child of it, tries mDNS).
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,28 @@ from pathlib import Path
 EXAMPLES = Path(__file__).parents[1] / "examples"
 #: A short key fingerprint, as event lines show it beside a name.
 FP = "[a-z2-7]{4}-[a-z2-7]{4}"
+#: How every example runs in the tests: no mDNS, loopback only.
+LOCAL_ONLY = ("--no-mdns", "--listen", "127.0.0.1:0")
 
 
 def run_example(name: str, *args: str, timeout: float = 60) -> str:
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args, *LOCAL_ONLY],
+                          capture_output=True, text=True, timeout=timeout, check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def test_every_example_can_run_without_mdns_and_says_how() -> None:
+    """Each example takes ``--no-mdns`` and ``--listen`` and documents them in its
+    ``--help`` (argparse), so a test or a cautious user can keep it off the LAN."""
+    examples = sorted(EXAMPLES.glob("*.py"))
+    assert len(examples) >= 3
+    for example in examples:
+        done = subprocess.run([sys.executable, str(example), "--help"], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, (example.name, done.stderr)
+        for option in ("--no-mdns", "--listen"):
+            assert option in done.stdout, (example.name, option, done.stdout)
 
 
 def test_two_nodes_sync_and_see_the_claim() -> None:
@@ -69,7 +89,7 @@ def test_matchmaker_bot_matches_an_offer_to_open_needs(tmp_path: Path) -> None:
                 port = line.rsplit("127.0.0.1:", 1)[1].split()[0]
         assert port is not None, "the poster's node did not start"
         bot = subprocess.Popen([sys.executable, str(EXAMPLES / "matchmaker_bot.py"),
-                                str(bot_dir), "--peer", f"127.0.0.1:{port}"],
+                                str(bot_dir), "--peer", f"127.0.0.1:{port}", *LOCAL_ONLY],
                                stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert bot.stdout is not None

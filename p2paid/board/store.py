@@ -53,6 +53,7 @@ IMPORT_BATCH: Final = 10_000
 _NODE_KEY: Final = "node_key"
 _RELAYS: Final = "relays"
 _RUNTIME: Final = "runtime"
+_LAST_SYNC: Final = "last_sync"
 
 
 def default_data_dir() -> Path:
@@ -151,6 +152,29 @@ class Store:
     def write_runtime(self, status: bytes) -> None:
         """Publish the running node's status for ``p2paid status`` in other processes."""
         self._db.set_meta(_RUNTIME, status)
+
+    def record_sync(self, board_ids: Iterable[bytes], via: str, at: int | None = None) -> None:
+        """Remember that these boards were just synced (``via``: ``bundle``, ``peer``,
+        ``relay``), for ``p2paid status`` after the process that synced has gone."""
+        with self._db.write():
+            synced = self._sync_records()
+            for board_id in board_ids:
+                synced[board_id.hex()] = [now_ms() if at is None else at, via]
+            self._db.set_meta(_LAST_SYNC, json.dumps(synced).encode())
+
+    def last_syncs(self) -> dict[bytes, tuple[int, str]]:
+        """When each board was last synced and how, as :meth:`record_sync` kept it:
+        ``board_id -> (ms since the epoch, via)``."""
+        return {bytes.fromhex(k): (int(v[0]), str(v[1])) for k, v in self._sync_records().items()
+                if isinstance(v, list) and len(v) == 2}
+
+    def _sync_records(self) -> dict[str, list[int | str]]:
+        raw = self._db.get_meta(_LAST_SYNC)
+        try:
+            records = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return records if isinstance(records, dict) else {}
 
     # ------------------------------------------------------------------ keys
 
@@ -396,7 +420,8 @@ class Store:
         """Verify a bundle file, then store and apply what is new in it.
 
         Importing a bundle twice changes nothing the second time. Envelopes for
-        boards not joined are kept (unreadable) and applied when you join.
+        boards not joined are kept (unreadable) and applied when you join. Every
+        board in the bundle counts as synced now (:meth:`last_syncs`).
 
         Raises:
             BundleError: the file is damaged or of a newer version (nothing is changed).
@@ -416,6 +441,7 @@ class Store:
                 self._import_batch(batch, report)
                 batch, pending = {}, 0
         self._import_batch(batch, report)
+        self.record_sync((b for b in report.boards if b), "bundle")
         return report
 
     def _import_batch(self, batch: dict[bytes, list[Envelope]], report: ImportReport) -> None:

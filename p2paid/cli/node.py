@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -15,10 +16,14 @@ from typing import Any
 import trio
 
 from p2paid.board.model import ItemKind, now_ms
-from p2paid.board.store import default_data_dir, open_store
+from p2paid.board.relayplan import plan_relays
+from p2paid.board.store import Store, default_data_dir, open_store
+from p2paid.cli.args import at_least
 from p2paid.cli.render import SafeFormatter, safe, when
 from p2paid.core.identity import fingerprint
+from p2paid.core.relayaddr import RelayAddress
 from p2paid.core.text import plural
+from p2paid.errors import P2paidError
 from p2paid.net.tcp import parse_address
 from p2paid.node.asyncboard import AsyncBoard
 from p2paid.node.node import (
@@ -95,13 +100,34 @@ async def _log_board_events(board: AsyncBoard) -> None:
         log.info("%s: %s%s", safe(board.name), safe(event), origin)
 
 
+def _relay_keys(store: Store) -> set[str]:
+    """Node keys (hex) of the relays this data dir syncs through."""
+    plan = plan_relays(store.relays(), {b.id: b.relays_in_use() for b in store.boards()})
+    keys = set()
+    for address in plan:
+        with contextlib.suppress(P2paidError):
+            keys.add(RelayAddress.parse(address).key.hex())
+    return keys
+
+
+def _peers_with_kind(data_dir: Path, runtime: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The running node's peers, each marked ``kind``: ``relay`` or ``peer``."""
+    peers: list[dict[str, Any]] = list(runtime.get("peers") or []) if runtime else []
+    if not peers:
+        return []
+    with open_store(data_dir, create=False) as store:
+        relays = _relay_keys(store)
+    return [{**p, "kind": "relay" if p.get("node_id") in relays else "peer"} for p in peers]
+
+
 def cmd_peers(args: argparse.Namespace) -> int:
-    status = read_runtime(args.data_dir or _default_dir())
+    data_dir = args.data_dir or _default_dir()
+    status = read_runtime(data_dir)
     if status is None:
-        print("no node is running on this data dir (start one with 'p2paid run')",
+        print("p2paid: no node is running on this data dir (start one with 'p2paid run')",
               file=sys.stderr)
         return 1
-    peers: list[dict[str, Any]] = list(status.get("peers") or [])  # type: ignore[call-overload]
+    peers = _peers_with_kind(data_dir, status)
     if args.json:
         print(json.dumps(peers, indent=2))
         return 0
@@ -109,21 +135,32 @@ def cmd_peers(args: argparse.Namespace) -> int:
         print("no peers connected")
     for p in peers:
         since = time.strftime("%H:%M:%S", time.localtime(p["connected_since"]))
-        print(f"{p['fingerprint']}  {p['address']:<22} {p['direction']:<3}  since {since}  "
-              f"{plural(p['shared_boards'], 'board')}  "
+        print(f"{p['kind']:<5}  {p['fingerprint']}  {p['address']:<22} {p['direction']:<3}  "
+              f"since {since}  {plural(p['shared_boards'], 'board')}  "
               f"{p['bytes_in']:,} B in / {p['bytes_out']:,} B out")
     return 0
+
+
+def _last_sync(runtime_at: float | None, recorded: tuple[int, str] | None
+               ) -> tuple[int, str] | None:
+    """The later of the running node's last sync (seconds) and the store's record."""
+    live = None if runtime_at is None else (int(runtime_at * 1000), "live")
+    known = [s for s in (live, recorded) if s is not None]
+    return max(known) if known else None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or _default_dir()
     runtime = read_runtime(data_dir)
     boards: list[dict[str, Any]] = []
+    peers = _peers_with_kind(data_dir, runtime)
     with open_store(data_dir, create=False) as store:
         now = now_ms()
-        last_sync: dict[str, float] = dict(runtime.get("last_sync") or {}) if runtime else {}  # type: ignore[call-overload]
+        live_sync: dict[str, float] = dict(runtime.get("last_sync") or {}) if runtime else {}  # type: ignore[call-overload]
+        recorded = store.last_syncs()
         for board in store.boards():
             items = board.items()
+            synced = _last_sync(live_sync.get(board.id.hex()), recorded.get(board.id))
             boards.append({
                 "board": board.id.hex(), "name": board.name,
                 "needs_open": sum(i.kind is ItemKind.NEED and i.display_status(now) == "open"
@@ -132,25 +169,30 @@ def cmd_status(args: argparse.Namespace) -> int:
                                    for i in items),
                 "items": len(items), "authors": board.member_count,
                 "envelopes": sum(board.version_vector().values()),
-                "last_sync": last_sync.get(board.id.hex()),
+                "last_sync": None if synced is None else synced[0] / 1000,
+                "last_sync_via": None if synced is None else synced[1],
             })
-        node: dict[str, Any] = {"fingerprint": store.node_fingerprint,
-                                "data_dir": str(store.data_dir),
-                "running": runtime is not None,
-                "listen": runtime.get("listen") if runtime else None,
-                "peers": len(runtime.get("peers") or []) if runtime else 0}  # type: ignore[arg-type]
+        node: dict[str, Any] = {
+            "fingerprint": store.node_fingerprint, "data_dir": str(store.data_dir),
+            "running": runtime is not None,
+            "listen": runtime.get("listen") if runtime else None,
+            "peers": sum(p["kind"] == "peer" for p in peers),
+            "relays": sum(p["kind"] == "relay" for p in peers),
+        }
     if args.json:
         print(json.dumps({"node": node, "boards": boards}, indent=2))
         return 0
     state = f"running, listening on {node['listen']}" if node["running"] else "not running"
-    print(f"node {node['fingerprint']} ({state}; {plural(node['peers'], 'peer')} connected)")
+    print(f"node {node['fingerprint']} ({state}; connected to {plural(node['peers'], 'peer')} "
+          f"and {plural(node['relays'], 'relay')})")
     print(f"data dir {node['data_dir']}")
     for b in boards:
-        synced = "never" if b["last_sync"] is None else when(int(b["last_sync"] * 1000))
-        print(f"{b['board'][:12]}  {safe(b['name'])}: {b['needs_open']} open needs, "
-              f"{b['offers_open']} open offers ({plural(b['items'], 'item')} in all), "
-              f"{plural(b['authors'], 'author')}, {plural(b['envelopes'], 'envelope')}; "
-              f"last sync {synced}")
+        via = {"bundle": " (bundle import)", "live": ""}.get(b["last_sync_via"] or "", "")
+        last = "never" if b["last_sync"] is None else when(int(b["last_sync"] * 1000)) + via
+        print(f"{b['board'][:12]}  {safe(b['name'])}: {plural(b['needs_open'], 'open need')}, "
+              f"{plural(b['offers_open'], 'open offer')} ({plural(b['items'], 'item')} in "
+              f"all), {plural(b['authors'], 'author')}, {plural(b['envelopes'], 'envelope')}; "
+              f"last sync {last}")
     return 0
 
 
@@ -173,16 +215,13 @@ def add_node_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> 
                    help="do not use local-network discovery (mDNS) at all")
     p.add_argument("--no-advertise", action="store_true",
                    help="find peers by mDNS without announcing this node")
-    p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
+    p.add_argument("--max-connections", type=at_least(1), default=MAX_CONNECTIONS, metavar="N",
                    help=f"cap on simultaneous peer connections (default {MAX_CONNECTIONS})")
-    p.add_argument("--max-per-address", type=int, default=MAX_PER_ADDRESS, metavar="N",
+    p.add_argument("--max-per-address", type=at_least(1), default=MAX_PER_ADDRESS, metavar="N",
                    help="cap on connections from one address (IPv6: one /64) of peers this "
                         f"node has not synced with before (default {MAX_PER_ADDRESS})")
-    noise = p.add_mutually_exclusive_group()
-    noise.add_argument("-q", "--quiet", action="store_true", help="log only problems")
-    noise.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
-    cmd("peers", cmd_peers, "list the peers of the node running on this data dir",
-        json_opt=True)
-    cmd("status", cmd_status, "boards, items, authors, peers and last sync of this data dir",
-        json_opt=True)
+    cmd("peers", cmd_peers, "list the peers and relays the node running on this data dir is "
+        "connected to", json_opt=True)
+    cmd("status", cmd_status, "boards, items, authors, peers, relays and last sync of this "
+        "data dir", json_opt=True)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -95,7 +94,8 @@ class Node:
             store, self.dialer, lambda node_id: self._peers.close(
                 node_id, CloseReason.BOARDS_CHANGED))
         self._board_ids = {b.id for b in store.boards()}
-        self._last_flush = -math.inf  # (trio time of the last step)
+        #: deferred work whose connection ended before its link fell quiet
+        self._orphaned_work = False
         self._flush_step = StepSizer(FLUSH_STEP_S, first=256, minimum=32, maximum=8192)
 
     def __repr__(self) -> str:
@@ -216,6 +216,7 @@ class Node:
     def unregister(self, conn: Connection) -> None:
         self.admission.release(conn)
         self.after_receive(conn)  # envelopes stored from a batch cut short
+        self._orphaned_work = self._orphaned_work or self.has_deferred()
         self._peers.discard(conn)
 
     # ------------------------------------------------------------------ DeferredWork
@@ -227,7 +228,6 @@ class Node:
     def flush_deferred(self) -> bool:
         """Apply a part of the changes bulk syncs stored (sized to take about
         :data:`FLUSH_STEP_S`), then tell peers and subscribers; True while more remains."""
-        self._last_flush = trio.current_time()
         before, started = self.replica.stats["applied"], time.perf_counter()
         touched = self.replica.flush(self._flush_step.size)
         self._flush_step.record(int(self.replica.stats["applied"] - before),
@@ -302,9 +302,8 @@ class Node:
         quiet_since = trio.current_time()
         while True:
             await trio.sleep(STORE_POLL_INTERVAL)
-            # Work a connection left (it ended before falling quiet); not while a
-            # connection is at it, so that one step runs at a time.
-            if trio.current_time() - self._last_flush > STORE_POLL_INTERVAL:
+            if self._orphaned_work:  # (a live connection does its own, once quiet)
+                self._orphaned_work = False
                 while self.has_deferred() and self.flush_deferred():
                     await trio.lowlevel.checkpoint()
             if self.poll_store() or self._busy:

@@ -21,7 +21,7 @@ import contextlib
 import trio
 
 import p2paid
-from p2paid.model import member_label
+from p2paid.board.model import member_label
 from p2paid.net.tcp import parse_address
 
 URGENCY_ORDER = {"critical": 0, "high": 1, "normal": 2, "low": 3}

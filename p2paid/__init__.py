@@ -10,54 +10,69 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .board import Board as Board
-from .board import ReceiveReport as ReceiveReport
-from .errors import AmbiguousIdError as AmbiguousIdError
-from .errors import BundleError as BundleError
-from .errors import EnvelopeError as EnvelopeError
-from .errors import InviteError as InviteError
-from .errors import LocalProtocolError as LocalProtocolError
-from .errors import NotFoundError as NotFoundError
-from .errors import P2paidError as P2paidError
-from .errors import RemoteProtocolError as RemoteProtocolError
-from .errors import StorageError as StorageError
-from .errors import UsageError as UsageError
-from .errors import ValidationError as ValidationError
-from .invite import Invite as Invite
-from .local import ImportReport as ImportReport
-from .local import Store as Store
-from .local import default_data_dir as default_data_dir
-from .local import open_store as open_store
-from .model import BoardEvent as BoardEvent
-from .model import Category as Category
-from .model import Claim as Claim
-from .model import ClaimStatus as ClaimStatus
-from .model import EventKind as EventKind
-from .model import Item as Item
-from .model import ItemKind as ItemKind
-from .model import Status as Status
-from .model import Urgency as Urgency
+from p2paid.errors import AmbiguousIdError as AmbiguousIdError
+from p2paid.errors import BundleError as BundleError
+from p2paid.errors import EnvelopeError as EnvelopeError
+from p2paid.errors import InviteError as InviteError
+from p2paid.errors import LocalProtocolError as LocalProtocolError
+from p2paid.errors import NotFoundError as NotFoundError
+from p2paid.errors import P2paidError as P2paidError
+from p2paid.errors import RemoteProtocolError as RemoteProtocolError
+from p2paid.errors import StorageError as StorageError
+from p2paid.errors import UsageError as UsageError
+from p2paid.errors import ValidationError as ValidationError
 
 if TYPE_CHECKING:
-    from .asyncboard import AsyncBoard as AsyncBoard
-    from .node import Node as Node
-    from .node import PeerInfo as PeerInfo
-    from .node import open_node as open_node
+    from p2paid.board.board import Board as Board
+    from p2paid.board.board import ReceiveReport as ReceiveReport
+    from p2paid.board.model import BoardEvent as BoardEvent
+    from p2paid.board.model import Category as Category
+    from p2paid.board.model import Claim as Claim
+    from p2paid.board.model import ClaimStatus as ClaimStatus
+    from p2paid.board.model import EventKind as EventKind
+    from p2paid.board.model import Item as Item
+    from p2paid.board.model import ItemKind as ItemKind
+    from p2paid.board.model import Status as Status
+    from p2paid.board.model import Urgency as Urgency
+    from p2paid.board.store import ImportReport as ImportReport
+    from p2paid.board.store import Store as Store
+    from p2paid.board.store import default_data_dir as default_data_dir
+    from p2paid.board.store import open_store as open_store
+    from p2paid.core.invite import Invite as Invite
+    from p2paid.node.asyncboard import AsyncBoard as AsyncBoard
+    from p2paid.node.node import Node as Node
+    from p2paid.node.node import PeerInfo as PeerInfo
+    from p2paid.node.node import open_node as open_node
 
 __version__ = "0.2.0"
 
-#: The async node lives above the sans-I/O line; import it (and trio) only when used,
-#: so that ``import p2paid`` for the synchronous library stays free of trio.
-_LAZY = {"AsyncBoard": "asyncboard", "Node": "node", "PeerInfo": "node", "open_node": "node"}
+#: Where each public name lives. They are imported on first use, so that importing
+#: one layer (a relay, say, which needs no Automerge, or the synchronous library,
+#: which needs no trio) does not load the others.
+_LAZY = {
+    "Board": "board.board", "ReceiveReport": "board.board",
+    "BoardEvent": "board.model", "Category": "board.model", "Claim": "board.model",
+    "ClaimStatus": "board.model", "EventKind": "board.model", "Item": "board.model",
+    "ItemKind": "board.model", "Status": "board.model", "Urgency": "board.model",
+    "ImportReport": "board.store", "Store": "board.store",
+    "default_data_dir": "board.store", "open_store": "board.store",
+    "Invite": "core.invite",
+    "AsyncBoard": "node.asyncboard", "Node": "node.node", "PeerInfo": "node.node",
+    "open_node": "node.node",
+}
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'p2paid' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f"p2paid.{module}"), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "AmbiguousIdError",

@@ -260,7 +260,7 @@ class CraftedFeed:
     def __init__(self, board_id: bytes, content_key: bytes, author_key: object) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-        from p2paid.identity import AuthorKey
+        from p2paid.core.identity import AuthorKey
 
         assert isinstance(author_key, AuthorKey)
         self.board_id = board_id
@@ -304,8 +304,8 @@ class CraftedFeed:
 
     def advance(self, raw: bytes) -> None:
         """Move the feed past an envelope sealed earlier with ``advance=False``."""
-        from p2paid.changes import parse_change
-        from p2paid.envelope import Envelope, open_envelope
+        from p2paid.automerge.chunk import parse_change
+        from p2paid.core.envelope import Envelope, open_envelope
 
         env = Envelope.decode(raw)
         header = parse_change(open_envelope(env, self.cipher))
@@ -315,8 +315,8 @@ class CraftedFeed:
 
     def seal(self, chunk: bytes, *, advance: bool = True) -> bytes:
         """Seal ``chunk`` as the next envelope; ``advance`` moves the feed past it."""
-        from p2paid.changes import parse_change
-        from p2paid.envelope import seal_envelope
+        from p2paid.automerge.chunk import parse_change
+        from p2paid.core.envelope import seal_envelope
 
         env = seal_envelope(board_id=self.board_id, cipher=self.cipher, author_key=self.key,
                             seq=self.seq + 1, prev=self.prev, change=chunk)

@@ -16,9 +16,9 @@ from typing import Any
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2paid.envelope import ZERO_HASH, Envelope, seal_envelope
-from p2paid.identity import AuthorKey
-from p2paid.local import Store
+from p2paid.board.store import Store
+from p2paid.core.envelope import ZERO_HASH, Envelope, seal_envelope
+from p2paid.core.identity import AuthorKey
 
 __all__ = ["FIXED_NOW", "HostileMember", "deliver"]
 
@@ -35,13 +35,15 @@ class HostileMember:
         store: the attacker's own store; it joins the board there and uses the
             author key that join gave it.
         invite: the board's invite.
+        author_key: write as this author instead (two members with one key fork
+            its feed).
     """
 
-    def __init__(self, store: Store, invite: str) -> None:
+    def __init__(self, store: Store, invite: str, *, author_key: AuthorKey | None = None) -> None:
         board = store.join(invite)
         self.board_id = bytes(board.id)
         self._cipher = ChaCha20Poly1305(board.keys.content_key)
-        self._key = AuthorKey(board._author_key.private_bytes())
+        self._key = author_key or AuthorKey(board._author_key.private_bytes())
         self.author = bytes(self._key.public)
         self._doc = Document(actor_id=self.author)
         self._section: bytes | None = None

@@ -11,27 +11,19 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
+from peer_helpers import PeerClosed, StreamPeer
 
-from p2paid.asyncboard import AsyncBoard
-from p2paid.board import Board
-from p2paid.envelope import Envelope
-from p2paid.errors import RemoteProtocolError
-from p2paid.identity import NodeKey
-from p2paid.local import open_store
-from p2paid.node import Node, open_node
-from p2paid.replication import SyncSession
-from p2paid.wire import (
-    NEED_DATA,
-    Close,
-    ConnectionClosed,
-    HandshakeComplete,
-    Message,
-    MessageReceived,
-    SecureChannel,
-)
+from p2paid.board.board import Board
+from p2paid.board.store import open_store
+from p2paid.core.envelope import Envelope
+from p2paid.core.identity import NodeKey
+from p2paid.core.replication import Replica
+from p2paid.core.wire import Message
+from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.node import Node, open_node
 
 __all__ = [
     "LOCALHOST",
@@ -49,7 +41,6 @@ __all__ = [
 ]
 
 LOCALHOST = "127.0.0.1"
-_M = TypeVar("_M", bound=Message)
 #: A fixed "now" so that item JSON (which includes "expired") compares across nodes.
 FIXED_NOW = 2_000_000_000_000
 
@@ -140,7 +131,7 @@ def stored_envelopes(data_dir: Path, board_id: bytes) -> dict[tuple[bytes, int],
     """``(author, seq) -> raw envelope`` as a freshly opened store sees them."""
     with open_store(data_dir, create=False) as store:
         out = {}
-        for raw in store.db.envelopes(board_id):
+        for raw in store._db.envelopes(board_id):
             env = Envelope.decode(raw)
             out[(env.author, env.seq)] = raw
         return out
@@ -158,24 +149,10 @@ def rss_bytes() -> int:
 # ---------------------------------------------------------------------- a peer by hand
 
 
-class PeerClosed(Exception):
-    """The node closed the hand-driven connection (``reason`` from its Close, if any)."""
-
-    def __init__(self, reason: str | None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class HandPeer:
+class HandPeer(StreamPeer):
     """One connection to a node, driven by the test: the attacker's (or a scripted
-    honest peer's) side, using the library's own :class:`SecureChannel`."""
-
-    def __init__(self, stream: trio.SocketStream, channel: SecureChannel) -> None:
-        self.stream = stream
-        self.channel = channel
-        self.received: list[Message] = []
-        self.close_reason: str | None = None
-        self.eof = False
+    honest peer's) side, using the library's own connection
+    (:class:`~peer_helpers.StreamPeer`)."""
 
     @classmethod
     async def connect(
@@ -183,112 +160,19 @@ class HandPeer:
         address: tuple[str, int],
         key: NodeKey | None = None,
         *,
+        replica: Replica | None = None,
         with_last_message: Callable[[HandPeer], list[Message]] | None = None,
     ) -> HandPeer:
         """Dial and complete the Noise handshake as initiator.
 
         Args:
-            with_last_message: messages to send in the same write (one TCP segment)
-                as the third handshake message; called once the handshake hash is known.
+            replica: start a sync session over it at once (its Hello in the same write,
+                one TCP segment, as the third handshake message).
+            with_last_message: messages to send in that same write; called once the
+                handshake hash is known.
         """
-        stream = await trio.open_tcp_stream(*address)
-        channel = SecureChannel(True, (key or NodeKey.generate()).private)
-        peer = cls(stream, channel)
-        while True:
-            event = channel.next_event()
-            if isinstance(event, HandshakeComplete):
-                if with_last_message is not None:
-                    for message in with_last_message(peer):
-                        channel.send(message)
-                # The initiator's third message (and those messages) in one write.
-                await stream.send_all(channel.data_to_send())
-                return peer
-            assert event is NEED_DATA
-            await stream.send_all(channel.data_to_send())
-            data = await stream.receive_some(65536)
-            if not data:
-                raise PeerClosed(None)
-            channel.receive_data(data)
-
-    @property
-    def handshake_hash(self) -> bytes:
-        assert self.channel.handshake_hash is not None
-        return self.channel.handshake_hash
-
-    async def send(self, *messages: Message) -> None:
-        for message in messages:
-            self.channel.send(message)
-        await self.stream.send_all(self.channel.data_to_send())
-
-    def frame_plaintext(self, plaintext: bytes) -> bytes:
-        """Encrypt arbitrary plaintext as transport frames (bypassing the message
-        encoder), to inject malformed messages inside valid Noise frames."""
-        transport = self.channel._transport  # test reaches in: no public raw-plaintext API
-        assert transport is not None
-        out = bytearray()
-        for start in range(0, len(plaintext), 65535 - 16):
-            ct = transport.encrypt(plaintext[start : start + 65535 - 16])
-            out += len(ct).to_bytes(2, "big") + ct
-        return bytes(out)
-
-    async def send_plaintext(self, plaintext: bytes) -> None:
-        await self.stream.send_all(self.frame_plaintext(plaintext))
-
-    async def receive(self) -> list[Message]:
-        """Read once and return the messages decoded (raise PeerClosed at the end)."""
-        if self.eof:
-            raise PeerClosed(self.close_reason)
-        try:
-            data = await self.stream.receive_some(256 * 1024)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        try:
-            self.channel.receive_data(data)
-        except RemoteProtocolError:
-            data = b""  # the node cut the stream mid-frame: closed all the same
-        got: list[Message] = []
-        while True:
-            event = self.channel.next_event()
-            if event is NEED_DATA or isinstance(event, ConnectionClosed):
-                break
-            assert isinstance(event, MessageReceived)
-            got.append(event.message)
-            if isinstance(event.message, Close):
-                self.close_reason = event.message.reason
-        self.received.extend(got)
-        if not data:
-            self.eof = True
-            if not got:
-                raise PeerClosed(self.close_reason)
-        return got
-
-    async def wait_for(self, kind: type[_M]) -> _M:
-        """Read until a message of type ``kind`` arrives (raise PeerClosed at the end)."""
-        while True:
-            for message in await self.receive():
-                if isinstance(message, kind):
-                    return message
-
-    async def wait_closed(self) -> str | None:
-        """Read (discarding) until the node closes; the reason it gave, if any."""
-        while True:
-            try:
-                await self.receive()
-            except PeerClosed as exc:
-                return exc.reason
-
-    async def run_session(self, session: SyncSession, until: Callable[[], bool]) -> None:
-        """Answer the node's messages with ``session`` until ``until()`` holds."""
-        while not until():
-            for message in await self.receive():
-                replies = session.handle(message)
-                if replies:
-                    await self.send(*replies)
-
-    async def aclose(self) -> None:
-        with trio.move_on_after(1) as scope:
-            scope.shield = True
-            await self.stream.aclose()
+        return await cls.open(address, key, replica=replica,
+                              with_last_message=with_last_message)
 
 
 async def wait_raw_closed(stream: trio.SocketStream) -> bytes:

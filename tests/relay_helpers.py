@@ -1,17 +1,17 @@
 """Helpers for the relay tests: run a relay (in this process or as ``p2paid relay`` in a
 subprocess) and drive lightweight relay clients over real TCP on 127.0.0.1.
 
-A :class:`RelayClient` is what a node does when it dials a relay, minus the node: a
-:class:`~p2paid.wire.SecureChannel` and a :class:`~p2paid.replication.SyncSession`
-(``to_relay=True``) over an in-memory replica (``tests/replication_helpers.py``). It
-records every message, every batch it sent and every Ack it got, and can inject
-hand-made Envelopes batches (forgeries) that its own session never sees.
+A :class:`RelayClient` is what a node does when it dials a relay, minus the node: the
+library's :class:`~p2paid.core.connection.SyncConnection` (``to_relay=True``) over an
+in-memory replica (``tests/replication_helpers.py``), driven by
+:class:`~peer_helpers.StreamPeer`. It records every message, every batch it sent and
+every Ack it got, and can inject hand-made Envelopes batches (forgeries) that its own
+session never sees.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import signal
@@ -19,34 +19,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
+from peer_helpers import PeerClosed, StreamPeer
 from replication_helpers import MemoryReplica
 
-from p2paid.errors import RemoteProtocolError
-from p2paid.identity import NodeKey
-from p2paid.relay import Relay, RelayLimits, RelayOptions, serve_relay
-from p2paid.relayaddr import RelayAddress
-from p2paid.replication import DEFAULT_BATCH_BYTES, DEFAULT_WINDOW, SyncSession
-from p2paid.wire import (
-    NEED_DATA,
+from p2paid.core.identity import NodeKey
+from p2paid.core.relayaddr import RelayAddress
+from p2paid.core.replication import DEFAULT_BATCH_BYTES, DEFAULT_WINDOW
+from p2paid.core.wire import (
     Ack,
     Close,
-    ConnectionClosed,
     Envelopes,
-    HandshakeComplete,
     Hello,
     Message,
-    MessageReceived,
     Ping,
     Pong,
     Refused,
-    SecureChannel,
 )
+from p2paid.relay.replica import RelayLimits
+from p2paid.relay.server import Relay, RelayOptions, serve_relay
 
 __all__ = [
     "LOCALHOST",
@@ -141,7 +137,7 @@ async def start_relay(nursery: trio.Nursery, data_dir: Path, *,
 _LEVELS_MAIN = (
     "import logging, sys\n"
     "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s %(message)s')\n"
-    "from p2paid.cli import main\n"
+    "from p2paid.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -244,34 +240,39 @@ class RelayClosed(Exception):
     """The relay closed the connection before the handshake completed."""
 
 
-@dataclass(eq=False)
-class RelayClient:
-    """One client connection to a relay, with its own session over ``replica``."""
+class RelayClient(StreamPeer):
+    """One client connection to a relay, with its own session over ``replica``
+    (:class:`~peer_helpers.StreamPeer`, with records of batches and answers)."""
 
-    stream: trio.SocketStream
-    channel: SecureChannel
-    replica: MemoryReplica
-    session: SyncSession
-    name: str = ""
-    #: every message received, in order
-    received: list[Message] = field(default_factory=list)
-    #: ``(board_id, batch) -> envelopes`` of every batch sent (session's and injected)
-    sent_batches: dict[tuple[bytes, int], tuple[bytes, ...]] = field(default_factory=dict)
-    #: ``(board_id, batch)`` of every Ack, in arrival order
-    acked: list[tuple[bytes, int]] = field(default_factory=list)
-    refused: list[Refused] = field(default_factory=list)
-    close_reason: str | None = None
-    #: why the client itself stopped (the relay broke the protocol, say)
-    error: BaseException | None = None
-    closed: trio.Event = field(default_factory=trio.Event)
-    hello: Hello | None = None
-    relay_hello: Hello | None = None
-    pongs: set[int] = field(default_factory=set)
-    #: called with every message received, before it is handled
-    on_message: Callable[[Message], None] | None = None
-    _injected: set[int] = field(default_factory=set)
-    _next_inject: int = INJECT_BASE
-    _lock: trio.Lock = field(default_factory=trio.Lock)
+    def __init__(self, stream: trio.SocketStream, key: NodeKey,
+                 expected_remote: bytes | None = None) -> None:
+        super().__init__(stream, key, expected_remote)
+        self.name = ""
+        #: ``(board_id, batch) -> envelopes`` of every batch sent (session's and injected)
+        self.sent_batches: dict[tuple[bytes, int], tuple[bytes, ...]] = {}
+        #: ``(board_id, batch)`` of every Ack, in arrival order
+        self.acked: list[tuple[bytes, int]] = []
+        self.refused: list[Refused] = []
+        self.hello: Hello | None = None
+        self.relay_hello: Hello | None = None
+        self.pongs: set[int] = set()
+        self._next_inject = INJECT_BASE
+
+    def _tap(self, outgoing: bool, message: Message) -> None:
+        if outgoing and isinstance(message, Hello):
+            self.hello = message
+        elif outgoing and isinstance(message, Envelopes):
+            board_id = self._board_of(self.hello, message.board)
+            self.sent_batches[(board_id, message.batch)] = message.envelopes
+        elif not outgoing and isinstance(message, Hello):
+            self.relay_hello = message
+        elif not outgoing and isinstance(message, Refused):
+            self.refused.append(message)
+        elif not outgoing and isinstance(message, Pong):
+            self.pongs.add(message.nonce)
+        elif not outgoing and isinstance(message, Ack):
+            self.acked.append((self._board_of(self.relay_hello, message.board), message.batch))
+        super()._tap(outgoing, message)
 
     # ------------------------------------------------------------ connecting
 
@@ -299,34 +300,17 @@ class RelayClient:
 
         Raises:
             RemoteProtocolError: the handshake failed (wrong key, say).
-            OSError / trio.BrokenResourceError: the relay closed the connection.
+            RelayClosed, OSError, trio.BrokenResourceError: the relay closed the
+                connection.
         """
-        stream = await trio.open_tcp_stream(*address, local_address=local_address)
         try:
-            channel = SecureChannel(True, (key or NodeKey.generate()).private,
-                                    expected_remote=expected_remote)
-            while True:
-                await stream.send_all(channel.data_to_send())
-                event = channel.next_event()
-                if isinstance(event, HandshakeComplete):
-                    break
-                if isinstance(event, ConnectionClosed):
-                    raise RelayClosed("the relay closed the connection during the handshake")
-                assert event is NEED_DATA, event
-                data = await stream.receive_some(65536)
-                channel.receive_data(data)  # b"" (closed) raises RemoteProtocolError
-            assert channel.handshake_hash is not None
-            session = SyncSession(replica, initiator=True,
-                                  handshake_hash=channel.handshake_hash, to_relay=True,
-                                  boards=boards, batch_bytes=batch_bytes, window=window)
-            client = cls(stream, channel, replica, session, name)
-            hello = [dataclasses.replace(m, token=token) if isinstance(m, Hello) else m
-                     for m in session.start()]
-            await client.send(hello)  # with the third handshake message
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-            raise
+            client = await cls.open(address, key, expected_remote=expected_remote,
+                                    local_address=local_address, replica=replica,
+                                    to_relay=True, boards=boards, token=token,
+                                    batch_bytes=batch_bytes, window=window)
+        except PeerClosed as exc:
+            raise RelayClosed("the relay closed the connection during the handshake") from exc
+        client.name = name
         return client
 
     # ------------------------------------------------------------ state
@@ -341,6 +325,12 @@ class RelayClient:
             if entry.key == board_id:
                 return i
         raise KeyError(board_id.hex())
+
+    @property
+    def replica(self) -> MemoryReplica:
+        replica = super().replica
+        assert isinstance(replica, MemoryReplica)
+        return replica
 
     def acked_envelopes(self, *, injected: bool = False) -> set[bytes]:
         """Every envelope of every batch the relay acknowledged (session batches only,
@@ -361,92 +351,20 @@ class RelayClient:
 
     def in_sync(self, board_id: bytes) -> bool:
         """Nothing in flight and the relay holds (or was sent) all we hold."""
+        assert self.session is not None
         return self.session.is_in_sync(board_id)
 
-    @property
-    def is_closed(self) -> bool:
-        return self.closed.is_set()
-
     # ------------------------------------------------------------ I/O
-
-    async def send(self, messages: Iterable[Message]) -> None:
-        messages = list(messages)
-        if not messages or self.is_closed:
-            return
-        async with self._lock:
-            for message in messages:
-                if isinstance(message, Envelopes):
-                    board_id = self._board_of(self.hello, message.board)
-                    self.sent_batches[(board_id, message.batch)] = message.envelopes
-                if isinstance(message, Hello):
-                    self.hello = message
-                self.channel.send(message)
-            try:
-                await self.stream.send_all(self.channel.data_to_send())
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.closed.set()
-
-    async def push(self, board_id: bytes) -> None:
-        """The replica grew (the test wrote to it): send the relay what it lacks."""
-        await self.send(self.session.local_changed(board_id))
 
     async def inject(self, board_id: bytes, envelopes: Sequence[bytes]) -> int:
         """Send a hand-made Envelopes batch the session knows nothing of; its number."""
         batch = self._next_inject
         self._next_inject += 1
-        self._injected.add(batch)
-        await self.send([Envelopes(self._index_of(board_id), batch, tuple(envelopes))])
+        await self.send(Envelopes(self._index_of(board_id), batch, tuple(envelopes)))
         return batch
 
     async def ping(self, nonce: int) -> None:
-        await self.send([Ping(nonce)])
-
-    async def run(self) -> None:
-        """Read and answer until the relay closes (run in a nursery)."""
-        try:
-            while True:
-                try:
-                    data = await self.stream.receive_some(_RECEIVE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                try:
-                    self.channel.receive_data(data)
-                except RemoteProtocolError:
-                    data = b""  # cut mid-frame: closed all the same
-                while True:
-                    event = self.channel.next_event()
-                    if event is NEED_DATA or isinstance(event, ConnectionClosed):
-                        break
-                    assert isinstance(event, MessageReceived)
-                    await self._handle(event.message)
-                if not data or self.error is not None:
-                    return
-        finally:
-            self.closed.set()
-
-    async def _handle(self, message: Message) -> None:
-        self.received.append(message)
-        if self.on_message is not None:
-            self.on_message(message)
-        if isinstance(message, Hello):
-            self.relay_hello = message
-        elif isinstance(message, Close):
-            self.close_reason = message.reason
-        elif isinstance(message, Refused):
-            self.refused.append(message)
-        elif isinstance(message, Pong):
-            self.pongs.add(message.nonce)
-        elif isinstance(message, Ack):
-            key = (self._board_of(self.relay_hello, message.board), message.batch)
-            self.acked.append(key)
-            if message.batch in self._injected:
-                return  # the session never sent it
-        try:
-            replies = self.session.handle(message)
-        except RemoteProtocolError as exc:
-            self.error = exc
-            return
-        await self.send(replies)
+        await self.send(Ping(nonce))
 
     async def aclose(self) -> None:
         """Say goodbye and close the stream."""
@@ -454,7 +372,7 @@ class RelayClient:
             scope.shield = True
             if not self.is_closed:
                 with contextlib.suppress(Exception):  # already gone
-                    await self.send([Close("bye")])
+                    await self.send(Close("bye"))
             await self.stream.aclose()
 
 

@@ -1,20 +1,18 @@
 """Test doubles for the sync protocol: in-memory replicas and byte-level connections.
 
 * :class:`FeedWriter` seals the next envelope of one author's feed (real
-  :func:`~p2paid.envelope.seal_envelope`, arbitrary change bytes: replication never
+  :func:`~p2paid.core.envelope.seal_envelope`, arbitrary change bytes: replication never
   looks inside ciphertexts, only at chains and signatures).
-* :class:`MemoryReplica` implements :class:`~p2paid.replication.Replica`. It stores
+* :class:`MemoryReplica` implements :class:`~p2paid.core.replication.Replica`. It stores
   contiguous per-author feeds and checks every batch with
-  :func:`~p2paid.feed.plan_batch`, as the real store does, so forgeries are refused;
+  :func:`~p2paid.core.feed.plan_batch`, as the real store does, so forgeries are refused;
   envelopes that arrive beyond a gap wait in a buffer of at most ``held_cap``.
-* :class:`Connection` is h11's ``ConnectionPair`` one level up: two
-  :class:`~p2paid.wire.SecureChannel` + :class:`~p2paid.replication.SyncSession`
-  endpoints whose bytes sit in per-direction queues until a test delivers them (all
-  at once or in arbitrary slices). It records every message each side sent and
-  received, and checks each batch as it is sent: at most ``window`` unacknowledged
-  per board, at most one envelope beyond ``batch_bytes``, and no redundancy (nothing
-  sent twice on a session, nothing echoed to the peer that sent it, nothing the
-  peer's Hello already declared).
+* :class:`Connection` is the library's :class:`~p2paid.core.pair.ConnectionPair` (two
+  :class:`~p2paid.core.connection.SyncConnection` ends whose bytes sit in per-direction
+  queues until a test delivers them, all at once or in arbitrary slices) with checks:
+  each batch as it is sent: at most ``window`` unacknowledged per board, at most one
+  envelope beyond ``batch_bytes``, and no redundancy (nothing sent twice on a session,
+  nothing echoed to the peer that sent it, nothing the peer's Hello already declared).
 * :class:`Mesh` holds replicas and pairwise connections and, like the node, tells
   every session of a replica when the replica's boards grew.
 
@@ -27,33 +25,28 @@ import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2paid.envelope import ZERO_HASH, Envelope, seal_envelope
-from p2paid.errors import EnvelopeError, ForkError
-from p2paid.feed import FeedHead, ForkProof, Rejection, plan_batch
-from p2paid.identity import AuthorKey
-from p2paid.invite import BoardKeys, derive_board_keys
-from p2paid.replication import (
+from p2paid.core.codes import RefusedCode, Role
+from p2paid.core.connection import SyncConnection
+from p2paid.core.envelope import ZERO_HASH, Envelope, seal_envelope
+from p2paid.core.feed import FeedHead, ForkProof, Rejection, plan_batch
+from p2paid.core.identity import AuthorKey
+from p2paid.core.invite import BoardKeys, derive_board_keys
+from p2paid.core.pair import ConnectionPair, PairEnd
+from p2paid.core.replication import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_WINDOW,
     BoardAccess,
     Received,
-    SyncSession,
+    Replica,
     peek_envelope,
 )
-from p2paid.wire import (
-    NEED_DATA,
-    Ack,
-    ConnectionClosed,
-    Envelopes,
-    HandshakeComplete,
-    Message,
-    MessageReceived,
-    SecureChannel,
-)
+from p2paid.core.wire import Ack, Envelopes, Message, Refused, SecureChannel
+from p2paid.errors import EnvelopeError, ForkError
 
 __all__ = [
     "Connection",
@@ -126,7 +119,7 @@ class _BoardData:
 
 
 class MemoryReplica:
-    """An in-memory :class:`~p2paid.replication.Replica` (a node's or a relay's store).
+    """An in-memory :class:`~p2paid.core.replication.Replica` (a node's or a relay's store).
 
     Args:
         role: "node" or "relay".
@@ -157,8 +150,8 @@ class MemoryReplica:
     # ---------------------------------------------------------------- Replica protocol
 
     @property
-    def role(self) -> str:
-        return self._role
+    def role(self) -> Role:
+        return Role(self._role)
 
     def boards(self) -> Sequence[BoardAccess]:
         return [data.access for data in self._boards.values()]
@@ -166,11 +159,12 @@ class MemoryReplica:
     def accepts(self, board_id: bytes) -> tuple[str, str] | None:
         """A relay carries any board asked for (or the allowed ones); a node carries none."""
         if self._role != "relay":
-            return ("not-a-relay", "this is a node; it does not carry boards by id")
+            return (RefusedCode.NOT_A_RELAY, "this is a node; it does not carry boards by id")
         if board_id in self._boards:
             return None
         if self.allowed is not None and board_id not in self.allowed:
-            return ("not-allowed", "this relay carries only the boards its operator allows")
+            return (RefusedCode.NOT_ALLOWED,
+                    "this relay carries only the boards its operator allows")
         self._boards[board_id] = _BoardData(BoardAccess(board_id, None))
         return None
 
@@ -312,22 +306,12 @@ class RedundantSend(AssertionError):
 
 
 @dataclass(eq=False)
-class Endpoint:
-    """One side of a :class:`Connection`: channel, session, and what crossed it."""
+class Endpoint(PairEnd):
+    """One side of a :class:`Connection`: what crossed it, checked as it went."""
 
     replica: MemoryReplica
-    channel: SecureChannel
-    initiator: bool
-    to_relay: bool
-    batch_bytes: int
-    window: int
-    boards: Sequence[bytes] | None = None
-    session: SyncSession | None = None
-    #: bytes sent and not yet delivered to the peer
-    outbox: bytearray = field(default_factory=bytearray)
-    sent: list[Message] = field(default_factory=list)
-    received: list[Message] = field(default_factory=list)
-    closed: bool = False
+    batch_bytes: int = DEFAULT_BATCH_BYTES
+    window: int = DEFAULT_WINDOW
     #: per board id: Envelopes batches sent, and Acks received for them
     batches_sent: Counter[bytes] = field(default_factory=Counter)
     batches_acked: Counter[bytes] = field(default_factory=Counter)
@@ -338,12 +322,17 @@ class Endpoint:
     #: (board, author, seq) of every envelope sent / received on this session
     sent_ids: set[tuple[bytes, bytes, int]] = field(default_factory=set)
     received_ids: set[tuple[bytes, bytes, int]] = field(default_factory=set)
+    #: board ids of the batches received whose Ack this side has yet to send
+    acking: deque[bytes] = field(default_factory=deque)
+    #: board ids of the Acks this side sent, not yet delivered (Acks name the acker's index)
+    acks_sent: deque[bytes] = field(default_factory=deque)
+
+    @property
+    def channel(self) -> SecureChannel:
+        return self.conn.channel
 
     def in_flight(self, board_id: bytes) -> int:
         return self.batches_sent[board_id] - self.batches_acked[board_id]
-
-    def flush(self) -> None:
-        self.outbox += self.channel.data_to_send()
 
     def envelopes_sent(self) -> list[bytes]:
         return [raw for m in self.sent if isinstance(m, Envelopes) for raw in m.envelopes]
@@ -355,8 +344,11 @@ class Endpoint:
 OnChange = Callable[[MemoryReplica], None]
 
 
-class Connection:
-    """Two endpoints and the bytes in flight between them (direction 0 = a to b).
+class Connection(ConnectionPair):
+    """:class:`~p2paid.core.pair.ConnectionPair` over two :class:`MemoryReplica`, checking
+    each batch as it is sent: at most ``window`` unacknowledged per board, at most one
+    envelope beyond ``batch_bytes``, and no redundancy (nothing sent twice on a session,
+    nothing echoed to the peer that sent it, nothing the peer's Hello already declared).
 
     Args:
         a: the dialler's replica.
@@ -366,6 +358,8 @@ class Connection:
             by default each endpoint's own session is asked (``local_changed``), which
             must send nothing back to the peer that just supplied it.
     """
+
+    ends: tuple[Endpoint, Endpoint]
 
     def __init__(
         self,
@@ -380,18 +374,16 @@ class Connection:
         b_key: X25519PrivateKey | None = None,
         on_change: OnChange | None = None,
     ) -> None:
-        self.ends = (
-            Endpoint(a, SecureChannel(True, a_key or X25519PrivateKey.generate()), True,
-                     a_to_relay, batch_bytes, window, a_boards),
-            Endpoint(b, SecureChannel(False, b_key or X25519PrivateKey.generate()), False,
-                     False, batch_bytes, window),
-        )
-        #: board ids of the Acks in flight per direction (Acks name the *acker's* index)
-        self._ack_boards: tuple[deque[bytes], deque[bytes]] = (deque(), deque())
         self._on_change = on_change
-        self.bytes_delivered = 0
-        for end in self.ends:
-            end.flush()
+        self._limits = (batch_bytes, window)
+        super().__init__(a, b, a_key=a_key, b_key=b_key, batch_bytes=batch_bytes,
+                         window=window, a_options={"to_relay": a_to_relay, "boards": a_boards})
+
+    def new_end(self, conn: SyncConnection, replica: Replica,
+                options: dict[str, Any]) -> Endpoint:
+        assert isinstance(replica, MemoryReplica)
+        return Endpoint(conn, replica, options, batch_bytes=self._limits[0],
+                        window=self._limits[1])
 
     @property
     def a(self) -> Endpoint:
@@ -401,26 +393,45 @@ class Connection:
     def b(self) -> Endpoint:
         return self.ends[1]
 
-    def pending(self, direction: int) -> int:
-        return len(self.ends[direction].outbox)
+    def _end_of(self, end: PairEnd) -> Endpoint:
+        assert isinstance(end, Endpoint)
+        return end
 
-    def idle(self) -> bool:
-        return not self.ends[0].outbox and not self.ends[1].outbox
+    # ---------------------------------------------------------------- checks
 
-    # ---------------------------------------------------------------- sending
+    def before_start(self, end: PairEnd) -> None:
+        ep = self._end_of(end)
+        ep.declared = {
+            acc.board_id: {a: tuple(e.hash for e in feed) for a, feed in
+                           ep.replica.feed_envelopes(acc.board_id).items()}
+            for acc in ep.replica.boards()
+        }
 
-    def send(self, end: Endpoint, messages: Iterable[Message], acking: bytes | None = None) -> None:
-        """Queue a session's output on ``end``'s channel, checking flow control."""
-        direction = self.ends.index(end)
-        for message in messages:
-            if isinstance(message, Envelopes):
-                self._check_batch(end, message)
-            elif isinstance(message, Ack):
-                assert acking is not None, "an Ack that answers no batch"
-                self._ack_boards[direction].append(acking)
-            end.sent.append(message)
-            end.channel.send(message)
-        end.flush()
+    def on_sent(self, end: PairEnd, message: Message) -> None:
+        ep = self._end_of(end)
+        if isinstance(message, Envelopes):
+            self._check_batch(ep, message)
+        elif isinstance(message, Ack):
+            assert ep.acking, "an Ack that answers no batch"
+            ep.acks_sent.append(ep.acking.popleft())
+        elif isinstance(message, Refused) and ep.acking and message.board:
+            ep.acking.popleft()  # a Refused instead of the Ack
+        super().on_sent(ep, message)
+
+    def on_received(self, end: PairEnd, message: Message) -> None:
+        ep = self._end_of(end)
+        peer = self.ends[1 - self.ends.index(ep)]
+        if isinstance(message, Ack):
+            # Acks arrive in the order they were sent: pair each with its batch's board.
+            ep.batches_acked[peer.acks_sent.popleft()] += 1
+        elif isinstance(message, Envelopes) and message.envelopes:
+            raw = message.envelopes[0]
+            if len(raw) >= 33:
+                ep.acking.append(raw[1:33])
+            for raw in message.envelopes:
+                if len(raw) >= 73:
+                    ep.received_ids.add(peek_envelope(raw))
+        super().on_received(ep, message)
 
     def _check_batch(self, end: Endpoint, message: Envelopes) -> None:
         if not message.envelopes:
@@ -441,11 +452,6 @@ class Connection:
             raise FlowControlViolation(
                 f"{end.in_flight(board_id)} batches unacknowledged, window {end.window}")
 
-    def inject(self, end: Endpoint, message: Message) -> None:
-        """Send ``message`` from ``end`` bypassing its session (a misbehaving peer)."""
-        end.channel.send(message)
-        end.flush()
-
     def _check_redundancy(self, end: Endpoint, ids: list[tuple[bytes, bytes, int]]) -> None:
         """Nothing is sent twice, nothing received is echoed, nothing declared is resent
         (unless the peer declared another version of it: a fork being proved)."""
@@ -463,100 +469,23 @@ class Connection:
                 raise RedundantSend(f"seq {seq} sent although the peer's Hello covers it")
             end.sent_ids.add(ident)
 
-    def local_changed(self, replica: MemoryReplica, board_id: bytes) -> None:
+    # ---------------------------------------------------------------- propagation
+
+    def after_event(self, end: PairEnd) -> None:
+        replica = self._end_of(end).replica
+        if not replica.changed_boards:
+            return
+        if self._on_change is not None:
+            self._on_change(replica)
+            return
+        for board_id in replica.take_changed():
+            self.replica_changed(replica, board_id)
+
+    def replica_changed(self, replica: MemoryReplica, board_id: bytes) -> None:
         """Tell the session(s) of ``replica`` on this connection that ``board_id`` grew."""
         for end in self.ends:
-            if end.replica is replica and end.session is not None and not end.closed:
-                self.send(end, end.session.local_changed(board_id))
-
-    # ---------------------------------------------------------------- delivering
-
-    def deliver(self, direction: int, limit: int | None = None) -> int:
-        """Move up to ``limit`` bytes (default all) one way and process what arrives."""
-        src, dst = self.ends[direction], self.ends[1 - direction]
-        size = len(src.outbox) if limit is None else min(limit, len(src.outbox))
-        if size == 0:
-            return 0
-        data = bytes(src.outbox[:size])
-        del src.outbox[:size]
-        self.bytes_delivered += size
-        dst.channel.receive_data(data)
-        self._events(dst, direction)
-        dst.flush()
-        return size
-
-    def close(self, direction: int) -> None:
-        """The sender of ``direction`` hangs up cleanly (EOF after its queued bytes)."""
-        self.deliver(direction)
-        dst = self.ends[1 - direction]
-        dst.channel.receive_data(b"")
-        self._events(dst, direction)
-
-    def _events(self, end: Endpoint, direction: int) -> None:
-        while True:
-            event = end.channel.next_event()
-            if event is NEED_DATA:
-                return
-            if isinstance(event, HandshakeComplete):
-                end.declared = {
-                    acc.board_id: {a: tuple(e.hash for e in feed) for a, feed in
-                                   end.replica.feed_envelopes(acc.board_id).items()}
-                    for acc in end.replica.boards()
-                }
-                end.session = SyncSession(
-                    end.replica,
-                    initiator=end.initiator,
-                    handshake_hash=event.handshake_hash,
-                    to_relay=end.to_relay,
-                    boards=end.boards,
-                    batch_bytes=end.batch_bytes,
-                    window=end.window,
-                )
-                self.send(end, end.session.start())
-            elif isinstance(event, MessageReceived):
-                self._message(end, event.message, direction)
-            else:
-                assert isinstance(event, ConnectionClosed)
-                end.closed = True
-
-    def _message(self, end: Endpoint, message: Message, direction: int) -> None:
-        assert end.session is not None, "a message before the handshake completed"
-        end.received.append(message)
-        acking = None
-        if isinstance(message, Ack):
-            # Acks arrive in the order they were sent: pair each with its batch's board.
-            end.batches_acked[self._ack_boards[direction].popleft()] += 1
-        elif isinstance(message, Envelopes) and message.envelopes:
-            raw = message.envelopes[0]
-            acking = raw[1:33] if len(raw) >= 33 else None
-            for raw in message.envelopes:
-                if len(raw) >= 73:
-                    end.received_ids.add(peek_envelope(raw))
-        self.send(end, end.session.handle(message), acking)
-        if end.replica.changed_boards:
-            if self._on_change is not None:
-                self._on_change(end.replica)
-            else:
-                for board_id in end.replica.take_changed():
-                    self.local_changed(end.replica, board_id)
-
-    # ---------------------------------------------------------------- driving
-
-    def handshake(self) -> None:
-        """Deliver the three handshake messages only."""
-        for direction in (0, 1, 0):
-            self.deliver(direction)
-
-    def run(self, max_trips: int = 10_000) -> int:
-        """Deliver until quiet, both ways at once per trip; returns the one-way trips."""
-        trips = 0
-        while not self.idle():
-            assert trips < max_trips, "the connection never went quiet"
-            sizes = [self.pending(0), self.pending(1)]
-            for direction in (0, 1):
-                self.deliver(direction, sizes[direction])
-            trips += 1
-        return trips
+            if end.replica is replica and end.session is not None:
+                self.local_changed(end, board_id)
 
 
 class Mesh:
@@ -593,7 +522,7 @@ class Mesh:
         """Like the node's ``board_changed``, but the source session is told too."""
         for board_id in replica.take_changed():
             for conn in self.up():
-                conn.local_changed(replica, board_id)
+                conn.replica_changed(replica, board_id)
 
     def drain(self, max_rounds: int = 100_000) -> None:
         rounds = 0

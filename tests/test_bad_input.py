@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 import pytest
 
-import p2paid.board
+import p2paid.board.board
 from p2paid import (
     AmbiguousIdError,
     Board,
@@ -36,7 +36,7 @@ from p2paid import (
     ValidationError,
     open_store,
 )
-from p2paid.store import DB_FILENAME
+from p2paid.storage.sqlite import DB_FILENAME
 
 # ---------------------------------------------------------------------------- fixtures
 
@@ -54,7 +54,7 @@ class Snapshot:
 def snapshot(store: Store) -> Snapshot:
     boards = store.boards()
     return Snapshot(
-        dict(store.db.counts()),
+        dict(store._db.counts()),
         {b.id: b.version_vector() for b in boards},
         {b.id: b.items() for b in boards},
         store.carried(),
@@ -379,7 +379,7 @@ def test_ambiguous_prefix(
     """Two items sharing a prefix: the prefix -> AmbiguousIdError listing both; a
     longer prefix finds each one."""
     ids = iter(["beef" + "0" * 27 + "1", "beef" + "0" * 27 + "2"])
-    monkeypatch.setattr(p2paid.board, "new_item_id", lambda: next(ids))
+    monkeypatch.setattr(p2paid.board.board, "new_item_id", lambda: next(ids))
     one = alice_board.post_need("first")
     two = alice_board.post_need("second")
     with pytest.raises(AmbiguousIdError) as info:
@@ -512,7 +512,7 @@ def cli_dir(tmp_path: Path) -> Path:
 
 def _cli_counts(data_dir: Path) -> dict[str, int]:
     with open_store(data_dir, create=False) as s:
-        return dict(s.db.counts())
+        return dict(s._db.counts())
 
 
 def test_cli_malformed_invite(cli_dir: Path) -> None:

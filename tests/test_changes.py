@@ -17,7 +17,7 @@ from automerge.core import ROOT, Document, ObjType, ScalarType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2paid.changes import (
+from p2paid.automerge.chunk import (
     ACTION_DEL,
     ACTION_MAKE_MAP,
     ACTION_SET,
@@ -26,9 +26,9 @@ from p2paid.changes import (
     VALUE_STR,
     parse_change,
 )
-from p2paid.document import sync_message_with_changes
+from p2paid.board.document import sync_message_with_changes
+from p2paid.board.readmodel import object_counter
 from p2paid.errors import ChangeMismatchError
-from p2paid.readmodel import object_counter
 
 KEYS = st.sampled_from(["title", "status", "quantity", "a", "b", "needs", "ü", "ключ", "x" * 40])
 VALUES = (st.integers(-(2**63), 2**63 - 1) | st.text(max_size=300)

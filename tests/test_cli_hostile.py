@@ -27,8 +27,8 @@ import msgpack
 from hostile_helpers import HostileMember
 
 import p2paid
-from p2paid.bundle import write_bundle
-from p2paid.identity import short_fingerprint
+from p2paid.board.bundle import write_bundle
+from p2paid.core.identity import short_fingerprint
 
 TIMEOUT = 60
 HYPERLINK = '=HYPERLINK("http://198.51.100.1/x","details")'

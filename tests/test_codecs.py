@@ -24,14 +24,18 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from p2paid.bundle import BUNDLE_MAGIC, read_bundle, write_bundle
-from p2paid.changes import MAX_CHANGE_BYTES, ChangeHeader, parse_change
-from p2paid.envelope import (
+from p2paid.automerge.chunk import MAX_CHANGE_BYTES, ChangeHeader, parse_change
+from p2paid.board.bundle import BUNDLE_MAGIC, read_bundle, write_bundle
+from p2paid.core.envelope import (
     MAX_ENVELOPE_BYTES,
     Envelope,
     open_envelope,
     seal_envelope,
 )
+from p2paid.core.identity import AuthorKey
+from p2paid.core.invite import MAX_BOARD_NAME, MAX_RELAY_ADDRESS, MAX_RELAY_HINTS, Invite
+from p2paid.core.relayaddr import RelayAddress
+from p2paid.core.text import text_problem
 from p2paid.errors import (
     BundleError,
     ChangeMismatchError,
@@ -40,10 +44,6 @@ from p2paid.errors import (
     LocalProtocolError,
     P2paidError,
 )
-from p2paid.identity import AuthorKey
-from p2paid.invite import MAX_BOARD_NAME, MAX_RELAY_ADDRESS, MAX_RELAY_HINTS, Invite
-from p2paid.relayaddr import RelayAddress
-from p2paid.text import text_problem
 
 MAGIC = bytes.fromhex("856f4a83")
 KEY = AuthorKey.generate()

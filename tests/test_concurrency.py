@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import p2paid
-from p2paid.envelope import Envelope
+from p2paid.core.envelope import Envelope
 
 #: A worker on a shared data dir. argv: data_dir, role, tag, arg where role/arg is
 #: writer/count, importer/bundle path, exporter/output prefix, reader/expected item count.
@@ -90,8 +90,8 @@ def _assert_feed_sound(store: p2paid.Store, board: p2paid.Board, author: bytes) 
     n = len(seqs)
     assert sorted(seqs) == list(range(1, n + 1)), f"feed not contiguous: {sorted(seqs)}"
     assert board.version_vector().get(author, 0) == n
-    assert store.db.rejections(board.id) == []
-    assert store.db.integrity_check() == []
+    assert store._db.rejections(board.id) == []
+    assert store._db.integrity_check() == []
     return n
 
 
@@ -339,7 +339,7 @@ def test_writer_blocked_by_a_held_lock_waits_then_succeeds(tmp_path: Path) -> No
     with p2paid.open_store(data_dir) as store:
         board = store.create_board("Lock board")
         board.items()
-        with store.db.write():  # hold the write lock
+        with store._db.write():  # hold the write lock
             proc = subprocess.Popen(
                 [sys.executable, "-m", "p2paid", "--data-dir", str(data_dir), "need", "add",
                  "waited"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -414,9 +414,9 @@ PAUSED_CARRIER = textwrap.dedent(
     """
     import json, sys
     import p2paid
-    import p2paid.local
+    import p2paid.board.store
 
-    original = p2paid.local.Store._carry
+    original = p2paid.board.store.Store._carry
 
     def paused(self, board_id, envelopes):
         sys.stdout.write("carrying\\n")
@@ -424,7 +424,7 @@ PAUSED_CARRIER = textwrap.dedent(
         sys.stdin.readline()
         return original(self, board_id, envelopes)
 
-    p2paid.local.Store._carry = paused
+    p2paid.board.store.Store._carry = paused
     with p2paid.open_store(sys.argv[1], create=False) as store:
         report = store.import_bundle(sys.argv[2])
     sys.stdout.write(json.dumps([report.accepted, report.rejected]) + "\\n")

@@ -49,9 +49,9 @@ from hypothesis.stateful import (
 
 import p2paid
 from p2paid import Board, Category, Item, ReceiveReport, Store, Urgency, UsageError
+from p2paid.board.model import LIMITS, MAX_QUANTITY, MAX_TTL_DAYS
+from p2paid.core.text import name_key, text_problem
 from p2paid.errors import ValidationError
-from p2paid.model import LIMITS, MAX_QUANTITY, MAX_TTL_DAYS
-from p2paid.text import name_key, text_problem
 
 #: The "now" every replica renders items at, so ``expired`` flags compare equal.
 FIXED_NOW = 1_900_000_000_000
@@ -83,7 +83,7 @@ def cleaned(value: str, field_name: str, *, required: bool = False) -> str | Non
         return None
     if any(unicodedata.category(c) == "Cc" and c not in allowed for c in text):
         return None
-    # The format-character and isolate rule (p2paid.text) and "something visible".
+    # The format-character and isolate rule (p2paid.core.text) and "something visible".
     if text_problem(text, multiline=bool(allowed)) is not None:
         return None
     if text and (required or field_name == "display name") and not name_key(text):
@@ -615,7 +615,7 @@ def test_fields_strategy_sanity() -> None:
     assert cleaned("a\nb", "note") == "a\nb"
     assert cleaned("a\nb", "title") is None
     with pytest.raises(ValidationError):
-        p2paid.model.clean_text("a\nb", "title")
+        p2paid.board.model.clean_text("a\nb", "title")
 
 
 def test_same_display_name_twice_is_harmless(tmp_path: Path) -> None:

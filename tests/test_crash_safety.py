@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 import p2paid
-from p2paid.envelope import Envelope
+from p2paid.core.envelope import Envelope
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 
@@ -148,7 +148,7 @@ def _author_seqs_of(board: p2paid.Board, author: bytes) -> list[int]:
 def _check_store(data_dir: Path, log: CrashLog, context: str) -> None:
     """Reopen the store and check durability, integrity and feed contiguity; then post."""
     with p2paid.open_store(data_dir, create=False) as store:
-        assert store.db.integrity_check() == [], context
+        assert store._db.integrity_check() == [], context
         board = store.board()
         ids = {item.id for item in board.items()}
         missing = (log.printed | log.after_kill_posts) - ids
@@ -161,7 +161,7 @@ def _check_store(data_dir: Path, log: CrashLog, context: str) -> None:
         assert sorted(seqs) == list(range(1, n + 1)), f"{context}: feed not contiguous: {seqs}"
         assert n == len(ids), f"{context}: {n} envelopes of ours but {len(ids)} items"
         assert board.version_vector().get(board.author, 0) == n, context
-        assert store.db.rejections(board.id) == [], context
+        assert store._db.rejections(board.id) == [], context
         # A new post works and continues the feed (no "out of step", no fork).
         item = board.post_need(f"after kill {log.kills}", category="water")
         log.after_kill_posts.add(item.id)
@@ -173,8 +173,8 @@ def _check_store(data_dir: Path, log: CrashLog, context: str) -> None:
         assert item.id in {i.id for i in board.items()}, context
         assert board.version_vector()[author] == n + 1, context
         assert sorted(_author_seqs(board)) == list(range(1, n + 2)), context
-        assert store.db.rejections(board.id) == [], context
-        assert store.db.integrity_check() == [], context
+        assert store._db.rejections(board.id) == [], context
+        assert store._db.integrity_check() == [], context
 
 
 def _run_and_kill(
@@ -304,14 +304,14 @@ def test_bundle_import_survives_sigkill(tmp_path: Path) -> None:
             log, rng, min_ids=0, max_ids=3, max_delay=0.3, context=context,
         )
         with p2paid.open_store(data_dir, create=False) as store:
-            assert store.db.integrity_check() == [], context
+            assert store._db.integrity_check() == [], context
             board = store.board()
             seqs = _author_seqs_of(board, peer_author)
             assert sorted(seqs) == list(range(1, len(seqs) + 1)), context
             assert len(seqs) >= max((sizes[p] for p in log.printed), default=0), context
             assert board.version_vector().get(peer_author, 0) == len(seqs), context
             assert len(board.items()) == len(seqs), context
-            assert store.db.rejections(board.id) == [], context
+            assert store._db.rejections(board.id) == [], context
     with p2paid.open_store(data_dir, create=False) as store:
         report = store.import_bundle(bundles[-1])
         assert report.rejected == 0
@@ -329,7 +329,7 @@ def test_a_store_of_schema_1_is_upgraded_and_checked_again(tmp_path: Path) -> No
     import sqlite3
 
     import p2paid
-    from p2paid.store import DB_FILENAME, SCHEMA_VERSION
+    from p2paid.storage.sqlite import DB_FILENAME, SCHEMA_VERSION
 
     with p2paid.open_store(tmp_path / "d") as store:
         board = store.create_board("Aid", display_name="Ana")
@@ -341,7 +341,7 @@ def test_a_store_of_schema_1_is_upgraded_and_checked_again(tmp_path: Path) -> No
         assert con.execute("SELECT COUNT(*) FROM snapshots").fetchone() == (1,)
     with p2paid.open_store(tmp_path / "d") as store:
         assert {i.title for i in store.board().items()} == {f"need {i}" for i in range(5)}
-        assert store.db.snapshot(store.board().id) is None
+        assert store._db.snapshot(store.board().id) is None
     with sqlite3.connect(tmp_path / "d" / DB_FILENAME) as con:
         assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (
             SCHEMA_VERSION,)

@@ -21,12 +21,13 @@ import pytest
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-import p2paid.envelope
-import p2paid.identity
+import p2paid.core.envelope
+import p2paid.core.identity
 from p2paid import Board, Item, ReceiveReport, Store, open_store
-from p2paid.changes import ChangeHeader, parse_change
-from p2paid.document import BoardDocument, new_item_id
-from p2paid.envelope import (
+from p2paid.automerge.chunk import ChangeHeader, parse_change
+from p2paid.board.document import BoardDocument, new_item_id
+from p2paid.board.model import ItemKind, now_ms
+from p2paid.core.envelope import (
     _HEAD,
     ENVELOPE_VERSION,
     HEADER_BYTES,
@@ -38,6 +39,8 @@ from p2paid.envelope import (
     associated_data,
     seal_envelope,
 )
+from p2paid.core.feed import EMPTY_HEAD, verify_run
+from p2paid.core.identity import AuthorKey
 from p2paid.errors import (
     ChainError,
     ChangeMismatchError,
@@ -50,9 +53,6 @@ from p2paid.errors import (
     SignatureError,
     WrongBoardError,
 )
-from p2paid.feed import EMPTY_HEAD, verify_run
-from p2paid.identity import AuthorKey
-from p2paid.model import ItemKind, now_ms
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -127,7 +127,7 @@ class State:
 
 
 def state(store: Store, board: Board) -> State:
-    return State(board.version_vector(), store.db.counts()["envelopes"], board.items())
+    return State(board.version_vector(), store._db.counts()["envelopes"], board.items())
 
 
 def resign(raw: bytes, key: AuthorKey) -> bytes:
@@ -194,7 +194,7 @@ def test_honest_feed_is_accepted_and_applied(store: Store, board: Board, writer:
     report = board.receive([e.raw for e in writer.next(3)])
     assert (report.accepted, report.duplicates, report.held, report.rejected) == (3, 0, 0, [])
     assert board.version_vector()[writer.author] == 3
-    assert store.db.counts()["envelopes"] == before.envelopes + 3
+    assert store._db.counts()["envelopes"] == before.envelopes + 3
     assert len(board.items()) == len(before.items) + 3
 
 
@@ -232,7 +232,7 @@ def test_altered_ciphertext_resigned_by_outsider(
     forged = resign(with_ciphertext(env, bytes(ct)), AuthorKey.generate())
     assert Envelope.decode(forged).author == writer.author
     receive_refused(store, board, [forged], SignatureError)
-    assert store.db.rejections(board.id) == []  # a forgery must not brand the author
+    assert store._db.rejections(board.id) == []  # a forgery must not brand the author
 
 
 def test_wrong_content_key_with_valid_signature(
@@ -244,7 +244,7 @@ def test_wrong_content_key_with_valid_signature(
     env = writer.seal(change, header.seq, cipher=ChaCha20Poly1305(os.urandom(32)))
     env.verify_signature()  # the signature itself is genuine
     receive_refused(store, board, [env.raw], EnvelopeDecryptError)
-    assert [(a, s, c) for a, s, c, _ in store.db.rejections(board.id)] == [
+    assert [(a, s, c) for a, s, c, _ in store._db.rejections(board.id)] == [
         (writer.author, 1, "decrypt")
     ]
 
@@ -281,7 +281,7 @@ def test_envelope_for_another_board(store: Store, board: Board) -> None:
     (env,) = Writer(other).next()
     exc = receive_refused(store, board, [env.raw], WrongBoardError)
     assert exc.code == "wrong-board"
-    assert store.db.rejections(board.id) == []
+    assert store._db.rejections(board.id) == []
 
 
 def test_replayed_envelopes_are_duplicates(store: Store, board: Board, writer: Writer) -> None:
@@ -292,7 +292,7 @@ def test_replayed_envelopes_are_duplicates(store: Store, board: Board, writer: W
     report = board.receive([e.raw for e in envs] + [envs[1].raw])
     assert (report.accepted, report.duplicates, report.rejected, report.applied) == (0, 4, [], [])
     assert state(store, board) == before
-    assert store.db.rejections(board.id) == []
+    assert store._db.rejections(board.id) == []
 
 
 def test_own_envelopes_replayed(store: Store, board: Board) -> None:
@@ -344,12 +344,12 @@ def test_fork_against_held_envelope_ends_the_feed_before_it(
     report = board.receive([fork.raw])
     assert [type(r.error) for r in report.rejected] == [ForkError]
     assert report.accepted == 0 and [p.seq for p in report.forks] == [2]
-    rows = store.db.rejections(board.id)
+    rows = store._db.rejections(board.id)
     assert [(a, s, c) for a, s, c, _ in rows] == [(writer.author, 2, "fork")]
     assert board.version_vector()[writer.author] == 1
     assert list(board.envelopes()).count(e1.raw) == 1
     assert e2.raw not in list(board.envelopes())
-    proof = store.db.forks(board.id)[writer.author]
+    proof = store._db.forks(board.id)[writer.author]
     assert (proof.seq, {proof.first, proof.second}) == (2, {e2.raw, fork.raw})
     assert [i.title for i in board.items() if i.author == writer.author.hex()] == ["need 1"]
     # what the author signs later is refused, whichever version it follows
@@ -371,9 +371,9 @@ def test_fork_in_one_batch_ends_the_feed_before_it(
     assert report.accepted == 0
     assert [type(r.error) for r in report.rejected] == [ForkError, ForkError]
     assert writer.author not in board.version_vector()
-    assert [(s, c) for _, s, c, _ in store.db.rejections(board.id)] == [(1, "fork"),
+    assert [(s, c) for _, s, c, _ in store._db.rejections(board.id)] == [(1, "fork"),
                                                                         (1, "fork")]
-    assert store.db.forks(board.id)[writer.author].seq == 1
+    assert store._db.forks(board.id)[writer.author].seq == 1
 
 
 def test_forged_second_version_of_held_seq_is_not_a_fork(
@@ -386,7 +386,7 @@ def test_forged_second_version_of_held_seq_is_not_a_fork(
     _header, change = Writer(board, writer.key).change("forged")
     forged = resign(writer.seal(change, 1).raw, AuthorKey.generate())
     receive_refused(store, board, [forged], SignatureError)
-    assert store.db.rejections(board.id) == []
+    assert store._db.rejections(board.id) == []
 
 
 def test_forged_rival_in_same_batch_does_not_brand_author(
@@ -405,7 +405,7 @@ def test_forged_rival_in_same_batch_does_not_brand_author(
     report = board.receive([e1.raw, bytes(forged)])
     assert report.accepted == 1
     assert [type(r.error) for r in report.rejected] == [SignatureError]
-    assert store.db.rejections(board.id) == []
+    assert store._db.rejections(board.id) == []
 
 
 def test_forged_envelope_held_out_of_order_cannot_block_the_genuine_one(
@@ -426,7 +426,7 @@ def test_forged_envelope_held_out_of_order_cannot_block_the_genuine_one(
     assert report.accepted == 3, [(r.envelope and r.envelope.seq, r.error) for r in
                                   report.rejected]
     assert board.version_vector()[writer.author] == 3
-    assert store.db.rejections(board.id) == []
+    assert store._db.rejections(board.id) == []
 
 
 def test_every_envelope_of_a_run_is_accounted_once() -> None:
@@ -472,7 +472,7 @@ def test_change_actor_differs_from_author(store: Store, board: Board, writer: Wr
     assert header.seq == 1 and header.actor != writer.author
     env = writer.seal(change, 1)
     receive_refused(store, board, [env.raw], ChangeMismatchError)
-    assert [c for _, _, c, _ in store.db.rejections(board.id)] == ["change-mismatch"]
+    assert [c for _, _, c, _ in store._db.rejections(board.id)] == ["change-mismatch"]
 
 
 def test_change_seq_differs_from_envelope(store: Store, board: Board, writer: Writer) -> None:
@@ -587,7 +587,7 @@ def test_bad_envelope_does_not_spoil_the_batch(
 def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Record the author of every Ed25519 verification (both import sites are spied)."""
     calls: list[bytes] = []
-    for module in (p2paid.envelope, p2paid.identity):
+    for module in (p2paid.core.envelope, p2paid.core.identity):
         original = module.verify_signature
 
         def spy(author: bytes, sig: bytes, data: bytes, _orig: Any = original) -> None:
@@ -609,7 +609,7 @@ def test_contiguous_run_costs_one_verify(
     assert verify_calls == [writer.author]
     assert len(report.applied) == 50
     assert board.version_vector()[writer.author] == 50
-    assert store.db.counts()["envelopes"] == before.envelopes + 50
+    assert store._db.counts()["envelopes"] == before.envelopes + 50
     assert len(board.items()) == len(before.items) + 50
 
 
@@ -639,7 +639,7 @@ def test_run_with_bad_last_signature_keeps_valid_prefix(
     assert [(r.envelope and r.envelope.seq, type(r.error)) for r in report.rejected] == [
         (50, SignatureError)]
     assert board.version_vector()[writer.author] == 49
-    assert store.db.counts()["envelopes"] == before.envelopes + 49
+    assert store._db.counts()["envelopes"] == before.envelopes + 49
     assert len(board.items()) == len(before.items) + 49
     assert len(verify_calls) >= 2  # the fallback had to look at each signature
 
@@ -722,7 +722,7 @@ def test_a_live_batch_after_deferred_ones_loses_nothing(
     assert board.receive([live[1].raw]).accepted == 1
     mine = [i for i in board.items() if i.author == writer.author.hex()]
     assert len(mine) == 152
-    assert store.db.rejections(board.id) == []
+    assert store._db.rejections(board.id) == []
     assert board.version_vector()[writer.author] == 152
 
 
@@ -733,8 +733,23 @@ def test_an_author_whose_changes_are_deferred_is_checked_against_them(
     after they forgot the author (another process stored something of it)."""
     bulk = writer.next(120)
     assert board.receive([e.raw for e in bulk], defer_apply=True).accepted == 120
-    board._rules.forget(writer.author)  # what a catch-up does
+    board.log._rules.forget(writer.author)  # what a catch-up does
     nxt = writer.next()[0]
     report = board.receive([nxt.raw])
     assert report.accepted == 1 and not report.rejected
     assert board.version_vector()[writer.author] == 121
+
+
+def test_a_bounded_flush_applies_deferred_changes_in_steps(
+    store: Store, board: Board, writer: Writer
+) -> None:
+    """flush(max_changes) applies at most that many deferred changes per call, in each
+    author's seq order, until none are left; the board then reads as if applied at once."""
+    bulk = writer.next(250)
+    assert board.receive([e.raw for e in bulk], defer_apply=True).accepted == 250
+    steps = []
+    while board.log.has_deferred:
+        steps.append(len(board.flush(100)))
+    assert steps == [100, 100, 50]
+    mine = [i for i in board.items() if i.author == writer.author.hex()]
+    assert len(mine) == 250

@@ -28,14 +28,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import p2paid
-from p2paid.bundle import read_bundle, write_bundle
-from p2paid.changes import parse_change
-from p2paid.envelope import Envelope
+from p2paid.automerge.chunk import parse_change
+from p2paid.board.bundle import read_bundle, write_bundle
+from p2paid.core.envelope import Envelope
+from p2paid.core.identity import AuthorKey
+from p2paid.core.invite import Invite
+from p2paid.core.relayaddr import RelayAddress
+from p2paid.core.wire import NEED_DATA, SecureChannel, decode_message
 from p2paid.errors import P2paidError
-from p2paid.identity import AuthorKey
-from p2paid.invite import Invite
-from p2paid.relayaddr import RelayAddress
-from p2paid.wire import NEED_DATA, SecureChannel, decode_message
 
 TMP_BASE = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 WATCHDOG_SECONDS = 10

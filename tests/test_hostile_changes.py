@@ -47,10 +47,12 @@ from automerge.core import Document
 
 import p2paid
 from p2paid import Board, Store
-from p2paid.board import MAX_HELD_BYTES, MAX_HELD_BYTES_PER_AUTHOR
-from p2paid.changes import parse_change
-from p2paid.document import receive_changes
-from p2paid.envelope import Envelope, open_envelope, seal_envelope
+from p2paid.automerge.chunk import parse_change
+from p2paid.automerge.rules import MAX_OP_COUNTER, AuthorState, FeedRules
+from p2paid.board.document import receive_changes
+from p2paid.board.log import MAX_HELD_BYTES, MAX_HELD_BYTES_PER_AUTHOR
+from p2paid.core.envelope import Envelope, open_envelope, seal_envelope
+from p2paid.core.identity import AuthorKey
 from p2paid.errors import (
     ChangeMismatchError,
     DependencyError,
@@ -58,8 +60,6 @@ from p2paid.errors import (
     ForbiddenOpError,
     OwnershipError,
 )
-from p2paid.identity import AuthorKey
-from p2paid.rules import MAX_OP_COUNTER, AuthorState, FeedRules
 
 NOW = 1_900_000_000_000
 
@@ -397,13 +397,13 @@ def test_a_resealed_change_does_not_poison_its_author(world: World, tmp_path: Pa
         assert {"Insulin, cold chain", "Blankets, 20", "Drinking water"} <= titles
         assert board.get(c_post.id[:8]).title == "Insulin, cold chain"
     a = w.board("a")
-    rows = w.stores["a"].db.rejections(a.id)
+    rows = w.stores["a"]._db.rejections(a.id)
     assert {(author, code) for author, _, code, _ in rows} == {(w.b.actor, "change-mismatch")}
     # a blind carrier stores B's envelope (it cannot read it) and passes it on
     bundle = tmp_path / "all.p2paid"
     with p2paid.open_store(tmp_path / "carrier") as carrier:
         a.receive([stolen])
-        from p2paid.bundle import write_bundle
+        from p2paid.board.bundle import write_bundle
 
         write_bundle(bundle, [*a.envelopes(), stolen])
         assert carrier.import_bundle(bundle).rejected == 0
@@ -515,20 +515,20 @@ def test_held_envelopes_are_bounded_in_bytes_per_author_and_per_board(world: Wor
     for start in range(0, len(tail), 50):
         report = a.receive(tail[start : start + 50])
         assert report.accepted == 0
-    held = sum(len(e.raw) for e in a._held.values())
+    held = sum(len(e.raw) for e in a.log._held.values())
     assert 0 < held <= MAX_HELD_BYTES_PER_AUTHOR
     for n in range(20):
         other = CraftedFeed(a.id, a.keys.content_key, AuthorKey.generate())
         other.seal(other.chunk(other.first()))  # never sent: all the rest are gaps
         a.receive(big_tail(other, 60))
         per_author: dict[bytes, int] = {}
-        for env in a._held.values():
+        for env in a.log._held.values():
             per_author[env.author] = per_author.get(env.author, 0) + len(env.raw)
         assert max(per_author.values()) <= MAX_HELD_BYTES_PER_AUTHOR
         assert sum(per_author.values()) <= MAX_HELD_BYTES, n
     assert a.version_vector()[w.b.actor] == 1
     a = w.reopen("a")
-    assert a._held == {} and a.version_vector()[w.b.actor] == 1
+    assert a.log._held == {} and a.version_vector()[w.b.actor] == 1
     assert_intact(w)
 
 

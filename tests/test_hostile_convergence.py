@@ -36,8 +36,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import p2paid
 from p2paid import Board, Store
-from p2paid.envelope import Envelope, open_envelope, seal_envelope
-from p2paid.identity import AuthorKey
+from p2paid.core.envelope import Envelope, open_envelope, seal_envelope
+from p2paid.core.identity import AuthorKey
 
 NOW = 1_900_000_000_000
 TMP_BASE = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None

@@ -15,10 +15,9 @@ from amcraft import COUNTER, SET, CraftedFeed, CraftedOp, int_value, sleb
 from node_helpers import HandPeer, board_state, make_member, start_node, titles, wait_until
 
 import p2paid
-from p2paid.identity import AuthorKey
-from p2paid.replica import StoreReplica
-from p2paid.replication import SyncSession
-from p2paid.wire import Envelopes
+from p2paid.core.identity import AuthorKey
+from p2paid.core.wire import Envelopes
+from p2paid.node.replica import StoreReplica
 
 NOW = 1_900_000_000_000
 
@@ -52,10 +51,10 @@ async def test_a_running_node_keeps_serving_while_a_member_attacks(tmp_path: Pat
             since = honest.node.peers()[0].connected_since
             peer = await HandPeer.connect(victim.address)
             with p2paid.open_store(tmp_path / "attacker") as store:
-                session = SyncSession(StoreReplica(store), initiator=True,
-                                      handshake_hash=peer.handshake_hash)
-                await peer.send(*session.start())
-                await peer.run_session(session, lambda: session.is_in_sync(board.id))
+                await peer.start_session(StoreReplica(store))
+                session = peer.session
+                assert session is not None
+                await peer.run_session(lambda: session.is_in_sync(board.id))
             batch = 100
             await peer.send(Envelopes(0, batch, (first,)))
             vb, hb = victim.node.board(), honest.node.board()

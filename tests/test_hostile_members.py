@@ -25,17 +25,18 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hostile_helpers import FIXED_NOW, HostileMember, deliver
 
 import p2paid
 from p2paid import Board, Store, UsageError, ValidationError
-from p2paid.identity import fingerprint, short_fingerprint
-from p2paid.invite import validate_board_name
-from p2paid.model import EventKind, Item
-from p2paid.render import SafeFormatter, csv_cell, item_csv, item_detail, item_table, json_text
-from p2paid.text import (
+from p2paid.board.model import EventKind, Item
+from p2paid.cli.render import SafeFormatter, csv_cell, item_csv, item_detail, item_table, json_text
+from p2paid.core.identity import fingerprint, short_fingerprint
+from p2paid.core.invite import validate_board_name
+from p2paid.core.text import (
     ALLOWED_FORMAT,
     REFUSED_FORMAT,
     char_problem,
@@ -200,7 +201,7 @@ def test_local_input_with_format_controls_is_refused(world: World, text: str) ->
     board = world.c
     before = sorted(board.envelopes())
     for field in ("title", "unit", "location"):
-        fields = {"title": "ok", field: text}
+        fields: dict[str, Any] = {"title": "ok", field: text}
         with pytest.raises(ValidationError, match=field):
             board.post_need(**fields)
     if "\u2028" not in text and "\u2029" not in text:  # line breaks are fine in details

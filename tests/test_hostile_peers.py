@@ -1,7 +1,7 @@
 """A legitimate node under attack while an honest peer keeps syncing with it.
 
 Every test runs a victim node and an honest peer connected to it, attacks the
-victim over 127.0.0.1 (raw TCP, or a hand-driven :class:`~p2paid.wire.SecureChannel`,
+victim over 127.0.0.1 (raw TCP, or a hand-driven :class:`~p2paid.core.wire.SecureChannel`,
 or a full sync session that knows the invite), then checks that the honest link
 is the very same connection as before the attack and still carries a new post
 in each direction. Nothing here waits on the real 10 s handshake timeout: it is
@@ -38,15 +38,14 @@ from node_helpers import (
     wait_until,
 )
 
+import p2paid.core.connection
 import p2paid.net.connection
-from p2paid.asyncboard import AsyncBoard
-from p2paid.envelope import Envelope
-from p2paid.identity import NodeKey
-from p2paid.local import Store, open_store
-from p2paid.net.connection import MAX_PINGS
-from p2paid.replica import StoreReplica
-from p2paid.replication import SyncSession
-from p2paid.wire import (
+from p2paid.board.store import Store, open_store
+from p2paid.core.connection import MAX_PINGS
+from p2paid.core.envelope import Envelope
+from p2paid.core.identity import NodeKey
+from p2paid.core.replication import SyncSession
+from p2paid.core.wire import (
     MAX_MESSAGE_BYTES,
     Ack,
     Envelopes,
@@ -57,13 +56,15 @@ from p2paid.wire import (
     Vector,
     encode_message,
 )
+from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.replica import StoreReplica
 
 SHORT_HANDSHAKE_TIMEOUT = 0.5
 
 
 @pytest.fixture(autouse=True)
 def _short_handshake_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(p2paid.net.connection, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE_TIMEOUT)
+    monkeypatch.setattr(p2paid.core.connection, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE_TIMEOUT)
 
 
 @dataclass
@@ -277,9 +278,9 @@ async def test_protocol_violation_inside_valid_frames_drops_the_peer(
 async def _member_session(scene: Scene, store: Store) -> tuple[HandPeer, SyncSession]:
     """A hand-driven peer that knows the invite, synced with the victim."""
     peer = await HandPeer.connect(scene.victim.address)
-    session = SyncSession(StoreReplica(store), initiator=True,
-                          handshake_hash=peer.handshake_hash)
-    await peer.send(*session.start())
+    await peer.start_session(StoreReplica(store))
+    session = peer.session
+    assert session is not None
     victim_board = scene.victim.node.board().board
     own = store.board()
 
@@ -289,7 +290,7 @@ async def _member_session(scene: Scene, store: Store) -> tuple[HandPeer, SyncSes
             theirs.get(a, 0) >= s for a, s in mine.items())
 
     with trio.fail_after(5):
-        await peer.run_session(session, synced)
+        await peer.run_session(synced)
     return peer, session
 
 
@@ -320,7 +321,7 @@ async def test_forged_envelope_drops_the_peer_and_is_not_stored(
                                              head.hash, os.urandom(120), os.urandom(64))
                 else:
                     store.board().post_need("genuine content, broken signature")
-                    raw = store.db.read_feed(scene.board_id, store.board().author, 1, 1 << 20)[-1]
+                    raw = store._db.read_feed(scene.board_id, store.board().author, 1, 1 << 20)[-1]
                     forged = raw[:-1] + bytes([raw[-1] ^ 1])
                 env = Envelope.decode(forged)
                 vector_before = victim_board.version_vector()
@@ -331,7 +332,7 @@ async def test_forged_envelope_drops_the_peer_and_is_not_stored(
                 await peer.aclose()
             assert victim_board.version_vector().get(env.author, 0) == vector_before.get(
                 env.author, 0)
-            db = scene.victim.node.store.db
+            db = scene.victim.node.store._db
             assert db.held_hashes(scene.board_id, env.author, env.seq, env.seq) == {}
             assert not [r for r in db.rejections(scene.board_id) if r[2] == "fork"]
             await scene.check_honest()  # the victim's genuine next seq spreads
@@ -351,10 +352,10 @@ async def test_validly_signed_fork_ends_the_feed_everywhere(tmp_path: Path) -> N
             with open_store(tmp_path / "mallory-copy") as copy:
                 copy.board().post_need("second version")
                 author = copy.board().author
-                fork_raw = copy.db.read_feed(scene.board_id, author, 1, 1 << 20)[0]
+                fork_raw = copy._db.read_feed(scene.board_id, author, 1, 1 << 20)[0]
             with open_store(tmp_path / "mallory") as store:
                 first = store.board().post_need("first version")
-                first_raw = store.db.read_feed(scene.board_id, author, 1, 1 << 20)[0]
+                first_raw = store._db.read_feed(scene.board_id, author, 1, 1 << 20)[0]
                 assert first_raw != fork_raw and fork_raw[65:73] == first_raw[65:73]
                 peer, _ = await _member_session(scene, store)
                 honest = scene.honest.node.board()
@@ -370,7 +371,7 @@ async def test_validly_signed_fork_ends_the_feed_everywhere(tmp_path: Path) -> N
                 await peer.aclose()
 
             fork = Envelope.decode(fork_raw)
-            db = scene.victim.node.store.db
+            db = scene.victim.node.store._db
             assert db.held_hashes(scene.board_id, author, 2, 2) == {}
             assert db.held_hashes(scene.board_id, author, 1, 1)  # seq 1 was not forked
             forks = [r for r in db.rejections(scene.board_id) if r[2] == "fork"]
@@ -384,7 +385,7 @@ async def test_validly_signed_fork_ends_the_feed_everywhere(tmp_path: Path) -> N
                 assert "second version" not in titles(node.node.board())
                 assert node.node.board().board.version_vector()[author] == 1
             await scene.check_honest()
-            assert scene.honest.node.store.db.held_hashes(scene.board_id, author, 2, 2) == {}
+            assert scene.honest.node.store._db.held_hashes(scene.board_id, author, 2, 2) == {}
 
 
 # ---------------------------------------------------------------------- floods
@@ -398,7 +399,7 @@ async def test_flood_of_authenticated_connections_is_capped(
     Close('full') after the handshake), and keeps the honest link. (They send no
     Hello; the hello timeout, which would close them, is lengthened here: see
     test_transport_attacks.py for it.)"""
-    monkeypatch.setattr(p2paid.net.connection, "HELLO_TIMEOUT", 60.0)
+    monkeypatch.setattr(p2paid.core.connection, "HELLO_TIMEOUT", 60.0)
     cap = 4
     peers: list[HandPeer] = []
     refused = 0
@@ -461,7 +462,7 @@ async def test_flood_of_unauthenticated_connections_is_capped(
     """200 sockets that connect and never finish the handshake (default 10 s timeout):
     the node must not keep them all (at most 2 x max_connections), else any client can
     pin sockets and tasks without ever authenticating."""
-    monkeypatch.setattr(p2paid.net.connection, "HANDSHAKE_TIMEOUT", 10.0)
+    monkeypatch.setattr(p2paid.core.connection, "HANDSHAKE_TIMEOUT", 10.0)
     cap = 4
     with trio.fail_after(20):
         async with open_scene(tmp_path, max_connections=cap) as scene:
@@ -513,7 +514,7 @@ async def test_many_half_sent_handshake_frames_keep_memory_bounded(
     """300 connections each send a 64 KiB handshake frame minus its last byte and
     wait: the node may buffer a few of them, but its memory must not grow with the
     number of such connections (bound: 8 MiB for what would be 19 MiB of buffers)."""
-    monkeypatch.setattr(p2paid.net.connection, "HANDSHAKE_TIMEOUT", 10.0)
+    monkeypatch.setattr(p2paid.core.connection, "HANDSHAKE_TIMEOUT", 10.0)
     almost = b"\xff\xff" + bytes(65534)
     with trio.fail_after(30):
         async with open_scene(tmp_path, max_connections=8) as scene:

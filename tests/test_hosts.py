@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2paid.core.hosts import HostError, address_key, normalize_host
+from p2paid.core.invite import Invite
+from p2paid.core.relayaddr import RelayAddress, decode_token, encode_token
 from p2paid.errors import InviteError, UsageError
-from p2paid.hosts import HostError, address_key, normalize_host
-from p2paid.invite import Invite
 from p2paid.net.tcp import parse_address
-from p2paid.relayaddr import RelayAddress, decode_token, encode_token
 
 KEY = bytes(range(32))
 KEY_TEXT = base64.b32encode(KEY).decode().rstrip("=").lower()

@@ -27,10 +27,10 @@ from attack_helpers import NoiseClient, spread_addresses
 from relay_helpers import LOCALHOST, RelayProcess, free_port
 from replication_helpers import MemoryReplica
 
-from p2paid.invite import derive_board_keys
-from p2paid.local import open_store
-from p2paid.replication import SyncSession
-from p2paid.wire import Hello, HelloBoard
+from p2paid.board.store import open_store
+from p2paid.core.invite import derive_board_keys
+from p2paid.core.replication import SyncSession
+from p2paid.core.wire import Hello, HelloBoard
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 

@@ -34,15 +34,16 @@ from node_helpers import (
     wait_until,
 )
 
+import p2paid.core.connection
 import p2paid.net.connection
 import p2paid.net.peers
-from p2paid.asyncboard import AsyncBoard
-from p2paid.board import Board
-from p2paid.local import open_store
-from p2paid.model import BoardEvent, EventKind
-from p2paid.replica import StoreReplica
-from p2paid.replication import SyncSession
-from p2paid.wire import Envelopes, Hello, Message
+from p2paid.board.board import Board
+from p2paid.board.model import BoardEvent, EventKind
+from p2paid.board.store import open_store
+from p2paid.core.replication import SyncSession
+from p2paid.core.wire import Envelopes, Hello
+from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.replica import StoreReplica
 
 
 def _has_title(board: AsyncBoard, title: str) -> bool:
@@ -378,11 +379,9 @@ async def test_wait_in_sync_waits_for_a_new_peer_to_hold_everything(tmp_path: Pa
                 assert waited.cancelled_caught, (
                     f"wait_in_sync returned while the peer held {len(store.board().items())}"
                     " of 50 needs")
-                session = SyncSession(StoreReplica(store), initiator=True,
-                                      handshake_hash=peer.handshake_hash)
-                await peer.send(*session.start())
+                await peer.start_session(StoreReplica(store))
                 async with trio.open_nursery() as inner:
-                    inner.start_soon(peer.run_session, session, lambda: False)
+                    inner.start_soon(peer.run_session, lambda: False)
                     await a.node.wait_in_sync()
                     assert len(store.board().items()) == 50
                     inner.cancel_scope.cancel()
@@ -402,17 +401,9 @@ async def test_hello_arriving_with_the_last_handshake_message_is_processed(
         async with trio.open_nursery() as nursery:
             a = await start_node(nursery, tmp_path / "a")
             with open_store(tmp_path / "copy") as store:
-                sessions: list[SyncSession] = []
-
-                def hello(peer: HandPeer) -> list[Message]:
-                    sessions.append(SyncSession(StoreReplica(store), initiator=True,
-                                                handshake_hash=peer.handshake_hash))
-                    return sessions[0].start()
-
-                peer = await HandPeer.connect(a.address, with_last_message=hello)
-                session = sessions[0]
-                their_hello = await peer.wait_for(Hello)
-                assert session.handle(their_hello) == []  # in sync: nothing more to say
+                peer = await HandPeer.connect(a.address, replica=StoreReplica(store))
+                await peer.wait_for(Hello)
+                assert [type(m) for m in peer.sent] == [Hello]  # in sync: nothing more to say
                 await a.node.board().post_need("pushed live")
                 with trio.fail_after(3):
                     batch = await peer.wait_for(Envelopes)
@@ -427,7 +418,7 @@ async def test_hello_arriving_with_the_last_handshake_message_is_processed(
 NODE_SCRIPT = textwrap.dedent(
     """
     import sys, trio
-    from p2paid.node import open_node
+    from p2paid.node.node import open_node
 
     async def main() -> None:
         peer = (sys.argv[2], int(sys.argv[3]))
@@ -505,7 +496,7 @@ async def test_sigkill_mid_sync_loses_nothing_confirmed(
     make_member(tmp_path / "b", invite, "bob")
     total += 1  # + bob's display name
     # A sends in small batches, so B spends a while receiving (and can be killed meanwhile).
-    monkeypatch.setattr(p2paid.net.connection, "SyncSession",
+    monkeypatch.setattr(p2paid.core.connection, "SyncSession",
                         partial(SyncSession, batch_bytes=8 * 1024))
     log = tmp_path / "b.log"
     with trio.fail_after(90):
@@ -530,7 +521,7 @@ async def test_sigkill_mid_sync_loses_nothing_confirmed(
             assert seen <= len(at_kill) < total, (
                 f"B held {len(at_kill)} of {total} at the kill (read {seen} before it)")
             with open_store(tmp_path / "b", create=False) as store:
-                assert store.db.integrity_check() == []
+                assert store._db.integrity_check() == []
                 b_board = store.board()
                 vector = b_board.version_vector()
                 # What is held is a contiguous prefix of each feed, and the document
@@ -538,7 +529,7 @@ async def test_sigkill_mid_sync_loses_nothing_confirmed(
                 assert sum(vector.values()) == len(at_kill)
                 assert len(b_board.items()) == vector[a.node.board().board.author] - 1
                 if kill_at > 0.8:  # B had saved a snapshot before the kill; reopen used it
-                    assert store.db.snapshot(board_id) is not None
+                    assert store._db.snapshot(board_id) is not None
 
             with log.open("ab") as err:
                 proc = await trio.lowlevel.open_process(argv, stdout=subprocess.DEVNULL,
@@ -561,3 +552,28 @@ async def test_sigkill_mid_sync_loses_nothing_confirmed(
                 assert board_state(store.board()) == board_state(a.node.board())
             nursery.cancel_scope.cancel()
     assert "Traceback" not in log.read_text(errors="replace"), log.read_text(errors="replace")
+
+
+async def test_bulk_work_left_by_a_connection_that_ended_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B stores a bulk sync whose Automerge work is deferred until the link falls
+    quiet; the connection ends first (here: the link never falls quiet long enough).
+    The node still applies all of it, in steps, without another sync."""
+    monkeypatch.setattr(p2paid.net.connection, "IDLE_FLUSH_DELAY", 3600.0)
+    invite = make_member(tmp_path / "a", None, "a")
+    make_member(tmp_path / "b", invite, "b")
+    with open_store(tmp_path / "a") as store:
+        board = store.board()
+        for i in range(300):
+            board.post_need(f"need {i}")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a = await start_node(nursery, tmp_path / "a")
+            b = await start_node(nursery, tmp_path / "b", listen=False)
+            b.node.connect(*a.address)
+            await wait_until(lambda: b.node.replica.stats["received"] >= 301)
+            assert b.node.replica.has_deferred  # stored, not applied yet
+            b.node.dialer.remove(*a.address)  # the connection ends
+            await wait_until(lambda: not b.node.replica.has_deferred)  # (reading would apply)
+            assert len(b.node.board().items()) == 300
+            nursery.cancel_scope.cancel()

@@ -1,4 +1,4 @@
-"""p2paid.noise: test vectors, interop with two independent implementations, failures."""
+"""p2paid.core.noise: test vectors, interop with two independent implementations, failures."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2paid.core.noise import (
+    MAX_MESSAGE_LEN,
+    PROTOCOL_NAME,
+    CipherState,
+    HandshakeState,
+    NoiseTransport,
+    SymmetricState,
+)
 from p2paid.errors import (
     DecryptError,
     FrameTooLargeError,
@@ -20,14 +28,6 @@ from p2paid.errors import (
     LimitExceededError,
     LocalProtocolError,
     RemoteProtocolError,
-)
-from p2paid.noise import (
-    MAX_MESSAGE_LEN,
-    PROTOCOL_NAME,
-    CipherState,
-    HandshakeState,
-    NoiseTransport,
-    SymmetricState,
 )
 
 VECTORS = json.loads(

@@ -34,10 +34,12 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 import p2paid
 from p2paid import Board, Item, ReceiveReport, Store
-from p2paid.bundle import write_bundle
-from p2paid.changes import parse_change
-from p2paid.document import section_object_id
-from p2paid.envelope import ZERO_HASH, Envelope, check_change, seal_envelope
+from p2paid.automerge.chunk import parse_change
+from p2paid.automerge.rules import check_change
+from p2paid.board.bundle import write_bundle
+from p2paid.board.document import section_object_id
+from p2paid.board.readmodel import object_counter
+from p2paid.core.envelope import ZERO_HASH, Envelope, seal_envelope
 from p2paid.errors import (
     ChangeMismatchError,
     DependencyError,
@@ -45,7 +47,6 @@ from p2paid.errors import (
     ForbiddenOpError,
     OwnershipError,
 )
-from p2paid.readmodel import object_counter
 
 FIXED_NOW = 1_900_000_000_000
 TMP_BASE = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -288,7 +289,7 @@ def test_refusal_is_recorded_as_evidence(world: World) -> None:
     w = world
     _, _, env = _malicious(w, _edit_title)
     receive(w.a, [env.raw])
-    rows = w.stores["a"].db.rejections(w.a.id)
+    rows = w.stores["a"]._db.rejections(w.a.id)
     assert any(author == w.b_id and code == OwnershipError.code for author, _, code, _ in rows)
 
 

@@ -35,14 +35,14 @@ from relay_helpers import (
 )
 from replication_helpers import FeedWriter, MemoryReplica, board_keys
 
-from p2paid.envelope import HEADER_BYTES, Envelope, seal_envelope
+from p2paid.board.store import open_store
+from p2paid.core.envelope import HEADER_BYTES, Envelope, seal_envelope
+from p2paid.core.identity import AuthorKey
+from p2paid.core.invite import BoardKeys
+from p2paid.core.relayaddr import RelayAddress
 from p2paid.errors import RemoteProtocolError
-from p2paid.identity import AuthorKey
-from p2paid.invite import BoardKeys
-from p2paid.local import open_store
-from p2paid.relay import RelayLimits
-from p2paid.relayaddr import RelayAddress
-from p2paid.store import DB_FILENAME, Database
+from p2paid.relay.replica import RelayLimits
+from p2paid.storage.sqlite import DB_FILENAME, Database
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -164,7 +164,7 @@ async def test_relay_data_dir_holds_no_plaintext(tmp_path: Path) -> None:
             await wait_until(lambda: board_state(ab) == board_state(bb), 0.02)
             await a.node.wait_in_sync()
             await b.node.wait_in_sync()
-            stored = relay.relay.replica.stats["stored"]
+            stored = relay.relay.replica.stats.stored
             assert stored >= 7, relay.relay.status()
             running_hits = _find_plaintext(relay.data_dir, needles)
             await a.stop()
@@ -242,7 +242,7 @@ async def test_node_refuses_a_relay_presenting_another_key(tmp_path: Path) -> No
             _, bare_invite = create_board(tmp_path / "a", "Camp", "alice", [ra.address])
             a = await start_node(nursery, tmp_path / "a", listen=False)
             await a.node.board().post_need("Medicine")
-            await wait_until(lambda: ra.relay.replica.stats["stored"] >= 2)
+            await wait_until(lambda: ra.relay.replica.stats.stored >= 2)
 
             host, port = ra.hostport
             impostor = str(RelayAddress(host, port, rb.key))
@@ -298,10 +298,10 @@ async def test_relay_refuses_forged_altered_and_replayed_envelopes(
         board.post_need("Water")
         board.post_need("Bread")
         keys = board.keys
-        genuine = [Envelope.decode(r) for r in store.db.envelopes(board.id)]
+        genuine = [Envelope.decode(r) for r in store._db.envelopes(board.id)]
         assert [e.seq for e in genuine] == [1, 2, 3]
         board.post_need("Soap")
-        env4 = [Envelope.decode(r) for r in store.db.envelopes(board.id)][3]
+        env4 = [Envelope.decode(r) for r in store._db.envelopes(board.id)][3]
     forger = AuthorKey.generate()
     forged_env = seal_envelope(board_id=keys.board_id, cipher=board._cipher,
                                author_key=forger, seq=4, prev=genuine[2].hash, change=b"x")
@@ -345,7 +345,7 @@ async def test_relay_refuses_forged_altered_and_replayed_envelopes(
             assert not bad & set(honest.envelopes_received())
             assert not honest.is_closed and not watcher.is_closed
             stats = relay.relay.replica.stats
-            assert stats["stored"] == 4 and stats["duplicates"] >= 1, stats
+            assert stats.stored == 4 and stats.duplicates >= 1, stats
             await relay.stop()
             nursery.cancel_scope.cancel()
 
@@ -666,7 +666,7 @@ async def test_allow_list_refuses_other_boards_and_stores_nothing_of_them(
             await only_foreign.closed.wait()
             assert [r.code for r in only_foreign.refused] == ["not-allowed"]
             assert only_foreign.close_reason == "no shared boards"
-            assert relay.relay.replica.stats["stored"] == 3
+            assert relay.relay.replica.stats.stored == 3
             await relay.stop()
             nursery.cancel_scope.cancel()
     assert relay_envelopes(tmp_path / "relay", allowed.board_id) == raws(ok_envs)
@@ -938,4 +938,4 @@ async def test_load_200_clients_on_20_boards(tmp_path: Path) -> None:
     bad = [line for line in log.splitlines()
            if line.startswith(("WARNING", "ERROR", "CRITICAL")) or "Traceback" in line]
     assert not bad, bad[:5]
-    assert log.count("INFO p2paid.relay client") >= 2 * 200  # the log is really captured
+    assert log.count("INFO p2paid.relay.server client") >= 2 * 200  # the log is really captured

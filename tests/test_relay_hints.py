@@ -8,8 +8,8 @@ import pytest
 import trio
 
 import p2paid
+from p2paid.core.relayaddr import RelayAddress
 from p2paid.errors import InviteError
-from p2paid.relayaddr import RelayAddress
 
 # Loopback addresses where nothing listens: the node under test dials some of them.
 RELAY_1 = str(RelayAddress("127.0.0.1", 1, bytes(range(32))))

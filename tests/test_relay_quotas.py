@@ -23,13 +23,14 @@ from node_helpers import start_node, wait_until
 from relay_helpers import RelayClient, open_client, poll, start_relay
 from replication_helpers import FeedWriter, MemoryReplica
 
-from p2paid.identity import NodeKey
-from p2paid.invite import BoardKeys, derive_board_keys
-from p2paid.local import open_store
-from p2paid.relay import TOKEN_INVALID, TOKEN_REQUIRED, RelayLimits
-from p2paid.relayaddr import RelayAddress, decode_token
-from p2paid.relaystate import MIN_BOARD_CHARGE
-from p2paid.store import Database
+from p2paid.board.store import open_store
+from p2paid.core.identity import NodeKey
+from p2paid.core.invite import BoardKeys, derive_board_keys
+from p2paid.core.relayaddr import RelayAddress, decode_token
+from p2paid.relay.replica import RelayLimits
+from p2paid.relay.server import TOKEN_INVALID, TOKEN_REQUIRED
+from p2paid.relay.state import MIN_BOARD_CHARGE
+from p2paid.storage.sqlite import Database
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 

@@ -21,10 +21,10 @@ import trio
 from node_helpers import LOCALHOST, make_member, start_node, titles, wait_until
 from relay_helpers import start_relay
 
-from p2paid.identity import short_fingerprint
-from p2paid.local import open_store
-from p2paid.node import RELAY_REFRESH_INTERVAL
-from p2paid.relayaddr import RelayAddress
+from p2paid.board.store import open_store
+from p2paid.core.identity import short_fingerprint
+from p2paid.core.relayaddr import RelayAddress
+from p2paid.node.relays import RELAY_REFRESH_INTERVAL
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -76,7 +76,7 @@ async def test_a_suggested_relay_is_dialled_only_after_it_is_accepted(tmp_path: 
             c = await start_node(nursery, tmp_path / "c", listen=False)
             await c.node.board().post_need("Insulin, cold chain")
             await wait_until(lambda: relay.relay.status()["connections"] == 1
-                             and relay.relay.replica.stats["stored"] >= 2)
+                             and relay.relay.replica.stats.stored >= 2)
             a = await start_node(nursery, tmp_path / "a", listen=False)
             board = a.node.board()
             # The hostile's envelopes reach Ana's data dir as a bundle, imported by

@@ -24,19 +24,21 @@ from node_helpers import RunningNode, make_member, start_node, wait_until
 from relay_helpers import open_client, poll, start_relay
 from replication_helpers import FeedWriter, MemoryReplica, board_keys
 
+import p2paid.core.connection
 import p2paid.net.connection
 import p2paid.net.peers
-import p2paid.node
-from p2paid.envelope import Envelope
-from p2paid.identity import NodeKey
-from p2paid.invite import BoardKeys
-from p2paid.local import open_store
+import p2paid.node.node
+import p2paid.node.relays
+from p2paid.board.store import open_store
+from p2paid.core.codes import CloseReason, DialSource
+from p2paid.core.envelope import Envelope
+from p2paid.core.identity import NodeKey
+from p2paid.core.invite import BoardKeys
+from p2paid.core.replication import SyncSession
+from p2paid.core.wire import Hello, HelloBoard, Ping
 from p2paid.net.admission import ADDRESS_FULL, EVICTED, FULL
-from p2paid.net.connection import HELLO_TIMEOUT_REASON
 from p2paid.net.peers import DialTarget
-from p2paid.relay import RelayLimits
-from p2paid.replication import SyncSession
-from p2paid.wire import Hello, HelloBoard, Ping
+from p2paid.relay.replica import RelayLimits
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -56,7 +58,7 @@ def member(keys: BoardKeys, *envelopes: Envelope) -> MemoryReplica:
 
 @pytest.fixture
 def hello_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(p2paid.net.connection, "HELLO_TIMEOUT", TEST_HELLO_TIMEOUT)
+    monkeypatch.setattr(p2paid.core.connection, "HELLO_TIMEOUT", TEST_HELLO_TIMEOUT)
     return TEST_HELLO_TIMEOUT
 
 
@@ -75,7 +77,7 @@ async def test_relay_hints_with_bad_hosts_and_failing_dials_do_not_stop_the_node
     hosts, and one whose connection task raises an unexpected error, are handed to
     the node's dialer directly. The node keeps running, keeps syncing with an honest
     peer, and logs each failure once, not on every retry."""
-    monkeypatch.setattr(p2paid.node, "RELAY_REFRESH_INTERVAL", 0.1)
+    monkeypatch.setattr(p2paid.node.relays, "RELAY_REFRESH_INTERVAL", 0.1)
     monkeypatch.setattr(p2paid.net.peers, "BACKOFF_START", 0.05)
     monkeypatch.setattr(p2paid.net.peers, "BACKOFF_MAX", 0.1)
     invite = make_member(tmp_path / "victim", None, "victim")
@@ -113,9 +115,9 @@ async def test_relay_hints_with_bad_hosts_and_failing_dials_do_not_stop_the_node
             await wait_until(lambda: mallory in victim.node.board().board.version_vector())
             dialer = victim.node.dialer
             for host in BAD_HOSTS:
-                dialer.add(DialTarget(host, 7447, source="relay", node_id=bytes(32),
+                dialer.add(DialTarget(host, 7447, source=DialSource.RELAY, node_id=bytes(32),
                                       pinned=True, to_relay=True))
-            dialer.add(DialTarget("127.0.0.2", port, source="configured"))
+            dialer.add(DialTarget("127.0.0.2", port, source=DialSource.CONFIGURED))
             await trio.sleep(1.0)  # dozens of retries of every target
             for round_ in range(3):
                 need = await victim.node.board().post_need(f"still serving {round_}")
@@ -175,7 +177,7 @@ async def test_silent_authenticated_connections_at_the_cap_do_not_lock_out_a_kno
             assert len(evicted) == 1, [c.close_reason for c in flood if c.is_closed]
 
             await wait_until(lambda: all(c.is_closed for c in flood))
-            assert {c.close_reason for c in flood} == {EVICTED, HELLO_TIMEOUT_REASON}
+            assert {c.close_reason for c in flood} == {EVICTED, CloseReason.NO_HELLO}
             assert [p.node_id for p in node.peers()] == [honest.node.node_id.hex()]
             nursery.cancel_scope.cancel()
 
@@ -258,7 +260,7 @@ async def test_handshakes_in_progress_are_capped_per_address(tmp_path: Path) -> 
                 sockets.append(await trio.open_tcp_stream(*victim.address,
                                                           local_address="127.0.0.3"))
             await wait_until(lambda: victim.node.admission.handshaking
-                             == p2paid.node.MAX_HANDSHAKES_PER_ADDRESS)
+                             == p2paid.node.node.MAX_HANDSHAKES_PER_ADDRESS)
             other = await NoiseClient.connect(victim.address, "127.0.0.4")
             assert other is not None
             for s in sockets:
@@ -305,7 +307,7 @@ async def test_528_silent_connections_on_a_relay_do_not_lock_out_a_client_holdin
             assert sum(c.close_reason == EVICTED for c in flood) == 1
 
             await poll(lambda: all(c.is_closed for c in flood), 0.05)
-            assert {c.close_reason for c in flood} == {FULL, EVICTED, HELLO_TIMEOUT_REASON}
+            assert {c.close_reason for c in flood} == {FULL, EVICTED, CloseReason.NO_HELLO}
             assert not reader.is_closed
             nursery.cancel_scope.cancel()
 

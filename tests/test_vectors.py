@@ -11,12 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 import p2paid
-from p2paid.bundle import read_bundle, write_bundle
-from p2paid.changes import parse_change
-from p2paid.document import section_object_id
-from p2paid.envelope import Envelope, associated_data, check_change, open_envelope, seal_envelope
-from p2paid.identity import AuthorKey, fingerprint
-from p2paid.invite import Invite, derive_board_keys
+from p2paid.automerge.chunk import parse_change
+from p2paid.automerge.rules import check_change
+from p2paid.board.bundle import read_bundle, write_bundle
+from p2paid.board.document import section_object_id
+from p2paid.core.envelope import Envelope, associated_data, open_envelope, seal_envelope
+from p2paid.core.identity import AuthorKey, fingerprint
+from p2paid.core.invite import Invite, derive_board_keys
 
 VECTORS = Path(__file__).parents[1] / "protocol" / "vectors"
 KEYS = json.loads((VECTORS / "keys.json").read_text())

@@ -1,4 +1,4 @@
-"""p2paid.wire: message codecs, the Noise-framed :class:`SecureChannel`, and its failures.
+"""p2paid.core.wire: message codecs, the Noise-framed :class:`SecureChannel`, and its failures.
 
 What this file proves:
 
@@ -12,7 +12,7 @@ What this file proves:
 * API misuse raises :class:`LocalProtocolError`, and a dialler that pins the
   responder's key aborts before it reveals its own identity (no third frame).
 
-A :class:`RawPeer` speaks the protocol by hand (``p2paid.noise.HandshakeState`` plus
+A :class:`RawPeer` speaks the protocol by hand (``p2paid.core.noise.HandshakeState`` plus
 framing written from the module docstring), so tests can put any plaintext into a
 correctly encrypted frame and check the receiver's message-layer limits.
 """
@@ -32,17 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2paid.envelope import MAX_ENVELOPE_BYTES
-from p2paid.errors import (
-    DecodeError,
-    DecryptError,
-    FrameTooLargeError,
-    HandshakeError,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
-from p2paid.noise import MAX_MESSAGE_LEN, TAGLEN, HandshakeState, NoiseTransport
-from p2paid.wire import (
+from p2paid.core.envelope import MAX_ENVELOPE_BYTES
+from p2paid.core.noise import MAX_MESSAGE_LEN, TAGLEN, HandshakeState, NoiseTransport
+from p2paid.core.wire import (
     MAX_HELLO_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_QUEUED_EVENTS,
@@ -66,6 +58,14 @@ from p2paid.wire import (
     check_head,
     decode_message,
     encode_message,
+)
+from p2paid.errors import (
+    DecodeError,
+    DecryptError,
+    FrameTooLargeError,
+    HandshakeError,
+    LocalProtocolError,
+    RemoteProtocolError,
 )
 
 # Fixed static keys keep hypothesis examples cheap (ephemerals are fresh per handshake).
@@ -232,7 +232,7 @@ def greeted_pair(chunking: Any = "all") -> tuple[SecureChannel, SecureChannel]:
 class RawPeer:
     """The protocol written out by hand from ``p2paid/wire.py``'s docstring.
 
-    Noise comes from :class:`p2paid.noise.HandshakeState` (itself checked against
+    Noise comes from :class:`p2paid.core.noise.HandshakeState` (itself checked against
     independent implementations in ``test_noise.py``); the framing is rebuilt here, so
     a test can encrypt any plaintext, including a broken message stream.
     """

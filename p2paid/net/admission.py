@@ -16,7 +16,7 @@ the per-address cap, and when the connections are all taken, such a newcomer
 none, a known newcomer evicts the inbound peer that became known most recently, if that
 was after the newcomer did: a hostile member who makes many node keys known cannot keep
 older members out. Strangers never evict anyone. Connections that send no Hello within
-HELLO_TIMEOUT are closed by the connection itself (:mod:`p2paid.net.connection`).
+HELLO_TIMEOUT are closed by the connection itself (:mod:`p2paid.core.connection`).
 """
 
 from __future__ import annotations
@@ -27,17 +27,19 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
+from p2paid.core.codes import CloseReason
+
 if TYPE_CHECKING:
-    from .connection import Connection
+    from p2paid.net.connection import Connection
 
 __all__ = ["ADDRESS_FULL", "EVICTED", "FULL", "Admission", "AdmissionLimits"]
 
 log = logging.getLogger("p2paid.net")
 
 #: Close reasons (sent to the peer).
-FULL: Final = "full"
-ADDRESS_FULL: Final = "too many connections from your address"
-EVICTED: Final = "evicted for a known peer"
+FULL: Final = CloseReason.FULL
+ADDRESS_FULL: Final = CloseReason.ADDRESS_FULL
+EVICTED: Final = CloseReason.EVICTED
 #: Seconds between two log lines about the same limit.
 _LOG_EVERY: Final = 60.0
 

@@ -1,124 +1,96 @@
-"""One peer connection: the Noise channel and a sync session over a trio stream.
+"""The trio driver of one peer connection: reading, writing and timers around the sans-I/O
+:class:`~p2paid.core.connection.SyncConnection` (h11's ``examples/trio-server.py`` shape).
 
-The shell in the style of h11's trio example: read bytes, feed the sans-I/O
-:class:`~p2paid.wire.SecureChannel`, hand each message to the
-:class:`~p2paid.replication.SyncSession`, write what they produce. Three tasks
-share the connection: the reader, the pusher (sends what the local side gained,
-woken by :meth:`Connection.notify`) and the keepalive. Any protocol error, a
-handshake timeout or a silent peer ends this connection only.
+Three tasks share a connection: the reader (which also hands the host what the
+connection surfaces), the pusher (sends what the local side gained, woken by
+:meth:`Connection.notify`) and the timer (keepalive, the hello and idle timeouts).
+What is heavy leaves the event loop's way: a received batch goes to the replica in
+slices of ``RECEIVE_SLICE`` envelopes with a checkpoint between them, and deferred
+work (a node's Automerge apply) runs in bounded steps once the link falls quiet. Any
+protocol error, a handshake timeout or a silent peer ends this connection only.
+
+Policies this driver leaves to its host (:class:`~p2paid.net.interfaces.ConnectionHost`;
+how it is driven is :class:`~p2paid.net.interfaces.ConnectionOptions`): who is admitted,
+which of two duplicate connections stays, who is known, what a Hello's token is
+worth, and whom to tell about new envelopes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Protocol, final
+from dataclasses import dataclass
+from typing import Final, final
 
 import trio
 
-from ..errors import HandshakeError, P2paidError, RemoteProtocolError
-from ..identity import NodeKey, fingerprint
-from ..replication import Replica, SyncEvent, SyncSession
-from ..wire import (
-    NEED_DATA,
-    Close,
-    ConnectionClosed,
-    HandshakeComplete,
-    Hello,
-    Message,
-    MessageReceived,
-    Ping,
-    Refused,
-    SecureChannel,
+from p2paid.core.codes import CloseReason
+from p2paid.core.connection import (
+    PAUSED,
+    BatchReceived,
+    ConnectionEnded,
+    HelloReceived,
+    SyncConnection,
+    Throttled,
 )
+from p2paid.core.identity import fingerprint
+from p2paid.core.replication import Received, Replica, SyncEvent, SyncSession
+from p2paid.core.wire import NEED_DATA, NeedData
+from p2paid.errors import HandshakeError, LocalProtocolError, P2paidError, RemoteProtocolError
+from p2paid.net.interfaces import ConnectionHost, ConnectionOptions, DeferredWork
 
-__all__ = ["RESYNC_REASON", "Connection", "ConnectionHost", "run_connection"]
+__all__ = [
+    "IDLE_FLUSH_DELAY",
+    "Connection",
+    "receive_in_slices",
+    "run_connection",
+]
 
 log = logging.getLogger("p2paid.net")
 
-#: Close reason of a connection ended only to announce a changed set of boards.
-RESYNC_REASON: Final = "boards changed"
-#: Close reason when the two sides share no board (the slot is freed for others).
-NOTHING_SHARED: Final = "no shared boards"
-#: Pings a peer may send per :data:`KEEPALIVE_INTERVAL` before it counts as flooding.
-MAX_PINGS: Final = 20
-HANDSHAKE_TIMEOUT: Final = 10.0
-#: A peer that has not sent a valid Hello this long after the handshake is dropped.
-HELLO_TIMEOUT: Final = 5.0
-#: Close reason of a peer dropped by HELLO_TIMEOUT.
-HELLO_TIMEOUT_REASON: Final = "no hello"
-KEEPALIVE_INTERVAL: Final = 15.0
-IDLE_TIMEOUT: Final = 60.0
 RECEIVE_SIZE: Final = 64 * 1024
-#: A link quiet this long (seconds) gets its deferred changes applied.
+#: A link quiet this long (seconds) gets the host's deferred work done.
 IDLE_FLUSH_DELAY: Final = 0.002
-
-
-class ConnectionHost(Protocol):
-    """What a connection needs from the node or relay that runs it."""
-
-    @property
-    def node_key(self) -> NodeKey: ...
-
-    def replica_for(self, conn: Connection) -> Replica:
-        """The replica a connection's session works on (a relay tells it who uploads)."""
-        ...
-
-    def on_hello(self, conn: Connection, hello: Hello) -> list[Message] | None:
-        """The peer's Hello, before the session sees it: messages to send first, or None
-        (with ``conn.close_reason`` set) to close the connection, e.g. a relay that
-        requires an access token."""
-        ...
-
-    def register(self, conn: Connection) -> bool:
-        """Admit an authenticated connection; False to close it (duplicate, self, full)."""
-        ...
-
-    def unregister(self, conn: Connection) -> None: ...
-
-    def after_receive(self, conn: Connection) -> None:
-        """The replica may have gained envelopes from ``conn``: tell the others."""
-        ...
-
-    def on_sync_event(self, conn: Connection, event: SyncEvent) -> None: ...
 
 
 @final
 class Connection:
-    """A live, authenticated connection to one peer."""
+    """A live, authenticated connection to one peer, as its host sees it."""
 
-    def __init__(self, stream: trio.abc.Stream, channel: SecureChannel, address: str,
-                 initiator: bool, address_key: str | None = None) -> None:
-        self._stream = stream
-        self._channel = channel
-        self._send_lock = trio.Lock()
-        self._dirty: set[bytes] = set()
-        self._wake = trio.Event()
+    def __init__(self, stream: trio.abc.Stream, core: SyncConnection, address: str,
+                 address_key: str | None = None) -> None:
+        self.stream = stream
+        self.core = core
         self.address = address
         #: for inbound connections: the remote address as the per-address caps count it
         self.address_key = address_key
-        self.initiator = initiator
         #: since when the peer is known (synced a board with us before; for a relay: its
         #: uploads are stored), in ms since the epoch; None for a stranger
         self.known_since: float | None = None
-        self.remote_id: bytes = b""
-        self.session: SyncSession | None = None
         self.connected_at = time.time()
-        self.last_received = time.monotonic()
-        self.last_sent = time.monotonic()
         self.cancel_scope = trio.CancelScope()
-        self.close_reason: str | None = None
+        self._send_lock = trio.Lock()
         self._torn = False
-        self._ping_window = time.monotonic()
-        self._pings = 0
+        self._dirty: set[bytes] = set()
+        self._wake = trio.Event()
 
     def __repr__(self) -> str:
         way = "out" if self.initiator else "in"
         return f"<Connection {way} {self.address} {fingerprint(self.remote_id)}>"
+
+    @property
+    def initiator(self) -> bool:
+        return self.core.initiator
+
+    @property
+    def remote_id(self) -> bytes:
+        return self.core.remote_id
+
+    @property
+    def session(self) -> SyncSession | None:
+        return self.core.session
 
     @property
     def known(self) -> bool:
@@ -127,20 +99,20 @@ class Connection:
 
     @property
     def bytes_in(self) -> int:
-        return self._channel.bytes_in
+        return self.core.channel.bytes_in
 
     @property
     def bytes_out(self) -> int:
-        return self._channel.bytes_out
+        return self.core.channel.bytes_out
 
-    def count_ping(self) -> None:
-        """Keepalives are cheap but not free: a peer that floods them is dropped."""
-        now = time.monotonic()
-        if now - self._ping_window > KEEPALIVE_INTERVAL:
-            self._ping_window, self._pings = now, 0
-        self._pings += 1
-        if self._pings > MAX_PINGS:
-            raise RemoteProtocolError("too many pings", close_reason="flood")
+    @property
+    def close_reason(self) -> str | None:
+        """Why the connection ends (None while it runs, or when the peer hung up)."""
+        return self.core.close_reason
+
+    @close_reason.setter
+    def close_reason(self, reason: str | None) -> None:
+        self.core.close_reason = reason
 
     def notify(self, board_id: bytes) -> None:
         """The local side of ``board_id`` grew: push the difference soon."""
@@ -149,66 +121,77 @@ class Connection:
 
     def close(self, reason: str) -> None:
         """Ask the connection to end (it sends ``Close(reason)`` first)."""
-        self.close_reason = self.close_reason or reason
+        self.core.close_reason = self.core.close_reason or reason
         self.cancel_scope.cancel()
 
-    async def send(self, messages: list[Message]) -> None:
-        if not messages:
+    async def flush(self) -> None:
+        """Write what the connection has queued.
+
+        Raises:
+            trio.ClosedResourceError: an earlier write was cut short.
+            trio.BrokenResourceError: the stream broke.
+        """
+        if not self.core.has_data_to_send:
             return
-        # Encrypt under the lock: Noise nonces are implicit, so frames must reach
-        # the wire in the order they were encrypted.
+        # Take the bytes under the lock: Noise nonces are implicit, so frames must
+        # reach the wire in the order they were encrypted.
         async with self._send_lock:
             if self._torn:
                 raise trio.ClosedResourceError("an earlier send was interrupted")
-            for message in messages:
-                self._channel.send(message)
-            # If this is cancelled midway, part of a frame is on the wire and
-            # nothing more can follow it.
-            self._torn = True
-            await self._stream.send_all(self._channel.data_to_send())
-            self._torn = False
-        self.last_sent = time.monotonic()
-
-    async def _pusher(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            dirty, self._dirty = self._dirty, set()
-            assert self.session is not None
-            for board_id in dirty:
-                await self.send(self.session.local_changed(board_id))
-
-    async def _expect_hello(self) -> None:
-        """Drop a peer that authenticated but sends no valid Hello in time (it would
-        otherwise hold a slot for free, pinging)."""
-        await trio.sleep(HELLO_TIMEOUT)
-        if self.session is not None and not self.session.greeted:
-            raise RemoteProtocolError(f"no hello within {HELLO_TIMEOUT:g} s",
-                                      close_reason=HELLO_TIMEOUT_REASON)
-
-    async def _keepalive(self) -> None:
-        while True:
-            await trio.sleep(KEEPALIVE_INTERVAL / 3)
-            now = time.monotonic()
-            if now - self.last_received > IDLE_TIMEOUT:
-                raise RemoteProtocolError("peer silent for too long", close_reason="idle")
-            if now - self.last_sent > KEEPALIVE_INTERVAL:
-                await self.send([Ping(int.from_bytes(os.urandom(4), "big"))])
-
-
-async def _handshake(stream: trio.abc.Stream, channel: SecureChannel) -> None:
-    with trio.fail_after(HANDSHAKE_TIMEOUT):
-        while True:
-            out = channel.data_to_send()
-            if out:
-                await stream.send_all(out)
-            event = channel.next_event()
-            if isinstance(event, HandshakeComplete):
+            data = self.core.data_to_send(trio.current_time())
+            if not data:
                 return
-            if event is not NEED_DATA:
-                raise HandshakeError("unexpected event during the handshake")
-            data = await stream.receive_some(RECEIVE_SIZE)
-            channel.receive_data(data)
+            # If this is cancelled midway, part of a frame is on the wire and nothing
+            # more can follow it.
+            self._torn = True
+            try:
+                await self.stream.send_all(data)
+            except BaseException:
+                self.core.send_failed()
+                raise
+            self._torn = False
+
+
+async def receive_in_slices(replica: Replica, board_id: bytes, envelopes: Sequence[bytes],
+                            slice_size: int | None) -> Received:
+    """Have ``replica`` receive a batch in contiguous slices of about ``slice_size``
+    envelopes, letting other tasks run between them; the combined result.
+
+    The slices are of equal size, so a batch of at least 100 envelopes (a node defers
+    applying those) is received as slices of at least 128.
+    """
+    if slice_size is None or len(envelopes) <= slice_size:
+        return replica.receive(board_id, envelopes)
+    parts = -(-len(envelopes) // slice_size)
+    total = Received()
+    for i in range(parts):
+        if i:
+            await trio.lowlevel.checkpoint()
+        start, end = len(envelopes) * i // parts, len(envelopes) * (i + 1) // parts
+        total.add(replica.receive(board_id, envelopes[start:end]))
+    return total
+
+
+async def _handshake(conn: Connection) -> bool:
+    """Complete the Noise handshake in time; False (logged, stream closed) if not."""
+    core = conn.core
+    try:
+        with trio.move_on_at(core.next_deadline()):
+            while True:
+                await conn.flush()
+                event = core.next_event()
+                if not isinstance(event, NeedData):
+                    if isinstance(event, ConnectionEnded):
+                        raise HandshakeError("the connection ended during the handshake")
+                    return True  # Authenticated
+                data = await conn.stream.receive_some(RECEIVE_SIZE)
+                core.receive_data(data, trio.current_time())
+        core.tick(trio.current_time())  # the deadline passed: raises
+        raise HandshakeError("the handshake took too long")  # pragma: no cover
+    except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.info("handshake with %s failed: %s", conn.address, exc or type(exc).__name__)
+        await _close_quietly(conn.stream)
+        return False
 
 
 async def run_connection(
@@ -223,12 +206,15 @@ async def run_connection(
     on_connected: Callable[[Connection], Awaitable[None]] | None = None,
     address_key: str | None = None,
     token: bytes | None = None,
+    options: ConnectionOptions | None = None,
 ) -> Connection | None:
     """Handshake, then sync until either side closes or misbehaves.
 
     Args:
         address_key: for inbound connections, the remote address as the caps count it.
         token: a relay access token to send in our Hello (only with ``to_relay``).
+        options: rate limit, deferred work and batch slicing (the defaults: none,
+            none, ``RECEIVE_SLICE`` envelopes).
 
     Returns:
         The connection once it has ended (None if the handshake failed).
@@ -236,126 +222,129 @@ async def run_connection(
     Raises:
         Nothing for peer faults (they are logged); cancellation propagates.
     """
-    channel = SecureChannel(initiator, host.node_key.private, expected_remote=expected_remote)
-    conn = Connection(stream, channel, address, initiator, address_key)
-    try:
-        await _handshake(stream, channel)
-    except (trio.TooSlowError, RemoteProtocolError, trio.BrokenResourceError,
-            trio.ClosedResourceError) as exc:
-        log.info("handshake with %s failed: %s", address, exc or type(exc).__name__)
-        await _close_quietly(stream)
+    opts = options or ConnectionOptions()
+    core = SyncConnection(initiator, host.node_key.private, now=trio.current_time(),
+                          expected_remote=expected_remote, rate_limit=opts.rate_limit)
+    conn = Connection(stream, core, address, address_key)
+    if not await _handshake(conn):
         return None
-    conn.remote_id = channel.remote_static or b""
     if not host.register(conn):
-        await _goodbye(conn, conn.close_reason or "duplicate")
+        await _goodbye(conn, conn.close_reason or CloseReason.DUPLICATE)
         return conn
     try:
-        await _serve(host, conn, channel, to_relay, boards, on_connected,
-                     token if to_relay else None)
+        await _serve(host, conn, _Start(to_relay, boards, token if to_relay else None),
+                     on_connected, opts)
     finally:
         host.unregister(conn)
-        await _goodbye(conn, conn.close_reason or "bye")
+        await _goodbye(conn, conn.close_reason)
     return conn
 
 
-async def _serve(host: ConnectionHost, conn: Connection, channel: SecureChannel,
-                 to_relay: bool, boards: Sequence[bytes] | None,
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """What the session offers: see :meth:`SyncConnection.start`."""
+
+    to_relay: bool
+    boards: Sequence[bytes] | None
+    token: bytes | None
+
+
+async def _serve(host: ConnectionHost, conn: Connection, start: _Start,
                  on_connected: Callable[[Connection], Awaitable[None]] | None,
-                 token: bytes | None) -> None:
-    assert channel.handshake_hash is not None
-    session = SyncSession(host.replica_for(conn), initiator=conn.initiator,
-                          handshake_hash=channel.handshake_hash, to_relay=to_relay,
-                          boards=boards)
-    conn.session = session
+                 opts: ConnectionOptions) -> None:
     with conn.cancel_scope:
         try:
+            replica = host.replica_for(conn)
+            conn.core.start(replica, trio.current_time(), to_relay=start.to_relay,
+                            boards=start.boards, token=start.token)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn._pusher)
-                nursery.start_soon(conn._keepalive)
-                nursery.start_soon(conn._expect_hello)
-                await conn.send(_with_token(session.start(), token))
+                await nursery.start(_run_timers, conn)
+                await nursery.start(_push, conn)
+                await conn.flush()  # our Hello
                 if on_connected is not None:
                     await on_connected(conn)
-                await _read_loop(host, conn, channel, session)
+                await _read_loop(host, conn, replica, opts)
                 nursery.cancel_scope.cancel()
         except* RemoteProtocolError as group:
             exc = group.exceptions[0]
             assert isinstance(exc, RemoteProtocolError)
-            _DROPS.log(exc.close_reason != HELLO_TIMEOUT_REASON, "dropping peer %s (%s): %s",
+            _DROPS.log(exc.close_reason != CloseReason.NO_HELLO, "dropping peer %s (%s): %s",
                        fingerprint(conn.remote_id), conn.address, exc)
             conn.close_reason = exc.close_reason
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            conn.close_reason = conn.close_reason or "connection lost"
+            conn.close_reason = conn.close_reason or CloseReason.CONNECTION_LOST
         except* P2paidError as group:  # e.g. the disk is full: keep serving the others
             log.error("connection to %s ended by a local error: %s", conn.address,
                       group.exceptions[0])
-            conn.close_reason = "local error"
+            conn.close_reason = CloseReason.LOCAL_ERROR
 
 
-async def _read_loop(host: ConnectionHost, conn: Connection, channel: SecureChannel,
-                     session: SyncSession) -> None:
-    rate: int | None = getattr(host, "rate_limit", None)
-    bucket = _TokenBucket(rate) if rate else None
-    # Messages may have arrived in the same read as the last handshake message.
-    while await _drain(host, conn, channel, session):
-        data = await _receive(host, conn)
-        conn.last_received = time.monotonic()
-        if bucket is not None:
-            await bucket.take(len(data), conn)
-        channel.receive_data(data)
-        if not data:
-            await _drain(host, conn, channel, session)
-            return
-
-
-async def _receive(host: ConnectionHost, conn: Connection) -> bytes | bytearray:
-    """The next bytes; if the host deferred work (a bulk sync being applied in one go),
-    do it as soon as the link falls quiet."""
-    flush = getattr(host, "flush_deferred", None)
-    if flush is not None and host.replica_has_deferred():  # type: ignore[attr-defined]
-        with trio.move_on_after(IDLE_FLUSH_DELAY):
-            return await conn._stream.receive_some(RECEIVE_SIZE)
-        flush()
-    return await conn._stream.receive_some(RECEIVE_SIZE)
-
-
-async def _drain(host: ConnectionHost, conn: Connection, channel: SecureChannel,
-                 session: SyncSession) -> bool:
-    """Handle every queued message; False once the connection should end."""
+async def _read_loop(host: ConnectionHost, conn: Connection, replica: Replica,
+                     opts: ConnectionOptions) -> None:
+    """Hand the host what the connection surfaces; read when it needs data."""
+    core = conn.core
     while True:
-        event = channel.next_event()
+        event = core.next_event()
+        if event is PAUSED:
+            raise LocalProtocolError("the connection waits for an answer never given")
         if event is NEED_DATA:
-            return True
-        if isinstance(event, ConnectionClosed):
-            return False
-        assert isinstance(event, MessageReceived)
-        message = event.message
-        if isinstance(message, Ping):
-            conn.count_ping()
-        elif isinstance(message, Hello):
-            notices = host.on_hello(conn, message)
+            host.after_receive(conn)
+            await conn.flush()
+            if core.read_delay:  # over its rate limit: TCP pushes back meanwhile
+                await trio.sleep(core.read_delay)
+            data = await _receive(conn, opts.deferred)
+            core.receive_data(data, trio.current_time())
+        elif isinstance(event, BatchReceived):
+            received = await receive_in_slices(replica, event.board_id, event.envelopes,
+                                               opts.receive_slice)
+            core.batch_done(event.token, received)
+            host.after_receive(conn)
+        elif isinstance(event, HelloReceived):
+            notices = host.on_hello(conn, event.hello)
             if notices is None:
-                return False
-            await conn.send(notices)
-        await conn.send(session.handle(message))
-        for sync_event in session.events:
-            host.on_sync_event(conn, sync_event)
-        session.events.clear()
-        if isinstance(message, Close):
-            conn.close_reason = f"peer closed: {message.reason}"
-            return False
-        if session.greeted and not session.shared_boards:
-            conn.close_reason = NOTHING_SHARED
-            return False
-        host.after_receive(conn)
+                return
+            core.accept_hello(notices)
+        elif isinstance(event, SyncEvent):
+            host.on_sync_event(conn, event)
+        elif isinstance(event, Throttled):
+            log.info("throttling %s to %d bytes/s", conn.address, event.rate)
+        elif isinstance(event, ConnectionEnded):
+            return
+        await conn.flush()
 
 
-def _with_token(messages: list[Message], token: bytes | None) -> list[Message]:
-    """Our first messages, the Hello carrying a relay access token if we have one."""
-    if token is None:
-        return messages
-    return [dataclasses.replace(m, token=token) if isinstance(m, Hello) else m
-            for m in messages]
+async def _receive(conn: Connection, deferred: DeferredWork | None) -> bytes | bytearray:
+    """The next bytes; if the host deferred work (a bulk sync being applied in one go),
+    do it, in bounded steps, as soon as the link falls quiet."""
+    if deferred is not None and deferred.has_deferred():
+        with trio.move_on_after(IDLE_FLUSH_DELAY):
+            return await conn.stream.receive_some(RECEIVE_SIZE)
+        while deferred.flush_deferred():
+            await trio.lowlevel.checkpoint()
+    return await conn.stream.receive_some(RECEIVE_SIZE)
+
+
+async def _run_timers(conn: Connection,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Call the connection's timers when they are due (they raise to end it)."""
+    task_status.started()
+    while True:
+        await trio.sleep_until(conn.core.next_deadline())
+        conn.core.tick(trio.current_time())
+        await conn.flush()
+
+
+async def _push(conn: Connection,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Send the peer what the local side gained, when :meth:`Connection.notify`'d."""
+    task_status.started()
+    while True:
+        await conn._wake.wait()
+        conn._wake = trio.Event()
+        dirty, conn._dirty = conn._dirty, set()
+        for board_id in dirty:
+            conn.core.local_changed(board_id)
+            await conn.flush()
 
 
 class _DropLog:
@@ -389,36 +378,14 @@ DROP_LOG_WINDOW: Final = 60.0
 _DROPS = _DropLog()
 
 
-class _TokenBucket:
-    """Per-connection receive rate limit: past a burst, reading pauses (TCP pushes back)."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self.burst = 4 * rate
-        self.tokens = float(self.burst)
-        self.at = time.monotonic()
-        self.warned = False
-
-    async def take(self, size: int, conn: Connection) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate) - size
-        self.at = now
-        if self.tokens < 0:
-            if not self.warned:
-                self.warned = True
-                log.info("throttling %s to %d bytes/s", conn.address, self.rate)
-                await conn.send([Refused(b"", "rate-limited",
-                                         f"this relay reads at most {self.rate} bytes/s")])
-            await trio.sleep(-self.tokens / self.rate)
-
-
-async def _goodbye(conn: Connection, reason: str) -> None:
-    """Send Close(reason) if possible, then close the stream; never raises."""
+async def _goodbye(conn: Connection, reason: str | None) -> None:
+    """Send Close(reason, default "bye") if possible, then close the stream; never raises."""
     with trio.move_on_after(1) as scope:
         scope.shield = True
+        conn.core.close(reason)
         with contextlib.suppress(Exception):  # gone already, or a send was torn
-            await conn.send([Close(reason[:200])])
-        await _close_quietly(conn._stream)
+            await conn.flush()
+        await _close_quietly(conn.stream)
 
 
 async def _close_quietly(stream: trio.abc.Stream) -> None:

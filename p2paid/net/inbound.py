@@ -16,10 +16,11 @@ from typing import Final, NoReturn
 
 import trio
 
-from ..hosts import address_key
-from .admission import Admission
-from .connection import Connection, ConnectionHost, run_connection
-from .tcp import format_address
+from p2paid.core.hosts import address_key
+from p2paid.net.admission import Admission
+from p2paid.net.connection import Connection, run_connection
+from p2paid.net.interfaces import ConnectionHost, ConnectionOptions
+from p2paid.net.tcp import format_address
 
 __all__ = ["serve_inbound"]
 
@@ -29,13 +30,15 @@ _RESOURCE_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 
 
 async def serve_inbound(
-    host: ConnectionHost, listener: trio.SocketListener, admission: Admission
+    host: ConnectionHost, listener: trio.SocketListener, admission: Admission,
+    options: ConnectionOptions | None = None,
 ) -> NoReturn:
     """Accept and serve connections until cancelled.
 
     Args:
         admission: decides which sockets may start a handshake (and, through the
             host's ``register``, which authenticated connections stay).
+        options: how the connections are driven (rate limit, deferred work).
     """
 
     async def serve(stream: trio.SocketStream, ip: str, address: str) -> None:
@@ -50,7 +53,7 @@ async def serve_inbound(
 
         try:
             await run_connection(host, stream, address=address, address_key=key,
-                                 initiator=False, on_connected=release)
+                                 initiator=False, on_connected=release, options=options)
         except Exception:  # a bug that one peer's bytes triggered: keep serving the others
             log.exception("connection from %s ended by an unexpected error", address)
         finally:

@@ -15,16 +15,15 @@ import ipaddress
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import ifaddr
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
-from .peers import DialTarget
-
-if TYPE_CHECKING:
-    from ..node import Node
+from p2paid.core.codes import DialSource
+from p2paid.net.interfaces import DialTargets
+from p2paid.net.peers import DialTarget
 
 __all__ = ["SERVICE_TYPE", "run_mdns"]
 
@@ -68,9 +67,16 @@ def rank_addresses(addresses: list[str], networks: list[ipaddress.IPv4Interface]
 
 
 async def run_mdns(
-    node: Node, port: int | None, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    targets: DialTargets, listen_host: str | None, port: int | None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Advertise (when ``port`` is given) and browse until cancelled; dial what is found."""
+    """Advertise (when ``port`` and ``listen_host`` are given) and browse until cancelled;
+    add what is found to ``targets`` (and remove what goes away).
+
+    Args:
+        listen_host: the address the node listens on (``0.0.0.0``: every interface's).
+        port: the port to announce, or None to browse only.
+    """
     token = trio.lowlevel.current_trio_token()
     send, receive = trio.open_memory_channel[tuple[str, ServiceStateChange]](256)
     zc = await trio.to_thread.run_sync(lambda: Zeroconf(ip_version=IPVersion.V4Only))
@@ -86,8 +92,8 @@ async def run_mdns(
             trio.from_thread.run_sync(send.send_nowait, (name, state_change), trio_token=token)
 
     try:
-        if port is not None and node.listen_address is not None:
-            addresses = _advertised_addresses(node.listen_address[0])
+        if port is not None and listen_host is not None:
+            addresses = _advertised_addresses(listen_host)
             info = ServiceInfo(SERVICE_TYPE, own_name, addresses=addresses, port=port,
                                properties={"v": "1"}, server=own_name.split(".")[0] + ".local.")
             await trio.to_thread.run_sync(zc.register_service, info)
@@ -102,7 +108,7 @@ async def run_mdns(
             if change is ServiceStateChange.Removed:
                 target = found.pop(name, None)
                 if target is not None:
-                    node.dialer.remove(target.host, target.port)
+                    targets.remove(target.host, target.port)
                 continue
             resolved = await _resolve(zc, name)
             if resolved is None:
@@ -112,11 +118,11 @@ async def run_mdns(
             if old is not None and (old.addresses, old.port) == (hosts, port):
                 continue
             if old is not None:
-                node.dialer.remove(old.host, old.port)
-            target = DialTarget(hosts[0], port, source="mdns", addresses=hosts)
+                targets.remove(old.host, old.port)
+            target = DialTarget(hosts[0], port, source=DialSource.MDNS, addresses=hosts)
             found[name] = target
             log.info("found a node on the local network at %s:%d", hosts[0], port)
-            node.dialer.add(target)
+            targets.add(target)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(_shutdown, zc, browser, info)

@@ -2,7 +2,10 @@
 
 A target is an address from the configuration, from mDNS, or a relay. Once a
 target has been reached, its node id is known, and it is not dialled while a
-connection to that node exists in either direction.
+connection to that node exists in either direction. The :class:`Dialer` is a
+service (``await nursery.start(dialer.serve)``) that starts each target's task with
+``nursery.start``; its host is any :class:`~p2paid.net.interfaces.DialHost`, and mDNS
+feeds it through the :class:`~p2paid.net.interfaces.DialTargets` it implements.
 
 Nothing that goes wrong with one target stops the node: an address the resolver
 cannot encode, an unreachable host, or an unexpected error in a connection is
@@ -12,18 +15,18 @@ logged (once per kind of failure, not on every retry) and retried with backoff.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, final
+from typing import Final, final
 
 import trio
 
-from .connection import RESYNC_REASON, Connection, run_connection
-from .tcp import DIAL_TIMEOUT, dial, format_address
-
-if TYPE_CHECKING:
-    from ..node import Node
+from p2paid.core.codes import CloseReason, DialSource
+from p2paid.net.connection import Connection, run_connection
+from p2paid.net.interfaces import ConnectionOptions, DialHost
+from p2paid.net.tcp import DIAL_TIMEOUT, dial, format_address
 
 __all__ = ["DialTarget", "Dialer"]
 
@@ -42,7 +45,7 @@ ALTERNATIVE_TIMEOUT: Final = 3.0
 class DialTarget:
     host: str
     port: int
-    source: str  #: "configured", "mdns", "relay"
+    source: DialSource
     node_id: bytes | None = None  #: expected (pinned) or learned node id
     pinned: bool = False  #: refuse any other node id (relays)
     to_relay: bool = False
@@ -56,6 +59,9 @@ class DialTarget:
     last_failure: str | None = None
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
+    def __post_init__(self) -> None:
+        self.source = DialSource(self.source)  # (the same member, if given its string)
+
     @property
     def address(self) -> str:
         return format_address(self.host, self.port)
@@ -63,19 +69,34 @@ class DialTarget:
 
 @final
 class Dialer:
-    """Keeps one reconnecting task per target."""
+    """Keeps one reconnecting task per target, once :meth:`serve` runs.
 
-    def __init__(self, node: Node, nursery: trio.Nursery) -> None:
-        self._node = node
-        self._nursery = nursery
+    Args:
+        host: the node that dials.
+        options: how its connections are driven.
+    """
+
+    def __init__(self, host: DialHost, options: ConnectionOptions | None = None) -> None:
+        self._host = host
+        self._options = options
         self.targets: dict[tuple[str, int], DialTarget] = {}
+        self._added, self._to_start = trio.open_memory_channel[DialTarget](math.inf)
 
     def add(self, target: DialTarget) -> None:
+        """Dial ``target`` (again and again) until it is removed."""
         key = (target.host, target.port)
         if key in self.targets:
             return
         self.targets[key] = target
-        self._nursery.start_soon(self._run, target)
+        self._added.send_nowait(target)
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Run every target's task (each started with ``nursery.start``) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for target in self._to_start:
+                await nursery.start(self._run, target)
 
     def get(self, host: str, port: int) -> DialTarget | None:
         return self.targets.get((host, port))
@@ -85,12 +106,14 @@ class Dialer:
         if target is not None:
             target.cancel_scope.cancel()
 
-    async def _run(self, target: DialTarget) -> None:
-        with target.cancel_scope:
+    async def _run(self, target: DialTarget,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        with target.cancel_scope:  # (cancelled already if removed before it started)
             backoff = BACKOFF_START
             while True:
-                if target.node_id is not None and self._node.is_connected(target.node_id):
-                    await self._node.wait_disconnected(target.node_id)
+                if target.node_id is not None and self._host.is_connected(target.node_id):
+                    await self._host.wait_disconnected(target.node_id)
                 started = time.monotonic()
                 try:
                     conn = await self._attempt(target)
@@ -100,7 +123,7 @@ class Dialer:
                 if conn is not None and conn.session is not None:
                     # It was up: a deliberate close (new boards to announce) redials at
                     # once; any other end starts the backoff afresh.
-                    if _is_resync(conn.close_reason):
+                    if _is_resync(conn):
                         continue
                     if time.monotonic() - started > STABLE_AFTER:
                         backoff = BACKOFF_START
@@ -129,11 +152,11 @@ class Dialer:
     async def _connect(self, target: DialTarget, stream: trio.SocketStream,
                        address: str) -> Connection | None:
         conn = await run_connection(
-            self._node, stream, address=address, initiator=True,
+            self._host, stream, address=address, initiator=True,
             expected_remote=target.node_id if target.pinned else None,
             to_relay=target.to_relay,
             boards=None if target.boards is None else sorted(target.boards),
-            token=target.token,
+            token=target.token, options=self._options,
         )
         if conn is not None and conn.remote_id and not target.pinned:
             target.node_id = conn.remote_id
@@ -149,11 +172,13 @@ def _failed(target: DialTarget, what: str, exc: BaseException | None = None) -> 
     if exc is not None:
         log.error("dialling %s failed unexpectedly; retrying with backoff: %s",
                   target.address, what, exc_info=exc)
-    elif target.source == "mdns":
+    elif target.source is DialSource.MDNS:
         log.debug("%s", what)
     else:
         log.warning("%s; retrying with backoff", what)
 
 
-def _is_resync(reason: str | None) -> bool:
-    return reason is not None and reason.endswith(RESYNC_REASON)
+def _is_resync(conn: Connection) -> bool:
+    """Ended only to announce a changed set of boards (by us or by the peer)."""
+    return (conn.close_reason == CloseReason.BOARDS_CHANGED
+            or CloseReason.parse(conn.core.peer_close_reason) is CloseReason.BOARDS_CHANGED)

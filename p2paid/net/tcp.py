@@ -7,8 +7,8 @@ from typing import Final
 
 import trio
 
-from ..errors import UsageError
-from ..hosts import normalize_host
+from p2paid.core.hosts import normalize_host
+from p2paid.errors import UsageError
 
 __all__ = ["DIAL_TIMEOUT", "dial", "format_address", "open_listener", "parse_address"]
 
@@ -17,10 +17,10 @@ DIAL_TIMEOUT: Final = 10.0
 
 def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]:
     """``"host:port"``, ``"[v6]:port"`` or ``"host"`` (with a default port); the host is
-    checked and normalised by :func:`p2paid.hosts.normalize_host`.
+    checked and normalised by :func:`p2paid.core.hosts.normalize_host`.
 
     Raises:
-        UsageError: not a host and port (:class:`~p2paid.hosts.HostError` for the host).
+        UsageError: not a host and port (:class:`~p2paid.core.hosts.HostError` for the host).
     """
     text = text.strip()
     if text.startswith("["):

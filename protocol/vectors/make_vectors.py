@@ -19,16 +19,22 @@ from typing import Any
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2paid.bundle import write_bundle
-from p2paid.changes import parse_change
-from p2paid.document import section_object_id
-from p2paid.envelope import ZERO_HASH, associated_data, seal_envelope
-from p2paid.identity import AuthorKey, fingerprint
-from p2paid.invite import Invite, derive_board_keys
-from p2paid.relayaddr import RelayAddress
+from p2paid.automerge.chunk import parse_change
+from p2paid.board.bundle import write_bundle
+from p2paid.board.document import section_object_id
+from p2paid.core.envelope import ZERO_HASH, associated_data, seal_envelope
+from p2paid.core.identity import AuthorKey, fingerprint
+from p2paid.core.invite import Invite, derive_board_keys
+from p2paid.core.relayaddr import RelayAddress
 
 HERE = Path(__file__).parent
 
+
+
+def _last_change(doc: Document) -> bytes:
+    change = doc.get_last_local_change()
+    assert change is not None, "a transaction made no change"
+    return change.bytes
 
 def fixed(label: str) -> bytes:
     return hashlib.sha256(label.encode()).digest()
@@ -81,7 +87,7 @@ def feed() -> None:
         tx.put(sec, "v", ScalarType.Int, 1)
         profile = tx.put_object(sec, "profile", ObjType.Map)
         tx.put(profile, "name", ScalarType.Str, "Amina")
-    changes.append(doc.get_last_local_change().bytes)
+    changes.append(_last_change(doc))
     with doc.transaction() as tx:
         needs = tx.put_object(sec, "needs", ObjType.Map)
         need = tx.put_object(needs, "00112233445566778899aabbccddeeff", ObjType.Map)
@@ -93,7 +99,7 @@ def feed() -> None:
         for key, num in (("quantity", 40), ("created", 1_800_000_000_000),
                          ("updated", 1_800_000_000_000), ("expires", 1_801_209_600_000)):
             tx.put(need, key, ScalarType.Int, num)
-    changes.append(doc.get_last_local_change().bytes)
+    changes.append(_last_change(doc))
     prev = ZERO_HASH
     entries = []
     envelopes = []

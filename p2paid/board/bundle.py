@@ -1,0 +1,138 @@
+"""Bundle files: envelopes carried on a USB stick or sent by e-mail.
+
+Layout (``protocol/SPEC.md`` "Bundles"), all integers big-endian::
+
+    magic    8 bytes   b"P2PAIDBN"
+    version  1 byte    0x01
+    flags    1 byte    0x00 (reserved; a reader refuses other values)
+    records  repeated: length(4) envelope   (1 <= length <= MAX_ENVELOPE_BYTES)
+    end      length(4) = 0
+    count    8 bytes   number of records
+    sha256   32 bytes  over every byte before it
+
+Envelopes name their board, so one bundle can carry several boards, including
+boards the carrier cannot read. A reader checks the whole file (structure,
+count, checksum) before it yields a single record, so a damaged bundle changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from p2paid.core.envelope import MAX_ENVELOPE_BYTES
+from p2paid.errors import BundleError, LocalProtocolError
+
+__all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "read_bundle", "write_bundle"]
+
+BUNDLE_MAGIC: Final = b"P2PAIDBN"
+BUNDLE_VERSION: Final = 1
+_LEN = struct.Struct(">I")
+_COUNT = struct.Struct(">Q")
+_HEADER = BUNDLE_MAGIC + bytes([BUNDLE_VERSION, 0])
+
+
+def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> int:
+    """Write envelopes to ``path`` atomically (temp file, fsync, rename).
+
+    Returns:
+        The number of envelopes written.
+
+    Raises:
+        LocalProtocolError: a record is empty or larger than any envelope.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise FileNotFoundError(2, "the folder does not exist", str(target.parent))
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    count = 0
+    try:
+        with open(tmp, "wb") as f:
+
+            def put(data: bytes) -> None:
+                digest.update(data)
+                f.write(data)
+
+            put(_HEADER)
+            for raw in envelopes:
+                if not 0 < len(raw) <= MAX_ENVELOPE_BYTES:
+                    raise LocalProtocolError(
+                        f"a bundle record of {len(raw)} bytes is not an envelope"
+                    )
+                put(_LEN.pack(len(raw)))
+                put(raw)
+                count += 1
+            put(_LEN.pack(0))
+            put(_COUNT.pack(count))
+            f.write(digest.digest())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _records(f: BinaryIO, digest: hashlib._Hash) -> Iterator[bytes]:
+    def take(n: int) -> bytes:
+        data = f.read(n)
+        if len(data) != n:
+            raise BundleError("the bundle is truncated")
+        digest.update(data)
+        return data
+
+    header = take(len(_HEADER))
+    if header[:8] != BUNDLE_MAGIC:
+        raise BundleError("not a p2paid bundle (bad magic)")
+    if header[8] < BUNDLE_VERSION:
+        raise BundleError(f"bundle version {header[8]} is not a valid p2paid bundle version")
+    if header[8] != BUNDLE_VERSION:
+        raise BundleError(
+            f"bundle version {header[8]} is newer than this p2paid reads ({BUNDLE_VERSION}); "
+            "upgrade p2paid"
+        )
+    if header[9] != 0:
+        raise BundleError("the bundle uses flags this p2paid does not know")
+    count = 0
+    while True:
+        (length,) = _LEN.unpack(take(4))
+        if length == 0:
+            break
+        if length > MAX_ENVELOPE_BYTES:
+            raise BundleError(f"bundle record {count + 1} is larger than any envelope")
+        yield take(length)
+        count += 1
+    (declared,) = _COUNT.unpack(take(8))
+    if declared != count:
+        raise BundleError("the bundle's record count does not match")
+    expected = digest.digest()
+    if f.read(32) != expected:
+        raise BundleError("the bundle's checksum does not match: it is damaged")
+    if f.read(1):
+        raise BundleError("the bundle has trailing bytes")
+
+
+def read_bundle(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """Check a bundle file completely, then yield its envelopes.
+
+    Raises:
+        BundleError: before anything is yielded, if the file is damaged, truncated
+            or of an unsupported version.
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        for _ in _records(f, hashlib.sha256()):
+            pass
+    return _yield_checked(path)
+
+
+def _yield_checked(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from _records(f, hashlib.sha256())

@@ -1,0 +1,458 @@
+"""The synchronous library API: a data dir with its boards, keys and bundles.
+
+>>> import p2paid
+>>> with p2paid.open_store("/tmp/aid") as store:              # doctest: +SKIP
+...     board = store.create_board("Riverside mutual aid")
+...     board.post_need("Drinking water", category="water", quantity=40, unit="litres")
+...     print(board.invite())
+
+Everything the ``p2paid`` command does is available here; the async node
+(:func:`p2paid.open_node`) is built on the same objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Final, final
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from platformdirs import user_data_dir
+
+from p2paid.automerge.rules import AuthorState, FeedRules, check_change
+from p2paid.board.board import Board, ReceiveReport
+from p2paid.board.bundle import read_bundle, write_bundle
+from p2paid.board.model import now_ms
+from p2paid.board.relayplan import RelaySuggestion, configured_for
+from p2paid.core.envelope import Envelope, open_envelope
+from p2paid.core.feed import Rejection
+from p2paid.core.identity import AuthorKey, NodeKey, fingerprint
+from p2paid.core.invite import Invite, derive_board_keys, new_board_secret, validate_board_name
+from p2paid.core.relayaddr import RelayAddress
+from p2paid.errors import (
+    AmbiguousIdError,
+    ChainError,
+    EnvelopeError,
+    NotFoundError,
+    UsageError,
+)
+from p2paid.storage.ingest import ingest
+from p2paid.storage.peerbook import PeerBook
+from p2paid.storage.sqlite import DB_FILENAME, BoardRow, Database
+
+__all__ = ["BoardReport", "ImportReport", "Store", "default_data_dir", "open_store"]
+
+#: Envelopes handed to one :meth:`Board.receive` call during a bundle import.
+IMPORT_BATCH: Final = 10_000
+_NODE_KEY: Final = "node_key"
+_RELAYS: Final = "relays"
+_RUNTIME: Final = "runtime"
+
+
+def default_data_dir() -> Path:
+    """``$P2PAID_DATA_DIR``, else the per-user data dir (e.g. ``~/.local/share/p2paid``)."""
+    env = os.environ.get("P2PAID_DATA_DIR")
+    return Path(env) if env else Path(user_data_dir("p2paid", appauthor=False))
+
+
+@final
+@dataclass(slots=True)
+class BoardReport:
+    """Import counts for one board of a bundle."""
+
+    board_id: bytes
+    name: str | None  #: None for a board this store has not joined (carried, unreadable)
+    accepted: int = 0
+    duplicates: int = 0
+    held: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def add(self, report: ReceiveReport) -> None:
+        self.accepted += report.accepted
+        self.duplicates += report.duplicates
+        self.held = report.held
+        for rejection in report.rejected:
+            self.rejected[rejection.error.code] += 1
+
+
+@final
+@dataclass(slots=True)
+class ImportReport:
+    """What a bundle import did, per board."""
+
+    boards: dict[bytes, BoardReport] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> int:
+        return sum(b.accepted for b in self.boards.values())
+
+    @property
+    def duplicates(self) -> int:
+        return sum(b.duplicates for b in self.boards.values())
+
+    @property
+    def rejected(self) -> int:
+        return sum(sum(b.rejected.values()) for b in self.boards.values())
+
+
+@final
+class Store:
+    """A p2paid data dir: its boards, keys and envelopes. Use :func:`open_store`."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, create: bool = True) -> None:
+        path = Path(data_dir)
+        if not create and not (path / DB_FILENAME).exists():
+            raise NotFoundError(f"no p2paid data in {path}; run 'p2paid init' first")
+        self.data_dir = path
+        self._db = Database(path)
+        self._boards: dict[bytes, Board] = {}
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Save snapshots where worthwhile and close the database."""
+        try:
+            for board in self._boards.values():
+                board.close()
+        finally:
+            self._db.close()
+
+    # ------------------------------------------------------------------ node state
+
+    def peer_book(self) -> PeerBook:
+        """The peers this node has met (kept in the store, across restarts)."""
+        return PeerBook(self._db)
+
+    def last_arrival(self) -> int:
+        """The arrival counter of the newest stored envelope (any board, any process):
+        it grows whenever an envelope is stored, so a watcher polls it."""
+        return self._db.last_id()
+
+    def read_runtime(self) -> bytes | None:
+        """What the node running on this data dir last published (see
+        :meth:`write_runtime`)."""
+        return self._db.get_meta(_RUNTIME)
+
+    def write_runtime(self, status: bytes) -> None:
+        """Publish the running node's status for ``p2paid status`` in other processes."""
+        self._db.set_meta(_RUNTIME, status)
+
+    # ------------------------------------------------------------------ keys
+
+    @property
+    def node_key(self) -> NodeKey:
+        """This node's transport key, created on first use."""
+        raw = self._db.get_meta(_NODE_KEY)
+        if raw is None:
+            with self._db.write():
+                raw = self._db.get_meta(_NODE_KEY)
+                if raw is None:
+                    raw = NodeKey.generate().private_bytes()
+                    self._db.set_meta(_NODE_KEY, raw)
+        return NodeKey(raw)
+
+    @property
+    def node_fingerprint(self) -> str:
+        return fingerprint(self.node_key.public)
+
+    # ------------------------------------------------------------------ boards
+
+    def boards(self) -> list[Board]:
+        """Every joined board, oldest first."""
+        out = []
+        for row in self._db.boards():
+            board = self._boards.get(row.board_id)
+            if board is None:
+                board = self._boards[row.board_id] = Board(self._db, row)
+            out.append(board)
+        return out
+
+    def board(self, selector: str | bytes | None = None) -> Board:
+        """Find a joined board by id (hex prefix), exact name, or alone.
+
+        Raises:
+            NotFoundError: no board matches, or none is joined.
+            AmbiguousIdError: several match, or ``selector`` is None and several are joined.
+        """
+        boards = self.boards()
+        if isinstance(selector, bytes):
+            for b in boards:
+                if b.id == selector:
+                    return b
+            raise NotFoundError(f"board {selector.hex()[:12]} is not joined")
+        if selector is None:
+            if len(boards) == 1:
+                return boards[0]
+            if not boards:
+                raise NotFoundError("no board yet: create one with 'p2paid board create NAME' "
+                                    "or join one with 'p2paid board join INVITE'")
+            names = ", ".join(f"{b.name} ({b.id.hex()[:8]})" for b in boards)
+            raise AmbiguousIdError(f"several boards are joined; choose one with --board: {names}")
+        wanted = selector.strip()
+        by_name = [b for b in boards if b.name == wanted]
+        if len(by_name) == 1:
+            return by_name[0]
+        prefix = wanted.lower()
+        by_id = [b for b in boards if b.id.hex().startswith(prefix)] if len(prefix) >= 4 else []
+        if len(by_id) == 1:
+            return by_id[0]
+        if len(by_id) > 1 or len(by_name) > 1:
+            raise AmbiguousIdError(f"{wanted!r} matches several boards; give more of the id")
+        raise NotFoundError(f"no joined board named or with id {wanted!r}")
+
+    def create_board(
+        self, name: str, *, display_name: str | None = None, relays: Iterable[str] = ()
+    ) -> Board:
+        """Create a new board with a fresh secret; you are its first member.
+
+        Raises:
+            InviteError: a relay hint is not a valid relay address.
+        """
+        hints = tuple(str(RelayAddress.parse(r)) for r in relays)
+        return self._add_board(new_board_secret(), validate_board_name(name), hints,
+                               display_name)
+
+    def join(self, invite: str | Invite, *, display_name: str | None = None) -> Board:
+        """Join a board from its invite. Envelopes already carried for it become readable.
+
+        Raises:
+            InviteError: the invite is malformed.
+            UsageError: the board is already joined.
+        """
+        inv = Invite.from_uri(invite) if isinstance(invite, str) else invite
+        return self._add_board(inv.secret, inv.name, inv.relays, display_name)
+
+    def _add_board(
+        self, secret: bytes, name: str, relays: tuple[str, ...], display_name: str | None
+    ) -> Board:
+        keys = derive_board_keys(secret)
+        row = BoardRow(keys.board_id, secret, name, AuthorKey.generate().private_bytes(),
+                       relays, now_ms())
+        with self._db.write():
+            if any(b.board_id == keys.board_id for b in self._db.boards()):
+                raise UsageError(f"board {name!r} is already joined")
+            self._db.add_board(row)
+            self._adopt_carried(row)
+        board = self._boards[row.board_id] = Board(self._db, row)
+        if display_name:
+            board.set_display_name(display_name)
+        return board
+
+    def _adopt_carried(self, row: BoardRow) -> None:
+        """Check envelopes carried for a board we just joined; drop what members refuse
+        (with everything later of the same author, as every member does)."""
+        board_id = row.board_id
+        cipher = ChaCha20Poly1305(derive_board_keys(row.secret).content_key)
+        rules = FeedRules(lambda _author: AuthorState(), lambda _author: False)
+        updates: list[tuple[bytes, int]] = []
+        rows = self._db.envelopes_by_id([i for i, *_ in self._db.change_index(board_id)])
+        refused_from: dict[bytes, int] = {}
+        for r in rows:
+            if r.author in refused_from:
+                continue
+            try:
+                env = Envelope.decode(r.data)
+                header = check_change(env, open_envelope(env, cipher))
+                rules.check(header)
+            except EnvelopeError as exc:
+                refused_from[r.author] = r.seq
+                self._db.record_rejection(board_id, r.author, r.seq, r.hash, exc.code, str(exc),
+                                         None, now_ms())
+                continue
+            updates.append((header.hash, r.id))
+        self._db.set_change_hashes(updates)
+        for author, seq in refused_from.items():
+            self._db.delete_feed_from(board_id, author, seq)
+
+    # ------------------------------------------------------------------ relays
+
+    def relays(self) -> dict[str, list[bytes] | None]:
+        """Relays this node uses: ``address -> board ids`` (None: every board)."""
+        raw = self._db.get_meta(_RELAYS)
+        entries = json.loads(raw) if raw else {}
+        return {a: None if b is None else [bytes.fromhex(x) for x in b]
+                for a, b in entries.items()}
+
+    def add_relay(self, address: str, board: bytes | None = None) -> str:
+        """Use a relay for every board, or for one; returns the address in normal form.
+
+        Raises:
+            InviteError: not a relay address.
+        """
+        text = str(RelayAddress.parse(address))
+        relays = self.relays()
+        if board is None:
+            relays[text] = None
+        else:
+            current = relays.get(text, [])
+            if current is not None and board not in current:
+                relays[text] = [*current, board]
+        self._save_relays(relays)
+        return text
+
+    def remove_relay(self, address: str) -> None:
+        """Stop using a relay configured with :meth:`add_relay`.
+
+        Raises:
+            NotFoundError: it is not configured.
+        """
+        text = str(RelayAddress.parse(address))
+        relays = self.relays()
+        if relays.pop(text, False) is False:
+            raise NotFoundError(f"relay {text} is not configured")
+        self._save_relays(relays)
+
+    def suggested_relays(self, *, rejected: bool = False) -> list[RelaySuggestion]:
+        """Relays that other members suggest on joined boards and that this node does
+        not use for that board (see :meth:`Board.suggested_relays`)."""
+        configured = self.relays()
+        return [s for board in self.boards()
+                for s in board.suggested_relays(rejected=rejected)
+                if s.address not in configured_for(configured, board.id)]
+
+    def accept_relay(self, address: str, board: bytes | None = None) -> list[Board]:
+        """Use a relay that members suggest: on every board that suggests it, or on one.
+        Returns the boards that now sync through it.
+
+        Raises:
+            InviteError: not a relay address.
+            NotFoundError: no member suggests it (on that board).
+        """
+        return self._decide_relay(address, board, accept=True)
+
+    def reject_relay(self, address: str, board: bytes | None = None) -> list[Board]:
+        """Do not use a relay that members suggest, and stop listing it (on every board
+        that suggests it, or on one). Returns those boards.
+
+        Raises:
+            InviteError: not a relay address.
+            NotFoundError: no member suggests it (on that board).
+        """
+        return self._decide_relay(address, board, accept=False)
+
+    def _decide_relay(self, address: str, board: bytes | None, *, accept: bool) -> list[Board]:
+        text = str(RelayAddress.parse(address))
+        boards = [self.board(board)] if board is not None else [
+            b for b in self.boards()
+            if any(s.address == text for s in b.suggested_relays(rejected=True))]
+        if not boards:
+            raise NotFoundError(f"no member of a joined board suggests relay {text} "
+                                "(see 'p2paid relay list')")
+        for b in boards:
+            if accept:
+                b.accept_relay(text)
+            else:
+                b.reject_relay(text)
+        return boards
+
+    def _save_relays(self, relays: dict[str, list[bytes] | None]) -> None:
+        data = {a: None if b is None else [x.hex() for x in b] for a, b in relays.items()}
+        self._db.set_meta(_RELAYS, json.dumps(data).encode())
+
+    def carried(self) -> dict[bytes, int]:
+        """Boards this store holds envelopes for but has not joined: ``id -> count``."""
+        joined = {b.board_id for b in self._db.boards()}
+        return {b: n for b, n in self._db.envelope_boards().items() if b not in joined}
+
+    # ------------------------------------------------------------------ bundles
+
+    def export_bundle(
+        self, path: str | os.PathLike[str], boards: Iterable[bytes] | None = None
+    ) -> int:
+        """Write every envelope of the given boards (default: all held, joined or
+        carried) to a bundle file, and the two envelopes of each fork proof known (so
+        that whoever imports it learns the fork). Returns the number of records."""
+        ids = list(boards) if boards is not None else sorted(
+            set(self._db.envelope_boards()) | set(self._db.board_sizes()))
+        for board in self._boards.values():
+            board.refresh()
+
+        def all_envelopes() -> Iterator[bytes]:
+            for board_id in ids:
+                yield from self._db.envelopes(board_id)
+                for fork in self._db.forks(board_id).values():
+                    yield fork.first
+                    yield fork.second
+
+        with self._db.read():
+            return write_bundle(path, all_envelopes())
+
+    def import_bundle(self, path: str | os.PathLike[str]) -> ImportReport:
+        """Verify a bundle file, then store and apply what is new in it.
+
+        Importing a bundle twice changes nothing the second time. Envelopes for
+        boards not joined are kept (unreadable) and applied when you join.
+
+        Raises:
+            BundleError: the file is damaged or of a newer version (nothing is changed).
+        """
+        report = ImportReport()
+        batch: dict[bytes, list[Envelope]] = {}
+        pending = 0
+        for raw in read_bundle(path):
+            try:
+                env = Envelope.decode(raw)
+            except EnvelopeError as exc:
+                report.boards.setdefault(b"", BoardReport(b"", None)).rejected[exc.code] += 1
+                continue
+            batch.setdefault(env.board_id, []).append(env)
+            pending += 1
+            if pending >= IMPORT_BATCH:
+                self._import_batch(batch, report)
+                batch, pending = {}, 0
+        self._import_batch(batch, report)
+        return report
+
+    def _import_batch(self, batch: dict[bytes, list[Envelope]], report: ImportReport) -> None:
+        for board_id, envelopes in batch.items():
+            carried = self._carry(board_id, envelopes)
+            if carried is None:
+                board = self.board(board_id)
+                entry = report.boards.setdefault(board_id, BoardReport(board_id, board.name))
+                entry.add(board.receive(envelopes))
+            else:
+                entry = report.boards.setdefault(board_id, BoardReport(board_id, None))
+                entry.add(carried)
+
+    def _carry(self, board_id: bytes, envelopes: list[Envelope]) -> ReceiveReport | None:
+        """Store envelopes of a board not joined, blind; None if it is joined.
+
+        The check runs under the write lock, so a join by another process
+        cannot slip in between and leave unopened envelopes in a joined board.
+        """
+        with self._db.write():
+            if any(row.board_id == board_id for row in self._db.boards()):
+                return None
+            forked = {a: f.seq for a, f in self._db.forks(board_id).items()}
+            result = ingest(self._db, board_id, envelopes, self._db.heads(board_id), None,
+                            forked=forked)
+        gaps = [Rejection(e, ChainError(f"seq {e.seq}: earlier envelopes missing"))
+                for e in result.gaps]
+        return ReceiveReport(len(result.accepted), result.duplicates, 0,
+                             result.rejected + gaps)
+
+
+def open_store(data_dir: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
+    """Open (and by default create) the p2paid store in ``data_dir``.
+
+    Args:
+        data_dir: defaults to :func:`default_data_dir`.
+        create: when False, raise :class:`NotFoundError` if there is no store yet.
+
+    Raises:
+        StorageError: the store cannot be opened (corrupt, not writable).
+    """
+    return Store(default_data_dir() if data_dir is None else data_dir, create=create)
+

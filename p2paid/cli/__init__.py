@@ -1,0 +1,1 @@
+"""The ``p2paid`` command line, a thin layer over the library."""

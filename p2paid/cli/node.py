@@ -1,0 +1,188 @@
+"""``p2paid run``, ``peers`` and ``status``: the commands about a running node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2paid.board.model import ItemKind, now_ms
+from p2paid.board.store import default_data_dir, open_store
+from p2paid.cli.render import SafeFormatter, safe, when
+from p2paid.core.identity import fingerprint
+from p2paid.core.text import plural
+from p2paid.net.tcp import parse_address
+from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.node import (
+    DEFAULT_PORT,
+    MAX_CONNECTIONS,
+    MAX_PER_ADDRESS,
+    Node,
+    open_node,
+    read_runtime,
+)
+
+__all__ = ["add_node_commands"]
+
+log = logging.getLogger("p2paid")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
+    listen = None if args.no_listen else parse_address(args.listen, DEFAULT_PORT)
+    peers = [parse_address(p, DEFAULT_PORT) for p in args.peer or []]
+    trio.run(_run, args, listen, peers)
+    return 0
+
+
+async def _run(args: argparse.Namespace, listen: tuple[str, int] | None,
+               peers: list[tuple[str, int]]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_node(args.data_dir, listen=listen, peers=peers,
+                             mdns=not args.no_mdns, advertise=not args.no_advertise,
+                             max_connections=args.max_connections,
+                             max_per_address=args.max_per_address) as node, \
+                trio.open_nursery() as nursery:
+            _greet(node, args)
+            nursery.start_soon(_log_events, node)
+            async for signum in signals:
+                log.info("stopping (%s)", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    log.info("stopped; everything confirmed is in the store")
+
+
+def _greet(node: Node, args: argparse.Namespace) -> None:
+    boards = node.boards()
+    log.info("p2paid node %s, data in %s", fingerprint(node.node_id), node.store.data_dir)
+    if not boards:
+        log.info("no boards yet: in another terminal, 'p2paid board create NAME' or "
+                 "'p2paid board join INVITE'; this node picks them up")
+    for board in boards:
+        log.info("board %s: %s", safe(repr(board.name)), plural(len(board.items()), "item"))
+    if args.no_mdns:
+        log.info("local-network discovery is off (--no-mdns)")
+    elif args.no_advertise:
+        log.info("browsing the local network without announcing this node (--no-advertise)")
+
+
+async def _log_events(node: Node) -> None:
+    """Log what changes on every board, following boards joined later."""
+    async with trio.open_nursery() as nursery:
+        watched: set[bytes] = set()
+        while True:
+            for board in node.boards():
+                if board.id not in watched:
+                    watched.add(board.id)
+                    nursery.start_soon(_log_board_events, board)
+            await trio.sleep(1)
+
+
+async def _log_board_events(board: AsyncBoard) -> None:
+    async for event in board.events():
+        origin = "" if event.local else " (synced)"
+        log.info("%s: %s%s", safe(board.name), safe(event), origin)
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    status = read_runtime(args.data_dir or _default_dir())
+    if status is None:
+        print("no node is running on this data dir (start one with 'p2paid run')",
+              file=sys.stderr)
+        return 1
+    peers: list[dict[str, Any]] = list(status.get("peers") or [])  # type: ignore[call-overload]
+    if args.json:
+        print(json.dumps(peers, indent=2))
+        return 0
+    if not peers:
+        print("no peers connected")
+    for p in peers:
+        since = time.strftime("%H:%M:%S", time.localtime(p["connected_since"]))
+        print(f"{p['fingerprint']}  {p['address']:<22} {p['direction']:<3}  since {since}  "
+              f"{plural(p['shared_boards'], 'board')}  "
+              f"{p['bytes_in']:,} B in / {p['bytes_out']:,} B out")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or _default_dir()
+    runtime = read_runtime(data_dir)
+    boards: list[dict[str, Any]] = []
+    with open_store(data_dir, create=False) as store:
+        now = now_ms()
+        last_sync: dict[str, float] = dict(runtime.get("last_sync") or {}) if runtime else {}  # type: ignore[call-overload]
+        for board in store.boards():
+            items = board.items()
+            boards.append({
+                "board": board.id.hex(), "name": board.name,
+                "needs_open": sum(i.kind is ItemKind.NEED and i.display_status(now) == "open"
+                                  for i in items),
+                "offers_open": sum(i.kind is ItemKind.OFFER and i.display_status(now) == "open"
+                                   for i in items),
+                "items": len(items), "authors": board.member_count,
+                "envelopes": sum(board.version_vector().values()),
+                "last_sync": last_sync.get(board.id.hex()),
+            })
+        node: dict[str, Any] = {"fingerprint": store.node_fingerprint,
+                                "data_dir": str(store.data_dir),
+                "running": runtime is not None,
+                "listen": runtime.get("listen") if runtime else None,
+                "peers": len(runtime.get("peers") or []) if runtime else 0}  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps({"node": node, "boards": boards}, indent=2))
+        return 0
+    state = f"running, listening on {node['listen']}" if node["running"] else "not running"
+    print(f"node {node['fingerprint']} ({state}; {plural(node['peers'], 'peer')} connected)")
+    print(f"data dir {node['data_dir']}")
+    for b in boards:
+        synced = "never" if b["last_sync"] is None else when(int(b["last_sync"] * 1000))
+        print(f"{b['board'][:12]}  {safe(b['name'])}: {b['needs_open']} open needs, "
+              f"{b['offers_open']} open offers ({plural(b['items'], 'item')} in all), "
+              f"{plural(b['authors'], 'author')}, {plural(b['envelopes'], 'envelope')}; "
+              f"last sync {synced}")
+    return 0
+
+
+def _default_dir() -> Path:
+    return default_data_dir()
+
+
+def add_node_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``run``, ``peers`` and ``status`` on the main parser."""
+    p = cmd("run", cmd_run, "run a node: sync boards with peers on the local network, "
+            "configured peers and relays, until Ctrl-C")
+    p.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", metavar="HOST:PORT",
+                   help=f"accept peers here (default 0.0.0.0:{DEFAULT_PORT}; if that port is "
+                        "taken, a free one; port 0 = any)")
+    p.add_argument("--no-listen", action="store_true", help="only dial out")
+    p.add_argument("--peer", action="append", metavar="HOST:PORT",
+                   help=f"keep a connection to this peer (repeatable; port defaults to "
+                        f"{DEFAULT_PORT})")
+    p.add_argument("--no-mdns", action="store_true",
+                   help="do not use local-network discovery (mDNS) at all")
+    p.add_argument("--no-advertise", action="store_true",
+                   help="find peers by mDNS without announcing this node")
+    p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
+                   help=f"cap on simultaneous peer connections (default {MAX_CONNECTIONS})")
+    p.add_argument("--max-per-address", type=int, default=MAX_PER_ADDRESS, metavar="N",
+                   help="cap on connections from one address (IPv6: one /64) of peers this "
+                        f"node has not synced with before (default {MAX_PER_ADDRESS})")
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true", help="log only problems")
+    noise.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    cmd("peers", cmd_peers, "list the peers of the node running on this data dir",
+        json_opt=True)
+    cmd("status", cmd_status, "boards, items, authors, peers and last sync of this data dir",
+        json_opt=True)
+

@@ -1,0 +1,365 @@
+"""``p2paid relay``: run a relay, show its status, and tell a node which relays to use."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from p2paid.board.model import Member
+from p2paid.board.relayplan import normal_address
+from p2paid.board.store import default_data_dir, open_store
+from p2paid.cli.render import SafeFormatter, json_text, safe
+from p2paid.core.hosts import normalize_host
+from p2paid.core.relayaddr import RelayAddress, decode_token, encode_token
+from p2paid.core.text import plural
+from p2paid.errors import NotFoundError
+from p2paid.net.tcp import format_address, parse_address
+from p2paid.relay.replica import MIB, RelayLimits
+from p2paid.relay.server import (
+    DEFAULT_RELAY_PORT,
+    RelayOptions,
+    open_relay_db,
+    read_relay_runtime,
+    serve_relay,
+)
+from p2paid.relay.state import RelayTokens
+
+__all__ = ["add_relay_commands"]
+
+log = logging.getLogger("p2paid")
+_DEFAULTS = RelayLimits()
+
+
+def cmd_relay_run(args: argparse.Namespace) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        handlers=[handler])
+    allowed = None
+    if args.allow:
+        try:
+            allowed = frozenset(bytes.fromhex(b) for b in args.allow)
+        except ValueError:
+            print("p2paid: --allow takes board ids in hex (see 'p2paid board list --json')",
+                  file=sys.stderr)
+            return 2
+    limits = RelayLimits(
+        max_connections=args.max_connections,
+        max_per_address=args.max_per_address,
+        rate_bytes_per_s=int(args.rate_kib * 1024),
+        max_board_bytes=int(args.max_board_mib * MIB),
+        max_total_bytes=int(args.max_total_mib * MIB),
+        allowed_boards=allowed,
+        quota_per_key=int(args.quota_key_mib * MIB),
+        quota_per_address=int(args.quota_address_mib * MIB),
+        require_token=args.require_token,
+    )
+    options = RelayOptions(
+        listen=parse_address(args.listen, DEFAULT_RELAY_PORT),
+        public=None if args.public is None else _host_and_port(args.public),
+        metrics=None if args.metrics is None else parse_address(args.metrics),
+        limits=limits,
+    )
+    trio.run(_run, args.data_dir or default_data_dir(), options)
+    return 0
+
+
+async def _run(data_dir: Any, options: RelayOptions) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            relay = await nursery.start(serve_relay, data_dir, options)
+            print(f"relay address: {relay.address()}", flush=True)
+            if options.public is None:
+                log.info("give members this address (if they reach this machine by another "
+                         "name or address, restart with --public HOST[:PORT])")
+            if options.metrics is not None:
+                log.info("metrics on http://%s/metrics", format_address(*options.metrics))
+            async for signum in signals:
+                log.info("stopping (%s); everything acknowledged is stored",
+                         signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _host_and_port(text: str) -> tuple[str, int | None]:
+    """``HOST`` or ``HOST:PORT`` (a missing port means: the one the relay listens on)."""
+    if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
+        return parse_address(text)
+    return normalize_host(text.strip()), None
+
+
+def cmd_relay_status(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or default_data_dir()
+    runtime = read_relay_runtime(data_dir)
+    db = open_relay_db(data_dir)
+    try:
+        sizes = db.board_sizes()
+        counts = db.envelope_boards()
+    finally:
+        db.close()
+    status: dict[str, Any] = {
+        "running": runtime is not None,
+        "address": runtime.get("address") if runtime else None,
+        "connections": runtime.get("connections", 0) if runtime else 0,
+        "boards": [{"board": b.hex(), "envelopes": counts.get(b, 0), "bytes": n}
+                   for b, n in sorted(sizes.items(), key=lambda x: -x[1])],
+        "envelopes": sum(counts.values()), "bytes": sum(sizes.values()),
+        "stats": runtime.get("stats") if runtime else None,
+    }
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    state = f"running at {status['address']}" if runtime else "not running"
+    print(f"relay {state}; {plural(status['connections'], 'connection')}")
+    print(f"{plural(len(sizes), 'board')}, {plural(status['envelopes'], 'envelope')}, "
+          f"{status['bytes'] / MIB:.1f} MiB")
+    for b in status["boards"][:20]:
+        print(f"  {b['board'][:16]}  {plural(b['envelopes'], 'envelope')}  "
+              f"{b['bytes'] / MIB:.2f} MiB")
+    return 0
+
+
+def cmd_relay_add(args: argparse.Namespace) -> int:
+    if args.token is not None:
+        parsed = RelayAddress.parse(args.address)
+        args.address = str(parsed.with_token(decode_token(args.token)))
+    with open_store(args.data_dir, create=False) as store:
+        if args.board:
+            board = store.board(args.board)
+            board.add_relay(args.address)
+            print(safe(f"board {board.name!r} now syncs through {_shown(args.address)} "
+                       "(published to its members as a suggestion)"))
+        else:
+            print(safe(f"every board now syncs through {_shown(store.add_relay(args.address))}"))
+    return 0
+
+
+def _shown(address: str) -> str:
+    """An address as printed: without its token, which is a secret."""
+    parsed = RelayAddress.parse(address)
+    return parsed.without_token_text() + (" (with its access token)" if parsed.token else "")
+
+
+def cmd_relay_token_create(args: argparse.Namespace) -> int:
+    db = open_relay_db(args.data_dir or default_data_dir())
+    try:
+        token, info = RelayTokens(db).create(args.note or "")
+    finally:
+        db.close()
+    text = encode_token(token)
+    if args.json:
+        print(json.dumps({"id": info.id, "token": text, "note": info.note}))
+        return 0
+    print(f"token {info.id}: {text}")
+    print("shown once: give it to the group (append ?token=... to the relay address, or "
+          "'p2paid relay add ADDRESS --token TOKEN'); revoke it with "
+          f"'p2paid relay token revoke {info.id}'")
+    return 0
+
+
+def cmd_relay_token_list(args: argparse.Namespace) -> int:
+    db = open_relay_db(args.data_dir or default_data_dir())
+    try:
+        tokens = RelayTokens(db).list()
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(t) for t in tokens], indent=2))
+        return 0
+    if not tokens:
+        print("no tokens: create one with 'p2paid relay token create --note GROUP'")
+    for t in tokens:
+        state = "valid" if t.revoked is None else "revoked " + time.strftime(
+            "%Y-%m-%d", time.localtime(t.revoked))
+        created = time.strftime("%Y-%m-%d", time.localtime(t.created))
+        print(f"{t.id}  {state:<18} created {created}  {t.note}")
+    return 0
+
+
+def cmd_relay_token_revoke(args: argparse.Namespace) -> int:
+    db = open_relay_db(args.data_dir or default_data_dir())
+    try:
+        info = RelayTokens(db).revoke(args.id)
+    finally:
+        db.close()
+    print(f"token {info.id} revoked: clients presenting it are refused from now on")
+    return 0
+
+
+def cmd_relay_remove(args: argparse.Namespace) -> int:
+    with open_store(args.data_dir, create=False) as store:
+        address = str(RelayAddress.parse(args.address))
+        boards = [store.board(args.board)] if args.board else store.boards()
+        removed = [b.name for b in boards if b.remove_relay(address)]
+        if not args.board and address in store.relays():
+            store.remove_relay(address)
+            removed.append("every board (configured)")
+        if not removed:
+            raise NotFoundError(f"relay {address} is not in use "
+                                f"{'on that board' if args.board else 'here'}")
+        print(safe(f"stopped using {address} for {', '.join(removed)}"))
+        if args.board and address in store.relays():
+            print(f"(it is still configured for this node: 'p2paid relay remove {address}' "
+                  "without --board stops that)")
+    return 0
+
+
+def _suggesters(members: Sequence[Member]) -> str:
+    return ", ".join(str(m) for m in members)
+
+
+def cmd_relay_list(args: argparse.Namespace) -> int:
+    with open_store(args.data_dir, create=False) as store:
+        rows: list[dict[str, Any]] = []
+        for address, only in store.relays().items():
+            rows.append({"relay": address, "source": "configured",
+                         "boards": None if only is None else [b.hex() for b in only]})
+        names: dict[str, str] = {}
+        for board in store.boards():
+            names[board.id.hex()] = board.name
+            in_use = board.relays_in_use()
+            own = {normal_address(r) for r in board.relays}
+            for address in in_use:
+                rows.append({"relay": address, "boards": [board.id.hex()],
+                             "source": "board" if address in own else "published"})
+        for suggestion in store.suggested_relays(rejected=True):
+            rows.append({**suggestion.to_json(), "boards": [suggestion.board_id.hex()],
+                         "source": "rejected" if suggestion.rejected else "suggested"})
+    if args.json:
+        print(json_text(rows))
+        return 0
+    if not rows:
+        print("no relays: add one with 'p2paid relay add ADDRESS'")
+    why = {"configured": "configured", "board": "from its invite, or added here",
+           "published": "you publish it"}
+    used = [r for r in rows if r["source"] in why]
+    if used:
+        print("in use:")
+    for r in used:
+        if r["boards"] is None:
+            scope = "every board"
+        else:
+            scope = ", ".join(repr(names.get(b, b[:12])) for b in r["boards"])
+        print(safe(f"  {r['relay']}  ({why[r['source']]}: {scope})"))
+    for source, heading in (
+            ("suggested", "suggested by members, not used until you accept one "
+                          "('p2paid relay accept ADDRESS', or 'relay reject ADDRESS'):"),
+            ("rejected", "suggested by members, rejected by you:")):
+        chosen = [r for r in rows if r["source"] == source]
+        if chosen:
+            print(heading)
+        for r in chosen:
+            by = ", ".join(str(Member(m["author"], m["name"], m["name_shared"]))
+                           for m in r["suggested_by"])
+            print(safe(f"  {r['relay']}"))
+            print(safe(f"      on board {r['board_name']!r}, suggested by {by}"))
+    if any(m["name_shared"] for r in rows for m in r.get("suggested_by", ())):
+        print("(names are chosen freely: 'name shared' means another member shows the same "
+              "name; compare key fingerprints)")
+    return 0
+
+
+def cmd_relay_accept(args: argparse.Namespace) -> int:
+    with open_store(args.data_dir, create=False) as store:
+        board_id = store.board(args.board).id if args.board else None
+        address = str(RelayAddress.parse(args.address))
+        suggested = {s.board_id: s for s in store.suggested_relays(rejected=True)
+                     if s.address == address}
+        for board in store.accept_relay(address, board_id):
+            by = suggested.get(board.id)
+            who = f" (suggested by {_suggesters(by.suggested_by)})" if by else ""
+            print(safe(f"board {board.name!r} now syncs through {address}{who}"))
+    return 0
+
+
+def cmd_relay_reject(args: argparse.Namespace) -> int:
+    with open_store(args.data_dir, create=False) as store:
+        board_id = store.board(args.board).id if args.board else None
+        address = str(RelayAddress.parse(args.address))
+        for board in store.reject_relay(address, board_id):
+            print(safe(f"board {board.name!r}: not using {address}, and no longer listing it "
+                       "as suggested ('p2paid relay accept' still can)"))
+    return 0
+
+
+def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``relay`` (run) and its ``status``, ``add``, ``remove``, ``list`` actions."""
+    p = cmd("relay", cmd_relay_run,
+            "run a relay (blind store-and-forward for boards it cannot read), or manage the "
+            "relays this node uses (relay add|remove|list|status)")
+    p.set_defaults(handler=cmd_relay_run)
+    p.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_RELAY_PORT}", metavar="HOST:PORT",
+                   help=f"address to serve on (default 0.0.0.0:{DEFAULT_RELAY_PORT})")
+    p.add_argument("--public", metavar="HOST[:PORT]",
+                   help="host name or address members use to reach this relay "
+                        "(printed in its relay address)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    p.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections,
+                   metavar="N", help="simultaneous clients (default %(default)s)")
+    p.add_argument("--max-per-address", type=int, default=_DEFAULTS.max_per_address,
+                   metavar="N", help="simultaneous clients from one address (IPv6: one /64) "
+                   "that hold nothing here yet (default %(default)s)")
+    p.add_argument("--rate-kib", type=float,
+                   default=_DEFAULTS.rate_bytes_per_s / 1024, metavar="KIB",
+                   help="KiB/s one client may upload, after a burst (default %(default).0f)")
+    p.add_argument("--max-board-mib", type=float,
+                   default=_DEFAULTS.max_board_bytes / MIB, metavar="MIB",
+                   help="storage per board; full boards refuse new envelopes "
+                        "(default %(default).0f)")
+    p.add_argument("--max-total-mib", type=float,
+                   default=_DEFAULTS.max_total_bytes / MIB, metavar="MIB",
+                   help="storage in all (default %(default).0f)")
+    p.add_argument("--allow", action="append", metavar="BOARD_ID",
+                   help="carry only these boards (repeatable; default: any board)")
+    p.add_argument("--quota-key-mib", type=float, default=_DEFAULTS.quota_per_key / MIB,
+                   metavar="MIB", help="storage in boards one client key brought here "
+                   "without an access token (default %(default).0f)")
+    p.add_argument("--quota-address-mib", type=float,
+                   default=_DEFAULTS.quota_per_address / MIB, metavar="MIB",
+                   help="the same per client address, IPv6 by /64 (default %(default).0f)")
+    p.add_argument("--require-token", action="store_true",
+                   help="serve only clients with an access token ('relay token create')")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every sync")
+    actions = p.add_subparsers(dest="relay_command", metavar="ACTION")
+    a = cmd("status", cmd_relay_status, "boards, envelopes, bytes and connections of the "
+            "relay on this data dir", actions, True)
+    a = cmd("add", cmd_relay_add, "sync through a relay (all boards, or one with --board)",
+            actions)
+    a.add_argument("address", help="p2paid-relay://HOST:PORT/KEY, as the relay printed it")
+    a.add_argument("--board", metavar="ID", help="only this board (the relay is then "
+                   "published to its members)")
+    a.add_argument("--token", metavar="TOKEN", help="the access token its operator gave you")
+    a = cmd("remove", cmd_relay_remove, "stop using a relay (configured, of a board, or "
+            "accepted); with --board only for that board", actions)
+    a.add_argument("address")
+    a.add_argument("--board", metavar="ID", help="only this board")
+    cmd("list", cmd_relay_list, "relays this node uses and why, and relays members suggest",
+        actions, True)
+    a = cmd("accept", cmd_relay_accept, "use a relay that members suggest (on every board "
+            "that suggests it, or one with --board)", actions)
+    a.add_argument("address", help="the p2paid-relay://... address, as 'relay list' shows it")
+    a.add_argument("--board", metavar="ID", help="only this board")
+    a = cmd("reject", cmd_relay_reject, "do not use a relay that members suggest, and stop "
+            "listing it", actions)
+    a.add_argument("address")
+    a.add_argument("--board", metavar="ID", help="only this board")
+    t = actions.add_parser("token", help="access tokens of the relay on this data dir "
+                           "(token create|list|revoke)")
+    tokens = t.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    a = cmd("create", cmd_relay_token_create, "make an access token (shown once) to hand "
+            "to a group", tokens, True)
+    a.add_argument("--note", metavar="TEXT", help="who it is for (shown in 'token list')")
+    cmd("list", cmd_relay_token_list, "the relay's tokens (ids and notes, never the tokens)",
+        tokens, True)
+    a = cmd("revoke", cmd_relay_token_revoke, "refuse a token from now on", tokens)
+    a.add_argument("id", help="the token's id, as 'relay token list' shows it")

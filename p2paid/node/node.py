@@ -1,0 +1,430 @@
+"""The async node: :func:`open_node` wires store, connections, dialers and discovery.
+
+>>> async with p2paid.open_node(data_dir, listen=("0.0.0.0", 0)) as node:  # doctest: +SKIP
+...     board = await node.join(invite)
+...     await board.post_need("Insulin, cold chain", category="medical", urgency="critical")
+...     async for event in board.events():
+...         print(event)
+
+Everything runs in the node's own nursery; leaving the ``async with`` block
+cancels it and closes the store. Store and Automerge work runs on the trio
+thread, in short steps (batches are received in slices, deferred changes applied
+in bounded steps: :mod:`p2paid.net.connection`), which keeps the design
+single-threaded and deterministic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Final, final
+
+import trio
+
+from p2paid.board.store import Store, open_store
+from p2paid.core.codes import CloseReason, DialSource, SyncEventKind
+from p2paid.core.identity import NodeKey, fingerprint
+from p2paid.core.invite import Invite
+from p2paid.core.pacing import StepSizer
+from p2paid.core.replication import SyncEvent
+from p2paid.core.wire import Hello, Message
+from p2paid.errors import P2paidError, UsageError
+from p2paid.net.admission import Admission, AdmissionLimits
+from p2paid.net.connection import Connection
+from p2paid.net.inbound import serve_inbound
+from p2paid.net.interfaces import ConnectionOptions
+from p2paid.net.peers import Dialer, DialTarget
+from p2paid.net.tcp import format_address, open_listener
+from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.peertable import PeerInfo, PeerTable
+from p2paid.node.relays import RelayDialing
+from p2paid.node.replica import StoreReplica
+from p2paid.storage.runtime import STATUS_INTERVAL, encode_runtime, fresh_runtime
+
+__all__ = ["Node", "PeerInfo", "open_node"]
+
+log = logging.getLogger("p2paid.node.node")
+
+DEFAULT_PORT: Final = 7446
+MAX_CONNECTIONS: Final = 64
+#: Inbound connections from one address (an IPv6 /64) that is not a known peer: a few
+#: devices behind one router, not one machine taking every slot.
+MAX_PER_ADDRESS: Final = 8
+#: Handshakes in progress, in all and from one address.
+MAX_HANDSHAKES: Final = 32
+MAX_HANDSHAKES_PER_ADDRESS: Final = 4
+#: How often the node looks for envelopes other processes (the CLI) stored.
+STORE_POLL_INTERVAL: Final = 0.25
+#: Seconds without new envelopes after which the node saves board snapshots.
+SNAPSHOT_WHEN_QUIET: Final = 5.0
+#: Seconds one step of deferred Automerge work should take (other tasks run between
+#: steps; ``p2paid bench --only stall`` measures the longest pause).
+FLUSH_STEP_S: Final = 0.015
+
+
+@final
+class Node:
+    """A running node. Use :func:`open_node`; do not construct it."""
+
+    def __init__(self, store: Store, nursery: trio.Nursery, *, max_connections: int,
+                 max_per_address: int = MAX_PER_ADDRESS) -> None:
+        self.store = store
+        self.node_key: NodeKey = store.node_key
+        self.node_id = self.node_key.public
+        self.replica = StoreReplica(store)
+        self._nursery = nursery
+        self.admission = Admission(AdmissionLimits(
+            max_connections, max_per_address, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS))
+        self.peerbook = store.peer_book()
+        self._peers = PeerTable(self.node_id)
+        self._busy = False
+        self._boards: dict[bytes, AsyncBoard] = {}
+        self._last_id = store.last_arrival()
+        self.listen_address: tuple[str, int] | None = None
+        self.last_sync: dict[bytes, float] = {}
+        #: how its connections run: big batches are applied once a link falls quiet
+        self.connection_options = ConnectionOptions(deferred=self)
+        self.dialer = Dialer(self, self.connection_options)
+        self.relays = RelayDialing(
+            store, self.dialer, lambda node_id: self._peers.close(
+                node_id, CloseReason.BOARDS_CHANGED))
+        self._board_ids = {b.id for b in store.boards()}
+        #: deferred work whose connection ended before its link fell quiet
+        self._orphaned_work = False
+        self._flush_step = StepSizer(FLUSH_STEP_S, first=256, minimum=32, maximum=8192)
+
+    def __repr__(self) -> str:
+        return f"<Node {fingerprint(self.node_id)} {len(self._peers)} peers>"
+
+    # ------------------------------------------------------------------ boards
+
+    def boards(self) -> list[AsyncBoard]:
+        """Every joined board."""
+        return [self._async_board(b.id) for b in self.store.boards()]
+
+    def board(self, selector: str | bytes | None = None) -> AsyncBoard:
+        """A joined board by id prefix, name, or alone (see :meth:`Store.board`)."""
+        return self._async_board(self.store.board(selector).id)
+
+    def _async_board(self, board_id: bytes) -> AsyncBoard:
+        board = self._boards.get(board_id)
+        if board is None:
+            board = self._boards[board_id] = AsyncBoard(
+                self.store.board(board_id), self.board_changed, self._relays_changed)
+            self._nursery.start_soon(board.run_writer)
+        return board
+
+    async def join(self, invite: str | Invite, *, display_name: str | None = None) -> AsyncBoard:
+        """Join a board and start syncing it with every peer.
+
+        Raises:
+            InviteError: the invite is malformed.
+            UsageError: already joined.
+        """
+        board = self.store.join(invite, display_name=display_name)
+        self._boards_changed()
+        return self._async_board(board.id)
+
+    async def create_board(self, name: str, *, display_name: str | None = None,
+                           relays: Iterable[str] = ()) -> AsyncBoard:
+        """Create a board (you are its first member) and offer it to peers."""
+        board = self.store.create_board(name, display_name=display_name, relays=relays)
+        self._boards_changed()
+        return self._async_board(board.id)
+
+    def _relays_changed(self) -> None:
+        with contextlib.suppress(P2paidError):
+            self.refresh_relays()
+
+    def _boards_changed(self) -> None:
+        """Peers learn our boards in the Hello: reconnect so they learn the new one."""
+        self._board_ids = {b.id for b in self.store.boards()}
+        for conn in self._peers:
+            conn.close(CloseReason.BOARDS_CHANGED)
+        with contextlib.suppress(P2paidError):
+            self.refresh_relays()
+
+    # ------------------------------------------------------------------ peers
+
+    def connect(self, host: str, port: int) -> None:
+        """Keep a connection to ``host:port`` (reconnecting with backoff)."""
+        self.dialer.add(DialTarget(host, port, source=DialSource.CONFIGURED))
+
+    def relay_plan(self) -> dict[str, frozenset[bytes]]:
+        """Which boards this node syncs through which relay (:meth:`RelayDialing.plan`)."""
+        return self.relays.plan()
+
+    def refresh_relays(self) -> None:
+        """Dial the relays of :meth:`relay_plan` now (the node does every few seconds)."""
+        self.relays.refresh()
+
+    def peers(self) -> list[PeerInfo]:
+        """The connected peers."""
+        return self._peers.info()
+
+    def is_connected(self, node_id: bytes) -> bool:
+        return self._peers.get(node_id) is not None
+
+    async def wait_disconnected(self, node_id: bytes) -> None:
+        await self._peers.wait_disconnected(node_id)
+
+    async def wait_for_peers(self, count: int = 1) -> None:
+        """Wait until at least ``count`` peers are connected."""
+        await self._peers.wait_for_peers(count)
+
+    async def wait_in_sync(self, board_id: bytes | None = None) -> None:
+        """Wait until every connected peer holds everything we hold (of one board or all)."""
+        await self._peers.wait_in_sync(board_id)
+
+    async def wait_changed(self) -> None:
+        """Wait until something happens: a peer comes or goes, or envelopes arrive."""
+        await self._peers.wait_changed()
+
+    def _pulse(self) -> None:
+        self._peers.pulse()
+
+    # ------------------------------------------------------------------ ConnectionHost
+
+    def replica_for(self, conn: Connection) -> StoreReplica:
+        return self.replica
+
+    def on_hello(self, conn: Connection, hello: Hello) -> list[Message]:
+        return []
+
+    def register(self, conn: Connection) -> bool:
+        remote = conn.remote_id
+        if remote == self.node_id:
+            conn.close_reason = CloseReason.SELF
+            return False
+        conn.known_since = self.peerbook.first_seen(remote)
+        replacing = self._peers.get(remote) is not None
+        if not self._peers.keeps_new(conn):
+            conn.close_reason = CloseReason.DUPLICATE
+            return False
+        refusal = self.admission.admit(conn, replacing=replacing)
+        if refusal is not None:
+            conn.close_reason = refusal
+            return False
+        self._peers.add(conn)
+        return True
+
+    def unregister(self, conn: Connection) -> None:
+        self.admission.release(conn)
+        self.after_receive(conn)  # envelopes stored from a batch cut short
+        self._orphaned_work = self._orphaned_work or self.has_deferred()
+        self._peers.discard(conn)
+
+    # ------------------------------------------------------------------ DeferredWork
+
+    def has_deferred(self) -> bool:
+        """Bulk syncs stored changes that are not applied yet."""
+        return bool(self.replica.deferred)
+
+    def flush_deferred(self) -> bool:
+        """Apply a part of the changes bulk syncs stored (sized to take about
+        :data:`FLUSH_STEP_S`), then tell peers and subscribers; True while more remains."""
+        before, started = self.replica.stats["applied"], time.perf_counter()
+        touched = self.replica.flush(self._flush_step.size)
+        self._flush_step.record(int(self.replica.stats["applied"] - before),
+                                time.perf_counter() - started)
+        for board_id in touched:
+            board = self._boards.get(board_id)
+            if board is not None:
+                board.publish_events()
+        self._pulse()
+        return self.has_deferred()
+
+    def after_receive(self, conn: Connection) -> None:
+        # The set is shared by all connections: tell every peer (the sender's session
+        # knows what it sent, so nothing is echoed).
+        changed, self.replica.changed_boards = self.replica.changed_boards, set()
+        for board_id in changed:
+            self.board_changed(board_id)
+        self._pulse()
+
+    def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
+        if event.kind in (SyncEventKind.LINKED, SyncEventKind.IN_SYNC) and not conn.known:
+            # It named a board we hold (only members can): a known peer from now on.
+            self.peerbook.add(conn.remote_id)
+            conn.known_since = self.peerbook.first_seen(conn.remote_id)
+        name = self._board_name(event.board_id)
+        peer = fingerprint(conn.remote_id)
+        if event.kind is SyncEventKind.RECEIVED and event.count:
+            self.last_sync[event.board_id] = time.time()
+            log.info("board %r: %d new envelope(s) from %s", name, event.count, peer)
+        elif event.kind is SyncEventKind.IN_SYNC:
+            self.last_sync[event.board_id] = time.time()
+            log.info("board %r: in sync with %s", name, peer)
+        elif event.kind is SyncEventKind.LINKED:
+            log.info("board %r: syncing with %s", name, peer)
+        elif event.kind is SyncEventKind.REFUSED:
+            log.warning("board %r: %s refused: %s", name, peer, event.detail)
+
+    def _board_name(self, board_id: bytes) -> str:
+        try:
+            return self.store.board(board_id).name
+        except UsageError:
+            return board_id.hex()[:12]
+
+    def board_changed(self, board_id: bytes, source: Connection | None = None) -> None:
+        """The store gained envelopes of ``board_id``: push them and publish events."""
+        self._busy = True
+        for conn in self._peers:
+            if conn is not source:
+                conn.notify(board_id)
+        board = self._boards.get(board_id)
+        if board is not None:
+            board.publish_events()
+
+    # ------------------------------------------------------------------ services
+
+    async def serve(self, host: str, port: int,
+                    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Accept connections on ``host:port`` (0 picks a free port)."""
+        listener = await open_listener(host, port)
+        bound = listener.socket.getsockname()
+        self.listen_address = (bound[0], bound[1])
+        log.info("listening on %s (node key %s)", format_address(*self.listen_address),
+                 fingerprint(self.node_id))
+        task_status.started(self.listen_address)
+        await serve_inbound(self, listener, self.admission, self.connection_options)
+
+    async def watch_store(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+        """Pick up what other processes (the CLI) write to the store, within a second."""
+        task_status.started()
+        quiet_since = trio.current_time()
+        while True:
+            await trio.sleep(STORE_POLL_INTERVAL)
+            if self._orphaned_work:  # (a live connection does its own, once quiet)
+                self._orphaned_work = False
+                while self.has_deferred() and self.flush_deferred():
+                    await trio.lowlevel.checkpoint()
+            if self.poll_store() or self._busy:
+                quiet_since = trio.current_time()
+                self._busy = False
+            elif trio.current_time() - quiet_since > SNAPSHOT_WHEN_QUIET:
+                for board in self.store.boards():  # one at a time: each costs O(board)
+                    if board.maybe_snapshot():
+                        break
+
+    def poll_store(self) -> bool:
+        """Apply what other processes stored; True if anything was new."""
+        last = self.store.last_arrival()
+        boards = {b.id for b in self.store.boards()}
+        if boards != self._board_ids:
+            log.info("the set of joined boards changed; reconnecting to peers")
+            self._boards_changed()
+        if last == self._last_id:
+            return False
+        self._last_id = last
+        for board in self.store.boards():
+            before = board.seen_id
+            board.refresh()
+            if board.seen_id != before:
+                self.board_changed(board.id)
+        return True
+
+    async def write_status(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+        """Publish who is connected in the store, for ``p2paid status`` and ``peers``."""
+        task_status.started()
+        try:
+            while True:
+                self.store.write_runtime(encode_runtime(self.status()))
+                await trio.sleep(STATUS_INTERVAL)
+        finally:
+            with contextlib.suppress(Exception):
+                self.store.write_runtime(b"{}")
+
+    def status(self) -> dict[str, object]:
+        return {
+            "pid": os.getpid(), "node": fingerprint(self.node_id),
+            "listen": None if self.listen_address is None else format_address(
+                *self.listen_address),
+            "peers": [asdict(p) for p in self.peers()],
+            "last_sync": {b.hex(): t for b, t in self.last_sync.items()},
+        }
+
+
+@contextlib.asynccontextmanager
+async def open_node(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    listen: tuple[str, int] | None = ("0.0.0.0", DEFAULT_PORT),
+    peers: Sequence[tuple[str, int]] = (),
+    mdns: bool = True,
+    advertise: bool = True,
+    max_connections: int = MAX_CONNECTIONS,
+    max_per_address: int = MAX_PER_ADDRESS,
+    store: Store | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node for the duration of the ``async with`` block.
+
+    Args:
+        data_dir: the store (created if missing); default :func:`default_data_dir`.
+        listen: address to accept peers on, or None to only dial out. Port 0 picks a
+            free port; if the default port is taken, a free one is used.
+        peers: addresses to keep connections to.
+        mdns: find peers on the local network (and be found, unless ``advertise`` is False).
+        max_connections: cap on simultaneous peer connections.
+        max_per_address: cap on inbound connections from one address (an IPv6 /64)
+            that are not known peers.
+        store: an already open store to use instead of ``data_dir`` (not closed here).
+
+    Raises:
+        StorageError: the store cannot be opened.
+        OSError: the listen address cannot be bound.
+    """
+    own_store = store is None
+    st = open_store(data_dir) if store is None else store
+    try:
+        async with trio.open_nursery() as nursery:
+            node = Node(st, nursery, max_connections=max_connections,
+                        max_per_address=max_per_address)
+            for board in st.boards():
+                board.load()
+            await nursery.start(node.dialer.serve)
+            if listen is not None:
+                await _start_listener(node, nursery, listen)
+            await nursery.start(node.watch_store)
+            await nursery.start(node.write_status)
+            await nursery.start(node.relays.watch)
+            for host, port in peers:
+                node.connect(host, port)
+            if mdns:
+                from p2paid.net.mdns import run_mdns
+
+                listen_host = node.listen_address[0] if node.listen_address else None
+                announce = node.listen_address[1] if node.listen_address and advertise else None
+                await nursery.start(run_mdns, node.dialer, listen_host, announce)
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if own_store:
+            st.close()
+
+
+async def _start_listener(node: Node, nursery: trio.Nursery, listen: tuple[str, int]) -> None:
+    host, port = listen
+    try:
+        await nursery.start(node.serve, host, port)
+    except OSError:
+        if port != DEFAULT_PORT:
+            raise
+        log.info("port %d is taken; listening on a free port instead", port)
+        await nursery.start(node.serve, host, 0)
+
+
+def read_runtime(data_dir: str | os.PathLike[str]) -> dict[str, object] | None:
+    """The status a running node last published in ``data_dir`` (None if none runs)."""
+    with open_store(Path(data_dir), create=False) as store:
+        return fresh_runtime(store.read_runtime())

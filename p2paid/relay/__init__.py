@@ -1,0 +1,1 @@
+"""Relays: blind store-and-forward replicas, their server and metrics."""

@@ -1,0 +1,293 @@
+"""Relays: blind store-and-forward servers for boards whose members are not on one LAN.
+
+A relay speaks the same Noise transport and replication protocol as a node,
+with boards named by id instead of tags. It holds no board secret: it checks
+every envelope's signature and hash chain (so nothing forged or forked passes
+through it), stores what extends a feed, and pushes it at once to every other
+connected client of that board. It can read nothing; see ``protocol/SPEC.md``
+section 14 for what it does see.
+
+``serve_relay`` is a trio service (``await nursery.start(serve_relay, ...)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, final
+
+import trio
+
+from p2paid.core.codes import CloseReason, RefusedCode, SyncEventKind
+from p2paid.core.identity import NodeKey, fingerprint
+from p2paid.core.relayaddr import RelayAddress
+from p2paid.core.replication import SyncEvent
+from p2paid.core.wire import Hello, Message, Refused
+from p2paid.errors import UsageError
+from p2paid.net.admission import Admission, AdmissionLimits
+from p2paid.net.connection import Connection
+from p2paid.net.inbound import serve_inbound
+from p2paid.net.interfaces import ConnectionOptions
+from p2paid.net.tcp import format_address, open_listener
+from p2paid.relay.replica import ClientReplica, RelayLimits, RelayReplica
+from p2paid.relay.state import ClientInfo
+from p2paid.storage.runtime import STATUS_INTERVAL, encode_runtime, fresh_runtime
+from p2paid.storage.sqlite import Database
+
+if TYPE_CHECKING:
+    from p2paid.relay.metrics import RelayMetrics
+
+__all__ = ["Relay", "RelayOptions", "serve_relay"]
+
+log = logging.getLogger("p2paid.relay.server")
+
+DEFAULT_RELAY_PORT: Final = 7447
+RUNTIME_KEY: Final = "relay-runtime"
+ROLE_KEY: Final = "role"
+_NODE_KEY: Final = "node_key"
+#: Handshakes in progress, in all and from one address (past the connection cap too,
+#: so that a known client can get in and evict a stranger, or a stranger be told
+#: Close("full")).
+MAX_HANDSHAKES: Final = 256
+MAX_HANDSHAKES_PER_ADDRESS: Final = 8
+#: Close reasons of a relay that requires access tokens.
+TOKEN_REQUIRED: Final = CloseReason.TOKEN_REQUIRED
+TOKEN_INVALID: Final = CloseReason.TOKEN_INVALID
+
+
+def open_relay_db(data_dir: str | os.PathLike[str]) -> Database:
+    """The relay's store; refuses a data dir that belongs to a node.
+
+    Raises:
+        UsageError: the data dir holds a node's boards.
+        StorageError: the store cannot be opened.
+    """
+    db = Database(Path(data_dir))
+    role = db.get_meta(ROLE_KEY)
+    if role is None:
+        if db.boards():
+            db.close()
+            raise UsageError(f"{data_dir} is a node's data dir; give the relay its own")
+        db.set_meta(ROLE_KEY, b"relay")
+    elif role != b"relay":
+        db.close()
+        raise UsageError(f"{data_dir} is not a relay's data dir")
+    return db
+
+
+def relay_key(db: Database) -> NodeKey:
+    raw = db.get_meta(_NODE_KEY)
+    if raw is None:
+        raw = NodeKey.generate().private_bytes()
+        db.set_meta(_NODE_KEY, raw)
+    return NodeKey(raw)
+
+
+@final
+class Relay:
+    """A running relay (the :class:`~p2paid.net.connection.ConnectionHost` for its clients)."""
+
+    def __init__(self, db: Database, limits: RelayLimits, nursery: trio.Nursery) -> None:
+        self._db = db
+        self.limits = limits
+        self.node_key = relay_key(db)
+        self.replica = RelayReplica.open(db, limits)
+        self._nursery = nursery
+        self._conns: dict[Connection, ClientInfo] = {}
+        self.admission = Admission(AdmissionLimits(
+            limits.max_connections, limits.max_per_address, MAX_HANDSHAKES,
+            MAX_HANDSHAKES_PER_ADDRESS))
+        self.listen_address: tuple[str, int] | None = None
+        self.public: tuple[str, int] | None = None
+        self.started = time.time()
+        self.metrics: RelayMetrics | None = None
+        #: a batch is received in one call (so a quota refuses it whole; a relay only
+        #: verifies and stores, about 30 ms for a full batch), at its clients' rate
+        self.connection_options = ConnectionOptions(rate_limit=limits.rate_bytes_per_s,
+                                                    receive_slice=None)
+
+    def address(self) -> RelayAddress:
+        host, port = self.public or self.listen_address or ("127.0.0.1", DEFAULT_RELAY_PORT)
+        return RelayAddress(host, port, self.node_key.public)
+
+    # ------------------------------------------------------------------ ConnectionHost
+
+    def replica_for(self, conn: Connection) -> ClientReplica:
+        info = self._conns.get(conn) or ClientInfo(conn.remote_id, conn.address_key or "")
+        return ClientReplica(self.replica, info)
+
+    def on_hello(self, conn: Connection, hello: Hello) -> list[Message] | None:
+        """Check the client's access token (SPEC 14.3)."""
+        info = self._conns.get(conn)
+        if hello.token is not None:
+            digest = self.replica.tokens.check(hello.token)
+            if digest is not None:
+                if info is not None:
+                    info.token_hash = digest
+                return []
+            if self.limits.require_token:
+                conn.close_reason = TOKEN_INVALID
+                log.info("client %s (%s) presented an unknown or revoked token",
+                         fingerprint(conn.remote_id), conn.address)
+                return None
+            return [Refused(b"", RefusedCode.TOKEN_INVALID, "this relay does not know that "
+                            "access token (revoked?); serving without it, within the "
+                            "new-board quotas")]
+        if self.limits.require_token:
+            conn.close_reason = TOKEN_REQUIRED
+            log.info("client %s (%s) has no access token", fingerprint(conn.remote_id),
+                     conn.address)
+            return None
+        return []
+
+    def register(self, conn: Connection) -> bool:
+        conn.known_since = self.replica.ledger.client_since(conn.remote_id)
+        refusal = self.admission.admit(conn)
+        if refusal is not None:
+            conn.close_reason = refusal
+            return False
+        self._conns[conn] = ClientInfo(conn.remote_id, conn.address_key or "")
+        log.info("client %s connected (%s)", fingerprint(conn.remote_id), conn.address)
+        if self.metrics is not None:
+            self.metrics.connected(len(self._conns))
+        return True
+
+    def unregister(self, conn: Connection) -> None:
+        self.admission.release(conn)
+        if self._conns.pop(conn, None) is not None:
+            log.info("client %s left (%s)", fingerprint(conn.remote_id),
+                     conn.close_reason or "closed")
+            if self.metrics is not None:
+                self.metrics.connected(len(self._conns))
+        # A client dropped mid-batch may have left stored envelopes unannounced.
+        self.after_receive(conn)
+
+    def after_receive(self, conn: Connection) -> None:
+        """Push what was stored to every client. The set of changed boards is shared by
+        all connections, so every client is told, the sender included: its session
+        knows what it sent, so nothing is echoed."""
+        changed, self.replica.changed_boards = self.replica.changed_boards, set()
+        for board_id in changed:
+            for other in self._conns:
+                other.notify(board_id)
+
+    def on_sync_event(self, conn: Connection, event: SyncEvent) -> None:
+        if event.kind is SyncEventKind.RECEIVED and event.count:
+            # its upload is stored here now: a known client
+            conn.known_since = self.replica.ledger.client_since(conn.remote_id)
+            if self.metrics is not None:
+                self.metrics.envelopes_stored(event.count)
+            log.debug("board %s: %d envelope(s) from %s", event.board_id.hex()[:12],
+                      event.count, fingerprint(conn.remote_id))
+
+    # ------------------------------------------------------------------ service
+
+    async def accept_loop(self, listener: trio.SocketListener,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+        task_status.started()
+        await serve_inbound(self, listener, self.admission, self.connection_options)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(), "started": self.started,
+            "address": str(self.address()), "connections": len(self._conns),
+            "boards": self.replica.board_count(), "bytes": self.replica.total_bytes,
+            "stats": asdict(self.replica.stats), "limits": _limits_json(self.limits),
+        }
+
+    async def write_status(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+        task_status.started()
+        try:
+            while True:
+                self._db.set_meta(RUNTIME_KEY, encode_runtime(self.status()))
+                if self.metrics is not None:
+                    self.metrics.refresh(self.replica.board_count(), self.replica.total_bytes,
+                                         self.replica.stats)
+                await trio.sleep(STATUS_INTERVAL)
+        finally:
+            with trio.CancelScope(shield=True):
+                self._db.set_meta(RUNTIME_KEY, b"{}")
+
+
+def _limits_json(limits: RelayLimits) -> dict[str, Any]:
+    out = asdict(limits)
+    allowed = out.pop("allowed_boards")
+    out["allowed_boards"] = None if allowed is None else sorted(b.hex() for b in allowed)
+    return out
+
+
+@dataclass
+class RelayOptions:
+    listen: tuple[str, int] = ("0.0.0.0", DEFAULT_RELAY_PORT)
+    #: host (and port; None = the listening port) that members use to reach the relay
+    public: tuple[str, int | None] | None = None
+    metrics: tuple[str, int] | None = None
+    limits: RelayLimits = field(default_factory=RelayLimits)
+
+
+async def serve_relay(
+    data_dir: str | os.PathLike[str],
+    options: RelayOptions | None = None,
+    *,
+    task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a relay until cancelled. ``task_status.started`` gets the :class:`Relay`.
+
+    Raises:
+        UsageError: the data dir belongs to a node.
+        OSError: the listen or metrics address cannot be bound.
+    """
+    opts = options or RelayOptions()
+    db = open_relay_db(data_dir)
+    try:
+        listener = await open_listener(*opts.listen)
+        async with trio.open_nursery() as nursery:
+            relay = Relay(db, opts.limits, nursery)
+            bound = listener.socket.getsockname()
+            relay.listen_address = (bound[0], bound[1])
+            if opts.public is None:
+                relay.public = _guess_public(relay.listen_address)
+            else:
+                relay.public = (opts.public[0], opts.public[1] or relay.listen_address[1])
+            if opts.metrics is not None:
+                from p2paid.relay.metrics import RelayMetrics
+
+                relay.metrics = RelayMetrics(*opts.metrics)
+            try:
+                await nursery.start(relay.accept_loop, listener)
+                await nursery.start(relay.write_status)
+                log.info("relay %s listening on %s", fingerprint(relay.node_key.public),
+                         format_address(*relay.listen_address))
+                task_status.started(relay)
+                await trio.sleep_forever()
+            finally:
+                if relay.metrics is not None:
+                    relay.metrics.close()
+    finally:
+        db.close()
+
+
+def _guess_public(listen: tuple[str, int]) -> tuple[str, int]:
+    """The listen address, or this host's first non-loopback IPv4 address."""
+    host, port = listen
+    if host not in ("0.0.0.0", "::", ""):
+        return host, port
+    from p2paid.net.mdns import local_networks
+
+    networks = local_networks()
+    return (str(networks[0].ip) if networks else "127.0.0.1"), port
+
+
+def read_relay_runtime(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What a relay running on ``data_dir`` last published (None if none runs)."""
+    db = open_relay_db(data_dir)
+    try:
+        raw = db.get_meta(RUNTIME_KEY)
+    finally:
+        db.close()
+    return fresh_runtime(raw)

@@ -1,0 +1,575 @@
+"""The SQLite store: boards, keys, envelopes, snapshots and rejections.
+
+One file, ``p2paid.sqlite3``, in the data dir; WAL journal, ``synchronous=FULL``,
+so a transaction that has committed survives a crash or power cut. Several
+processes may open one data dir at once: every write runs under SQLite's write
+lock (``BEGIN IMMEDIATE``) and callers catch up with rows other processes added
+(by the ``envelopes.id`` arrival counter) before they write, so an author's feed
+never forks and nothing is overwritten. See ``protocol/SPEC.md`` "Storage".
+
+This is a thin, typed layer over SQL; policy lives in :mod:`p2paid.board.board`.
+:class:`Database` implements the :class:`~p2paid.storage.base.EnvelopeStore` port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar, final
+
+import msgpack
+
+from p2paid.core.feed import FeedHead
+from p2paid.errors import StorageError
+from p2paid.storage.base import ForkRow, NewEnvelope
+
+__all__ = ["DB_FILENAME", "BoardRow", "Database", "EnvelopeRow", "ForkRow", "SnapshotRow"]
+
+DB_FILENAME: Final = "p2paid.sqlite3"
+#: 1: p2paid 0.1. 2: forks table; snapshots from 1 are dropped on upgrade, so that
+#: every stored change is checked again under the own-feed rule (SPEC 5).
+SCHEMA_VERSION: Final = 2
+BUSY_TIMEOUT_MS: Final = 30_000
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS boards (
+    board_id   BLOB PRIMARY KEY,
+    secret     BLOB NOT NULL,
+    name       TEXT NOT NULL,
+    author_key BLOB NOT NULL,
+    relays     BLOB NOT NULL,
+    joined_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS envelopes (
+    id          INTEGER PRIMARY KEY,
+    board_id    BLOB NOT NULL,
+    author      BLOB NOT NULL,
+    seq         INTEGER NOT NULL,
+    hash        BLOB NOT NULL,
+    data        BLOB NOT NULL,
+    change_hash BLOB,
+    UNIQUE (board_id, author, seq)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    board_id BLOB PRIMARY KEY,
+    doc      BLOB NOT NULL,
+    vector   BLOB NOT NULL,
+    sections BLOB NOT NULL,
+    max_ops  BLOB NOT NULL,
+    changes  INTEGER NOT NULL,
+    saved_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    board_id BLOB NOT NULL,
+    author   BLOB NOT NULL,
+    seq      INTEGER NOT NULL,
+    hash     BLOB NOT NULL,
+    code     TEXT NOT NULL,
+    detail   TEXT NOT NULL,
+    data     BLOB,
+    change_hash BLOB,
+    at       INTEGER NOT NULL,
+    PRIMARY KEY (board_id, author, seq, hash)
+);
+CREATE TABLE IF NOT EXISTS forks (
+    board_id BLOB NOT NULL,
+    author   BLOB NOT NULL,
+    seq      INTEGER NOT NULL,
+    first    BLOB NOT NULL,
+    second   BLOB NOT NULL,
+    at       INTEGER NOT NULL,
+    PRIMARY KEY (board_id, author)
+);
+"""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BoardRow:
+    board_id: bytes
+    secret: bytes
+    name: str
+    author_key: bytes
+    relays: tuple[str, ...]
+    joined_at: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EnvelopeRow:
+    id: int
+    author: bytes
+    seq: int
+    hash: bytes
+    data: bytes
+    change_hash: bytes | None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    doc: bytes
+    vector: dict[bytes, int]
+    sections: dict[bytes, int]
+    max_ops: dict[bytes, int]
+    changes: int
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+@final
+class Database:
+    """A connection to the store in one data dir. Not thread-safe: one per thread.
+
+    Raises:
+        StorageError: from every method when SQLite fails (corrupt file, disk full, locked).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_FILENAME
+        self._depth = 0
+        try:
+            _private_dir(self.data_dir)
+            fresh = not self.path.exists()
+            old_umask = os.umask(0o077)
+            try:
+                self._con = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                    check_same_thread=False,
+                )
+            finally:
+                os.umask(old_umask)
+            if fresh:
+                os.chmod(self.path, 0o600)
+            try:
+                self._configure()
+            except BaseException:
+                self._con.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open the store at {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot use the data dir {self.data_dir}: {exc}") from exc
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL, waiting out other processes that hold a lock meanwhile.
+
+        SQLite does not apply the busy timeout to a journal-mode change, so a
+        second process opening a new data dir at the same moment would fail at
+        once; retry for up to the busy timeout instead.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.005
+        while True:
+            try:
+                mode = self._con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        if mode != "wal":
+            raise StorageError(f"the store could not switch to WAL mode (got {mode})")
+
+    def _configure(self) -> None:
+        con = self._con
+        con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._enable_wal()
+        con.execute("PRAGMA synchronous = FULL")
+        con.execute("PRAGMA foreign_keys = ON")
+        with self.write():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    con.execute(statement)
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                con.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StorageError(
+                    f"the store has schema version {row[0]}, newer than this p2paid "
+                    f"({SCHEMA_VERSION}); upgrade p2paid"
+                )
+            elif int(row[0]) < SCHEMA_VERSION:
+                # Snapshots are an optimisation; without them every stored change is
+                # applied (and checked) again on the next open.
+                con.execute("DELETE FROM snapshots")
+                con.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        self._con.close()
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """A write transaction under the store-wide write lock; durable on exit.
+
+        Nested use joins the outer transaction.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self._con.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot lock the store for writing: {exc}") from exc
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._con.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        try:
+            self._con.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._con.execute("ROLLBACK")
+            raise StorageError(f"cannot commit to the store: {exc}") from exc
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        """A read transaction: every query inside sees one consistent state."""
+        if self._depth:
+            yield
+            return
+        try:
+            self._con.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot read the store: {exc}") from exc
+        self._depth = 1
+        try:
+            yield
+        finally:
+            self._depth = 0
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._con.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        try:
+            return self._con.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"store query failed: {exc}") from exc
+
+    def _exec(self, sql: str, args: Sequence[object] = ()) -> int:
+        try:
+            cur = self._con.execute(sql, args)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"store write failed: {exc}") from exc
+        return int(cur.lastrowid or 0)
+
+    def execute(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        """Run one statement for a module that keeps its own tables in this file
+        (:mod:`p2paid.storage.peerbook`, :mod:`p2paid.relay.state`); wrap writes in :meth:`write`.
+
+        Raises:
+            StorageError: SQLite failed.
+        """
+        return self._query(sql, args)
+
+    # ------------------------------------------------------------------ meta
+
+    def get_meta(self, key: str) -> bytes | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if not rows else _bytes(rows[0][0])
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        with self.write():
+            self._exec("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------------ boards
+
+    def add_board(self, row: BoardRow) -> None:
+        with self.write():
+            self._exec(
+                "INSERT INTO boards VALUES (?, ?, ?, ?, ?, ?)",
+                (row.board_id, row.secret, row.name, row.author_key,
+                 msgpack.packb(list(row.relays)), row.joined_at),
+            )
+
+    def set_board_relays(self, board_id: bytes, relays: Iterable[str]) -> None:
+        with self.write():
+            self._exec("UPDATE boards SET relays = ? WHERE board_id = ?",
+                       (msgpack.packb(list(relays)), board_id))
+
+    def boards(self) -> list[BoardRow]:
+        rows = self._query("SELECT * FROM boards ORDER BY joined_at, name")
+        return [
+            BoardRow(_bytes(r[0]), _bytes(r[1]), str(r[2]), _bytes(r[3]),
+                     tuple(str(x) for x in _unpack(r[4], list)), _int(r[5]))
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ envelopes
+
+    def heads(self, board_id: bytes) -> dict[bytes, FeedHead]:
+        """The newest envelope held per author (SQLite returns the MAX row's ``hash``)."""
+        rows = self._query(
+            "SELECT author, MAX(seq), hash FROM envelopes WHERE board_id = ? GROUP BY author",
+            (board_id,),
+        )
+        return {_bytes(a): FeedHead(_int(s), _bytes(h)) for a, s, h in rows}
+
+    def held_hashes(self, board_id: bytes, author: bytes, lo: int, hi: int) -> dict[int, bytes]:
+        rows = self._query(
+            "SELECT seq, hash FROM envelopes WHERE board_id = ? AND author = ? "
+            "AND seq BETWEEN ? AND ?",
+            (board_id, author, lo, hi),
+        )
+        return {_int(s): _bytes(h) for s, h in rows}
+
+    def insert_envelopes(self, board_id: bytes, rows: Iterable[NewEnvelope]) -> int:
+        """Insert ``(author, seq, hash, data, change_hash)`` rows; returns the last row id.
+
+        Must run inside :meth:`write`.
+        """
+        sql = ("INSERT INTO envelopes (board_id, author, seq, hash, data, change_hash) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
+        rows = list(rows)
+        try:
+            if len(rows) == 1:
+                return int(self._con.execute(sql, (board_id, *rows[0])).lastrowid or 0)
+            self._con.executemany(sql, ((board_id, *row) for row in rows))
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"store write failed: {exc}") from exc
+        return self.last_id()
+
+    def read_feed(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
+        """Envelopes ``after+1, after+2, ...`` of one author: at least one (if held), then
+        as many as fit in ``max_bytes``."""
+        out: list[bytes] = []
+        total = 0
+        cur = self._con.execute(
+            "SELECT data FROM envelopes WHERE board_id = ? AND author = ? AND seq > ? "
+            "ORDER BY seq", (board_id, author, after),
+        )
+        try:
+            for (data,) in cur:
+                if out and total + len(data) > max_bytes:
+                    break
+                out.append(bytes(data))
+                total += len(data)
+        finally:
+            cur.close()
+        return out
+
+    def last_id(self) -> int:
+        rows = self._query("SELECT MAX(id) FROM envelopes")
+        return _int(rows[0][0] or 0)
+
+    def envelopes_since(self, board_id: bytes, after_id: int) -> list[EnvelopeRow]:
+        """Envelopes of a board that arrived after row ``after_id``, in arrival order."""
+        rows = self._query(
+            # "+board_id": scan the rowid range after ``after_id`` (recent rows), not
+            # the board's whole index; a separate arrival index would cost every insert.
+            "SELECT id, author, seq, hash, data, change_hash FROM envelopes "
+            "WHERE id > ? AND +board_id = ? ORDER BY id",
+            (after_id, board_id),
+        )
+        return [_envelope_row(r) for r in rows]
+
+    def change_index(self, board_id: bytes) -> list[tuple[int, bytes, int, bytes | None]]:
+        """``(id, author, seq, change_hash)`` of every envelope of a board."""
+        rows = self._query(
+            "SELECT id, author, seq, change_hash FROM envelopes WHERE board_id = ?", (board_id,)
+        )
+        return [(_int(i), _bytes(a), _int(s), None if h is None else _bytes(h))
+                for i, a, s, h in rows]
+
+    def envelopes_by_id(self, ids: Sequence[int]) -> list[EnvelopeRow]:
+        out: list[EnvelopeRow] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            out.extend(_envelope_row(r) for r in self._query(
+                "SELECT id, author, seq, hash, data, change_hash FROM envelopes "
+                f"WHERE id IN ({marks}) ORDER BY author, seq", chunk))
+        out.sort(key=lambda r: (r.author, r.seq))
+        return out
+
+    def envelopes(self, board_id: bytes) -> Iterator[bytes]:
+        """Every envelope of a board, per author in seq order."""
+        cur = self._con.execute(
+            "SELECT data FROM envelopes WHERE board_id = ? ORDER BY author, seq", (board_id,)
+        )
+        for (data,) in cur:
+            yield bytes(data)
+
+    def board_sizes(self) -> dict[bytes, int]:
+        """Bytes held per board id: envelopes, and the two envelopes of each fork proof."""
+        rows = self._query(
+            "SELECT board_id, SUM(n) FROM (SELECT board_id, LENGTH(data) AS n FROM envelopes "
+            "UNION ALL SELECT board_id, LENGTH(first) + LENGTH(second) FROM forks) "
+            "GROUP BY board_id")
+        return {_bytes(b): _int(n) for b, n in rows}
+
+    def envelope_boards(self) -> dict[bytes, int]:
+        """Every board id with envelopes held, and how many."""
+        rows = self._query("SELECT board_id, COUNT(*) FROM envelopes GROUP BY board_id")
+        return {_bytes(b): _int(n) for b, n in rows}
+
+    def set_change_hashes(self, rows: Iterable[tuple[bytes, int]]) -> None:
+        """Record ``(change_hash, id)`` for envelopes that were decrypted after arrival."""
+        try:
+            self._con.executemany("UPDATE envelopes SET change_hash = ? WHERE id = ?", rows)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"store write failed: {exc}") from exc
+
+    def envelope_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None:
+        rows = self._query("SELECT data FROM envelopes WHERE board_id = ? AND author = ? "
+                           "AND seq = ?", (board_id, author, seq))
+        return None if not rows else _bytes(rows[0][0])
+
+    def delete_feed_from(self, board_id: bytes, author: bytes, seq: int) -> None:
+        self._exec("DELETE FROM envelopes WHERE board_id = ? AND author = ? AND seq >= ?",
+                   (board_id, author, seq))
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self, board_id: bytes) -> SnapshotRow | None:
+        rows = self._query(
+            "SELECT doc, vector, sections, max_ops, changes FROM snapshots WHERE board_id = ?",
+            (board_id,),
+        )
+        if not rows:
+            return None
+        doc, vector, sections, max_ops, changes = rows[0]
+        return SnapshotRow(_bytes(doc), _unpack(vector, dict), _unpack(sections, dict),
+                           _unpack(max_ops, dict), _int(changes))
+
+    def delete_snapshot(self, board_id: bytes) -> None:
+        self._exec("DELETE FROM snapshots WHERE board_id = ?", (board_id,))
+
+    def put_snapshot(self, board_id: bytes, snap: SnapshotRow, now: int) -> None:
+        """Store a snapshot unless the stored one already covers more changes."""
+        with self.write():
+            self._exec(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (board_id) DO "
+                "UPDATE SET doc = excluded.doc, vector = excluded.vector, "
+                "sections = excluded.sections, max_ops = excluded.max_ops, "
+                "changes = excluded.changes, saved_at = excluded.saved_at "
+                "WHERE excluded.changes > snapshots.changes",
+                (board_id, snap.doc, msgpack.packb(snap.vector), msgpack.packb(snap.sections),
+                 msgpack.packb(snap.max_ops), snap.changes, now),
+            )
+
+    # ------------------------------------------------------------------ rejections
+
+    def record_rejection(
+        self, board_id: bytes, author: bytes, seq: int, hash_: bytes, code: str, detail: str,
+        data: bytes | None, now: int, change_hash: bytes | None = None,
+    ) -> None:
+        self._exec(
+            "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (board_id, author, seq, hash_, code, detail, data, change_hash, now),
+        )
+
+    def rejection_count(self, board_id: bytes, author: bytes) -> int:
+        rows = self._query("SELECT COUNT(*) FROM rejections WHERE board_id = ? AND author = ?",
+                           (board_id, author))
+        return _int(rows[0][0])
+
+    def rejected_hashes(self, board_id: bytes, codes: Iterable[str]) -> set[bytes]:
+        """Hashes of envelopes refused on this board with one of ``codes``."""
+        wanted = list(codes)
+        marks = ",".join("?" * len(wanted))
+        rows = self._query(f"SELECT hash FROM rejections WHERE board_id = ? AND code IN ({marks})",
+                           (board_id, *wanted))
+        return {_bytes(h) for (h,) in rows}
+
+    # ------------------------------------------------------------------ forks
+
+    def forks(self, board_id: bytes) -> dict[bytes, ForkRow]:
+        """The proven fork of each forked author of a board."""
+        rows = self._query("SELECT author, seq, first, second FROM forks WHERE board_id = ?",
+                           (board_id,))
+        return {_bytes(a): ForkRow(_bytes(a), _int(s), _bytes(f), _bytes(x))
+                for a, s, f, x in rows}
+
+    def record_fork(self, board_id: bytes, fork: ForkRow, now: int) -> bool:
+        """Keep the proof if it is the author's first or lowest; must run inside
+        :meth:`write`. Returns True if it was kept."""
+        rows = self._query("SELECT seq FROM forks WHERE board_id = ? AND author = ?",
+                           (board_id, fork.author))
+        if rows and _int(rows[0][0]) <= fork.seq:
+            return False
+        self._exec("INSERT OR REPLACE INTO forks VALUES (?, ?, ?, ?, ?, ?)",
+                   (board_id, fork.author, fork.seq, fork.first, fork.second, now))
+        return True
+
+    def rejections(self, board_id: bytes) -> list[tuple[bytes, int, str, str]]:
+        rows = self._query(
+            "SELECT author, seq, code, detail FROM rejections WHERE board_id = ? "
+            "ORDER BY at, author, seq", (board_id,),
+        )
+        return [(_bytes(a), _int(s), str(c), str(d)) for a, s, c, d in rows]
+
+    # ------------------------------------------------------------------ maintenance
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's full integrity check: ``[]`` when the file is sound."""
+        rows = self._query("PRAGMA integrity_check")
+        problems = [str(r[0]) for r in rows]
+        return [] if problems == ["ok"] else problems
+
+    def counts(self) -> Mapping[str, int]:
+        rows = self._query(
+            "SELECT (SELECT COUNT(*) FROM boards), (SELECT COUNT(*) FROM envelopes), "
+            "(SELECT COUNT(*) FROM rejections)"
+        )
+        boards, envelopes, rejections = (_int(x) for x in rows[0])
+        return {"boards": boards, "envelopes": envelopes, "rejections": rejections}
+
+
+def _envelope_row(r: tuple[object, ...]) -> EnvelopeRow:
+    i, a, s, e, d, h = r
+    return EnvelopeRow(_int(i), _bytes(a), _int(s), _bytes(e), _bytes(d),
+                       None if h is None else _bytes(h))
+
+
+def _bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    raise StorageError(f"the store holds {type(value).__name__} where bytes belong; is it corrupt?")
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    raise StorageError(f"the store holds {type(value).__name__} where a number belongs")
+
+
+_T = TypeVar("_T", list[Any], dict[Any, Any])
+
+
+def _unpack(value: object, kind: type[_T]) -> _T:
+    try:
+        out = msgpack.unpackb(_bytes(value), strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise StorageError("the store holds an undecodable record; is it corrupt?") from exc
+    if not isinstance(out, kind):
+        raise StorageError("the store holds a record of the wrong shape; is it corrupt?")
+    return out

@@ -552,3 +552,28 @@ async def test_sigkill_mid_sync_loses_nothing_confirmed(
                 assert board_state(store.board()) == board_state(a.node.board())
             nursery.cancel_scope.cancel()
     assert "Traceback" not in log.read_text(errors="replace"), log.read_text(errors="replace")
+
+
+async def test_bulk_work_left_by_a_connection_that_ended_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B stores a bulk sync whose Automerge work is deferred until the link falls
+    quiet; the connection ends first (here: the link never falls quiet long enough).
+    The node still applies all of it, in steps, without another sync."""
+    monkeypatch.setattr(p2paid.net.connection, "IDLE_FLUSH_DELAY", 3600.0)
+    invite = make_member(tmp_path / "a", None, "a")
+    make_member(tmp_path / "b", invite, "b")
+    with open_store(tmp_path / "a") as store:
+        board = store.board()
+        for i in range(300):
+            board.post_need(f"need {i}")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a = await start_node(nursery, tmp_path / "a")
+            b = await start_node(nursery, tmp_path / "b", listen=False)
+            b.node.connect(*a.address)
+            await wait_until(lambda: b.node.replica.stats["received"] >= 301)
+            assert b.node.replica.has_deferred  # stored, not applied yet
+            b.node.dialer.remove(*a.address)  # the connection ends
+            await wait_until(lambda: not b.node.replica.has_deferred)  # (reading would apply)
+            assert len(b.node.board().items()) == 300
+            nursery.cancel_scope.cancel()

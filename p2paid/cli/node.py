@@ -32,8 +32,8 @@ from p2paid.node.node import (
     MAX_PER_ADDRESS,
     Node,
     open_node,
-    read_runtime,
 )
+from p2paid.node.status import read_runtime
 
 __all__ = ["add_node_commands"]
 

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Final, final
 
 import trio
@@ -45,7 +43,8 @@ from p2paid.node.asyncboard import AsyncBoard
 from p2paid.node.peertable import PeerInfo, PeerTable
 from p2paid.node.relays import RelayDialing
 from p2paid.node.replica import StoreReplica
-from p2paid.storage.runtime import STATUS_INTERVAL, encode_runtime, fresh_runtime
+from p2paid.node.status import StatusPublisher
+from p2paid.node.storewatch import StoreWatcher
 
 __all__ = ["Node", "PeerInfo", "open_node"]
 
@@ -59,10 +58,6 @@ MAX_PER_ADDRESS: Final = 8
 #: Handshakes in progress, in all and from one address.
 MAX_HANDSHAKES: Final = 32
 MAX_HANDSHAKES_PER_ADDRESS: Final = 4
-#: How often the node looks for envelopes other processes (the CLI) stored.
-STORE_POLL_INTERVAL: Final = 0.25
-#: Seconds without new envelopes after which the node saves board snapshots.
-SNAPSHOT_WHEN_QUIET: Final = 5.0
 #: Seconds one step of deferred Automerge work should take (other tasks run between
 #: steps; ``p2paid bench --only stall`` measures the longest pause).
 FLUSH_STEP_S: Final = 0.015
@@ -83,9 +78,7 @@ class Node:
             max_connections, max_per_address, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS))
         self.peerbook = store.peer_book()
         self._peers = PeerTable(self.node_id)
-        self._busy = False
         self._boards: dict[bytes, AsyncBoard] = {}
-        self._last_id = store.last_arrival()
         self.listen_address: tuple[str, int] | None = None
         self.last_sync: dict[bytes, float] = {}
         #: how its connections run: big batches are applied once a link falls quiet
@@ -94,8 +87,11 @@ class Node:
         self.relays = RelayDialing(
             store, self.dialer, lambda node_id: self._peers.close(
                 node_id, CloseReason.BOARDS_CHANGED))
-        self._board_ids = {b.id for b in store.boards()}
-        self._last_flush = -math.inf  # (trio time of the last step)
+        self.store_watcher = StoreWatcher(store, board_changed=self.board_changed,
+                                          boards_changed=self._boards_changed,
+                                          before_poll=self._apply_orphaned_work)
+        #: deferred work whose connection ended before its link fell quiet
+        self._orphaned_work = False
         self._flush_step = StepSizer(FLUSH_STEP_S, first=256, minimum=32, maximum=8192)
 
     def __repr__(self) -> str:
@@ -143,7 +139,7 @@ class Node:
 
     def _boards_changed(self) -> None:
         """Peers learn our boards in the Hello: reconnect so they learn the new one."""
-        self._board_ids = {b.id for b in self.store.boards()}
+        self.store_watcher.note_boards()
         for conn in self._peers:
             conn.close(CloseReason.BOARDS_CHANGED)
         with contextlib.suppress(P2paidError):
@@ -216,6 +212,7 @@ class Node:
     def unregister(self, conn: Connection) -> None:
         self.admission.release(conn)
         self.after_receive(conn)  # envelopes stored from a batch cut short
+        self._orphaned_work = self._orphaned_work or self.has_deferred()
         self._peers.discard(conn)
 
     # ------------------------------------------------------------------ DeferredWork
@@ -227,7 +224,6 @@ class Node:
     def flush_deferred(self) -> bool:
         """Apply a part of the changes bulk syncs stored (sized to take about
         :data:`FLUSH_STEP_S`), then tell peers and subscribers; True while more remains."""
-        self._last_flush = trio.current_time()
         before, started = self.replica.stats["applied"], time.perf_counter()
         touched = self.replica.flush(self._flush_step.size)
         self._flush_step.record(int(self.replica.stats["applied"] - before),
@@ -273,7 +269,7 @@ class Node:
 
     def board_changed(self, board_id: bytes, source: Connection | None = None) -> None:
         """The store gained envelopes of ``board_id``: push them and publish events."""
-        self._busy = True
+        self.store_watcher.note_activity()
         for conn in self._peers:
             if conn is not source:
                 conn.notify(board_id)
@@ -295,54 +291,13 @@ class Node:
         task_status.started(self.listen_address)
         await serve_inbound(self, listener, self.admission, self.connection_options)
 
-    async def watch_store(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                          ) -> None:
-        """Pick up what other processes (the CLI) write to the store, within a second."""
-        task_status.started()
-        quiet_since = trio.current_time()
-        while True:
-            await trio.sleep(STORE_POLL_INTERVAL)
-            # Work a connection left (it ended before falling quiet); not while a
-            # connection is at it, so that one step runs at a time.
-            if trio.current_time() - self._last_flush > STORE_POLL_INTERVAL:
-                while self.has_deferred() and self.flush_deferred():
-                    await trio.lowlevel.checkpoint()
-            if self.poll_store() or self._busy:
-                quiet_since = trio.current_time()
-                self._busy = False
-            elif trio.current_time() - quiet_since > SNAPSHOT_WHEN_QUIET:
-                for board in self.store.boards():  # one at a time: each costs O(board)
-                    if board.maybe_snapshot():
-                        break
-
-    def poll_store(self) -> bool:
-        """Apply what other processes stored; True if anything was new."""
-        last = self.store.last_arrival()
-        boards = {b.id for b in self.store.boards()}
-        if boards != self._board_ids:
-            log.info("the set of joined boards changed; reconnecting to peers")
-            self._boards_changed()
-        if last == self._last_id:
-            return False
-        self._last_id = last
-        for board in self.store.boards():
-            before = board.seen_id
-            board.refresh()
-            if board.seen_id != before:
-                self.board_changed(board.id)
-        return True
-
-    async def write_status(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                           ) -> None:
-        """Publish who is connected in the store, for ``p2paid status`` and ``peers``."""
-        task_status.started()
-        try:
-            while True:
-                self.store.write_runtime(encode_runtime(self.status()))
-                await trio.sleep(STATUS_INTERVAL)
-        finally:
-            with contextlib.suppress(Exception):
-                self.store.write_runtime(b"{}")
+    async def _apply_orphaned_work(self) -> None:
+        """Apply deferred work whose connection ended before its link fell quiet (a
+        live connection does its own), in steps."""
+        if self._orphaned_work:
+            self._orphaned_work = False
+            while self.has_deferred() and self.flush_deferred():
+                await trio.lowlevel.checkpoint()
 
     def status(self) -> dict[str, object]:
         return {
@@ -394,8 +349,8 @@ async def open_node(
             await nursery.start(node.dialer.serve)
             if listen is not None:
                 await _start_listener(node, nursery, listen)
-            await nursery.start(node.watch_store)
-            await nursery.start(node.write_status)
+            await nursery.start(node.store_watcher.run)
+            await nursery.start(StatusPublisher(st, node.status).run)
             await nursery.start(node.relays.watch)
             for host, port in peers:
                 node.connect(host, port)
@@ -423,9 +378,3 @@ async def _start_listener(node: Node, nursery: trio.Nursery, listen: tuple[str, 
             raise
         log.info("port %d is taken; listening on a free port instead", port)
         await nursery.start(node.serve, host, 0)
-
-
-def read_runtime(data_dir: str | os.PathLike[str]) -> dict[str, object] | None:
-    """The status a running node last published in ``data_dir`` (None if none runs)."""
-    with open_store(Path(data_dir), create=False) as store:
-        return fresh_runtime(store.read_runtime())

@@ -4,9 +4,10 @@ A trio nursery wraps whatever leaves it in an ``ExceptionGroup``, even a single
 exception, so ``except p2paid.P2paidError`` around ``async with open_node(...)``
 would never fire. :func:`collapse_single_errors` undoes that at the library's
 edge: a group whose tree holds exactly one exception becomes that exception (its
-own traceback, ``__cause__`` and ``__context__`` kept); a group of several is
-raised as it is, since choosing one would hide the others. ``KeyboardInterrupt``
-and ``trio.Cancelled`` come out bare too, so they behave as without a nursery.
+own traceback, ``__cause__`` and ``__context__`` kept); several stay a group, since
+choosing one would hide the others (the groups of one around them, one per nursery
+they passed, are taken off). ``KeyboardInterrupt`` and ``trio.Cancelled`` come out
+bare too, so they behave as without a nursery.
 """
 
 from __future__ import annotations
@@ -14,19 +15,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-__all__ = ["collapse_single_errors", "single_leaf"]
+__all__ = ["collapse_single_errors", "unwrap"]
 
 
-def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception in ``group``'s tree (through nested groups), or None if it
-    holds several."""
-    exceptions = group.exceptions
-    while len(exceptions) == 1:
-        (only,) = exceptions
-        if not isinstance(only, BaseExceptionGroup):
-            return only
-        exceptions = only.exceptions
-    return None
+def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """``group`` without its groups of one: the one exception of its tree, or the
+    outermost group in it that holds several."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup) and len(found.exceptions) == 1:
+        found = found.exceptions[0]
+    return found
 
 
 @contextlib.contextmanager
@@ -36,8 +34,8 @@ def collapse_single_errors() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaf = single_leaf(group)
-        if leaf is None:
+        leaf = unwrap(group)
+        if leaf is group:
             raise
         context = leaf.__context__
         try:

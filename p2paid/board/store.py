@@ -42,6 +42,7 @@ from p2paid.errors import (
     NotFoundError,
     UsageError,
 )
+from p2paid.storage.files import existing_kind
 from p2paid.storage.ingest import ingest
 from p2paid.storage.peerbook import PeerBook
 from p2paid.storage.roles import NODE_KEY, refuse_relay_dir
@@ -109,9 +110,9 @@ class Store:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, create: bool = True) -> None:
         path = Path(data_dir)
-        if path.exists() and not path.is_dir():
+        if existing_kind(path, "use the data dir") == "file":
             raise FileError(f"cannot use the data dir {path}: it is a file, not a folder", path)
-        if not create and not (path / DB_FILENAME).exists():
+        if not create and existing_kind(path / DB_FILENAME, "use the data dir") is None:
             raise NotFoundError(f"no p2paid data in {path}; run 'p2paid init' first")
         self.data_dir = path
         self._db = Database(path)

@@ -8,6 +8,7 @@ without a nursery; several errors at once stay a group.
 
 from __future__ import annotations
 
+import logging
 import socket
 import traceback
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import trio
 import p2paid
 from p2paid.errors import InviteError, ListenError, UsageError, ValidationError
 from p2paid.net.groups import collapse_single_errors, unwrap
+from p2paid.node.node import DEFAULT_PORT
 from p2paid.relay.server import RelayOptions, serve_relay
 
 LOCAL = ("127.0.0.1", 0)
@@ -44,6 +46,28 @@ async def test_a_port_in_use_is_a_listen_error_out_of_open_node(tmp_path: Path,
     assert isinstance(error.__cause__, OSError)
     assert str(error) == (f"port {held_port} on 127.0.0.1 is in use (another p2paid run?); "
                           "choose another with --listen HOST:PORT")
+
+
+async def test_only_the_default_port_in_use_falls_back_to_a_free_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "p2paid")
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", DEFAULT_PORT))
+        except OSError:
+            pytest.skip(f"port {DEFAULT_PORT} is in use by another program")
+        sock.listen()
+        async with p2paid.open_node(tmp_path / "n", listen=("127.0.0.1", DEFAULT_PORT),
+                                    mdns=False) as node:
+            assert node.listen_address is not None
+            assert node.listen_address[1] not in (0, DEFAULT_PORT)
+    assert (f"port {DEFAULT_PORT} on 127.0.0.1 is in use; listening on a free port "
+            "instead") in caplog.messages
+    caplog.clear()
+    with pytest.raises(ListenError, match="'foo' is not an IP address"):  # no lookup, either
+        async with p2paid.open_node(tmp_path / "n", listen=("foo", DEFAULT_PORT), mdns=False):
+            pass
+    assert not [m for m in caplog.messages if "in use" in m]
 
 
 async def test_an_invite_error_from_join_comes_out_bare(tmp_path: Path) -> None:

@@ -405,11 +405,11 @@ async def open_node(
         own_store = store is None
         st = open_store(data_dir) if store is None else store
         try:
-            if own_store and st.created:
-                log.info("created a new data dir at %s", st.data_dir)
             with DataDirLock(st.data_dir, "node"):
                 async with _running_node(st, listen, peers, mdns, advertise,
                                          max_connections, max_per_address) as node:
+                    if own_store and st.created:  # (a mistyped data dir, say)
+                        log.info("created a new data dir at %s", st.data_dir)
                     yield node
         finally:
             if own_store:

@@ -248,8 +248,6 @@ async def serve_relay(
     with collapse_single_errors():
         db = open_relay_db(data_dir)
         try:
-            if db.created:
-                log.info("created a new data dir at %s", data_dir)
             with DataDirLock(data_dir, "relay"):
                 await _serve(db, opts, task_status)
         finally:
@@ -276,6 +274,8 @@ async def _serve(db: Database, opts: RelayOptions, task_status: trio.TaskStatus[
         try:
             await nursery.start(relay.accept_loop, listener)
             await nursery.start(relay.write_status)
+            if db.created:
+                log.info("created a new data dir at %s", db.data_dir)
             log.info("relay %s listening on %s", fingerprint(relay.node_key.public),
                      format_address(*relay.listen_address))
             task_status.started(relay)

@@ -15,7 +15,8 @@ splits by *blame*, as h11 and wsproto do:
 OS errors never leave the library bare: on paths the user gave (a data dir, a bundle,
 an export file, a lock file) they come out as :class:`FileError`, naming the path; on an
 address to listen on as :class:`ListenError`, naming the address; either keeps the
-``OSError`` as ``__cause__``.
+``OSError`` as ``__cause__``. ``open_node`` and ``serve_relay`` raise a single error as
+itself, never in an ``ExceptionGroup`` of one (:mod:`p2paid.net.groups`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "BundleError",
     "ChainError",
     "ChangeMismatchError",
+    "DataDirBusyError",
     "DecodeError",
     "DecryptError",
     "DependencyError",
@@ -88,6 +90,19 @@ class FileError(UsageError):
         super().__init__(message)
         self.path = path
         self.errno = errno
+
+
+class DataDirBusyError(UsageError):
+    """Another process runs a node or relay on this data dir
+    (:class:`p2paid.storage.lock.DataDirLock`).
+
+    Attributes:
+        pid: that process's id (None if it could not be read).
+    """
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 class ListenError(UsageError):

@@ -12,8 +12,11 @@ splits by *blame*, as h11 and wsproto do:
   else. ``close_reason`` is a short token suitable for telling the peer why.
 * :class:`StorageError` - the local store is unusable (corrupt, locked, full).
 
-OS errors on paths the user gave (a data dir, a bundle, an export file) come out as
-:class:`FileError`, naming the path, with the ``OSError`` as ``__cause__``.
+OS errors never leave the library bare: on paths the user gave (a data dir, a bundle,
+an export file, a lock file) they come out as :class:`FileError`, naming the path; on an
+address to listen on as :class:`ListenError`, naming the address; either keeps the
+``OSError`` as ``__cause__``. ``open_node`` and ``serve_relay`` raise a single error as
+itself, never in an ``ExceptionGroup`` of one (:mod:`p2paid.net.groups`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "BundleError",
     "ChainError",
     "ChangeMismatchError",
+    "DataDirBusyError",
     "DecodeError",
     "DecryptError",
     "DependencyError",
@@ -38,6 +42,7 @@ __all__ = [
     "InvalidChangeError",
     "InviteError",
     "LimitExceededError",
+    "ListenError",
     "LocalProtocolError",
     "MalformedEnvelopeError",
     "NotFoundError",
@@ -84,6 +89,35 @@ class FileError(UsageError):
     def __init__(self, message: str, path: object = None, errno: int | None = None) -> None:
         super().__init__(message)
         self.path = path
+        self.errno = errno
+
+
+class DataDirBusyError(UsageError):
+    """Another process runs a node or relay on this data dir
+    (:class:`p2paid.storage.lock.DataDirLock`).
+
+    Attributes:
+        pid: that process's id (None if it could not be read).
+    """
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class ListenError(UsageError):
+    """An address to listen on cannot be used: the port is in use or privileged, or the
+    address is not one of this machine's. The message names it and says what to do.
+
+    Attributes:
+        address: ``(host, port)`` as asked for.
+        errno: the ``OSError``'s errno (the ``OSError`` itself is ``__cause__``).
+    """
+
+    def __init__(self, message: str, address: tuple[str, int],
+                 errno: int | None = None) -> None:
+        super().__init__(message)
+        self.address = address
         self.errno = errno
 
 

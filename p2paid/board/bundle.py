@@ -28,7 +28,7 @@ from typing import BinaryIO, Final
 
 from p2paid.core.envelope import MAX_ENVELOPE_BYTES
 from p2paid.errors import BundleError, LocalProtocolError
-from p2paid.storage.files import file_error
+from p2paid.storage.files import existing_kind, file_error
 
 __all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "read_bundle", "write_bundle"]
 
@@ -51,10 +51,13 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> in
             read-only or full); nothing is left behind.
     """
     target = Path(path)
-    if not target.parent.is_dir():
-        missing = FileNotFoundError(errno.ENOENT, "no such folder", str(target.parent))
+    parent = existing_kind(target.parent, "write a bundle into")
+    if parent != "folder":
+        missing = (FileNotFoundError(errno.ENOENT, "no such folder", str(target.parent))
+                   if parent is None else
+                   NotADirectoryError(errno.ENOTDIR, "not a folder", str(target.parent)))
         raise file_error(target.parent, missing, "write a bundle into") from missing
-    if target.is_dir():
+    if existing_kind(target, "write the bundle") == "folder":
         folder = IsADirectoryError(errno.EISDIR, "is a folder", str(target))
         raise file_error(target, folder, "write the bundle") from folder
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -42,15 +42,17 @@ from p2paid.errors import (
     NotFoundError,
     UsageError,
 )
+from p2paid.storage.files import existing_kind
 from p2paid.storage.ingest import ingest
 from p2paid.storage.peerbook import PeerBook
+from p2paid.storage.roles import NODE_KEY, refuse_relay_dir
 from p2paid.storage.sqlite import DB_FILENAME, BoardRow, Database
 
 __all__ = ["BoardReport", "ImportReport", "Store", "default_data_dir", "open_store"]
 
 #: Envelopes handed to one :meth:`Board.receive` call during a bundle import.
 IMPORT_BATCH: Final = 10_000
-_NODE_KEY: Final = "node_key"
+_NODE_KEY: Final = NODE_KEY
 _RELAYS: Final = "relays"
 _RUNTIME: Final = "runtime"
 _LAST_SYNC: Final = "last_sync"
@@ -108,12 +110,19 @@ class Store:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, create: bool = True) -> None:
         path = Path(data_dir)
-        if path.exists() and not path.is_dir():
+        if existing_kind(path, "use the data dir") == "file":
             raise FileError(f"cannot use the data dir {path}: it is a file, not a folder", path)
-        if not create and not (path / DB_FILENAME).exists():
+        if not create and existing_kind(path / DB_FILENAME, "use the data dir") is None:
             raise NotFoundError(f"no p2paid data in {path}; run 'p2paid init' first")
         self.data_dir = path
         self._db = Database(path)
+        #: True if this open created the store (nothing was there before)
+        self.created = self._db.created
+        try:
+            refuse_relay_dir(self._db, path)
+        except BaseException:
+            self._db.close()
+            raise
         self._boards: dict[bytes, Board] = {}
 
     def __enter__(self) -> Store:

@@ -28,6 +28,7 @@ from p2paid.cli.relay import add_relay_commands
 from p2paid.cli.render import item_detail, item_table, json_text, safe
 from p2paid.core.text import plural
 from p2paid.errors import AmbiguousIdError, NotFoundError, P2paidError, UsageError
+from p2paid.storage.files import file_error
 
 __all__ = ["main"]
 
@@ -324,7 +325,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        Path(args.output).write_bytes(data)
+        target = Path(args.output)
+        try:
+            target.write_bytes(data)
+        except FileNotFoundError as exc:  # (the file is made: its folder is missing)
+            raise file_error(target.parent, exc, "write the export into") from exc
+        except OSError as exc:
+            raise file_error(target, exc, "write the export to") from exc
         print(f"wrote {len(data):,} bytes to {args.output}", file=sys.stderr)
     return 0
 

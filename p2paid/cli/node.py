@@ -18,13 +18,13 @@ import trio
 from p2paid.board.model import ItemKind, now_ms
 from p2paid.board.relayplan import plan_relays
 from p2paid.board.store import Store, default_data_dir, open_store
-from p2paid.cli.args import at_least
+from p2paid.cli.args import at_least, listen_address, peer_address
 from p2paid.cli.render import SafeFormatter, safe, when
 from p2paid.core.identity import fingerprint
 from p2paid.core.relayaddr import RelayAddress
 from p2paid.core.text import plural
 from p2paid.errors import P2paidError
-from p2paid.net.tcp import parse_address
+from p2paid.net.groups import collapse_single_errors
 from p2paid.node.asyncboard import AsyncBoard
 from p2paid.node.node import (
     DEFAULT_PORT,
@@ -45,15 +45,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=level, handlers=[handler])
-    listen = None if args.no_listen else parse_address(args.listen, DEFAULT_PORT)
-    peers = [parse_address(p, DEFAULT_PORT) for p in args.peer or []]
-    trio.run(_run, args, listen, peers)
+    listen = None if args.no_listen else args.listen
+    trio.run(_run, args, listen, args.peer or [])
     return 0
 
 
 async def _run(args: argparse.Namespace, listen: tuple[str, int] | None,
                peers: list[tuple[str, int]]) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, \
+            collapse_single_errors():
         async with open_node(args.data_dir, listen=listen, peers=peers,
                              mdns=not args.no_mdns, advertise=not args.no_advertise,
                              max_connections=args.max_connections,
@@ -203,14 +203,20 @@ def _default_dir() -> Path:
 def add_node_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``run``, ``peers`` and ``status`` on the main parser."""
     p = cmd("run", cmd_run, "run a node: sync boards with peers on the local network, "
-            "configured peers and relays, until Ctrl-C")
+            "configured peers and relays, until Ctrl-C",
+            epilog="One node runs on a data dir at a time: a second 'run' (or a 'relay') on "
+                   "it is refused, naming the first one's pid; the other commands work "
+                   "beside a running node. A data dir that does not exist yet is created "
+                   "(and the log says so).")
     p.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", metavar="HOST:PORT",
-                   help=f"accept peers here (default 0.0.0.0:{DEFAULT_PORT}; if that port is "
-                        "taken, a free one; port 0 = any)")
+                   type=listen_address(DEFAULT_PORT),
+                   help=f"accept peers on this IP address of this machine (default "
+                        f"0.0.0.0:{DEFAULT_PORT}; if that port is in use, a free one; port "
+                        "0 = any; IPv6 in brackets: [::]:7446)")
     p.add_argument("--no-listen", action="store_true", help="only dial out")
-    p.add_argument("--peer", action="append", metavar="HOST:PORT",
+    p.add_argument("--peer", action="append", metavar="HOST:PORT", type=peer_address(DEFAULT_PORT),
                    help=f"keep a connection to this peer (repeatable; port defaults to "
-                        f"{DEFAULT_PORT})")
+                        f"{DEFAULT_PORT}; IPv6 in brackets: [2001:db8::5]:7446)")
     p.add_argument("--no-mdns", action="store_true",
                    help="do not use local-network discovery (mDNS) at all")
     p.add_argument("--no-advertise", action="store_true",

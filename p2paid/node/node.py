@@ -16,6 +16,7 @@ single-threaded and deterministic.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -32,9 +33,10 @@ from p2paid.core.invite import Invite
 from p2paid.core.pacing import StepSizer
 from p2paid.core.replication import SyncEvent
 from p2paid.core.wire import Hello, Message
-from p2paid.errors import P2paidError, UsageError
+from p2paid.errors import ListenError, P2paidError, UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
 from p2paid.net.connection import Connection
+from p2paid.net.groups import collapse_single_errors
 from p2paid.net.inbound import serve_inbound
 from p2paid.net.interfaces import ConnectionOptions
 from p2paid.net.peers import Dialer, DialTarget
@@ -45,6 +47,7 @@ from p2paid.node.relays import RelayDialing
 from p2paid.node.replica import StoreReplica
 from p2paid.node.status import StatusPublisher
 from p2paid.node.storewatch import StoreWatcher
+from p2paid.storage.lock import DataDirLock
 
 __all__ = ["Node", "PeerInfo", "open_node"]
 
@@ -323,10 +326,21 @@ async def open_node(
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the ``async with`` block.
 
+    One node runs on a data dir at a time: the node holds its lock
+    (:class:`~p2paid.storage.lock.DataDirLock`) while it runs. Other processes may
+    still open the store beside it (the CLI's ``list``, ``post``, ...): the node
+    picks their writes up.
+
+    An error that leaves the block, from the node or from the block itself, comes
+    out as raised, not wrapped in an ``ExceptionGroup`` (several at once do come out
+    as a group; see :mod:`p2paid.net.groups`), so ``except p2paid.P2paidError``
+    works as it reads.
+
     Args:
-        data_dir: the store (created if missing); default :func:`default_data_dir`.
-        listen: address to accept peers on, or None to only dial out. Port 0 picks a
-            free port; if the default port is taken, a free one is used.
+        data_dir: the store (created if missing, which is logged); default
+            :func:`default_data_dir`.
+        listen: IP address and port to accept peers on, or None to only dial out.
+            Port 0 picks a free port; if the default port is in use, a free one is used.
         peers: addresses to keep connections to.
         mdns: find peers on the local network (and be found, unless ``advertise`` is False).
         max_connections: cap on simultaneous peer connections.
@@ -335,46 +349,65 @@ async def open_node(
         store: an already open store to use instead of ``data_dir`` (not closed here).
 
     Raises:
+        DataDirBusyError: another node or a relay runs on this data dir.
+        UsageError: the data dir is a relay's.
+        FileError: the data dir cannot be used.
         StorageError: the store cannot be opened.
-        OSError: the listen address cannot be bound.
+        ListenError: the listen address cannot be bound (in use, privileged, not an
+            address of this machine).
     """
-    own_store = store is None
-    st = open_store(data_dir) if store is None else store
-    try:
-        async with trio.open_nursery() as nursery:
-            node = Node(st, nursery, max_connections=max_connections,
-                        max_per_address=max_per_address)
-            for board in st.boards():
-                board.load()
-            await nursery.start(node.dialer.serve)
-            if listen is not None:
-                await _start_listener(node, nursery, listen)
-            await nursery.start(node.store_watcher.run)
-            await nursery.start(StatusPublisher(st, node.status).run)
-            await nursery.start(node.relays.watch)
-            for host, port in peers:
-                node.connect(host, port)
-            if mdns:
-                from p2paid.net.mdns import run_mdns
+    with collapse_single_errors():
+        own_store = store is None
+        st = open_store(data_dir) if store is None else store
+        try:
+            with DataDirLock(st.data_dir, "node"):
+                async with _running_node(st, listen, peers, mdns, advertise,
+                                         max_connections, max_per_address) as node:
+                    if own_store and st.created:  # (a mistyped data dir, say)
+                        log.info("created a new data dir at %s", st.data_dir)
+                    yield node
+        finally:
+            if own_store:
+                st.close()
 
-                listen_host = node.listen_address[0] if node.listen_address else None
-                announce = node.listen_address[1] if node.listen_address and advertise else None
-                await nursery.start(run_mdns, node.dialer, listen_host, announce)
-            try:
-                yield node
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        if own_store:
-            st.close()
+
+@contextlib.asynccontextmanager
+async def _running_node(st: Store, listen: tuple[str, int] | None,
+                        peers: Sequence[tuple[str, int]], mdns: bool, advertise: bool,
+                        max_connections: int, max_per_address: int) -> AsyncIterator[Node]:
+    """The node's nursery and services, on an open, locked store."""
+    async with trio.open_nursery() as nursery:
+        node = Node(st, nursery, max_connections=max_connections,
+                    max_per_address=max_per_address)
+        for board in st.boards():
+            board.load()
+        await nursery.start(node.dialer.serve)
+        if listen is not None:
+            await _start_listener(node, nursery, listen)
+        await nursery.start(node.store_watcher.run)
+        await nursery.start(StatusPublisher(st, node.status).run)
+        await nursery.start(node.relays.watch)
+        for host, port in peers:
+            node.connect(host, port)
+        if mdns:
+            from p2paid.net.mdns import run_mdns
+
+            listen_host = node.listen_address[0] if node.listen_address else None
+            announce = node.listen_address[1] if node.listen_address and advertise else None
+            await nursery.start(run_mdns, node.dialer, listen_host, announce)
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 async def _start_listener(node: Node, nursery: trio.Nursery, listen: tuple[str, int]) -> None:
+    """Listen on ``listen``; on the default port, if it is in use, on a free one."""
     host, port = listen
     try:
         await nursery.start(node.serve, host, port)
-    except OSError:
-        if port != DEFAULT_PORT:
+    except ListenError as exc:
+        if port != DEFAULT_PORT or exc.errno != errno.EADDRINUSE:
             raise
-        log.info("port %d is taken; listening on a free port instead", port)
+        log.info("port %d on %s is in use; listening on a free port instead", port, host)
         await nursery.start(node.serve, host, 0)

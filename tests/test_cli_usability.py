@@ -261,6 +261,10 @@ def test_run_and_relay_refuse_addresses_in_one_line(setup: Setup, tmp_path: Path
     relay_dir = tmp_path / "relay"
     open_relay_db(relay_dir).close()
     relay = ["--data-dir", str(relay_dir)]
+    # (the cases run at once: each that gets as far as locking its data dir has its own)
+    other_relay_dir = tmp_path / "relay2"
+    open_relay_db(other_relay_dir).close()
+    other_relay = ["--data-dir", str(other_relay_dir)]
     held = f"127.0.0.1:{held_port}"
     in_use = f"p2paid: port {held_port} on 127.0.0.1 is in use"
     cases: dict[tuple[str, ...], tuple[int, str]] = {  # argv: (status, part of the line)
@@ -275,7 +279,7 @@ def test_run_and_relay_refuse_addresses_in_one_line(setup: Setup, tmp_path: Path
                                               "an IPv6 address in brackets"),
         ("relay", "--listen", held, *relay):
             (1, f"{in_use} (another p2paid relay?); choose another with --listen HOST:PORT"),
-        ("relay", "--listen", "127.0.0.1:0", "--metrics", held, *relay):
+        ("relay", "--listen", "127.0.0.1:0", "--metrics", held, *other_relay):
             (1, f"{in_use} (another relay's metrics?); choose another with --metrics"),
         ("relay", "--listen", "127.0.0.1:0", *node):
             (1, f"p2paid: {setup.data_dir} is a node's data dir; give the relay its own"),

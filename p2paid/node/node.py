@@ -45,6 +45,8 @@ from p2paid.node.asyncboard import AsyncBoard
 from p2paid.node.peertable import PeerInfo, PeerTable
 from p2paid.node.relays import RelayDialing
 from p2paid.node.replica import StoreReplica
+from p2paid.node.syncprogress import SyncProgress
+from p2paid.node.syncrecord import SyncRecorder
 from p2paid.storage.runtime import STATUS_INTERVAL, encode_runtime, fresh_runtime
 
 __all__ = ["Node", "PeerInfo", "open_node"]
@@ -88,6 +90,8 @@ class Node:
         self._last_id = store.last_arrival()
         self.listen_address: tuple[str, int] | None = None
         self.last_sync: dict[bytes, float] = {}
+        self._sync_record = SyncRecorder(store)
+        self._sync_progress = SyncProgress()
         #: how its connections run: big batches are applied once a link falls quiet
         self.connection_options = ConnectionOptions(deferred=self)
         self.dialer = Dialer(self, self.connection_options)
@@ -194,6 +198,7 @@ class Node:
         return self.replica
 
     def on_hello(self, conn: Connection, hello: Hello) -> list[Message]:
+        self.dialer.greeted(conn)
         return []
 
     def register(self, conn: Connection) -> bool:
@@ -216,6 +221,7 @@ class Node:
     def unregister(self, conn: Connection) -> None:
         self.admission.release(conn)
         self.after_receive(conn)  # envelopes stored from a batch cut short
+        self._sync_progress.forget(conn)
         self._peers.discard(conn)
 
     # ------------------------------------------------------------------ DeferredWork
@@ -254,16 +260,26 @@ class Node:
             conn.known_since = self.peerbook.first_seen(conn.remote_id)
         name = self._board_name(event.board_id)
         peer = fingerprint(conn.remote_id)
-        if event.kind is SyncEventKind.RECEIVED and event.count:
-            self.last_sync[event.board_id] = time.time()
-            log.info("board %r: %d new envelope(s) from %s", name, event.count, peer)
+        if event.kind is SyncEventKind.RECEIVED:
+            remaining = conn.session.missing(event.board_id) if conn.session else 0
+            line = self._sync_progress.received(event.board_id, conn, peer, event.count,
+                                                remaining)
+            if line is not None:
+                log.info("board %r: %s", name, line)
+            if event.count:
+                self._synced(conn, event.board_id)
         elif event.kind is SyncEventKind.IN_SYNC:
-            self.last_sync[event.board_id] = time.time()
+            self._synced(conn, event.board_id)
             log.info("board %r: in sync with %s", name, peer)
         elif event.kind is SyncEventKind.LINKED:
             log.info("board %r: syncing with %s", name, peer)
         elif event.kind is SyncEventKind.REFUSED:
             log.warning("board %r: %s refused: %s", name, peer, event.detail)
+
+    def _synced(self, conn: Connection, board_id: bytes) -> None:
+        self.last_sync[board_id] = time.time()
+        relay = conn.session is not None and conn.session.peer_role == "relay"
+        self._sync_record.synced(board_id, "relay" if relay else "peer")
 
     def _board_name(self, board_id: bytes) -> str:
         try:
@@ -307,6 +323,7 @@ class Node:
             if trio.current_time() - self._last_flush > STORE_POLL_INTERVAL:
                 while self.has_deferred() and self.flush_deferred():
                     await trio.lowlevel.checkpoint()
+            self._sync_record.flush()
             if self.poll_store() or self._busy:
                 quiet_since = trio.current_time()
                 self._busy = False
@@ -341,15 +358,21 @@ class Node:
                 self.store.write_runtime(encode_runtime(self.status()))
                 await trio.sleep(STATUS_INTERVAL)
         finally:
+            self._sync_record.flush(everything=True)
             with contextlib.suppress(Exception):
                 self.store.write_runtime(b"{}")
 
     def status(self) -> dict[str, object]:
+        """What ``p2paid status`` and ``peers`` show of a running node: its connected
+        ``peers`` (each with its ``kind``, ``peer`` or ``relay``), each configured peer
+        and relay in ``targets`` (connected, or unreachable since when and why), and
+        each board's ``last_sync``."""
         return {
             "pid": os.getpid(), "node": fingerprint(self.node_id),
             "listen": None if self.listen_address is None else format_address(
                 *self.listen_address),
             "peers": [asdict(p) for p in self.peers()],
+            "targets": [asdict(t) for t in self.dialer.states()],
             "last_sync": {b.hex(): t for b, t in self.last_sync.items()},
         }
 

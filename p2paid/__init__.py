@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from p2paid.errors import AmbiguousIdError as AmbiguousIdError
 from p2paid.errors import BundleError as BundleError
 from p2paid.errors import EnvelopeError as EnvelopeError
+from p2paid.errors import EventsLostError as EventsLostError
 from p2paid.errors import InviteError as InviteError
 from p2paid.errors import LocalProtocolError as LocalProtocolError
 from p2paid.errors import NotFoundError as NotFoundError
@@ -85,6 +86,7 @@ __all__ = [
     "ClaimStatus",
     "EnvelopeError",
     "EventKind",
+    "EventsLostError",
     "ImportReport",
     "Invite",
     "InviteError",

@@ -210,7 +210,8 @@ def add_node_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> 
     p.add_argument("--no-listen", action="store_true", help="only dial out")
     p.add_argument("--peer", action="append", metavar="HOST:PORT",
                    help=f"keep a connection to this peer (repeatable; port defaults to "
-                        f"{DEFAULT_PORT})")
+                        f"{DEFAULT_PORT}); if it cannot be reached, the log says so once and "
+                        "again when it is back, and 'p2paid status' shows its state")
     p.add_argument("--no-mdns", action="store_true",
                    help="do not use local-network discovery (mDNS) at all")
     p.add_argument("--no-advertise", action="store_true",

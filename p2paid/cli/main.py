@@ -313,9 +313,9 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
 
     def progress(p: Progress) -> None:
         last[:] = [p]
-        line.update(p.done, p.total, force=p.done == 0)
         if p.done < p.total:
-            stop.check()
+            stop.check()  # (before drawing: what is drawn is under way)
+        line.update(p.done, p.total, force=p.done == 0)
 
     with _store(args) as store:
         try:

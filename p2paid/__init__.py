@@ -14,6 +14,7 @@ from p2paid.errors import AmbiguousIdError as AmbiguousIdError
 from p2paid.errors import BundleError as BundleError
 from p2paid.errors import DataDirBusyError as DataDirBusyError
 from p2paid.errors import EnvelopeError as EnvelopeError
+from p2paid.errors import EventsLostError as EventsLostError
 from p2paid.errors import FileError as FileError
 from p2paid.errors import InviteError as InviteError
 from p2paid.errors import ListenError as ListenError
@@ -89,6 +90,7 @@ __all__ = [
     "DataDirBusyError",
     "EnvelopeError",
     "EventKind",
+    "EventsLostError",
     "FileError",
     "ImportReport",
     "Invite",

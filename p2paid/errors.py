@@ -11,6 +11,8 @@ splits by *blame*, as h11 and wsproto do:
   bundle file) is bad. Drop that peer or refuse that data; keep serving everyone
   else. ``close_reason`` is a short token suitable for telling the peer why.
 * :class:`StorageError` - the local store is unusable (corrupt, locked, full).
+* :class:`EventsLostError` - an ``events()`` subscriber fell too far behind and
+  missed events; it should read the board again and subscribe again.
 
 OS errors never leave the library bare: on paths the user gave (a data dir, a bundle,
 an export file, a lock file) they come out as :class:`FileError`, naming the path; on an
@@ -32,6 +34,7 @@ __all__ = [
     "DependencyError",
     "EnvelopeDecryptError",
     "EnvelopeError",
+    "EventsLostError",
     "FileError",
     "ForbiddenOpError",
     "ForkError",
@@ -295,3 +298,18 @@ class EnvelopeDecryptError(EnvelopeError, DecryptError):
 
 class StorageError(P2paidError):
     """The local store cannot be read or written (corrupt, locked, or full)."""
+
+
+# --------------------------------------------------------------------- event streams
+
+
+class EventsLostError(P2paidError):
+    """A subscriber of a board's events fell more than its buffer behind: ``count``
+    events after those it received were not delivered. The board itself is complete:
+    read it again, and subscribe again for what follows."""
+
+    def __init__(self, board_name: str, count: int, buffer: int | None) -> None:
+        super().__init__(f"board {board_name!r}: {count:,} events were lost: this "
+                         f"subscriber fell more than {buffer or 0:,} events behind")
+        self.board_name = board_name
+        self.count = count

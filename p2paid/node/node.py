@@ -47,6 +47,8 @@ from p2paid.node.relays import RelayDialing
 from p2paid.node.replica import StoreReplica
 from p2paid.node.status import StatusPublisher
 from p2paid.node.storewatch import StoreWatcher
+from p2paid.node.syncprogress import SyncProgress
+from p2paid.node.syncrecord import SyncRecorder
 from p2paid.storage.lock import DataDirLock
 
 __all__ = ["Node", "PeerInfo", "open_node"]
@@ -84,6 +86,8 @@ class Node:
         self._boards: dict[bytes, AsyncBoard] = {}
         self.listen_address: tuple[str, int] | None = None
         self.last_sync: dict[bytes, float] = {}
+        self._sync_record = SyncRecorder(store)
+        self._sync_progress = SyncProgress()
         #: how its connections run: big batches are applied once a link falls quiet
         self.connection_options = ConnectionOptions(deferred=self)
         self.dialer = Dialer(self, self.connection_options)
@@ -92,7 +96,7 @@ class Node:
                 node_id, CloseReason.BOARDS_CHANGED))
         self.store_watcher = StoreWatcher(store, board_changed=self.board_changed,
                                           boards_changed=self._boards_changed,
-                                          before_poll=self._apply_orphaned_work)
+                                          before_poll=self._before_store_poll)
         #: deferred work whose connection ended before its link fell quiet
         self._orphaned_work = False
         self._flush_step = StepSizer(FLUSH_STEP_S, first=256, minimum=32, maximum=8192)
@@ -193,6 +197,7 @@ class Node:
         return self.replica
 
     def on_hello(self, conn: Connection, hello: Hello) -> list[Message]:
+        self.dialer.greeted(conn)
         return []
 
     def register(self, conn: Connection) -> bool:
@@ -216,6 +221,7 @@ class Node:
         self.admission.release(conn)
         self.after_receive(conn)  # envelopes stored from a batch cut short
         self._orphaned_work = self._orphaned_work or self.has_deferred()
+        self._sync_progress.forget(conn)
         self._peers.discard(conn)
 
     # ------------------------------------------------------------------ DeferredWork
@@ -253,16 +259,26 @@ class Node:
             conn.known_since = self.peerbook.first_seen(conn.remote_id)
         name = self._board_name(event.board_id)
         peer = fingerprint(conn.remote_id)
-        if event.kind is SyncEventKind.RECEIVED and event.count:
-            self.last_sync[event.board_id] = time.time()
-            log.info("board %r: %d new envelope(s) from %s", name, event.count, peer)
+        if event.kind is SyncEventKind.RECEIVED:
+            remaining = conn.session.missing(event.board_id) if conn.session else 0
+            line = self._sync_progress.received(event.board_id, conn, peer, event.count,
+                                                remaining)
+            if line is not None:
+                log.info("board %r: %s", name, line)
+            if event.count:
+                self._synced(conn, event.board_id)
         elif event.kind is SyncEventKind.IN_SYNC:
-            self.last_sync[event.board_id] = time.time()
+            self._synced(conn, event.board_id)
             log.info("board %r: in sync with %s", name, peer)
         elif event.kind is SyncEventKind.LINKED:
             log.info("board %r: syncing with %s", name, peer)
         elif event.kind is SyncEventKind.REFUSED:
             log.warning("board %r: %s refused: %s", name, peer, event.detail)
+
+    def _synced(self, conn: Connection, board_id: bytes) -> None:
+        self.last_sync[board_id] = time.time()
+        relay = conn.session is not None and conn.session.peer_role == "relay"
+        self._sync_record.synced(board_id, "relay" if relay else "peer")
 
     def _board_name(self, board_id: bytes) -> str:
         try:
@@ -294,20 +310,32 @@ class Node:
         task_status.started(self.listen_address)
         await serve_inbound(self, listener, self.admission, self.connection_options)
 
-    async def _apply_orphaned_work(self) -> None:
-        """Apply deferred work whose connection ended before its link fell quiet (a
-        live connection does its own), in steps."""
+    async def _before_store_poll(self) -> None:
+        """Every store poll: write the last syncs due, and apply deferred work whose
+        connection ended before its link fell quiet (a live connection does its own),
+        in steps."""
+        self._sync_record.flush()
         if self._orphaned_work:
             self._orphaned_work = False
             while self.has_deferred() and self.flush_deferred():
                 await trio.lowlevel.checkpoint()
 
+    def stopped(self) -> None:
+        """The node's services ended: write what is still pending."""
+        with contextlib.suppress(P2paidError):
+            self._sync_record.flush(everything=True)
+
     def status(self) -> dict[str, object]:
+        """What ``p2paid status`` and ``peers`` show of a running node: its connected
+        ``peers`` (each with its ``kind``, ``peer`` or ``relay``), each configured peer
+        and relay in ``targets`` (connected, or unreachable since when and why), and
+        each board's ``last_sync``."""
         return {
             "pid": os.getpid(), "node": fingerprint(self.node_id),
             "listen": None if self.listen_address is None else format_address(
                 *self.listen_address),
             "peers": [asdict(p) for p in self.peers()],
+            "targets": [asdict(t) for t in self.dialer.states()],
             "last_sync": {b.hex(): t for b, t in self.last_sync.items()},
         }
 
@@ -376,29 +404,35 @@ async def _running_node(st: Store, listen: tuple[str, int] | None,
                         peers: Sequence[tuple[str, int]], mdns: bool, advertise: bool,
                         max_connections: int, max_per_address: int) -> AsyncIterator[Node]:
     """The node's nursery and services, on an open, locked store."""
-    async with trio.open_nursery() as nursery:
-        node = Node(st, nursery, max_connections=max_connections,
-                    max_per_address=max_per_address)
-        for board in st.boards():
-            board.load()
-        await nursery.start(node.dialer.serve)
-        if listen is not None:
-            await _start_listener(node, nursery, listen)
-        await nursery.start(node.store_watcher.run)
-        await nursery.start(StatusPublisher(st, node.status).run)
-        await nursery.start(node.relays.watch)
-        for host, port in peers:
-            node.connect(host, port)
-        if mdns:
-            from p2paid.net.mdns import run_mdns
+    started: list[Node] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            node = Node(st, nursery, max_connections=max_connections,
+                        max_per_address=max_per_address)
+            started.append(node)
+            for board in st.boards():
+                board.load()
+            await nursery.start(node.dialer.serve)
+            if listen is not None:
+                await _start_listener(node, nursery, listen)
+            await nursery.start(node.store_watcher.run)
+            await nursery.start(StatusPublisher(st, node.status).run)
+            await nursery.start(node.relays.watch)
+            for host, port in peers:
+                node.connect(host, port)
+            if mdns:
+                from p2paid.net.mdns import run_mdns
 
-            listen_host = node.listen_address[0] if node.listen_address else None
-            announce = node.listen_address[1] if node.listen_address and advertise else None
-            await nursery.start(run_mdns, node.dialer, listen_host, announce)
-        try:
-            yield node
-        finally:
-            nursery.cancel_scope.cancel()
+                listen_host = node.listen_address[0] if node.listen_address else None
+                announce = node.listen_address[1] if node.listen_address and advertise else None
+                await nursery.start(run_mdns, node.dialer, listen_host, announce)
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        for node in started:  # (its tasks have ended: nothing races this)
+            node.stopped()
 
 
 async def _start_listener(node: Node, nursery: trio.Nursery, listen: tuple[str, int]) -> None:

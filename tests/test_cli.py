@@ -142,7 +142,7 @@ def test_two_members_share_a_board_by_bundles(tmp_path: Path, env: dict[str, str
                          "transport"), "offer")
     table = a.ok("list")
     need_row = next(line for line in table.splitlines() if need in line)
-    for text in ("NEED", "[high]", "Drinking water", "40 litres", "water", "open", "north camp",
+    for text in ("NEED", " high ", "Drinking water", "40 litres", "water", "open", "north camp",
                  "Amina"):
         assert text in need_row, (text, need_row)
     offer_row = next(line for line in table.splitlines() if offer in line)

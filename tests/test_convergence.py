@@ -294,6 +294,8 @@ class Convergence(RuleBasedStateMachine):
 
     def _post(self, peer: int, need: bool, title: str, fields: dict[str, Any]) -> None:
         expect = expected_fields(title, fields)
+        if not need and fields.get("urgency", "normal") != "normal":
+            expect = None  # offers have no urgency: refused
         post = Board.post_need if need else Board.post_offer
         item = self._write(peer, lambda b: post(b, title, **fields), valid=expect is not None)
         if item is not None:
@@ -343,6 +345,8 @@ class Convergence(RuleBasedStateMachine):
             return
         kwargs = dict(fields) if title is None else {"title": title, **fields}
         expect = expected_fields(title, fields) if kwargs else None
+        if item.kind.value == "offer" and "urgency" in fields:
+            expect = None  # offers have no urgency: refused
         edited = self._write(peer, lambda b: b.edit(item.id, **kwargs), valid=expect is not None,
                              may_be_noop=True)  # same values within the same millisecond
         if edited is not None:

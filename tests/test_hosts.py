@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 
 from p2paid.core.hosts import HostError, address_key, normalize_host
 from p2paid.core.invite import Invite
-from p2paid.core.relayaddr import RelayAddress, decode_token, encode_token
+from p2paid.core.relayaddr import RelayAddress, decode_token, encode_token, key_checksum
 from p2paid.errors import InviteError, UsageError
 from p2paid.net.tcp import parse_address
 
 KEY = bytes(range(32))
-KEY_TEXT = base64.b32encode(KEY).decode().rstrip("=").lower()
+KEY_TEXT = base64.b32encode(KEY).decode().rstrip("=").lower()  # the old form: no checksum
+CHECKED_KEY_TEXT = base64.b32encode(KEY + key_checksum(KEY)).decode().rstrip("=").lower()
 
 BAD_HOSTS = {
     "empty label": "a..b",
@@ -99,13 +100,23 @@ def test_any_text_is_a_host_or_a_host_error(text: str) -> None:
 def test_parse_address_forms() -> None:
     assert parse_address("10.0.0.5:7446") == ("10.0.0.5", 7446)
     assert parse_address("[::1]:9") == ("::1", 9)
-    assert parse_address("::1", 7446) == ("::1", 7446)
+    assert parse_address("[::1]", 7446) == ("::1", 7446)
     assert parse_address("Node.Example", 7446) == ("node.example", 7446)
     assert parse_address("0.0.0.0:0") == ("0.0.0.0", 0)
     for bad in ("host", "host:", "host:x", "host:70000", "[::1", "[::1]x", "a..b:1",
                 "host:+1", "host:\u0661"):
         with pytest.raises(UsageError):
             parse_address(bad)
+
+
+def test_ipv6_without_brackets_is_refused_with_the_way_to_write_it() -> None:
+    """``::1:0`` could be ``::1`` port 0 or the address ``::1:0``: say how to write it."""
+    for text, hint in (("::1:0", "[::1]:0 or [::1:0]:PORT"), ("::1", "[::1]:PORT"),
+                       ("::::", "e.g. [::1]:7446"),
+                       ("fe80::1:7446", "[fe80::1]:7446 or [fe80::1:7446]:PORT")):
+        with pytest.raises(UsageError, match="write an IPv6 address in brackets") as caught:
+            parse_address(text, 7446)
+        assert str(caught.value).endswith(hint), (text, caught.value)
 
 
 def test_address_key_groups_ipv6_by_64_and_maps_ipv4() -> None:
@@ -123,11 +134,12 @@ def test_address_key_groups_ipv6_by_64_and_maps_ipv4() -> None:
 def test_relay_address_with_token_round_trips_and_old_form_still_parses() -> None:
     token = os.urandom(20)
     plain = RelayAddress.parse(f"p2paid-relay://relay.example:7447/{KEY_TEXT}")
-    assert plain.token is None
+    assert plain.token is None and not plain.checked
     with_token = plain.with_token(token)
     text = str(with_token)
-    assert text == f"p2paid-relay://relay.example:7447/{KEY_TEXT}?token={encode_token(token)}"
-    assert RelayAddress.parse(text) == with_token
+    assert text == (f"p2paid-relay://relay.example:7447/{CHECKED_KEY_TEXT}"
+                    f"?token={encode_token(token)}")
+    assert RelayAddress.parse(text) == with_token and RelayAddress.parse(text).checked
     assert RelayAddress.parse(text.replace("token=", "token=").upper().replace(
         "P2PAID-RELAY://", "p2paid-relay://")).token == token
     assert with_token.without_token_text() == str(plain)
@@ -190,7 +202,7 @@ def test_an_invite_with_a_bad_relay_hint_is_refused_with_a_clear_error(host: str
 def test_invite_hints_are_normalised() -> None:
     invite = Invite.from_uri(_hand_made_invite(
         [f"  p2paid-relay://Relay.Example.:7447/{KEY_TEXT.upper()}"]))
-    assert invite.relays == (f"p2paid-relay://relay.example:7447/{KEY_TEXT}",)
+    assert invite.relays == (f"p2paid-relay://relay.example:7447/{CHECKED_KEY_TEXT}",)
 
 
 def test_oversized_invites_and_containers_are_refused() -> None:

@@ -76,3 +76,32 @@ async def test_relay_plan_merges_config_and_invites_not_suggestions(tmp_path: Pa
                 await trio.sleep(0.05)
         target = node.dialer.get("127.0.0.2", 9000)
         assert target is not None and target.pinned and target.node_id == bytes(range(1, 33))
+
+
+def test_a_mistyped_relay_key_is_refused_by_the_cli_and_an_old_address_gets_a_note(
+        tmp_path: Path) -> None:
+    import base64
+    import subprocess
+    import sys
+
+    key = bytes(range(32))
+    good = str(RelayAddress("relay.example", 7447, key))
+    key_text = good.rsplit("/", 1)[1]
+    typo = good[:-len(key_text)] + key_text[:5] + ("b" if key_text[5] == "a" else "a") + \
+        key_text[6:]
+    old = "p2paid-relay://relay.example:7447/" + base64.b32encode(key).decode().rstrip(
+        "=").lower()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "p2paid", "--data-dir",
+                               str(tmp_path / "d"), *args], capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    assert cli("init").returncode == 0
+    refused = cli("relay", "add", typo)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "checksum does not match" in refused.stderr and refused.stdout == ""
+    noted = cli("relay", "add", old)
+    assert noted.returncode == 0, noted.stderr
+    assert "no checksum" in noted.stderr
+    assert good in noted.stdout  # stored and shown in the checked form

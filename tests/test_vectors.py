@@ -18,6 +18,8 @@ from p2paid.board.document import section_object_id
 from p2paid.core.envelope import Envelope, associated_data, open_envelope, seal_envelope
 from p2paid.core.identity import AuthorKey, fingerprint
 from p2paid.core.invite import Invite, derive_board_keys
+from p2paid.core.relayaddr import RelayAddress
+from p2paid.errors import InviteError
 
 VECTORS = Path(__file__).parents[1] / "protocol" / "vectors"
 KEYS = json.loads((VECTORS / "keys.json").read_text())
@@ -34,6 +36,21 @@ def test_board_key_derivation_and_invite(v: dict[str, Any]) -> None:
     invite = Invite(h(v["secret"]), v["name"], tuple(v["relays"]))
     assert invite.to_uri() == v["invite"]
     assert Invite.from_uri(v["invite"]) == invite
+
+
+@pytest.mark.parametrize("v", KEYS["relay_addresses"]["valid"], ids=lambda v: v["text"][:40])
+def test_relay_address_forms(v: dict[str, Any]) -> None:
+    address = RelayAddress.parse(v["text"])
+    assert (address.host, address.port, address.key.hex()) == (v["host"], v["port"], v["key"])
+    assert (None if address.token is None else address.token.hex()) == v["token"]
+    assert address.checked is v["checked"]
+    assert str(address) == v.get("written_as", v["text"])
+
+
+@pytest.mark.parametrize("text", KEYS["relay_addresses"]["refused"])
+def test_relay_address_typos_are_refused(text: str) -> None:
+    with pytest.raises(InviteError):
+        RelayAddress.parse(text)
 
 
 @pytest.mark.parametrize("v", KEYS["authors"], ids=lambda v: v["public"][:8])

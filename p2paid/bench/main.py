@@ -32,8 +32,13 @@ from p2paid.core.envelope import ZERO_HASH, Envelope, open_envelope, seal_envelo
 from p2paid.core.feed import EMPTY_HEAD, verify_run
 from p2paid.core.identity import AuthorKey
 from p2paid.core.invite import BoardKeys, Invite, derive_board_keys, new_board_secret
+from p2paid.errors import UsageError
 
-__all__ = ["run_benchmarks"]
+__all__ = ["BENCHMARKS", "run_benchmarks"]
+
+#: What ``--only`` may name, in the order they run.
+BENCHMARKS = ("apply", "open", "post", "sync", "stall", "insync", "live", "relay",
+              "fanout", "relaymem", "attacks")
 
 perf = time.perf_counter
 
@@ -198,11 +203,18 @@ def _post(report: Report, data_dir: Path, posts: int) -> None:
 
 
 def run_benchmarks(*, quick: bool = False, as_json: bool = False, only: str | None = None) -> int:
-    """Run the benchmarks and print figures (or JSON). Returns an exit status."""
+    """Run the benchmarks and print figures (or JSON). Returns an exit status.
+
+    Raises:
+        UsageError: ``only`` names a benchmark that does not exist (nothing runs).
+    """
+    selected = {name.strip() for name in (only or ",".join(BENCHMARKS)).split(",")} - {""}
+    unknown = sorted(selected - set(BENCHMARKS))
+    if unknown or not selected:
+        raise UsageError(f"no benchmark called {', '.join(map(repr, unknown)) or 'that'}; "
+                         f"choose from: {', '.join(BENCHMARKS)}")
     n = 1000 if quick else 10_000
     authors = 100 if quick else 1000
-    selected = set((only or "apply,open,post,sync,stall,insync,live,relay,fanout,relaymem,"
-                            "attacks").split(","))
     report = Report(as_json)
     meta: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpu",

@@ -61,6 +61,7 @@ from p2paid.storage.sqlite import BoardRow, Database
 __all__ = ["Board", "ItemChanges", "ItemFields", "ItemFilters", "ReceiveReport"]
 
 _UNSET: Any = object()
+_OFFERS_HAVE_NO_URGENCY = "offers have no urgency (only needs do)"
 
 
 class ItemFields(TypedDict, total=False):
@@ -458,13 +459,16 @@ class Board:
             quantity: how many (None: not counted); claims count against it.
             unit: what ``quantity`` counts (``kg``, ``nights``).
             location: where, in the group's own words.
-            urgency: ``low``, ``normal``, ``high`` or ``critical``.
+            urgency: ``low``, ``normal``, ``high`` or ``critical`` (needs only).
             expires_in_days: when it lapses (None: never).
 
         Raises:
+            UsageError: an urgency other than ``normal`` for an offer.
             ValidationError: a field is out of range (nothing is written).
         """
         kind = clean_enum(ItemKind, kind, "kind")
+        if kind is ItemKind.OFFER and urgency != Urgency.NORMAL:
+            raise UsageError(_OFFERS_HAVE_NO_URGENCY)
         fields = item_fields(
             kind, title, now=self._clock(), details=details, category=category,
             quantity=quantity, unit=unit, location=location, urgency=urgency,
@@ -503,6 +507,10 @@ class Board:
         """Change fields of your own need or offer; leave out what stays the same.
 
         ``quantity=None`` removes the quantity; ``expires_in_days=None`` removes the expiry.
+
+        Raises:
+            UsageError: not your item, nothing to change, or an urgency for an offer.
+            ValidationError: a field is out of range (nothing is written).
         """
         item = self._mine(item_id)
         now = self._clock()
@@ -515,6 +523,8 @@ class Board:
         if category is not _UNSET:
             fields["category"] = clean_enum(Category, category, "category").value
         if urgency is not _UNSET:
+            if item.kind is ItemKind.OFFER:
+                raise UsageError(_OFFERS_HAVE_NO_URGENCY)
             fields["urgency"] = clean_enum(Urgency, urgency, "urgency").value
         if quantity is not _UNSET:
             fields["quantity"] = clean_quantity(quantity)

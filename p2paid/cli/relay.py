@@ -17,11 +17,13 @@ import trio
 from p2paid.board.model import Member
 from p2paid.board.relayplan import normal_address
 from p2paid.board.store import default_data_dir, open_store
+from p2paid.cli.args import at_least, listen_address, positive_number
 from p2paid.cli.render import SafeFormatter, json_text, safe
 from p2paid.core.hosts import normalize_host
 from p2paid.core.relayaddr import RelayAddress, decode_token, encode_token
 from p2paid.core.text import plural
-from p2paid.errors import NotFoundError
+from p2paid.errors import NotFoundError, UsageError
+from p2paid.net.groups import collapse_single_errors
 from p2paid.net.tcp import format_address, parse_address
 from p2paid.relay.replica import MIB, RelayLimits
 from p2paid.relay.server import (
@@ -42,8 +44,8 @@ _DEFAULTS = RelayLimits()
 def cmd_relay_run(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        handlers=[handler])
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler])
     allowed = None
     if args.allow:
         try:
@@ -63,18 +65,15 @@ def cmd_relay_run(args: argparse.Namespace) -> int:
         quota_per_address=int(args.quota_address_mib * MIB),
         require_token=args.require_token,
     )
-    options = RelayOptions(
-        listen=parse_address(args.listen, DEFAULT_RELAY_PORT),
-        public=None if args.public is None else _host_and_port(args.public),
-        metrics=None if args.metrics is None else parse_address(args.metrics),
-        limits=limits,
-    )
+    options = RelayOptions(listen=args.listen, public=args.public, metrics=args.metrics,
+                           limits=limits)
     trio.run(_run, args.data_dir or default_data_dir(), options)
     return 0
 
 
 async def _run(data_dir: Any, options: RelayOptions) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, \
+            collapse_single_errors():
         async with trio.open_nursery() as nursery:
             relay = await nursery.start(serve_relay, data_dir, options)
             print(f"relay address: {relay.address()}", flush=True)
@@ -90,11 +89,15 @@ async def _run(data_dir: Any, options: RelayOptions) -> None:
                 break
 
 
-def _host_and_port(text: str) -> tuple[str, int | None]:
-    """``HOST`` or ``HOST:PORT`` (a missing port means: the one the relay listens on)."""
-    if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
-        return parse_address(text)
-    return normalize_host(text.strip()), None
+def _public_address(text: str) -> tuple[str, int | None]:
+    """An argparse type: ``HOST`` or ``HOST:PORT`` (a missing port means: the one the
+    relay listens on)."""
+    try:
+        if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
+            return parse_address(text)
+        return normalize_host(text.strip()), None
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_relay_status(args: argparse.Namespace) -> int:
@@ -129,9 +132,13 @@ def cmd_relay_status(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_add(args: argparse.Namespace) -> int:
+    parsed = RelayAddress.parse(args.address)
     if args.token is not None:
-        parsed = RelayAddress.parse(args.address)
         args.address = str(parsed.with_token(decode_token(args.token)))
+    if not parsed.checked:
+        print("p2paid: note: this relay address has no checksum (it was written by p2paid "
+              "0.2.0 or earlier): compare its key with the one the relay's operator gave",
+              file=sys.stderr)
     with open_store(args.data_dir, create=False) as store:
         if args.board:
             board = store.board(args.board)
@@ -291,48 +298,62 @@ def cmd_relay_reject(args: argparse.Namespace) -> int:
     return 0
 
 
+_USAGE = """%(prog)s [--listen HOST:PORT] [--public HOST[:PORT]] [OPTIONS]
+       %(prog)s ACTION ...      (ACTION: status, add, remove, list, accept, reject, token)"""
+_DESCRIPTION = ("Without an ACTION: run a relay (a blind store-and-forward server for boards "
+                "it cannot read) until Ctrl-C or SIGTERM. With an ACTION: manage the relays "
+                "this node uses, or show the status and tokens of the relay on this data dir. "
+                "One relay runs on a data dir, never a node's: a second one is refused, "
+                "naming the first one's pid.")
+
+
 def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register ``relay`` (run) and its ``status``, ``add``, ``remove``, ``list`` actions."""
+    """Register ``relay`` (run) and its ``status``, ``add``, ``remove``, ``list``,
+    ``accept``, ``reject`` and ``token`` actions."""
     p = cmd("relay", cmd_relay_run,
-            "run a relay (blind store-and-forward for boards it cannot read), or manage the "
-            "relays this node uses (relay add|remove|list|status)")
-    p.set_defaults(handler=cmd_relay_run)
-    p.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_RELAY_PORT}", metavar="HOST:PORT",
-                   help=f"address to serve on (default 0.0.0.0:{DEFAULT_RELAY_PORT})")
-    p.add_argument("--public", metavar="HOST[:PORT]",
-                   help="host name or address members use to reach this relay "
-                        "(printed in its relay address)")
-    p.add_argument("--metrics", metavar="HOST:PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
-    p.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections,
-                   metavar="N", help="simultaneous clients (default %(default)s)")
-    p.add_argument("--max-per-address", type=int, default=_DEFAULTS.max_per_address,
-                   metavar="N", help="simultaneous clients from one address (IPv6: one /64) "
-                   "that hold nothing here yet (default %(default)s)")
-    p.add_argument("--rate-kib", type=float,
-                   default=_DEFAULTS.rate_bytes_per_s / 1024, metavar="KIB",
-                   help="KiB/s one client may upload, after a burst (default %(default).0f)")
-    p.add_argument("--max-board-mib", type=float,
-                   default=_DEFAULTS.max_board_bytes / MIB, metavar="MIB",
-                   help="storage per board; full boards refuse new envelopes "
-                        "(default %(default).0f)")
-    p.add_argument("--max-total-mib", type=float,
-                   default=_DEFAULTS.max_total_bytes / MIB, metavar="MIB",
-                   help="storage in all (default %(default).0f)")
-    p.add_argument("--allow", action="append", metavar="BOARD_ID",
-                   help="carry only these boards (repeatable; default: any board)")
-    p.add_argument("--quota-key-mib", type=float, default=_DEFAULTS.quota_per_key / MIB,
-                   metavar="MIB", help="storage in boards one client key brought here "
-                   "without an access token (default %(default).0f)")
-    p.add_argument("--quota-address-mib", type=float,
-                   default=_DEFAULTS.quota_per_address / MIB, metavar="MIB",
-                   help="the same per client address, IPv6 by /64 (default %(default).0f)")
-    p.add_argument("--require-token", action="store_true",
-                   help="serve only clients with an access token ('relay token create')")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every sync")
-    actions = p.add_subparsers(dest="relay_command", metavar="ACTION")
-    a = cmd("status", cmd_relay_status, "boards, envelopes, bytes and connections of the "
-            "relay on this data dir", actions, True)
+            "run a relay, or manage the relays this node uses (relay ACTION)",
+            usage=_USAGE, description=_DESCRIPTION)
+    run = p.add_argument_group("running a relay (no ACTION)")
+    run.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_RELAY_PORT}", metavar="HOST:PORT",
+                     type=listen_address(DEFAULT_RELAY_PORT),
+                     help=f"IP address of this machine to serve on (default "
+                          f"0.0.0.0:{DEFAULT_RELAY_PORT}; IPv6 in brackets: [::]:7447)")
+    run.add_argument("--public", metavar="HOST[:PORT]", type=_public_address,
+                     help="host name or address members use to reach this relay "
+                          "(printed in its relay address)")
+    run.add_argument("--metrics", metavar="HOST:PORT", type=listen_address(),
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    run.add_argument("--max-connections", type=at_least(1), default=_DEFAULTS.max_connections,
+                     metavar="N", help="simultaneous clients (default %(default)s)")
+    run.add_argument("--max-per-address", type=at_least(1),
+                     default=_DEFAULTS.max_per_address, metavar="N",
+                     help="simultaneous clients from one address (IPv6: one /64) that hold "
+                          "nothing here yet (default %(default)s)")
+    run.add_argument("--rate-kib", type=positive_number,
+                     default=_DEFAULTS.rate_bytes_per_s / 1024, metavar="KIB",
+                     help="KiB/s one client may upload, after a burst (default %(default).0f)")
+    run.add_argument("--max-board-mib", type=positive_number,
+                     default=_DEFAULTS.max_board_bytes / MIB, metavar="MIB",
+                     help="storage per board; full boards refuse new envelopes "
+                          "(default %(default).0f)")
+    run.add_argument("--max-total-mib", type=positive_number,
+                     default=_DEFAULTS.max_total_bytes / MIB, metavar="MIB",
+                     help="storage in all (default %(default).0f)")
+    run.add_argument("--allow", action="append", metavar="BOARD_ID",
+                     help="carry only these boards (repeatable; default: any board)")
+    run.add_argument("--quota-key-mib", type=positive_number,
+                     default=_DEFAULTS.quota_per_key / MIB, metavar="MIB",
+                     help="storage in boards one client key brought here without an access "
+                          "token (default %(default).0f)")
+    run.add_argument("--quota-address-mib", type=positive_number,
+                     default=_DEFAULTS.quota_per_address / MIB, metavar="MIB",
+                     help="the same per client address, IPv6 by /64 (default %(default).0f)")
+    run.add_argument("--require-token", action="store_true",
+                     help="serve only clients with an access token ('relay token create')")
+    actions = p.add_subparsers(dest="relay_command", metavar="ACTION", prog=p.prog,
+                               title="actions (optional; without one, the relay runs)")
+    cmd("status", cmd_relay_status, "boards, envelopes, bytes and connections of the relay "
+        "on this data dir", actions, True)
     a = cmd("add", cmd_relay_add, "sync through a relay (all boards, or one with --board)",
             actions)
     a.add_argument("address", help="p2paid-relay://HOST:PORT/KEY, as the relay printed it")
@@ -341,7 +362,7 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
     a.add_argument("--token", metavar="TOKEN", help="the access token its operator gave you")
     a = cmd("remove", cmd_relay_remove, "stop using a relay (configured, of a board, or "
             "accepted); with --board only for that board", actions)
-    a.add_argument("address")
+    a.add_argument("address", help="the p2paid-relay://... address, as 'relay list' shows it")
     a.add_argument("--board", metavar="ID", help="only this board")
     cmd("list", cmd_relay_list, "relays this node uses and why, and relays members suggest",
         actions, True)
@@ -351,10 +372,10 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
     a.add_argument("--board", metavar="ID", help="only this board")
     a = cmd("reject", cmd_relay_reject, "do not use a relay that members suggest, and stop "
             "listing it", actions)
-    a.add_argument("address")
+    a.add_argument("address", help="the p2paid-relay://... address, as 'relay list' shows it")
     a.add_argument("--board", metavar="ID", help="only this board")
-    t = actions.add_parser("token", help="access tokens of the relay on this data dir "
-                           "(token create|list|revoke)")
+    t = cmd("token", None, "access tokens of the relay on this data dir (token "
+            "create|list|revoke)", actions)
     tokens = t.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     a = cmd("create", cmd_relay_token_create, "make an access token (shown once) to hand "
             "to a group", tokens, True)

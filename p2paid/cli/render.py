@@ -8,8 +8,6 @@ control or formatting character from outside is ever printed raw.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import time
@@ -17,18 +15,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from p2paid.board.model import Item, ItemKind, member_label
+from p2paid.cli.width import display_width, ljust, truncate
 from p2paid.core.text import escape_json, escape_text
 
 __all__ = [
-    "SafeFormatter", "csv_cell", "item_csv", "item_detail", "item_table", "json_text",
-    "safe", "when",
+    "TABLE_HEADINGS", "SafeFormatter", "csv_cell", "item_csv", "item_detail", "item_table",
+    "json_text", "safe", "when",
 ]
 
-_CSV_FIELDS = (
-    "kind", "id", "title", "details", "category", "quantity", "unit", "claimed_quantity",
-    "over_claimed", "location", "urgency", "status", "expired", "author", "author_name",
-    "author_fingerprint", "name_shared", "created", "updated", "expires",
-)
 #: Cells a spreadsheet would run as a formula start with one of these (the full-width
 #: forms too: some spreadsheets fold them to ASCII before parsing).
 _FORMULA_STARTS: Final = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")
@@ -83,26 +77,32 @@ def _claimed(item: Item) -> str:
     return f"{item.claimed_quantity} claimed" + (", over-claimed" if item.over_claimed else "")
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+#: Column headings of :func:`item_table`, and the widest a cut column may be.
+TABLE_HEADINGS: Final = ("KIND", "ID", "URGENCY", "TITLE", "AMOUNT", "CATEGORY", "STATUS",
+                         "WHERE", "BY")
+_CUT: Final = {"title": 40, "location": 20, "name": 16}
 
 
-def item_table(items: Sequence[Item], now: int) -> str:
-    """One line per item: kind, short id, urgency, title, amount, category, status, author."""
+def item_table(items: Sequence[Item], now: int, *, header: bool = True) -> str:
+    """One line per item, in the order given, under a heading line: kind, short id,
+    urgency (needs only), title, amount, category, status, place, author. Columns
+    are measured in terminal cells and cut between grapheme clusters (see
+    :mod:`p2paid.cli.width`), so wide scripts and emoji keep them aligned."""
     if not items:
         return "(nothing here yet)"
-    rows: list[tuple[str, ...]] = []
+    rows: list[tuple[str, ...]] = [TABLE_HEADINGS] if header else []
     for item in items:
-        urgency = "" if item.urgency.value == "normal" or item.kind is ItemKind.OFFER else (
-            f"[{item.urgency.value}]")
+        urgency = item.urgency.value if item.kind is ItemKind.NEED else ""
+        name = truncate(item.author_name, _CUT["name"])
         rows.append(tuple(safe(cell) for cell in (
-            item.kind.value.upper(), item.id[:8], urgency, _cut(item.title, 40), _amount(item),
-            item.category.value, item.display_status(now), _cut(item.location, 20),
-            member_label(item.author, _cut(item.author_name, 16), item.name_shared),
+            item.kind.value.upper(), item.id[:8], urgency, truncate(item.title, _CUT["title"]),
+            _amount(item), item.category.value, item.display_status(now),
+            truncate(item.location, _CUT["location"]),
+            member_label(item.author, name, item.name_shared),
         )))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        "  ".join(ljust(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
 
@@ -147,13 +147,8 @@ def item_detail(item: Item, now: int) -> str:
     return "\n".join(lines)
 
 
-def item_csv(items: Iterable[Item], now: int) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for item in items:
-        row: dict[str, Any] = item.to_json(now)
-        for key in ("expired", "over_claimed", "name_shared"):
-            row[key] = "yes" if row[key] else "no"
-        writer.writerow({k: csv_cell(v) if isinstance(v, str) else v for k, v in row.items()})
-    return out.getvalue()
+def item_csv(items: Iterable[Item], now: int, *, hxl: bool = False) -> str:
+    """The CSV export (see :mod:`p2paid.cli.csvexport`), without a byte-order mark."""
+    from p2paid.cli.csvexport import board_csv
+
+    return board_csv(items, now, hxl=hxl)

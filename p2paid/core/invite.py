@@ -14,11 +14,8 @@ an invite truncated by copy and paste before anyone sees a confusing error.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
-import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import NewType, final
@@ -27,6 +24,8 @@ import msgpack
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from p2paid.core import base32
+from p2paid.core.base32 import Base32Error
 from p2paid.core.relayaddr import RelayAddress
 from p2paid.core.text import text_problem
 from p2paid.errors import InviteError, ValidationError
@@ -57,7 +56,6 @@ INVITE_SCHEME = "p2paid:"
 INVITE_VERSION = 1
 _HKDF_SALT = b"p2paid/1"
 _CHECKSUM_BYTES = 4
-_BASE32 = re.compile("[A-Z2-7]+")
 
 
 def new_board_secret() -> bytes:
@@ -150,8 +148,7 @@ class Invite:
         """Encode as ``p2paid:<base32>``."""
         payload = msgpack.packb([self.secret, self.name, list(self.relays)], use_bin_type=True)
         body = bytes([INVITE_VERSION]) + payload
-        text = base64.b32encode(body + _checksum(body)).decode("ascii").rstrip("=").lower()
-        return INVITE_SCHEME + text
+        return INVITE_SCHEME + base32.encode(body + _checksum(body))
 
     @classmethod
     def from_uri(cls, uri: str) -> Invite:
@@ -162,22 +159,19 @@ class Invite:
         """
         if not isinstance(uri, str):
             raise InviteError("an invite is text")
-        text = uri.strip()
+        # Mail and chat wrap long lines: whitespace anywhere is not part of an invite.
+        text = "".join(uri.split())
         if len(text) > MAX_INVITE_CHARS:
             raise InviteError(f"the invite is longer than {MAX_INVITE_CHARS} characters")
         if not text.lower().startswith(INVITE_SCHEME):
             raise InviteError("not a p2paid invite: it must start with 'p2paid:'")
-        encoded = text[len(INVITE_SCHEME) :].upper()
+        encoded = text[len(INVITE_SCHEME) :]
         if not encoded:
             raise InviteError("the invite is empty after 'p2paid:'")
-        if not _BASE32.fullmatch(encoded):
-            raise InviteError("the invite contains characters that are not base32 (a-z, 2-7)")
-        if len(encoded) % 8 in (1, 3, 6):
-            raise InviteError("the invite is incomplete; was it cut off?")
         try:
-            raw = base64.b32decode(encoded + "=" * (-len(encoded) % 8))
-        except (binascii.Error, ValueError) as exc:
-            raise InviteError("the invite contains characters that are not base32") from exc
+            raw = base32.decode(encoded)
+        except Base32Error as exc:
+            raise InviteError(f"the invite has {exc}") from None
         if len(raw) < 1 + _CHECKSUM_BYTES + 1:
             raise InviteError("the invite is too short; was it cut off?")
         body, check = raw[:-_CHECKSUM_BYTES], raw[-_CHECKSUM_BYTES:]

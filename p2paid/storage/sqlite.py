@@ -14,9 +14,9 @@ This is a thin, typed layer over SQL; policy lives in :mod:`p2paid.board.board`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ import msgpack
 from p2paid.core.feed import FeedHead
 from p2paid.errors import StorageError
 from p2paid.storage.base import ForkRow, NewEnvelope
+from p2paid.storage.files import file_error, private_dir, writable_dir
 
 __all__ = ["DB_FILENAME", "BoardRow", "Database", "EnvelopeRow", "ForkRow", "SnapshotRow"]
 
@@ -125,27 +126,28 @@ class SnapshotRow:
     changes: int
 
 
-def _private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(path, 0o700)
-
-
 @final
 class Database:
     """A connection to the store in one data dir. Not thread-safe: one per thread.
 
     Raises:
         StorageError: from every method when SQLite fails (corrupt file, disk full, locked).
+        FileError: from the constructor when the data dir cannot be used (not ours,
+            read-only).
     """
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_FILENAME
         self._depth = 0
+        private_dir(self.data_dir)
+        writable_dir(self.data_dir, "use the data dir")
+        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
+            raise file_error(self.path, PermissionError(errno.EACCES, "permission denied"),
+                             "open the store")
+        #: True if this open created the store (a new data dir, or an empty folder)
+        self.created = False
         try:
-            _private_dir(self.data_dir)
             fresh = not self.path.exists()
             old_umask = os.umask(0o077)
             try:
@@ -157,6 +159,7 @@ class Database:
                 os.umask(old_umask)
             if fresh:
                 os.chmod(self.path, 0o600)
+            self.created = fresh
             try:
                 self._configure()
             except BaseException:
@@ -165,7 +168,7 @@ class Database:
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open the store at {self.path}: {exc}") from exc
         except OSError as exc:
-            raise StorageError(f"cannot use the data dir {self.data_dir}: {exc}") from exc
+            raise file_error(self.data_dir, exc, "use the data dir") from exc
 
     def _enable_wal(self) -> None:
         """Switch to WAL, waiting out other processes that hold a lock meanwhile.

@@ -10,6 +10,7 @@ script only when the format deliberately changes, and say so in SPEC.md.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import tempfile
@@ -26,6 +27,7 @@ from p2paid.core.envelope import ZERO_HASH, associated_data, seal_envelope
 from p2paid.core.identity import AuthorKey, fingerprint
 from p2paid.core.invite import Invite, derive_board_keys
 from p2paid.core.relayaddr import RelayAddress
+from p2paid.errors import InviteError
 
 HERE = Path(__file__).parent
 
@@ -69,10 +71,47 @@ def keys_and_invites() -> None:
                         "section_object_id_start_op_300":
                             section_object_id(key.public, 300).hex()})
     write("keys.json", {
-        "description": "HKDF board key derivation, invite URIs, author keys, fingerprints "
-                       "and section object ids (protocol/SPEC.md sections 2-3 and 6).",
-        "boards": vectors, "authors": authors,
+        "description": "HKDF board key derivation, invite URIs, author keys, fingerprints, "
+                       "section object ids and relay addresses (protocol/SPEC.md sections "
+                       "2-3, 6 and 14.1).",
+        "boards": vectors, "authors": authors, "relay_addresses": relay_addresses(),
     })
+
+
+def relay_addresses() -> dict[str, Any]:
+    """Written forms (key + checksum), the old form without one, and refusals."""
+    key = fixed("relay-key")
+    check = hashlib.sha256(b"p2paid/1 relay key\x00" + key).digest()[:3]
+    b32 = base64.b32encode(key + check).decode().rstrip("=").lower()
+    old = base64.b32encode(key).decode().rstrip("=").lower()
+    token = fixed("token")[:20]
+    valid = []
+    for host, shown, tok in (("relay.example", "relay.example", None),
+                             ("2001:db8::7", "[2001:db8::7]", token)):
+        text = f"p2paid-relay://{shown}:7447/{b32}"
+        if tok is not None:
+            text += "?token=" + base64.b32encode(tok).decode().rstrip("=").lower()
+        address = RelayAddress.parse(text)
+        assert str(address) == text and address.checked
+        valid.append({"text": text, "host": host, "port": 7447, "key": key.hex(),
+                      "token": None if tok is None else tok.hex(), "checked": True})
+    legacy = f"p2paid-relay://relay.example:7447/{old}"
+    assert not RelayAddress.parse(legacy).checked
+    valid.append({"text": legacy, "host": "relay.example", "port": 7447, "key": key.hex(),
+                  "token": None, "checked": False,
+                  "written_as": f"p2paid-relay://relay.example:7447/{b32}"})
+    typo = b32[:10] + ("a" if b32[10] != "a" else "b") + b32[11:]
+    refused = [f"p2paid-relay://relay.example:7447/{typo}",
+               f"p2paid-relay://relay.example:7447/{b32[:-1]}",
+               f"p2paid-relay://relay.example:7447/{b32}aa"]
+    for text in refused:
+        try:
+            RelayAddress.parse(text)
+        except InviteError:
+            continue
+        raise AssertionError(f"{text} should be refused")
+    return {"checksum": "SHA-256('p2paid/1 relay key' || 0x00 || key)[:3]",
+            "valid": valid, "refused": refused}
 
 
 def feed() -> None:

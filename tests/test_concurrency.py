@@ -27,10 +27,20 @@ from p2paid.core.envelope import Envelope
 #: Loads the board, prints "ready", waits for a line on stdin, works, prints one JSON line.
 WORKER = textwrap.dedent(
     """
-    import json, sys, time, traceback
+    import json, pathlib, sys, time, traceback
     import p2paid
 
     data_dir, role, tag, arg = sys.argv[1:5]
+    #: imp0 creates it after its first import; writers wait for it halfway, so that
+    #: the import surely runs among their posts, however the machine schedules us
+    first_import = pathlib.Path(data_dir).parent / "imp0-first-import-done"
+    #: a writer creates it after its first post; the importers start after it
+    first_post = pathlib.Path(data_dir).parent / "first-post-done"
+
+    def wait_for(path):
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
     store = p2paid.open_store(data_dir, create=False)
     board = store.board()
     board.items()
@@ -47,12 +57,18 @@ WORKER = textwrap.dedent(
                 time.sleep(0.002)  # let the others take the write lock (SQLite is not fair)
                 if i % 10 == 9:
                     board.save_snapshot()  # later opens start from a snapshot + tail
+                if i == 0:
+                    first_post.touch()
+                if i == int(arg) // 2:
+                    wait_for(first_import)
         elif role == "importer":
-            time.sleep(0.02)  # start while the writers are busy
+            wait_for(first_post)  # start while the writers are busy
             for _ in range(2):
                 r = store.import_bundle(arg)
                 out["reports"].append([r.accepted, r.duplicates, r.rejected])
                 out["times"].append(time.time_ns())
+                if tag == "imp0":
+                    first_import.touch()
         elif role == "exporter":
             for k in range(5):
                 time.sleep(0.03)
@@ -171,6 +187,8 @@ def test_concurrent_writers_and_importer_share_one_feed(tmp_path: Path) -> None:
     order = sorted((t, f"w{k}") for k in range(writers) for t in by_tag[f"w{k}"]["times"])
     switches = sum(a[1] != b[1] for a, b in itertools.pairwise(order))
     assert switches > writers - 1, f"writers did not interleave ({switches} switches)"
+    # (imp0 starts after a first post and the writers wait halfway for its first
+    # import: it runs among their posts)
     assert order[0][0] < by_tag["imp0"]["times"][0] < order[-1][0], "the import ran alone"
 
     # The importers: together, each envelope accepted exactly once; the rest duplicates.

@@ -6,13 +6,17 @@ The application already has a nursery and tasks of its own (here: a fake
 "dispatch desk" that prints a summary every few seconds). The node is one more
 resource it opens with ``async with``: it runs its own tasks in its own nursery,
 and leaving the block shuts it down cleanly (connections closed, store closed).
-The app's shutdown is the usual trio one: cancel the nursery (Ctrl-C does it).
+The app's shutdown is the usual trio one: cancel the nursery. Here the app stops
+itself after a few seconds, and Ctrl-C (or SIGTERM) stops it the same way, cleanly,
+with exit status 0. An error of the node (a port in use, say) comes out of
+``open_node`` as itself, not in an ``ExceptionGroup``: one line, exit status 1.
 
 Patterns shown:
   * ``open_node`` as an async context manager next to the app's own work;
   * reading the board from app code (``items()`` is synchronous and cheap);
   * posting from app code (``await board.post_need``, durable on return);
-  * a task that reacts to board events.
+  * a task that reacts to board events;
+  * a signal handler task that cancels the app's nursery.
 
 Skipped on purpose: configuration files, a real UI, multiple boards, mDNS by
 default (``--mdns`` turns it on).
@@ -21,7 +25,10 @@ default (``--mdns`` turns it on).
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import tempfile
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -43,10 +50,20 @@ async def log_events(board: p2paid.AsyncBoard) -> None:
         print(f"[board] {event}")
 
 
+async def stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    """Cancel the app at the first Ctrl-C or SIGTERM."""
+    async for _ in signals:
+        print("[app] stopping")
+        scope.cancel()
+        return
+
+
 async def main(listen: tuple[str, int], mdns: bool) -> None:
-    with tempfile.TemporaryDirectory() as data_dir:
+    with tempfile.TemporaryDirectory() as data_dir, \
+            trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         # The application's own nursery, and the node inside it (nested on purpose).
-        async with trio.open_nursery() as app:  # noqa: SIM117
+        async with trio.open_nursery() as app:
+            app.start_soon(stop_on_signal, signals, app.cancel_scope)
             async with p2paid.open_node(data_dir, listen=listen, mdns=mdns) as node:
                 board = await node.create_board("Shelter north", display_name="Desk")
                 app.start_soon(dispatch_desk, board)
@@ -68,4 +85,9 @@ if __name__ == "__main__":
     parser.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=False,
                         help="local-network discovery by mDNS (default: off)")
     args = parser.parse_args()
-    trio.run(main, parse_address(args.listen), args.mdns)
+    try:
+        trio.run(main, parse_address(args.listen), args.mdns)
+    except p2paid.P2paidError as exc:
+        sys.exit(f"embed_in_trio_app: {exc}")  # one line, exit status 1
+    except KeyboardInterrupt:  # Ctrl-C before trio was running
+        sys.exit(130)

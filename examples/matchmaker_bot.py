@@ -9,7 +9,12 @@ Whenever an offer is posted or changed, it lists the open needs
 of the same category that are not yet fully claimed, most urgent first; whenever
 a need is posted, it lists the open offers that could meet it. It only prints: a
 human decides and claims. Use a data dir that has joined the board
-(``p2paid --data-dir DIR board join INVITE``).
+(``p2paid --data-dir DIR board join INVITE``), and no other node runs on.
+
+Ctrl-C (or SIGTERM) stops it cleanly, with exit status 0. A mistake (a data dir
+with no board, one a node already runs on, a port in use) is one line on stderr
+and exit status 1: ``open_node`` raises a single error as itself, so an ordinary
+``except p2paid.P2paidError`` catches it.
 
 Skipped on purpose: fuzzy matching of titles or places, notifications beyond
 stdout, acting on matches.
@@ -18,7 +23,9 @@ stdout, acting on matches.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -66,16 +73,29 @@ async def watch(board: p2paid.AsyncBoard) -> None:
                     print(f"    offer {describe(offer)}")
 
 
+async def stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` at the first signal (Ctrl-C, SIGTERM): a clean stop."""
+    async for _ in signals:
+        scope.cancel()
+        return
+
+
 async def main(data_dir: str, peers: list[tuple[str, int]], listen: tuple[str, int],
                mdns: bool) -> None:
-    async with p2paid.open_node(data_dir, listen=listen, peers=peers, mdns=mdns) as node:
-        boards = node.boards()
-        if not boards:
-            raise SystemExit("this data dir has joined no board: run 'p2paid board join' first")
-        print(f"matchmaker watching {', '.join(b.name for b in boards)}; Ctrl-C to stop")
-        async with trio.open_nursery() as nursery:
-            for board in boards:
-                nursery.start_soon(watch, board)
+    # Signals are received from the start, so Ctrl-C while the node starts is a clean
+    # stop too (not a KeyboardInterrupt somewhere inside).
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with p2paid.open_node(data_dir, listen=listen, peers=peers, mdns=mdns) as node:
+            boards = node.boards()
+            if not boards:
+                raise p2paid.UsageError(f"{data_dir} has joined no board: run 'p2paid "
+                                        f"--data-dir {data_dir} board join INVITE' first")
+            print(f"matchmaker watching {', '.join(b.name for b in boards)}; Ctrl-C to stop")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_on_signal, signals, nursery.cancel_scope)
+                for board in boards:
+                    nursery.start_soon(watch, board)
+    print("matchmaker stopped", file=sys.stderr)
 
 
 if __name__ == "__main__":
@@ -90,6 +110,10 @@ if __name__ == "__main__":
     parser.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=True,
                         help="find peers on the local network by mDNS (default: on)")
     args = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         trio.run(main, args.data_dir, [parse_address(p, 7446) for p in args.peer],
                  parse_address(args.listen), args.mdns)
+    except p2paid.P2paidError as exc:
+        sys.exit(f"matchmaker: {exc}")  # one line, exit status 1
+    except KeyboardInterrupt:  # Ctrl-C before trio was running
+        sys.exit(130)

@@ -12,8 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from p2paid.errors import AmbiguousIdError as AmbiguousIdError
 from p2paid.errors import BundleError as BundleError
+from p2paid.errors import DataDirBusyError as DataDirBusyError
 from p2paid.errors import EnvelopeError as EnvelopeError
+from p2paid.errors import EventsLostError as EventsLostError
+from p2paid.errors import FileError as FileError
 from p2paid.errors import InviteError as InviteError
+from p2paid.errors import ListenError as ListenError
 from p2paid.errors import LocalProtocolError as LocalProtocolError
 from p2paid.errors import NotFoundError as NotFoundError
 from p2paid.errors import P2paidError as P2paidError
@@ -83,13 +87,17 @@ __all__ = [
     "Category",
     "Claim",
     "ClaimStatus",
+    "DataDirBusyError",
     "EnvelopeError",
     "EventKind",
+    "EventsLostError",
+    "FileError",
     "ImportReport",
     "Invite",
     "InviteError",
     "Item",
     "ItemKind",
+    "ListenError",
     "LocalProtocolError",
     "Node",
     "NotFoundError",

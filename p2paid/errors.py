@@ -11,9 +11,14 @@ splits by *blame*, as h11 and wsproto do:
   bundle file) is bad. Drop that peer or refuse that data; keep serving everyone
   else. ``close_reason`` is a short token suitable for telling the peer why.
 * :class:`StorageError` - the local store is unusable (corrupt, locked, full).
+* :class:`EventsLostError` - an ``events()`` subscriber fell too far behind and
+  missed events; it should read the board again and subscribe again.
 
-OS errors on paths the user gave (a data dir, a bundle, an export file) come out as
-:class:`FileError`, naming the path, with the ``OSError`` as ``__cause__``.
+OS errors never leave the library bare: on paths the user gave (a data dir, a bundle,
+an export file, a lock file) they come out as :class:`FileError`, naming the path; on an
+address to listen on as :class:`ListenError`, naming the address; either keeps the
+``OSError`` as ``__cause__``. ``open_node`` and ``serve_relay`` raise a single error as
+itself, never in an ``ExceptionGroup`` of one (:mod:`p2paid.net.groups`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ __all__ = [
     "BundleError",
     "ChainError",
     "ChangeMismatchError",
+    "DataDirBusyError",
     "DecodeError",
     "DecryptError",
     "DependencyError",
     "EnvelopeDecryptError",
     "EnvelopeError",
+    "EventsLostError",
     "FileError",
     "ForbiddenOpError",
     "ForkError",
@@ -38,6 +45,7 @@ __all__ = [
     "InvalidChangeError",
     "InviteError",
     "LimitExceededError",
+    "ListenError",
     "LocalProtocolError",
     "MalformedEnvelopeError",
     "NotFoundError",
@@ -84,6 +92,35 @@ class FileError(UsageError):
     def __init__(self, message: str, path: object = None, errno: int | None = None) -> None:
         super().__init__(message)
         self.path = path
+        self.errno = errno
+
+
+class DataDirBusyError(UsageError):
+    """Another process runs a node or relay on this data dir
+    (:class:`p2paid.storage.lock.DataDirLock`).
+
+    Attributes:
+        pid: that process's id (None if it could not be read).
+    """
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class ListenError(UsageError):
+    """An address to listen on cannot be used: the port is in use or privileged, or the
+    address is not one of this machine's. The message names it and says what to do.
+
+    Attributes:
+        address: ``(host, port)`` as asked for.
+        errno: the ``OSError``'s errno (the ``OSError`` itself is ``__cause__``).
+    """
+
+    def __init__(self, message: str, address: tuple[str, int],
+                 errno: int | None = None) -> None:
+        super().__init__(message)
+        self.address = address
         self.errno = errno
 
 
@@ -261,3 +298,18 @@ class EnvelopeDecryptError(EnvelopeError, DecryptError):
 
 class StorageError(P2paidError):
     """The local store cannot be read or written (corrupt, locked, or full)."""
+
+
+# --------------------------------------------------------------------- event streams
+
+
+class EventsLostError(P2paidError):
+    """A subscriber of a board's events fell more than its buffer behind: ``count``
+    events after those it received were not delivered. The board itself is complete:
+    read it again, and subscribe again for what follows."""
+
+    def __init__(self, board_name: str, count: int, buffer: int | None) -> None:
+        super().__init__(f"board {board_name!r}: {count:,} events were lost: this "
+                         f"subscriber fell more than {buffer or 0:,} events behind")
+        self.board_name = board_name
+        self.count = count

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -46,6 +49,52 @@ def run_parallel(argvs: Sequence[Sequence[str]], env: Mapping[str, str]
         stdout, stderr = p.communicate(timeout=TIMEOUT)
         out.append(subprocess.CompletedProcess(list(argv), p.returncode, stdout, stderr))
     return out
+
+
+class Service:
+    """A long-running process (``p2paid run``, ``p2paid relay``, an example), its
+    stdout and stderr in one log file, which :meth:`wait_for` reads as it grows."""
+
+    def __init__(self, command: Sequence[str], log: Path,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                list(command), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"})
+
+    @classmethod
+    def p2paid(cls, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+               ) -> Service:
+        return cls([sys.executable, "-m", "p2paid", *argv], log, env)
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        """The first match of ``pattern`` in the output, once it is there (fails if the
+        process ends first, or after :data:`TIMEOUT` seconds)."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.output)
+            if found:
+                return found
+            assert self.proc.poll() is None, f"ended before {pattern!r}:\n{self.output}"
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} within {TIMEOUT} s:\n{self.output}")
+
+    def interrupt(self) -> int:
+        """Ctrl-C (SIGINT); the exit status once it has stopped."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=TIMEOUT)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=TIMEOUT)
 
 
 def in_process(capsys: pytest.CaptureFixture[str], argv: Sequence[str]

@@ -9,6 +9,11 @@ and processes, run as real subprocesses.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +24,7 @@ from cli_helpers import cli_env, command_paths, in_process, parser_at, run, run_
 
 import p2paid
 from p2paid.cli.main import build_parser
+from p2paid.relay.server import open_relay_db
 
 
 @dataclass
@@ -120,9 +126,9 @@ def test_global_options_before_or_after_the_command(setup: Setup,
 # ---------------------------------------------------------------------------- bad arguments
 
 #: Every command path with arguments that must be refused; ``{need}``/``{offer}`` are
-#: id prefixes on the board of the data dir each runs on. Not here yet (tracebacks
-#: from trio exception groups, left to the errors part of issue 9): ``run`` or
-#: ``relay`` failing to bind, e.g. ``run --listen foo`` or a port in use.
+#: id prefixes on the board of the data dir each runs on. ``run`` and ``relay`` check
+#: their addresses before anything starts; what only a running one can find (a port in
+#: use, a privileged port, the other's data dir) is tested in real processes below.
 BAD: dict[tuple[str, ...], list[list[str]]] = {
     (): [[], ["bogus"], ["-v", "-q", "list"], ["--data-dir"]],
     ("init",): [["init", "extra"]],
@@ -159,13 +165,20 @@ BAD: dict[tuple[str, ...], list[list[str]]] = {
     ("export",): [["export", "--format", "bogus"], ["export", "--hxl"],
                   ["export", "--format", "json", "--no-bom"]],
     ("run",): [["run", "--max-connections", "0"], ["run", "--max-per-address", "-1"],
-               ["run", "--max-connections", "many"], ["run", "--peer", "::::"]],
+               ["run", "--max-connections", "many"], ["run", "--peer", "::::"],
+               ["run", "--listen", "foo"], ["run", "--listen", "::1:0"],
+               ["run", "--listen", "999.1.1.1:5"], ["run", "--listen", ""],
+               ["run", "--listen", "127.0.0.1:99999"], ["run", "--listen", "[::1"],
+               ["run", "--peer", "host:x"], ["run", "--peer", "2001:db8::5"]],
     ("peers",): [["peers"], ["peers", "--bogus"]],
     ("status",): [["status", "--bogus"]],
     ("relay",): [["relay", "--max-connections", "-1"], ["relay", "--rate-kib", "0"],
                  ["relay", "--max-board-mib", "-5"], ["relay", "--quota-key-mib", "nan"],
                  ["relay", "--max-per-address", "0"], ["relay", "--public", ""],
-                 ["relay", "--public", "bad host:99"], ["relay", "--listen", "999.1.1.1:5"]],
+                 ["relay", "--public", "bad host:99"], ["relay", "--listen", "999.1.1.1:5"],
+                 ["relay", "--listen", "foo"], ["relay", "--listen", "::1:0"],
+                 ["relay", "--listen", "localhost:x"], ["relay", "--public", "[::1"],
+                 ["relay", "--metrics", "foo:9447"], ["relay", "--metrics", "127.0.0.1"]],
     ("relay", "status"): [["relay", "status"]],  # a node's data dir, not a relay's
     ("relay", "add"): [["relay", "add", "not-an-address"]],
     ("relay", "remove"): [["relay", "remove", "not-an-address"]],
@@ -228,6 +241,93 @@ def test_validation_mistakes_in_real_processes(setup: Setup, tmp_path: Path) -> 
         assert "Traceback" not in done.stderr
         [line] = done.stderr.strip().splitlines()
         assert needle in line, (argv, line)
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that this test listens on itself (so a run on it exits at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_run_and_relay_refuse_addresses_in_one_line(setup: Setup, tmp_path: Path,
+                                                    held_port: int) -> None:
+    """The mistakes the issue names, as a user meets them: one line, "p2paid: ..." or
+    argparse's "p2paid run: ...", status 2 for an address that is not one and 1 for one
+    that cannot be used; no traceback, no false "port 7446 is taken"."""
+    node = ["--data-dir", str(setup.data_dir)]
+    relay_dir = tmp_path / "relay"
+    open_relay_db(relay_dir).close()
+    relay = ["--data-dir", str(relay_dir)]
+    # (the cases run at once: each that gets as far as locking its data dir has its own)
+    other_relay_dir = tmp_path / "relay2"
+    open_relay_db(other_relay_dir).close()
+    other_relay = ["--data-dir", str(other_relay_dir)]
+    held = f"127.0.0.1:{held_port}"
+    in_use = f"p2paid: port {held_port} on 127.0.0.1 is in use"
+    cases: dict[tuple[str, ...], tuple[int, str]] = {  # argv: (status, part of the line)
+        ("run", "--listen", held, *node):
+            (1, f"{in_use} (another p2paid run?); choose another with --listen HOST:PORT"),
+        ("run", "--listen", "foo", *node): (2, "p2paid run: argument --listen: 'foo' is not "
+                                               "an IP address: listen on one of this"),
+        ("run", "--listen", "::1:0", *node): (2, "write an IPv6 address in brackets, then "
+                                                 "the port: [::1]:0"),
+        ("run", "--listen", "999.1.1.1:5", *node): (2, "'999.1.1.1' is neither an IPv4"),
+        ("run", "--peer", "::::", *node): (2, "p2paid run: argument --peer: '::::': write "
+                                              "an IPv6 address in brackets"),
+        ("relay", "--listen", held, *relay):
+            (1, f"{in_use} (another p2paid relay?); choose another with --listen HOST:PORT"),
+        ("relay", "--listen", "127.0.0.1:0", "--metrics", held, *other_relay):
+            (1, f"{in_use} (another relay's metrics?); choose another with --metrics"),
+        ("relay", "--listen", "127.0.0.1:0", *node):
+            (1, f"p2paid: {setup.data_dir} is a node's data dir; give the relay its own"),
+        ("relay", "--public", "bad host:99", *relay):
+            (2, "p2paid relay: argument --public: 'bad host': host names hold only"),
+        ("relay", "--public", "", *relay): (2, "argument --public: the host is empty"),
+    }
+    results = run_parallel(list(cases), cli_env(tmp_path))
+    for (argv, (status, needle)), done in zip(cases.items(), results, strict=True):
+        assert "Traceback" not in done.stderr, (argv, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("p2paid"), (argv, done.stderr)
+        assert needle in lines[0], (argv, lines[0])
+        assert done.returncode == status and done.stdout == "", (argv, done)
+        assert "is taken" not in done.stderr and "free port" not in done.stderr, argv
+
+
+def _without_net_bind_service() -> tuple[list[str], int] | str:
+    """How to run a process that may not listen on privileged ports, and such a port;
+    or why that cannot be done here."""
+    first = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if first <= 1:
+        return "every port is unprivileged on this machine (ip_unprivileged_port_start)"
+    if os.geteuid() != 0:
+        return [], first - 1
+    if shutil.which("setpriv") is None:
+        return "running as root, and setpriv (util-linux) is missing to drop the capability"
+    # root without CAP_NET_BIND_SERVICE is refused a privileged port as any other user is
+    prefix = ["setpriv", "--inh-caps=-net_bind_service", "--bounding-set=-net_bind_service"]
+    return prefix, first - 1
+
+
+def test_a_privileged_port_as_non_root_is_one_line(setup: Setup, tmp_path: Path) -> None:
+    how = _without_net_bind_service()
+    if isinstance(how, str):
+        pytest.skip(how)
+    prefix, port = how
+    relay_dir = tmp_path / "relay"
+    open_relay_db(relay_dir).close()
+    for argv, data_dir in ((["run", "--no-mdns"], setup.data_dir), (["relay"], relay_dir)):
+        done = subprocess.run([*prefix, sys.executable, "-m", "p2paid", *argv, "--listen",
+                               f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
+                              capture_output=True, text=True, env=cli_env(tmp_path),
+                              timeout=60, check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (argv, done.stderr)
+        assert done.stderr.strip().splitlines() == [
+            f"p2paid: port {port} is privileged (only root may listen below {port + 1}); "
+            f"choose a port from {port + 1} up with --listen HOST:PORT"], argv
 
 
 # ---------------------------------------------------------------------------- names

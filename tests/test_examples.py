@@ -1,5 +1,9 @@
 """The examples in examples/ run and do what their docstrings say.
 
+An example runs as a script, so Python would import p2paid from wherever it is
+installed; :func:`example_env` puts this checkout first, so that the examples run
+against the code under test.
+
 Every example is run with mDNS off and listening on 127.0.0.1 only (``--no-mdns
 --listen 127.0.0.1:0``): tests send traffic only to the loopback interface (the
 suite's multicast guard fails a test whose process, or a child of it, tries mDNS).
@@ -16,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from cli_helpers import Service
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
 #: A short key fingerprint, as event lines show it beside a name.
 FP = "[a-z2-7]{4}-[a-z2-7]{4}"
@@ -23,9 +29,16 @@ FP = "[a-z2-7]{4}-[a-z2-7]{4}"
 LOCAL_ONLY = ("--no-mdns", "--listen", "127.0.0.1:0")
 
 
+def example_env() -> dict[str, str]:
+    """The suite's environment with this checkout first on ``PYTHONPATH``."""
+    paths = [str(EXAMPLES.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def run_example(name: str, *args: str, timeout: float = 60) -> str:
     proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args, *LOCAL_ONLY],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env=example_env())
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -37,7 +50,7 @@ def test_every_example_can_run_without_mdns_and_says_how() -> None:
     assert len(examples) >= 3
     for example in examples:
         done = subprocess.run([sys.executable, str(example), "--help"], capture_output=True,
-                              text=True, timeout=60, check=False)
+                              text=True, timeout=60, check=False, env=example_env())
         assert done.returncode == 0, (example.name, done.stderr)
         for option in ("--no-mdns", "--listen"):
             assert option in done.stdout, (example.name, option, done.stdout)
@@ -91,7 +104,7 @@ def test_matchmaker_bot_matches_an_offer_to_open_needs(tmp_path: Path) -> None:
         bot = subprocess.Popen([sys.executable, str(EXAMPLES / "matchmaker_bot.py"),
                                 str(bot_dir), "--peer", f"127.0.0.1:{port}", *LOCAL_ONLY],
                                stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**example_env(), "PYTHONUNBUFFERED": "1"})
         assert bot.stdout is not None
         assert "matchmaker watching Camp" in bot.stdout.readline()
         time.sleep(2)  # synced and listening for events
@@ -111,3 +124,68 @@ def test_matchmaker_bot_matches_an_offer_to_open_needs(tmp_path: Path) -> None:
             if proc is not None:
                 proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=15)
+
+
+# ---------------------------------------------------------------------------- Ctrl-C, mistakes
+
+
+def test_ctrl_c_stops_the_embedded_app_cleanly(tmp_path: Path) -> None:
+    """SIGINT while the app runs: the app's nursery is cancelled, the node closes, exit
+    status 0 and no traceback (not a BaseExceptionGroup of KeyboardInterrupt)."""
+    app = Service([sys.executable, str(EXAMPLES / "embed_in_trio_app.py"), *LOCAL_ONLY],
+                  tmp_path / "app.log", example_env())
+    try:
+        app.wait_for(r"\[board\] Desk .* posted need 'Blankets'")
+        assert app.interrupt() == 0, app.output
+    finally:
+        app.kill()
+    assert "Traceback" not in app.output and "[app] stopping" in app.output, app.output
+    assert app.output.rstrip().endswith("the store holds everything that was confirmed")
+
+
+def test_ctrl_c_stops_the_matchmaker_cleanly(tmp_path: Path) -> None:
+    bot_dir = tmp_path / "bot"
+    _cli(bot_dir, "init")
+    _cli(bot_dir, "board", "create", "Camp")
+    bot = Service([sys.executable, str(EXAMPLES / "matchmaker_bot.py"), str(bot_dir),
+                   *LOCAL_ONLY], tmp_path / "bot.log", example_env())
+    try:
+        bot.wait_for("matchmaker watching Camp")
+        assert bot.interrupt() == 0, bot.output
+    finally:
+        bot.kill()
+    assert "Traceback" not in bot.output, bot.output
+    assert bot.output.splitlines()[-1] == "matchmaker stopped"
+
+
+def test_the_matchmaker_on_a_data_dir_without_a_board_says_so_in_one_line(
+        tmp_path: Path) -> None:
+    bot_dir = tmp_path / "bot"
+    _cli(bot_dir, "init")
+    done = subprocess.run([sys.executable, str(EXAMPLES / "matchmaker_bot.py"), str(bot_dir),
+                           *LOCAL_ONLY], capture_output=True, text=True, timeout=60,
+                          check=False, env=example_env())
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"matchmaker: {bot_dir} has joined no board: run 'p2paid --data-dir {bot_dir} board "
+        "join INVITE' first"]
+
+
+def test_the_matchmaker_refuses_a_data_dir_a_node_runs_on_in_one_line(tmp_path: Path) -> None:
+    """What ``except p2paid.P2paidError`` around ``open_node`` gives an application."""
+    bot_dir = tmp_path / "bot"
+    _cli(bot_dir, "init")
+    _cli(bot_dir, "board", "create", "Camp")
+    node = Service([sys.executable, "-m", "p2paid", "--data-dir", str(bot_dir), "run",
+                    *LOCAL_ONLY], tmp_path / "node.log")
+    try:
+        node.wait_for("listening on 127.0.0.1:")
+        done = subprocess.run([sys.executable, str(EXAMPLES / "matchmaker_bot.py"),
+                               str(bot_dir), *LOCAL_ONLY], capture_output=True, text=True,
+                              timeout=60, check=False, env=example_env())
+    finally:
+        node.interrupt()
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"matchmaker: a p2paid node (pid {node.proc.pid}) is already running on {bot_dir}; "
+        "stop it first, or give this one another --data-dir"]

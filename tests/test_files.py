@@ -100,3 +100,89 @@ def test_a_read_only_data_dir_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in got.stderr
     assert got.stderr.strip() == (f"p2paid: cannot use the data dir {data}: it is on a "
                                   "read-only file system (copy it somewhere writable)")
+
+
+def _as_an_ordinary_user() -> list[str] | None:
+    """A command prefix that runs a process without root's power over files (root
+    keeps its uid but drops every capability), [] if we are not root, or None."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        return None
+    prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
+    return prefix if probe.returncode == 0 else None
+
+
+_LIBRARY_CALLS = """
+import sys, trio, p2paid
+from p2paid.errors import FileError
+from p2paid.relay.server import RelayOptions, serve_relay
+
+shut = sys.argv[1]
+mine = p2paid.open_store(sys.argv[2])
+mine.create_board("Aid")
+
+async def node():
+    async with p2paid.open_node(shut + "/n", listen=None, mdns=False):
+        pass
+
+calls = {
+    "open_store": lambda: p2paid.open_store(shut + "/d"),
+    "open_store(create=False)": lambda: p2paid.open_store(shut + "/d", create=False),
+    "open_node": lambda: trio.run(node),
+    "serve_relay": lambda: trio.run(serve_relay, shut + "/r",
+                                    RelayOptions(listen=("127.0.0.1", 0))),
+    "export_bundle": lambda: mine.export_bundle(shut + "/aid.p2paid"),
+    "import_bundle": lambda: mine.import_bundle(shut + "/aid.p2paid"),
+}
+for name, call in calls.items():
+    try:
+        call()
+    except FileError as exc:
+        ok = isinstance(exc.__cause__, PermissionError) and shut in str(exc)
+        print(name, "ok" if ok else f"no cause or path: {exc!r}")
+    except BaseException as exc:
+        print(name, f"not a FileError: {exc!r}")
+    else:
+        print(name, "no error")
+"""
+
+
+def test_a_folder_that_cannot_be_searched_is_a_file_error_everywhere(tmp_path: Path) -> None:
+    """Data dirs, relay data dirs and bundles inside a folder we may not look into:
+    every library call raises FileError naming the path, the PermissionError as its
+    cause (not a bare OSError from a check made before the real work)."""
+    prefix = _as_an_ordinary_user()
+    if prefix is None:
+        pytest.skip("needs setpriv to drop root's capabilities")
+    shut = tmp_path / "shut"
+    shut.mkdir(mode=0o000)
+    try:
+        got = subprocess.run([*prefix, sys.executable, "-c", _LIBRARY_CALLS, str(shut),
+                              str(tmp_path / "mine")], capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert got.returncode == 0, got.stderr
+        results = dict(line.split(" ", 1) for line in got.stdout.splitlines())
+        assert len(results) == 6 and set(results.values()) == {"ok"}, results
+        cli = subprocess.run([*prefix, sys.executable, "-m", "p2paid", "--data-dir",
+                              str(shut / "d"), "run", "--no-mdns", "--listen", "127.0.0.1:0"],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert cli.returncode == 1 and "Traceback" not in cli.stderr
+        assert cli.stderr.strip() == (f"p2paid: cannot use the data dir {shut / 'd'}: "
+                                      f"permission denied (see 'ls -ld {shut}')")
+    finally:
+        shut.chmod(0o700)
+
+
+def test_export_to_a_missing_folder_or_a_folder_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    with open_store(data) as store:
+        store.create_board("Aid")
+    missing = _cli("--data-dir", str(data), "export", "-o", str(tmp_path / "nope" / "a.json"))
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip() == (f"p2paid: cannot write the export into "
+                                      f"{tmp_path / 'nope'}: it does not exist")
+    folder = _cli("--data-dir", str(data), "export", "-o", str(tmp_path))
+    assert folder.stderr.strip() == (f"p2paid: cannot write the export to {tmp_path}: "
+                                     "it is a folder, not a file")

@@ -100,13 +100,23 @@ def test_any_text_is_a_host_or_a_host_error(text: str) -> None:
 def test_parse_address_forms() -> None:
     assert parse_address("10.0.0.5:7446") == ("10.0.0.5", 7446)
     assert parse_address("[::1]:9") == ("::1", 9)
-    assert parse_address("::1", 7446) == ("::1", 7446)
+    assert parse_address("[::1]", 7446) == ("::1", 7446)
     assert parse_address("Node.Example", 7446) == ("node.example", 7446)
     assert parse_address("0.0.0.0:0") == ("0.0.0.0", 0)
     for bad in ("host", "host:", "host:x", "host:70000", "[::1", "[::1]x", "a..b:1",
                 "host:+1", "host:\u0661"):
         with pytest.raises(UsageError):
             parse_address(bad)
+
+
+def test_ipv6_without_brackets_is_refused_with_the_way_to_write_it() -> None:
+    """``::1:0`` could be ``::1`` port 0 or the address ``::1:0``: say how to write it."""
+    for text, hint in (("::1:0", "[::1]:0 or [::1:0]:PORT"), ("::1", "[::1]:PORT"),
+                       ("::::", "e.g. [::1]:7446"),
+                       ("fe80::1:7446", "[fe80::1]:7446 or [fe80::1:7446]:PORT")):
+        with pytest.raises(UsageError, match="write an IPv6 address in brackets") as caught:
+            parse_address(text, 7446)
+        assert str(caught.value).endswith(hint), (text, caught.value)
 
 
 def test_address_key_groups_ipv6_by_64_and_maps_ipv4() -> None:

@@ -22,25 +22,31 @@ import errno
 import hashlib
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from p2paid.core.envelope import MAX_ENVELOPE_BYTES
 from p2paid.errors import BundleError, LocalProtocolError
-from p2paid.storage.files import file_error
+from p2paid.storage.files import existing_kind, file_error
 
-__all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "read_bundle", "write_bundle"]
+__all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "check_bundle", "read_bundle", "write_bundle"]
 
 BUNDLE_MAGIC: Final = b"P2PAIDBN"
 BUNDLE_VERSION: Final = 1
 _LEN = struct.Struct(">I")
 _COUNT = struct.Struct(">Q")
 _HEADER = BUNDLE_MAGIC + bytes([BUNDLE_VERSION, 0])
+#: :func:`write_bundle` reports progress every this many records.
+PROGRESS_EVERY: Final = 1000
 
 
-def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> int:
+def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes],
+                 progress: Callable[[int], None] | None = None) -> int:
     """Write envelopes to ``path`` atomically (temp file, fsync, rename).
+
+    ``progress`` is called with the number of records written so far, every
+    :data:`PROGRESS_EVERY` records.
 
     Returns:
         The number of envelopes written.
@@ -51,10 +57,13 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> in
             read-only or full); nothing is left behind.
     """
     target = Path(path)
-    if not target.parent.is_dir():
-        missing = FileNotFoundError(errno.ENOENT, "no such folder", str(target.parent))
+    parent = existing_kind(target.parent, "write a bundle into")
+    if parent != "folder":
+        missing = (FileNotFoundError(errno.ENOENT, "no such folder", str(target.parent))
+                   if parent is None else
+                   NotADirectoryError(errno.ENOTDIR, "not a folder", str(target.parent)))
         raise file_error(target.parent, missing, "write a bundle into") from missing
-    if target.is_dir():
+    if existing_kind(target, "write the bundle") == "folder":
         folder = IsADirectoryError(errno.EISDIR, "is a folder", str(target))
         raise file_error(target, folder, "write the bundle") from folder
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -76,6 +85,8 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes]) -> in
                 put(_LEN.pack(len(raw)))
                 put(raw)
                 count += 1
+                if progress is not None and count % PROGRESS_EVERY == 0:
+                    progress(count)
             put(_LEN.pack(0))
             put(_COUNT.pack(count))
             f.write(digest.digest())
@@ -130,20 +141,34 @@ def _records(f: BinaryIO, digest: hashlib._Hash) -> Iterator[bytes]:
         raise BundleError("the bundle has trailing bytes")
 
 
-def read_bundle(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    """Check a bundle file completely, then yield its envelopes.
+def check_bundle(path: str | os.PathLike[str]) -> int:
+    """Check a bundle file completely; the number of records in it.
+
+    Raises:
+        BundleError: the file is damaged, truncated or of an unsupported version.
+        FileError: the file cannot be read (missing, not ours, a folder).
+    """
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            for _ in _records(f, hashlib.sha256()):
+                count += 1
+    except OSError as exc:
+        raise file_error(path, exc, "read the bundle") from exc
+    return count
+
+
+def read_bundle(path: str | os.PathLike[str], *, checked: bool = False) -> Iterator[bytes]:
+    """Check a bundle file completely, then yield its envelopes (``checked``: the
+    caller ran :func:`check_bundle` on it already).
 
     Raises:
         BundleError: before anything is yielded, if the file is damaged, truncated
             or of an unsupported version.
         FileError: the file cannot be read (missing, not ours, a folder).
     """
-    try:
-        with open(path, "rb") as f:
-            for _ in _records(f, hashlib.sha256()):
-                pass
-    except OSError as exc:
-        raise file_error(path, exc, "read the bundle") from exc
+    if not checked:
+        check_bundle(path)
     return _yield_checked(path)
 
 

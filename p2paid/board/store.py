@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +26,7 @@ from platformdirs import user_data_dir
 
 from p2paid.automerge.rules import AuthorState, FeedRules, check_change
 from p2paid.board.board import Board, ReceiveReport
-from p2paid.board.bundle import read_bundle, write_bundle
+from p2paid.board.bundle import check_bundle, read_bundle, write_bundle
 from p2paid.board.model import now_ms
 from p2paid.board.relayplan import RelaySuggestion, configured_for
 from p2paid.core.envelope import Envelope, open_envelope
@@ -42,15 +42,18 @@ from p2paid.errors import (
     NotFoundError,
     UsageError,
 )
+from p2paid.storage.files import existing_kind
 from p2paid.storage.ingest import ingest
 from p2paid.storage.peerbook import PeerBook
+from p2paid.storage.roles import NODE_KEY, refuse_relay_dir
 from p2paid.storage.sqlite import DB_FILENAME, BoardRow, Database
 
-__all__ = ["BoardReport", "ImportReport", "Store", "default_data_dir", "open_store"]
+__all__ = ["BoardReport", "ImportReport", "Progress", "Store", "default_data_dir",
+           "open_store"]
 
 #: Envelopes handed to one :meth:`Board.receive` call during a bundle import.
 IMPORT_BATCH: Final = 10_000
-_NODE_KEY: Final = "node_key"
+_NODE_KEY: Final = NODE_KEY
 _RELAYS: Final = "relays"
 _RUNTIME: Final = "runtime"
 _LAST_SYNC: Final = "last_sync"
@@ -103,17 +106,35 @@ class ImportReport:
 
 
 @final
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a bundle import or export is, for a progress callback."""
+
+    done: int  #: envelopes handled so far (for an import: each stored and committed)
+    total: int  #: envelopes in all
+    #: (imports) what the envelopes done so far did; their changes are committed
+    report: ImportReport | None = None
+
+
+@final
 class Store:
     """A p2paid data dir: its boards, keys and envelopes. Use :func:`open_store`."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, create: bool = True) -> None:
         path = Path(data_dir)
-        if path.exists() and not path.is_dir():
+        if existing_kind(path, "use the data dir") == "file":
             raise FileError(f"cannot use the data dir {path}: it is a file, not a folder", path)
-        if not create and not (path / DB_FILENAME).exists():
+        if not create and existing_kind(path / DB_FILENAME, "use the data dir") is None:
             raise NotFoundError(f"no p2paid data in {path}; run 'p2paid init' first")
         self.data_dir = path
         self._db = Database(path)
+        #: True if this open created the store (nothing was there before)
+        self.created = self._db.created
+        try:
+            refuse_relay_dir(self._db, path)
+        except BaseException:
+            self._db.close()
+            raise
         self._boards: dict[bytes, Board] = {}
 
     def __enter__(self) -> Store:
@@ -396,15 +417,24 @@ class Store:
     # ------------------------------------------------------------------ bundles
 
     def export_bundle(
-        self, path: str | os.PathLike[str], boards: Iterable[bytes] | None = None
+        self, path: str | os.PathLike[str], boards: Iterable[bytes] | None = None, *,
+        progress: Callable[[Progress], None] | None = None,
     ) -> int:
         """Write every envelope of the given boards (default: all held, joined or
         carried) to a bundle file, and the two envelopes of each fork proof known (so
-        that whoever imports it learns the fork). Returns the number of records."""
+        that whoever imports it learns the fork). Returns the number of records.
+
+        ``progress`` is called every thousand envelopes or so, and once at the end."""
+        held = self._db.envelope_boards()
         ids = list(boards) if boards is not None else sorted(
-            set(self._db.envelope_boards()) | set(self._db.board_sizes()))
+            set(held) | set(self._db.board_sizes()))
         for board in self._boards.values():
             board.refresh()
+        total = sum(held.get(b, 0) + 2 * len(self._db.forks(b)) for b in ids)
+
+        def report(done: int) -> None:
+            if progress is not None:
+                progress(Progress(done, max(done, total)))
 
         def all_envelopes() -> Iterator[bytes]:
             for board_id in ids:
@@ -414,22 +444,38 @@ class Store:
                     yield fork.second
 
         with self._db.read():
-            return write_bundle(path, all_envelopes())
+            count = write_bundle(path, all_envelopes(), report)
+        report(count)
+        return count
 
-    def import_bundle(self, path: str | os.PathLike[str]) -> ImportReport:
+    def import_bundle(self, path: str | os.PathLike[str], *,
+                      progress: Callable[[Progress], None] | None = None) -> ImportReport:
         """Verify a bundle file, then store and apply what is new in it.
 
         Importing a bundle twice changes nothing the second time. Envelopes for
         boards not joined are kept (unreadable) and applied when you join. Every
         board in the bundle counts as synced now (:meth:`last_syncs`).
 
+        ``progress`` is called once the file is checked and after each batch of
+        :data:`IMPORT_BATCH` envelopes is committed; an exception it raises (a
+        ``KeyboardInterrupt``, say) stops the import there, with everything it
+        reported stored (import the bundle again to finish).
+
         Raises:
             BundleError: the file is damaged or of a newer version (nothing is changed).
         """
+        total = check_bundle(path)
         report = ImportReport()
+
+        def advance(done: int) -> None:
+            if progress is not None:
+                progress(Progress(done, total, report))
+
+        advance(0)
         batch: dict[bytes, list[Envelope]] = {}
-        pending = 0
-        for raw in read_bundle(path):
+        pending = done = 0
+        for raw in read_bundle(path, checked=True):
+            done += 1
             try:
                 env = Envelope.decode(raw)
             except EnvelopeError as exc:
@@ -439,9 +485,11 @@ class Store:
             pending += 1
             if pending >= IMPORT_BATCH:
                 self._import_batch(batch, report)
+                advance(done)
                 batch, pending = {}, 0
         self._import_batch(batch, report)
         self.record_sync((b for b in report.boards if b), "bundle")
+        advance(done)
         return report
 
     def _import_batch(self, batch: dict[bytes, list[Envelope]], report: ImportReport) -> None:

@@ -11,9 +11,11 @@ from typing import Any, NoReturn
 
 from p2paid.board.store import default_data_dir
 from p2paid.core.text import escape_text
+from p2paid.errors import UsageError
+from p2paid.net.tcp import parse_address, parse_listen_address
 
-__all__ = ["GLOBAL_DEFAULTS", "Parser", "at_least", "global_options", "positive_number",
-           "settle_globals"]
+__all__ = ["GLOBAL_DEFAULTS", "Parser", "at_least", "global_options",
+           "listen_address", "peer_address", "positive_number", "settle_globals"]
 
 #: Every global option's attribute and its value when not given.
 GLOBAL_DEFAULTS: dict[str, Any] = {"data_dir": None, "verbose": False, "quiet": False,
@@ -80,3 +82,29 @@ def positive_number(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number greater than 0 (got {text})")
     return value
+
+
+def peer_address(default_port: int | None = None) -> Callable[[str], tuple[str, int]]:
+    """An argparse type: ``HOST:PORT`` to dial (``[IPV6]:PORT``; the port may be left
+    out when there is a default)."""
+
+    def host_and_port(text: str) -> tuple[str, int]:
+        try:
+            return parse_address(text, default_port)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return host_and_port
+
+
+def listen_address(default_port: int | None = None) -> Callable[[str], tuple[str, int]]:
+    """An argparse type: ``HOST:PORT`` to listen on, the host an IP address of this
+    machine or ``localhost`` (checked before anything starts)."""
+
+    def host_and_port(text: str) -> tuple[str, int]:
+        try:
+            return parse_listen_address(text, default_port)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return host_and_port

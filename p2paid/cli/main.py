@@ -18,16 +18,18 @@ from typing import Any
 from p2paid import __version__
 from p2paid.board.board import Board
 from p2paid.board.model import Category, Item, Status, Urgency, now_ms
-from p2paid.board.store import ImportReport, Store, open_store
+from p2paid.board.store import ImportReport, Progress, Store, open_store
 from p2paid.cli.args import Parser, at_least, global_options, settle_globals
 from p2paid.cli.csvexport import board_csv
 from p2paid.cli.listing import DEFAULT_LIMIT, board_summary, coordinator_order
 from p2paid.cli.node import add_node_commands
 from p2paid.cli.pager import show
+from p2paid.cli.progress import PROGRESS_ENV, DeferredInterrupt, ProgressLine
 from p2paid.cli.relay import add_relay_commands
 from p2paid.cli.render import item_detail, item_table, json_text, safe
 from p2paid.core.text import plural
 from p2paid.errors import AmbiguousIdError, NotFoundError, P2paidError, UsageError
+from p2paid.storage.files import file_error
 
 __all__ = ["main"]
 
@@ -265,7 +267,16 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
                 if len(carried) != 1:
                     raise
                 ids = carried
-        count = store.export_bundle(args.file, ids)
+        line = ProgressLine("exporting")
+        try:
+            count = store.export_bundle(args.file, ids, progress=lambda p: line.update(
+                p.done, p.total))
+        except KeyboardInterrupt:
+            line.clear()
+            print(f"p2paid: interrupted: no bundle was written to {args.file}",
+                  file=sys.stderr)
+            return 130
+        line.clear()
         print(f"wrote {plural(count, 'envelope')} to {args.file}")
     return 0
 
@@ -285,9 +296,36 @@ def _print_import(report: ImportReport) -> None:
         print("the bundle is empty")
 
 
+def _interrupted_import(progress: Progress | None) -> int:
+    """Say what an interrupted import stored; the exit status."""
+    report = progress.report if progress is not None else None
+    stored = report.accepted if report is not None else 0
+    boards = sum(e.accepted > 0 for e in report.boards.values()) if report is not None else 0
+    print(f"p2paid: interrupted: {plural(stored, 'envelope')} of {plural(boards, 'board')} "
+          "were stored; run the import again to finish; nothing is lost", file=sys.stderr)
+    return 130
+
+
 def cmd_bundle_import(args: argparse.Namespace) -> int:
+    line = ProgressLine("importing")
+    last: list[Progress] = []
+    stop = DeferredInterrupt("stopping after the envelopes being stored now "
+                             "(Ctrl-C again to stop at once)", line)
+
+    def progress(p: Progress) -> None:
+        last[:] = [p]
+        if p.done < p.total:
+            stop.check()  # (before drawing: what is drawn is under way)
+        line.update(p.done, p.total, force=p.done == 0)
+
     with _store(args) as store:
-        report = store.import_bundle(args.file)
+        try:
+            with stop:
+                report = store.import_bundle(args.file, progress=progress)
+        except KeyboardInterrupt:
+            line.clear()
+            return _interrupted_import(last[-1] if last else None)
+        line.clear()
         if args.json:
             _print_json({
                 "accepted": report.accepted, "already_had": report.duplicates,
@@ -324,7 +362,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        Path(args.output).write_bytes(data)
+        target = Path(args.output)
+        try:
+            target.write_bytes(data)
+        except FileNotFoundError as exc:  # (the file is made: its folder is missing)
+            raise file_error(target.parent, exc, "write the export into") from exc
+        except OSError as exc:
+            raise file_error(target, exc, "write the export to") from exc
         print(f"wrote {len(data):,} bytes to {args.output}", file=sys.stderr)
     return 0
 
@@ -479,10 +523,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bundle = cmd("bundle", None, "carry boards on a USB stick or by e-mail")
     bsub = bundle.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
-    p = cmd("export", cmd_bundle_export, "write every envelope (of one board) to a file", bsub)
+    progress_note = (f"Progress shows on stderr when it is a terminal ({PROGRESS_ENV}=1 shows "
+                     f"it anyway, {PROGRESS_ENV}=0 never).")
+    p = cmd("export", cmd_bundle_export, "write every envelope (of one board) to a file", bsub,
+            epilog=progress_note)
     p.add_argument("file", help="bundle file to write, e.g. /media/usb/riverside.p2paid")
     _board_opt(p)
-    p = cmd("import", cmd_bundle_import, "verify and apply a bundle file", bsub, True)
+    p = cmd("import", cmd_bundle_import, "verify and apply a bundle file", bsub, True,
+            epilog=progress_note + " Ctrl-C stops after the envelopes being stored, says "
+            "what was stored, and exits with status 130; importing again finishes the job.")
     p.add_argument("file", help="bundle file to read, e.g. /media/usb/riverside.p2paid")
 
     p = cmd("export", cmd_export, "export a board as JSON, CSV (for spreadsheets and HXL "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import signal
@@ -16,16 +15,13 @@ from typing import Any
 import trio
 
 from p2paid.board.model import ItemKind, now_ms
-from p2paid.board.relayplan import plan_relays
-from p2paid.board.store import Store, default_data_dir, open_store
-from p2paid.cli.args import at_least
+from p2paid.board.store import default_data_dir, open_store
+from p2paid.cli.args import at_least, listen_address, peer_address
+from p2paid.cli.eventlog import log_board_events
 from p2paid.cli.render import SafeFormatter, safe, when
 from p2paid.core.identity import fingerprint
-from p2paid.core.relayaddr import RelayAddress
 from p2paid.core.text import plural
-from p2paid.errors import P2paidError
-from p2paid.net.tcp import parse_address
-from p2paid.node.asyncboard import AsyncBoard
+from p2paid.net.groups import collapse_single_errors
 from p2paid.node.node import (
     DEFAULT_PORT,
     MAX_CONNECTIONS,
@@ -45,15 +41,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=level, handlers=[handler])
-    listen = None if args.no_listen else parse_address(args.listen, DEFAULT_PORT)
-    peers = [parse_address(p, DEFAULT_PORT) for p in args.peer or []]
-    trio.run(_run, args, listen, peers)
+    listen = None if args.no_listen else args.listen
+    trio.run(_run, args, listen, args.peer or [])
     return 0
 
 
 async def _run(args: argparse.Namespace, listen: tuple[str, int] | None,
                peers: list[tuple[str, int]]) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, \
+            collapse_single_errors():
         async with open_node(args.data_dir, listen=listen, peers=peers,
                              mdns=not args.no_mdns, advertise=not args.no_advertise,
                              max_connections=args.max_connections,
@@ -83,41 +79,28 @@ def _greet(node: Node, args: argparse.Namespace) -> None:
 
 
 async def _log_events(node: Node) -> None:
-    """Log what changes on every board, following boards joined later."""
+    """Log what changes on every board (a burst as one summary line:
+    :mod:`p2paid.cli.eventlog`), following boards joined later."""
     async with trio.open_nursery() as nursery:
         watched: set[bytes] = set()
         while True:
             for board in node.boards():
                 if board.id not in watched:
                     watched.add(board.id)
-                    nursery.start_soon(_log_board_events, board)
+                    nursery.start_soon(log_board_events, board)
             await trio.sleep(1)
 
 
-async def _log_board_events(board: AsyncBoard) -> None:
-    async for event in board.events():
-        origin = "" if event.local else " (synced)"
-        log.info("%s: %s%s", safe(board.name), safe(event), origin)
+def _peers(runtime: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The running node's connected peers, each with its ``kind`` (``relay`` or ``peer``,
+    as the node learnt it from the peer's Hello)."""
+    return [{**p, "kind": p.get("kind") or "peer"} for p in _listed(runtime, "peers")]
 
 
-def _relay_keys(store: Store) -> set[str]:
-    """Node keys (hex) of the relays this data dir syncs through."""
-    plan = plan_relays(store.relays(), {b.id: b.relays_in_use() for b in store.boards()})
-    keys = set()
-    for address in plan:
-        with contextlib.suppress(P2paidError):
-            keys.add(RelayAddress.parse(address).key.hex())
-    return keys
-
-
-def _peers_with_kind(data_dir: Path, runtime: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The running node's peers, each marked ``kind``: ``relay`` or ``peer``."""
-    peers: list[dict[str, Any]] = list(runtime.get("peers") or []) if runtime else []
-    if not peers:
-        return []
-    with open_store(data_dir, create=False) as store:
-        relays = _relay_keys(store)
-    return [{**p, "kind": "relay" if p.get("node_id") in relays else "peer"} for p in peers]
+def _listed(runtime: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
+    """The list of objects the running node published under ``key`` (none if not)."""
+    value = runtime.get(key) if runtime else None
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -127,7 +110,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
         print("p2paid: no node is running on this data dir (start one with 'p2paid run')",
               file=sys.stderr)
         return 1
-    peers = _peers_with_kind(data_dir, status)
+    peers = _peers(status)
     if args.json:
         print(json.dumps(peers, indent=2))
         return 0
@@ -153,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or _default_dir()
     runtime = read_runtime(data_dir)
     boards: list[dict[str, Any]] = []
-    peers = _peers_with_kind(data_dir, runtime)
+    peers = _peers(runtime)
     with open_store(data_dir, create=False) as store:
         now = now_ms()
         live_sync: dict[str, float] = dict(runtime.get("last_sync") or {}) if runtime else {}  # type: ignore[call-overload]
@@ -178,22 +161,39 @@ def cmd_status(args: argparse.Namespace) -> int:
             "listen": runtime.get("listen") if runtime else None,
             "peers": sum(p["kind"] == "peer" for p in peers),
             "relays": sum(p["kind"] == "relay" for p in peers),
+            "targets": _listed(runtime, "targets"),
         }
     if args.json:
         print(json.dumps({"node": node, "boards": boards}, indent=2))
         return 0
-    state = f"running, listening on {node['listen']}" if node["running"] else "not running"
+    state = "not running" if not node["running"] else (
+        f"running, listening on {node['listen']}" if node["listen"] else "running, not listening")
     print(f"node {node['fingerprint']} ({state}; connected to {plural(node['peers'], 'peer')} "
           f"and {plural(node['relays'], 'relay')})")
     print(f"data dir {node['data_dir']}")
+    for t in node["targets"]:
+        print(_target_line(t))
     for b in boards:
-        via = {"bundle": " (bundle import)", "live": ""}.get(b["last_sync_via"] or "", "")
+        via = {"bundle": " (bundle import)", "relay": " (relay)"}.get(b["last_sync_via"] or "",
+                                                                      "")
         last = "never" if b["last_sync"] is None else when(int(b["last_sync"] * 1000)) + via
         print(f"{b['board'][:12]}  {safe(b['name'])}: {plural(b['needs_open'], 'open need')}, "
               f"{plural(b['offers_open'], 'open offer')} ({plural(b['items'], 'item')} in "
               f"all), {plural(b['authors'], 'author')}, {plural(b['envelopes'], 'envelope')}; "
               f"last sync {last}")
     return 0
+
+
+def _target_line(target: dict[str, Any]) -> str:
+    """``relay 203.0.113.5:7447  unreachable since 11:29:43 (connection refused, 4
+    attempts)``: a configured peer or relay of the running node, and its state."""
+    since = "" if target.get("since") is None else " since " + time.strftime(
+        "%H:%M:%S", time.localtime(target["since"]))
+    why = ""
+    if target.get("state") == "unreachable":
+        why = f" ({target.get('last_error')}, {plural(target.get('attempts') or 0, 'attempt')})"
+    return safe(f"{target.get('kind', 'peer'):<5}  {target.get('address')}  "
+                f"{target.get('state')}{since}{why}")
 
 
 def _default_dir() -> Path:
@@ -203,14 +203,22 @@ def _default_dir() -> Path:
 def add_node_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``run``, ``peers`` and ``status`` on the main parser."""
     p = cmd("run", cmd_run, "run a node: sync boards with peers on the local network, "
-            "configured peers and relays, until Ctrl-C")
+            "configured peers and relays, until Ctrl-C",
+            epilog="One node runs on a data dir at a time: a second 'run' (or a 'relay') on "
+                   "it is refused, naming the first one's pid; the other commands work "
+                   "beside a running node. A data dir that does not exist yet is created "
+                   "(and the log says so).")
     p.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", metavar="HOST:PORT",
-                   help=f"accept peers here (default 0.0.0.0:{DEFAULT_PORT}; if that port is "
-                        "taken, a free one; port 0 = any)")
+                   type=listen_address(DEFAULT_PORT),
+                   help=f"accept peers on this IP address of this machine (default "
+                        f"0.0.0.0:{DEFAULT_PORT}; if that port is in use, a free one; port "
+                        "0 = any; IPv6 in brackets: [::]:7446)")
     p.add_argument("--no-listen", action="store_true", help="only dial out")
-    p.add_argument("--peer", action="append", metavar="HOST:PORT",
+    p.add_argument("--peer", action="append", metavar="HOST:PORT", type=peer_address(DEFAULT_PORT),
                    help=f"keep a connection to this peer (repeatable; port defaults to "
-                        f"{DEFAULT_PORT})")
+                        f"{DEFAULT_PORT}; IPv6 in brackets: [2001:db8::5]:7446); if it cannot "
+                        "be reached, the log says so once and again when it is back, and "
+                        "'p2paid status' shows its state")
     p.add_argument("--no-mdns", action="store_true",
                    help="do not use local-network discovery (mDNS) at all")
     p.add_argument("--no-advertise", action="store_true",
@@ -223,5 +231,6 @@ def add_node_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> 
     cmd("peers", cmd_peers, "list the peers and relays the node running on this data dir is "
         "connected to", json_opt=True)
     cmd("status", cmd_status, "boards, items, authors, peers, relays and last sync of this "
-        "data dir", json_opt=True)
+        "data dir; while a node runs, also each --peer and relay it dials: connected, or "
+        "unreachable since when and why", json_opt=True)
 

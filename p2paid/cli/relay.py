@@ -17,12 +17,13 @@ import trio
 from p2paid.board.model import Member
 from p2paid.board.relayplan import normal_address
 from p2paid.board.store import default_data_dir, open_store
-from p2paid.cli.args import at_least, positive_number
+from p2paid.cli.args import at_least, listen_address, positive_number
 from p2paid.cli.render import SafeFormatter, json_text, safe
 from p2paid.core.hosts import normalize_host
 from p2paid.core.relayaddr import RelayAddress, decode_token, encode_token
 from p2paid.core.text import plural
-from p2paid.errors import NotFoundError
+from p2paid.errors import NotFoundError, UsageError
+from p2paid.net.groups import collapse_single_errors
 from p2paid.net.tcp import format_address, parse_address
 from p2paid.relay.replica import MIB, RelayLimits
 from p2paid.relay.server import (
@@ -64,18 +65,15 @@ def cmd_relay_run(args: argparse.Namespace) -> int:
         quota_per_address=int(args.quota_address_mib * MIB),
         require_token=args.require_token,
     )
-    options = RelayOptions(
-        listen=parse_address(args.listen, DEFAULT_RELAY_PORT),
-        public=None if args.public is None else _host_and_port(args.public),
-        metrics=None if args.metrics is None else parse_address(args.metrics),
-        limits=limits,
-    )
+    options = RelayOptions(listen=args.listen, public=args.public, metrics=args.metrics,
+                           limits=limits)
     trio.run(_run, args.data_dir or default_data_dir(), options)
     return 0
 
 
 async def _run(data_dir: Any, options: RelayOptions) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, \
+            collapse_single_errors():
         async with trio.open_nursery() as nursery:
             relay = await nursery.start(serve_relay, data_dir, options)
             print(f"relay address: {relay.address()}", flush=True)
@@ -91,11 +89,15 @@ async def _run(data_dir: Any, options: RelayOptions) -> None:
                 break
 
 
-def _host_and_port(text: str) -> tuple[str, int | None]:
-    """``HOST`` or ``HOST:PORT`` (a missing port means: the one the relay listens on)."""
-    if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
-        return parse_address(text)
-    return normalize_host(text.strip()), None
+def _public_address(text: str) -> tuple[str, int | None]:
+    """An argparse type: ``HOST`` or ``HOST:PORT`` (a missing port means: the one the
+    relay listens on)."""
+    try:
+        if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
+            return parse_address(text)
+        return normalize_host(text.strip()), None
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_relay_status(args: argparse.Namespace) -> int:
@@ -300,7 +302,9 @@ _USAGE = """%(prog)s [--listen HOST:PORT] [--public HOST[:PORT]] [OPTIONS]
        %(prog)s ACTION ...      (ACTION: status, add, remove, list, accept, reject, token)"""
 _DESCRIPTION = ("Without an ACTION: run a relay (a blind store-and-forward server for boards "
                 "it cannot read) until Ctrl-C or SIGTERM. With an ACTION: manage the relays "
-                "this node uses, or show the status and tokens of the relay on this data dir.")
+                "this node uses, or show the status and tokens of the relay on this data dir. "
+                "One relay runs on a data dir, never a node's: a second one is refused, "
+                "naming the first one's pid.")
 
 
 def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
@@ -311,11 +315,13 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
             usage=_USAGE, description=_DESCRIPTION)
     run = p.add_argument_group("running a relay (no ACTION)")
     run.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_RELAY_PORT}", metavar="HOST:PORT",
-                     help=f"address to serve on (default 0.0.0.0:{DEFAULT_RELAY_PORT})")
-    run.add_argument("--public", metavar="HOST[:PORT]",
+                     type=listen_address(DEFAULT_RELAY_PORT),
+                     help=f"IP address of this machine to serve on (default "
+                          f"0.0.0.0:{DEFAULT_RELAY_PORT}; IPv6 in brackets: [::]:7447)")
+    run.add_argument("--public", metavar="HOST[:PORT]", type=_public_address,
                      help="host name or address members use to reach this relay "
                           "(printed in its relay address)")
-    run.add_argument("--metrics", metavar="HOST:PORT",
+    run.add_argument("--metrics", metavar="HOST:PORT", type=listen_address(),
                      help="serve Prometheus metrics at http://HOST:PORT/metrics")
     run.add_argument("--max-connections", type=at_least(1), default=_DEFAULTS.max_connections,
                      metavar="N", help="simultaneous clients (default %(default)s)")

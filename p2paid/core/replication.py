@@ -312,6 +312,15 @@ class SyncSession:
                 )
         return False
 
+    def missing(self, board_id: bytes) -> int:
+        """Envelopes of ``board_id`` the peer holds and we do not, as far as its vector
+        and batches tell (0 before its vector, or when the board is not shared)."""
+        for link in self._links:
+            if link.board_id == board_id and link.live:
+                local = self._replica.vector(board_id)
+                return sum(max(0, seq - local.get(a, 0)) for a, seq in link.peer_has.items())
+        return 0
+
     def start(self) -> list[Message]:
         """Messages to send first. A relay answers instead of speaking first."""
         if self._replica.role == Role.RELAY:

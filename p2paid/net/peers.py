@@ -9,7 +9,9 @@ feeds it through the :class:`~p2paid.net.interfaces.DialTargets` it implements.
 
 Nothing that goes wrong with one target stops the node: an address the resolver
 cannot encode, an unreachable host, or an unexpected error in a connection is
-logged (once per kind of failure, not on every retry) and retried with backoff.
+logged (once per kind of failure in an outage, not on every retry, and once when
+the target is reached again: :mod:`p2paid.net.reach`) and retried with backoff.
+:meth:`Dialer.states` says which configured peers and relays are connected.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import trio
 from p2paid.core.codes import CloseReason, DialSource
 from p2paid.net.connection import Connection, run_connection
 from p2paid.net.interfaces import ConnectionOptions, DialHost
+from p2paid.net.reach import Reachability, TargetState, dial_error_text
 from p2paid.net.tcp import DIAL_TIMEOUT, dial, format_address
 
 __all__ = ["DialTarget", "Dialer"]
@@ -55,16 +58,26 @@ class DialTarget:
     addresses: tuple[str, ...] = ()
     #: relay access token sent in our Hello (relays only)
     token: bytes | None = field(default=None, repr=False)
-    #: the last failure logged, so that a target failing the same way stays quiet
-    last_failure: str | None = None
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    #: whether it can be reached; logs each kind of failure once per outage
+    reach: Reachability = field(init=False)
 
     def __post_init__(self) -> None:
         self.source = DialSource(self.source)  # (the same member, if given its string)
+        self.reach = Reachability(f"{self.kind} {self.address}",
+                                  quiet=self.source is DialSource.MDNS)
 
     @property
     def address(self) -> str:
         return format_address(self.host, self.port)
+
+    @property
+    def kind(self) -> str:
+        """``relay`` or ``peer``."""
+        return "relay" if self.to_relay else "peer"
+
+    def state(self) -> TargetState:
+        return self.reach.snapshot(self.kind, self.address)
 
 
 @final
@@ -80,6 +93,7 @@ class Dialer:
         self._host = host
         self._options = options
         self.targets: dict[tuple[str, int], DialTarget] = {}
+        self._live: dict[Connection, DialTarget] = {}  # our connections, and to what
         self._added, self._to_start = trio.open_memory_channel[DialTarget](math.inf)
 
     def add(self, target: DialTarget) -> None:
@@ -98,6 +112,17 @@ class Dialer:
             async for target in self._to_start:
                 await nursery.start(self._run, target)
 
+    def greeted(self, conn: Connection) -> None:
+        """The peer of ``conn`` answered with its Hello (the host calls this): if we
+        dialled it, the target is reached."""
+        target = self._live.get(conn)
+        if target is not None:
+            target.reach.reached()
+
+    def states(self) -> list[TargetState]:
+        """Each configured peer and relay (not those mDNS found): connected or not."""
+        return [t.state() for t in self.targets.values() if t.source is not DialSource.MDNS]
+
     def get(self, host: str, port: int) -> DialTarget | None:
         return self.targets.get((host, port))
 
@@ -113,12 +138,14 @@ class Dialer:
             backoff = BACKOFF_START
             while True:
                 if target.node_id is not None and self._host.is_connected(target.node_id):
+                    target.reach.reached()  # (it dialled us)
                     await self._host.wait_disconnected(target.node_id)
+                    target.reach.lost()
                 started = time.monotonic()
                 try:
                     conn = await self._attempt(target)
                 except Exception as exc:  # a bug or a surprise: never let it stop the node
-                    _failed(target, f"{type(exc).__name__}: {exc}", exc)
+                    target.reach.failed(f"{type(exc).__name__}: {exc}", exc)
                     conn = None
                 if conn is not None and conn.session is not None:
                     # It was up: a deliberate close (new boards to announce) redials at
@@ -138,44 +165,41 @@ class Dialer:
             try:
                 stream = await dial(host, target.port, timeout=timeout)
             except (OSError, UnicodeError, ValueError) as exc:  # trio's resolver: all three
-                _failed(target, f"cannot reach {address}: {exc}")
+                at = "" if address == target.address else f" at {address}"
+                target.reach.failed(f"{dial_error_text(exc)}{at}")
                 continue
             conn = await self._connect(target, stream, address)
-            if conn is not None and conn.session is not None and conn.session.greeted:
-                target.last_failure = None
-            elif conn is not None and conn.close_reason and target.to_relay:
-                _failed(target, f"relay {address} closed the connection: "
-                                f"{conn.close_reason}")
+            target.reach.lost()
+            if conn is None:
+                target.reach.failed("the handshake failed")
+            elif conn.close_reason and target.to_relay and not (
+                    conn.session is not None and conn.session.greeted):
+                target.reach.failed(f"it closed the connection: {conn.close_reason}")
             return conn
         return None
 
     async def _connect(self, target: DialTarget, stream: trio.SocketStream,
                        address: str) -> Connection | None:
-        conn = await run_connection(
-            self._host, stream, address=address, initiator=True,
-            expected_remote=target.node_id if target.pinned else None,
-            to_relay=target.to_relay,
-            boards=None if target.boards is None else sorted(target.boards),
-            token=target.token, options=self._options,
-        )
+        live: list[Connection] = []
+
+        async def on_connected(conn: Connection) -> None:
+            live.append(conn)
+            self._live[conn] = target
+
+        try:
+            conn = await run_connection(
+                self._host, stream, address=address, initiator=True,
+                expected_remote=target.node_id if target.pinned else None,
+                to_relay=target.to_relay,
+                boards=None if target.boards is None else sorted(target.boards),
+                token=target.token, options=self._options, on_connected=on_connected,
+            )
+        finally:
+            for done in live:
+                self._live.pop(done, None)
         if conn is not None and conn.remote_id and not target.pinned:
             target.node_id = conn.remote_id
         return conn
-
-
-def _failed(target: DialTarget, what: str, exc: BaseException | None = None) -> None:
-    """Log a failure of ``target`` once: the same failure again is only debug output."""
-    if what == target.last_failure:
-        log.debug("%s (again)", what)
-        return
-    target.last_failure = what
-    if exc is not None:
-        log.error("dialling %s failed unexpectedly; retrying with backoff: %s",
-                  target.address, what, exc_info=exc)
-    elif target.source is DialSource.MDNS:
-        log.debug("%s", what)
-    else:
-        log.warning("%s; retrying with backoff", what)
 
 
 def _is_resync(conn: Connection) -> bool:

@@ -15,12 +15,14 @@ from p2paid.board.relayplan import RelaySuggestion
 from p2paid.core.identity import AuthorId
 from p2paid.core.invite import BoardId
 from p2paid.errors import UsageError
+from p2paid.node.subscription import EventSubscription
 
 __all__ = ["AsyncBoard"]
 
 log = logging.getLogger("p2paid.node.node")
 
-#: Events buffered per subscriber; a subscriber that falls further behind loses events.
+#: Events buffered per subscriber; a subscriber that falls further behind loses events
+#: (and is told: :class:`~p2paid.errors.EventsLostError`).
 EVENT_BUFFER: Final = 4096
 #: Most writes committed together.
 MAX_GROUP: Final = 256
@@ -70,7 +72,7 @@ class AsyncBoard:
         self.board = board
         self._changed = changed
         self._relays_changed = relays_changed
-        self._subscribers: set[trio.MemorySendChannel[BoardEvent]] = set()
+        self._subscribers: set[EventSubscription] = set()
         self._queue: list[_Pending] = []
         self._wake = trio.Event()
 
@@ -268,34 +270,43 @@ class AsyncBoard:
 
     # ------------------------------------------------------------------ events
 
-    async def events(self) -> AsyncIterator[BoardEvent]:
+    async def events(self, *, buffer: int = EVENT_BUFFER) -> AsyncIterator[BoardEvent]:
         """Every change on this board from now on, local or remote, as it happens.
 
         ``async for event in board.events(): ...``; several subscribers may listen.
+        A subscriber that falls more than ``buffer`` events behind gets the events
+        before the gap, then :class:`~p2paid.errors.EventsLostError` (its ``count``
+        says how many it missed): read the board again and subscribe again.
         """
+        with self.subscribe(buffer=buffer) as subscription:
+            while True:
+                for event in await subscription.next_batch():
+                    yield event
+
+    def subscribe(self, *, buffer: int | None = EVENT_BUFFER) -> EventSubscription:
+        """Subscribe to the board's events, to take them a batch at a time:
+        ``with board.subscribe() as sub: batch = await sub.next_batch()``.
+
+        ``buffer=None`` keeps every event until taken, for a subscriber that always
+        keeps up (one that counts or summarises, as ``p2paid run``'s log does);
+        otherwise see :meth:`events`.
+        """
+        self._subscribers = {s for s in self._subscribers if not s.closed}
         if not self._subscribers:
             self.board.track_events()
             self.board.take_events()  # drop what happened before anyone listened
-        send, receive = trio.open_memory_channel[BoardEvent](EVENT_BUFFER)
-        self._subscribers.add(send)
-        try:
-            async with receive:
-                async for event in receive:
-                    yield event
-        finally:
-            self._subscribers.discard(send)
+        subscription = EventSubscription(self.board.name, buffer)
+        self._subscribers.add(subscription)
+        return subscription
 
     def publish_events(self) -> None:
         """Hand the board's new events to every subscriber (called by the node)."""
         events = self.board.take_events()
-        for send in list(self._subscribers):
-            for event in events:
-                try:
-                    send.send_nowait(event)
-                except trio.WouldBlock:
-                    log.warning("board %r: an events() subscriber is %d events behind; "
-                                "dropping", self.board.name, EVENT_BUFFER)
-                    break
-                except trio.BrokenResourceError:
-                    self._subscribers.discard(send)
-                    break
+        for subscription in list(self._subscribers):
+            if subscription.closed:
+                self._subscribers.discard(subscription)
+            elif not subscription.put(events):
+                log.warning("board %r: an events() subscriber is %s events behind; "
+                            "dropping until it catches up (it is told how many)",
+                            self.board.name, f"{subscription.buffer:,}")
+

@@ -16,6 +16,7 @@ single-threaded and deterministic.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -32,9 +33,10 @@ from p2paid.core.invite import Invite
 from p2paid.core.pacing import StepSizer
 from p2paid.core.replication import SyncEvent
 from p2paid.core.wire import Hello, Message
-from p2paid.errors import P2paidError, UsageError
+from p2paid.errors import ListenError, P2paidError, UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
 from p2paid.net.connection import Connection
+from p2paid.net.groups import collapse_single_errors
 from p2paid.net.inbound import serve_inbound
 from p2paid.net.interfaces import ConnectionOptions
 from p2paid.net.peers import Dialer, DialTarget
@@ -45,6 +47,9 @@ from p2paid.node.relays import RelayDialing
 from p2paid.node.replica import StoreReplica
 from p2paid.node.status import StatusPublisher
 from p2paid.node.storewatch import StoreWatcher
+from p2paid.node.syncprogress import SyncProgress
+from p2paid.node.syncrecord import SyncRecorder
+from p2paid.storage.lock import DataDirLock
 
 __all__ = ["Node", "PeerInfo", "open_node"]
 
@@ -81,6 +86,8 @@ class Node:
         self._boards: dict[bytes, AsyncBoard] = {}
         self.listen_address: tuple[str, int] | None = None
         self.last_sync: dict[bytes, float] = {}
+        self._sync_record = SyncRecorder(store)
+        self._sync_progress = SyncProgress()
         #: how its connections run: big batches are applied once a link falls quiet
         self.connection_options = ConnectionOptions(deferred=self)
         self.dialer = Dialer(self, self.connection_options)
@@ -89,7 +96,7 @@ class Node:
                 node_id, CloseReason.BOARDS_CHANGED))
         self.store_watcher = StoreWatcher(store, board_changed=self.board_changed,
                                           boards_changed=self._boards_changed,
-                                          before_poll=self._apply_orphaned_work)
+                                          before_poll=self._before_store_poll)
         #: deferred work whose connection ended before its link fell quiet
         self._orphaned_work = False
         self._flush_step = StepSizer(FLUSH_STEP_S, first=256, minimum=32, maximum=8192)
@@ -190,6 +197,7 @@ class Node:
         return self.replica
 
     def on_hello(self, conn: Connection, hello: Hello) -> list[Message]:
+        self.dialer.greeted(conn)
         return []
 
     def register(self, conn: Connection) -> bool:
@@ -213,6 +221,7 @@ class Node:
         self.admission.release(conn)
         self.after_receive(conn)  # envelopes stored from a batch cut short
         self._orphaned_work = self._orphaned_work or self.has_deferred()
+        self._sync_progress.forget(conn)
         self._peers.discard(conn)
 
     # ------------------------------------------------------------------ DeferredWork
@@ -250,16 +259,26 @@ class Node:
             conn.known_since = self.peerbook.first_seen(conn.remote_id)
         name = self._board_name(event.board_id)
         peer = fingerprint(conn.remote_id)
-        if event.kind is SyncEventKind.RECEIVED and event.count:
-            self.last_sync[event.board_id] = time.time()
-            log.info("board %r: %d new envelope(s) from %s", name, event.count, peer)
+        if event.kind is SyncEventKind.RECEIVED:
+            remaining = conn.session.missing(event.board_id) if conn.session else 0
+            line = self._sync_progress.received(event.board_id, conn, peer, event.count,
+                                                remaining)
+            if line is not None:
+                log.info("board %r: %s", name, line)
+            if event.count:
+                self._synced(conn, event.board_id)
         elif event.kind is SyncEventKind.IN_SYNC:
-            self.last_sync[event.board_id] = time.time()
+            self._synced(conn, event.board_id)
             log.info("board %r: in sync with %s", name, peer)
         elif event.kind is SyncEventKind.LINKED:
             log.info("board %r: syncing with %s", name, peer)
         elif event.kind is SyncEventKind.REFUSED:
             log.warning("board %r: %s refused: %s", name, peer, event.detail)
+
+    def _synced(self, conn: Connection, board_id: bytes) -> None:
+        self.last_sync[board_id] = time.time()
+        relay = conn.session is not None and conn.session.peer_role == "relay"
+        self._sync_record.synced(board_id, "relay" if relay else "peer")
 
     def _board_name(self, board_id: bytes) -> str:
         try:
@@ -291,20 +310,32 @@ class Node:
         task_status.started(self.listen_address)
         await serve_inbound(self, listener, self.admission, self.connection_options)
 
-    async def _apply_orphaned_work(self) -> None:
-        """Apply deferred work whose connection ended before its link fell quiet (a
-        live connection does its own), in steps."""
+    async def _before_store_poll(self) -> None:
+        """Every store poll: write the last syncs due, and apply deferred work whose
+        connection ended before its link fell quiet (a live connection does its own),
+        in steps."""
+        self._sync_record.flush()
         if self._orphaned_work:
             self._orphaned_work = False
             while self.has_deferred() and self.flush_deferred():
                 await trio.lowlevel.checkpoint()
 
+    def stopped(self) -> None:
+        """The node's services ended: write what is still pending."""
+        with contextlib.suppress(P2paidError):
+            self._sync_record.flush(everything=True)
+
     def status(self) -> dict[str, object]:
+        """What ``p2paid status`` and ``peers`` show of a running node: its connected
+        ``peers`` (each with its ``kind``, ``peer`` or ``relay``), each configured peer
+        and relay in ``targets`` (connected, or unreachable since when and why), and
+        each board's ``last_sync``."""
         return {
             "pid": os.getpid(), "node": fingerprint(self.node_id),
             "listen": None if self.listen_address is None else format_address(
                 *self.listen_address),
             "peers": [asdict(p) for p in self.peers()],
+            "targets": [asdict(t) for t in self.dialer.states()],
             "last_sync": {b.hex(): t for b, t in self.last_sync.items()},
         }
 
@@ -323,10 +354,21 @@ async def open_node(
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the ``async with`` block.
 
+    One node runs on a data dir at a time: the node holds its lock
+    (:class:`~p2paid.storage.lock.DataDirLock`) while it runs. Other processes may
+    still open the store beside it (the CLI's ``list``, ``post``, ...): the node
+    picks their writes up.
+
+    An error that leaves the block, from the node or from the block itself, comes
+    out as raised, not wrapped in an ``ExceptionGroup`` (several at once do come out
+    as a group; see :mod:`p2paid.net.groups`), so ``except p2paid.P2paidError``
+    works as it reads.
+
     Args:
-        data_dir: the store (created if missing); default :func:`default_data_dir`.
-        listen: address to accept peers on, or None to only dial out. Port 0 picks a
-            free port; if the default port is taken, a free one is used.
+        data_dir: the store (created if missing, which is logged); default
+            :func:`default_data_dir`.
+        listen: IP address and port to accept peers on, or None to only dial out.
+            Port 0 picks a free port; if the default port is in use, a free one is used.
         peers: addresses to keep connections to.
         mdns: find peers on the local network (and be found, unless ``advertise`` is False).
         max_connections: cap on simultaneous peer connections.
@@ -335,15 +377,39 @@ async def open_node(
         store: an already open store to use instead of ``data_dir`` (not closed here).
 
     Raises:
+        DataDirBusyError: another node or a relay runs on this data dir.
+        UsageError: the data dir is a relay's.
+        FileError: the data dir cannot be used.
         StorageError: the store cannot be opened.
-        OSError: the listen address cannot be bound.
+        ListenError: the listen address cannot be bound (in use, privileged, not an
+            address of this machine).
     """
-    own_store = store is None
-    st = open_store(data_dir) if store is None else store
+    with collapse_single_errors():
+        own_store = store is None
+        st = open_store(data_dir) if store is None else store
+        try:
+            with DataDirLock(st.data_dir, "node"):
+                async with _running_node(st, listen, peers, mdns, advertise,
+                                         max_connections, max_per_address) as node:
+                    if own_store and st.created:  # (a mistyped data dir, say)
+                        log.info("created a new data dir at %s", st.data_dir)
+                    yield node
+        finally:
+            if own_store:
+                st.close()
+
+
+@contextlib.asynccontextmanager
+async def _running_node(st: Store, listen: tuple[str, int] | None,
+                        peers: Sequence[tuple[str, int]], mdns: bool, advertise: bool,
+                        max_connections: int, max_per_address: int) -> AsyncIterator[Node]:
+    """The node's nursery and services, on an open, locked store."""
+    started: list[Node] = []
     try:
         async with trio.open_nursery() as nursery:
             node = Node(st, nursery, max_connections=max_connections,
                         max_per_address=max_per_address)
+            started.append(node)
             for board in st.boards():
                 board.load()
             await nursery.start(node.dialer.serve)
@@ -365,16 +431,17 @@ async def open_node(
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        if own_store:
-            st.close()
+        for node in started:  # (its tasks have ended: nothing races this)
+            node.stopped()
 
 
 async def _start_listener(node: Node, nursery: trio.Nursery, listen: tuple[str, int]) -> None:
+    """Listen on ``listen``; on the default port, if it is in use, on a free one."""
     host, port = listen
     try:
         await nursery.start(node.serve, host, port)
-    except OSError:
-        if port != DEFAULT_PORT:
+    except ListenError as exc:
+        if port != DEFAULT_PORT or exc.errno != errno.EADDRINUSE:
             raise
-        log.info("port %d is taken; listening on a free port instead", port)
+        log.info("port %d on %s is in use; listening on a free port instead", port, host)
         await nursery.start(node.serve, host, 0)

@@ -35,6 +35,7 @@ class PeerInfo:
     shared_boards: int
     bytes_in: int
     bytes_out: int
+    kind: str = "peer"  #: "relay" if it said so in its Hello, else "peer"
 
 
 @final
@@ -95,7 +96,8 @@ class PeerTable:
         return [
             PeerInfo(c.remote_id.hex(), fingerprint(c.remote_id), c.address,
                      "out" if c.initiator else "in", c.connected_at,
-                     len(c.session.shared_boards) if c.session else 0, c.bytes_in, c.bytes_out)
+                     len(c.session.shared_boards) if c.session else 0, c.bytes_in, c.bytes_out,
+                     "relay" if c.session and c.session.peer_role == "relay" else "peer")
             for c in self._conns.values()
         ]
 

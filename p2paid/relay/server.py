@@ -26,14 +26,16 @@ from p2paid.core.identity import NodeKey, fingerprint
 from p2paid.core.relayaddr import RelayAddress
 from p2paid.core.replication import SyncEvent
 from p2paid.core.wire import Hello, Message, Refused
-from p2paid.errors import UsageError
 from p2paid.net.admission import Admission, AdmissionLimits
 from p2paid.net.connection import Connection
+from p2paid.net.groups import collapse_single_errors
 from p2paid.net.inbound import serve_inbound
 from p2paid.net.interfaces import ConnectionOptions
-from p2paid.net.tcp import format_address, open_listener
+from p2paid.net.tcp import check_listen_host, format_address, listen_error, open_listener
 from p2paid.relay.replica import ClientReplica, RelayLimits, RelayReplica
 from p2paid.relay.state import ClientInfo
+from p2paid.storage.lock import DataDirLock
+from p2paid.storage.roles import NODE_KEY, claim_for_relay
 from p2paid.storage.runtime import STATUS_INTERVAL, encode_runtime, fresh_runtime
 from p2paid.storage.sqlite import Database
 
@@ -46,8 +48,6 @@ log = logging.getLogger("p2paid.relay.server")
 
 DEFAULT_RELAY_PORT: Final = 7447
 RUNTIME_KEY: Final = "relay-runtime"
-ROLE_KEY: Final = "role"
-_NODE_KEY: Final = "node_key"
 #: Handshakes in progress, in all and from one address (past the connection cap too,
 #: so that a known client can get in and evict a stranger, or a stranger be told
 #: Close("full")).
@@ -62,27 +62,23 @@ def open_relay_db(data_dir: str | os.PathLike[str]) -> Database:
     """The relay's store; refuses a data dir that belongs to a node.
 
     Raises:
-        UsageError: the data dir holds a node's boards.
+        UsageError: the data dir is a node's (it has boards or a node key).
         StorageError: the store cannot be opened.
     """
     db = Database(Path(data_dir))
-    role = db.get_meta(ROLE_KEY)
-    if role is None:
-        if db.boards():
-            db.close()
-            raise UsageError(f"{data_dir} is a node's data dir; give the relay its own")
-        db.set_meta(ROLE_KEY, b"relay")
-    elif role != b"relay":
+    try:
+        claim_for_relay(db, data_dir)
+    except BaseException:
         db.close()
-        raise UsageError(f"{data_dir} is not a relay's data dir")
+        raise
     return db
 
 
 def relay_key(db: Database) -> NodeKey:
-    raw = db.get_meta(_NODE_KEY)
+    raw = db.get_meta(NODE_KEY)
     if raw is None:
         raw = NodeKey.generate().private_bytes()
-        db.set_meta(_NODE_KEY, raw)
+        db.set_meta(NODE_KEY, raw)
     return NodeKey(raw)
 
 
@@ -238,38 +234,71 @@ async def serve_relay(
 ) -> None:
     """Run a relay until cancelled. ``task_status.started`` gets the :class:`Relay`.
 
+    The relay holds the data dir's lock (:class:`~p2paid.storage.lock.DataDirLock`)
+    while it runs; ``relay status`` and ``relay token`` still open it beside. A
+    single error comes out as raised, not in an ``ExceptionGroup``
+    (:mod:`p2paid.net.groups`).
+
     Raises:
         UsageError: the data dir belongs to a node.
-        OSError: the listen or metrics address cannot be bound.
+        DataDirBusyError: a relay (or a node) already runs on it.
+        ListenError: the listen or metrics address cannot be bound.
     """
     opts = options or RelayOptions()
-    db = open_relay_db(data_dir)
-    try:
-        listener = await open_listener(*opts.listen)
-        async with trio.open_nursery() as nursery:
-            relay = Relay(db, opts.limits, nursery)
-            bound = listener.socket.getsockname()
-            relay.listen_address = (bound[0], bound[1])
-            if opts.public is None:
-                relay.public = _guess_public(relay.listen_address)
-            else:
-                relay.public = (opts.public[0], opts.public[1] or relay.listen_address[1])
-            if opts.metrics is not None:
-                from p2paid.relay.metrics import RelayMetrics
+    with collapse_single_errors():
+        db = open_relay_db(data_dir)
+        try:
+            with DataDirLock(data_dir, "relay"):
+                await _serve(db, opts, task_status)
+        finally:
+            db.close()
 
-                relay.metrics = RelayMetrics(*opts.metrics)
+
+async def _serve(db: Database, opts: RelayOptions, task_status: trio.TaskStatus[Relay]) -> None:
+    """The relay's listener, metrics and tasks, on an open, locked data dir."""
+    listener = await open_listener(*opts.listen, holder="another p2paid relay")
+    async with trio.open_nursery() as nursery:
+        relay = Relay(db, opts.limits, nursery)
+        bound = listener.socket.getsockname()
+        relay.listen_address = (bound[0], bound[1])
+        if opts.public is None:
+            relay.public = _guess_public(relay.listen_address)
+        else:
+            relay.public = (opts.public[0], opts.public[1] or relay.listen_address[1])
+        if opts.metrics is not None:
             try:
-                await nursery.start(relay.accept_loop, listener)
-                await nursery.start(relay.write_status)
-                log.info("relay %s listening on %s", fingerprint(relay.node_key.public),
-                         format_address(*relay.listen_address))
-                task_status.started(relay)
-                await trio.sleep_forever()
-            finally:
-                if relay.metrics is not None:
-                    relay.metrics.close()
-    finally:
-        db.close()
+                relay.metrics = _open_metrics(*opts.metrics)
+            except BaseException:
+                await listener.aclose()
+                raise
+        try:
+            await nursery.start(relay.accept_loop, listener)
+            await nursery.start(relay.write_status)
+            if db.created:
+                log.info("created a new data dir at %s", db.data_dir)
+            log.info("relay %s listening on %s", fingerprint(relay.node_key.public),
+                     format_address(*relay.listen_address))
+            task_status.started(relay)
+            await trio.sleep_forever()
+        finally:
+            if relay.metrics is not None:
+                relay.metrics.close()
+
+
+def _open_metrics(host: str, port: int) -> RelayMetrics:
+    """Serve metrics on ``host:port``.
+
+    Raises:
+        ListenError: the address cannot be bound.
+    """
+    from p2paid.relay.metrics import RelayMetrics
+
+    check_listen_host(host, port)
+    try:
+        return RelayMetrics(host, port)
+    except OSError as exc:
+        raise listen_error(host, port, exc, option="--metrics",
+                           holder="another relay's metrics") from exc
 
 
 def _guess_public(listen: tuple[str, int]) -> tuple[str, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from p2paid.errors import FileError
 
-__all__ = ["describe", "file_error", "private_dir", "writable_dir"]
+__all__ = ["describe", "existing_kind", "file_error", "private_dir", "writable_dir"]
 
 
 def _owner(path: Path) -> str | None:
@@ -35,8 +35,9 @@ def _owner(path: Path) -> str | None:
 
 
 def _nearest_existing(path: Path) -> Path:
+    """The deepest of ``path`` and its parents that this process can see."""
     for candidate in (path, *path.parents):
-        if candidate.exists():
+        if os.path.exists(candidate):  # (False where a parent cannot be searched)
             return candidate
     return path
 
@@ -60,7 +61,7 @@ def describe(path: Path, exc: OSError, doing: str) -> str:
         return f"cannot {doing} {path}: the disk is full"
     if code == errno.EISDIR:
         return f"cannot {doing} {path}: it is a folder, not a file"
-    if code == errno.EEXIST and not path.is_dir():
+    if code == errno.EEXIST and not os.path.isdir(path):
         return f"cannot {doing} {path}: it is a file, not a folder"
     if code == errno.ENOTDIR:
         return f"cannot {doing} {path}: part of that path is a file, not a folder"
@@ -71,6 +72,22 @@ def file_error(path: str | os.PathLike[str], exc: OSError, doing: str) -> FileEr
     """A :class:`FileError` for ``exc``; raise it ``from exc``."""
     where = Path(path)
     return FileError(describe(where, exc, doing), where, exc.errno)
+
+
+def existing_kind(path: Path, doing: str) -> str | None:
+    """``"folder"``, ``"file"`` (anything else that is not a folder), or None if
+    ``path`` does not exist.
+
+    Raises:
+        FileError: it cannot be told (a parent is not ours to look into, ...).
+    """
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise file_error(path, exc, doing) from exc
+    return "folder" if stat.S_ISDIR(mode) else "file"
 
 
 def private_dir(path: Path) -> None:

@@ -20,24 +20,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, final
 
-from p2paid.errors import UsageError
+from p2paid.errors import DataDirBusyError
 from p2paid.storage.files import file_error
 
 __all__ = ["LOCK_FILENAME", "DataDirBusyError", "DataDirLock"]
 
 LOCK_FILENAME: Final = "p2paid.lock"
-
-
-class DataDirBusyError(UsageError):
-    """Another process runs a node or relay on this data dir.
-
-    Attributes:
-        pid: that process's id (None if it could not be read).
-    """
-
-    def __init__(self, message: str, pid: int | None) -> None:
-        super().__init__(message)
-        self.pid = pid
 
 
 @final

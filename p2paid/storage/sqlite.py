@@ -145,6 +145,8 @@ class Database:
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
             raise file_error(self.path, PermissionError(errno.EACCES, "permission denied"),
                              "open the store")
+        #: True if this open created the store (a new data dir, or an empty folder)
+        self.created = False
         try:
             fresh = not self.path.exists()
             old_umask = os.umask(0o077)
@@ -157,6 +159,7 @@ class Database:
                 os.umask(old_umask)
             if fresh:
                 os.chmod(self.path, 0o600)
+            self.created = fresh
             try:
                 self._configure()
             except BaseException:

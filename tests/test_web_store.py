@@ -106,3 +106,22 @@ def test_csrf_tokens_belong_to_their_session() -> None:
 @given(st.text(max_size=100), st.text(max_size=100))
 def test_csrf_check_never_crashes(session: str, submitted: str) -> None:
     assert csrf_valid(session, submitted) in (True, False)
+
+
+def test_a_limiter_allows_a_burst_then_its_rate() -> None:
+    from p2paid.web.limits import Limiter
+
+    limit = Limiter(per_minute=6, burst=3)
+    assert [limit.allow("phone", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limit.allow("other", 0.0)  # keys are apart
+    assert not limit.allow("phone", 5.0) and limit.allow("phone", 10.0)
+
+
+@given(st.lists(st.text(max_size=8), max_size=300))
+def test_a_limiter_remembers_a_bounded_number_of_keys(keys: list[str]) -> None:
+    from p2paid.web.limits import Limiter
+
+    limit = Limiter(per_minute=60, burst=1, max_keys=16)
+    for i, key in enumerate(keys):
+        limit.allow(key, float(i))
+    assert len(limit) <= 16

@@ -4,6 +4,7 @@ check and the security headers; through the ASGI app and through a real socket."
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,17 +20,43 @@ from p2paid.node.node import Node, open_node
 from p2paid.web import create_app, serve_web
 from p2paid.web.hosts import HostAllowList, host_name
 from p2paid.web.pages import PAGE_SIZE, BoardQuery
+from p2paid.web.webstore import WebStore
 
 HOSTILE = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
 
 
 @asynccontextmanager
-async def running(data_dir: Path) -> AsyncIterator[tuple[Node, httpx.AsyncClient]]:
+async def running(data_dir: Path, *, pair: bool = True
+                  ) -> AsyncIterator[tuple[Node, httpx.AsyncClient]]:
+    """A node on ``data_dir`` (its one board) and a client for its web app: a phone
+    paired through the real pairing pages, unless ``pair`` is False."""
     async with open_node(data_dir, listen=None, mdns=False) as node:
-        app = create_app(node)
+        web = WebStore(data_dir)
+        app = create_app(node, web=web)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            if pair:
+                await pair_phone(client, web, node.board().id, "Chidi")
             yield node, client
+        web.close()
+
+
+async def pair_phone(client: httpx.AsyncClient, web: WebStore, board_id: bytes,
+                     name: str) -> None:
+    """Pair ``client`` as a phone would: open the invite link, send the form."""
+    token, _ = web.create_invite(board_id)
+    page = await client.get(f"/pair/{token}")
+    assert page.status_code == 200, page.text
+    nonce = re.search(r'name="nonce" value="([^"]+)"', page.text)
+    assert nonce
+    done = await client.post(f"/pair/{token}", data={"nonce": nonce.group(1), "name": name})
+    assert done.status_code == 303, done.text
+
+
+def csrf_of(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, "the page has no form"
+    return found.group(1)
 
 
 def _board(data_dir: Path, name: str = "Riverside") -> str:
@@ -57,7 +84,7 @@ def _pledge_as_another_member(data_dir: Path, item_id: str, note: str,
 async def test_the_boards_page_lists_boards_and_escapes_their_names(tmp_path: Path) -> None:
     _board(tmp_path, HOSTILE)
     async with running(tmp_path) as (_node, client):
-        page = await client.get("/")
+        page = await client.get("/", follow_redirects=True)
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "<script>alert" not in page.text and "onerror=alert" not in page.text.replace(

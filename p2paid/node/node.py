@@ -86,6 +86,8 @@ class Node:
         self._boards: dict[bytes, AsyncBoard] = {}
         self.listen_address: tuple[str, int] | None = None
         self.last_sync: dict[bytes, float] = {}
+        #: more to publish with the status (the web interface's address, say)
+        self.status_extras: dict[str, object] = {}
         self._sync_record = SyncRecorder(store)
         self._sync_progress = SyncProgress()
         #: how its connections run: big batches are applied once a link falls quiet
@@ -337,6 +339,7 @@ class Node:
             "peers": [asdict(p) for p in self.peers()],
             "targets": [asdict(t) for t in self.dialer.states()],
             "last_sync": {b.hex(): t for b, t in self.last_sync.items()},
+            **self.status_extras,
         }
 
 

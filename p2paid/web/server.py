@@ -15,13 +15,27 @@ from hypercorn.trio import serve
 from p2paid.net.tcp import format_address
 from p2paid.node.node import Node
 from p2paid.web.app import create_app
+from p2paid.web.webstore import WebStore
 
-__all__ = ["serve_web"]
+__all__ = ["base_url", "serve_web"]
 
 log = logging.getLogger("p2paid.web")
 
 
+def base_url(address: tuple[str, int]) -> str:
+    """The URL phones use for a server bound to ``address``: for a wildcard bind, this
+    machine's first LAN address (what a poster's QR code must name)."""
+    host, port = address
+    if host in ("0.0.0.0", "::", ""):
+        from p2paid.net.mdns import local_networks
+
+        networks = local_networks()
+        host = str(networks[0].ip) if networks else "127.0.0.1"
+    return f"http://{format_address(host, port)}"
+
+
 async def serve_web(node: Node, host: str, port: int, *, hosts: Iterable[str] = (),
+                    web: WebStore | None = None,
                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
     """Serve :func:`~p2paid.web.app.create_app` of ``node`` on ``host:port`` (0 picks a
@@ -46,7 +60,7 @@ async def serve_web(node: Node, host: str, port: int, *, hosts: Iterable[str] = 
 
     try:
         async with trio.open_nursery() as nursery:
-            app = create_app(node, hosts=allowed)
+            app = create_app(node, web=web, hosts=allowed)
             # (Hypercorn types ASGI apps by its own TypedDicts; Guard is plain ASGI)
             binds = await nursery.start(partial(serve, cast(Any, app), config,
                                                 shutdown_trigger=shutdown_trigger))

@@ -289,3 +289,12 @@ def test_the_catalogs_are_package_data() -> None:
     shipped = {p for pattern in patterns for p in package.glob(pattern)}
     for path in [*LOCALE_DIR.rglob("*.po"), LOCALE_DIR / "messages.pot", WEB / "babel.cfg"]:
         assert path in shipped, path
+
+
+def test_the_stylesheet_mirrors_for_right_to_left() -> None:
+    """Only logical properties (inline/block), so that dir="rtl" mirrors every page."""
+    css = (WEB / "static" / "style.css").read_text()
+    physical = re.findall(r"[\w-]*\b(?:left|right)\b[\w-]*\s*:|:\s*(?:left|right)\b"
+                          r"|\b(?:margin|padding)\s*:\s*[^;\s]+(?:\s+[^;\s}]+){2,}", css)
+    assert physical == []
+    assert "padding-inline" in css and "margin-inline" in css

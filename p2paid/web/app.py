@@ -3,7 +3,8 @@
 Every page is server-rendered HTML that works without JavaScript; the templates
 autoescape everything, so text from the board (any member may be hostile) is
 shown, never run. The app reads the node's boards through the typed async API
-(:class:`~p2paid.node.asyncboard.AsyncBoard`); it holds no state of its own.
+(:class:`~p2paid.node.asyncboard.AsyncBoard`); it holds no state of its own. Every page
+is in the request's language (:mod:`p2paid.web.i18n`), with a picker at its foot.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import jinja2
+from jinja2.runtime import Context
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,13 +29,17 @@ from p2paid.node.node import Node
 from p2paid.web.guard import Guard
 from p2paid.web.hosts import HostAllowList
 from p2paid.web.member_pages import MemberPages
+from p2paid.web.i18n import COOKIE, Language, Languages, load_languages
+from p2paid.web.labels import label
 from p2paid.web.pages import STATUSES, BoardQuery, page_of
 from p2paid.web.webstore import WebStore
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "language_of"]
 
 HERE: Final = Path(__file__).parent
 _HEX: Final = frozenset("0123456789abcdef")
+#: How long the picker's choice is remembered: a year.
+COOKIE_MAX_AGE: Final = 365 * 24 * 3600
 
 
 def _environment() -> jinja2.Environment:
@@ -43,9 +49,53 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
     )
     env.filters["short_fingerprint"] = lambda hex_key: short_fingerprint(bytes.fromhex(hex_key))
+
+    # The catalog is the page's ``language`` (one environment serves every language).
+    @jinja2.pass_context
+    def gettext(ctx: Context, message: str) -> str:
+        return ctx["language"].translations.gettext(message)  # type: ignore[no-any-return]
+
+    @jinja2.pass_context
+    def ngettext(ctx: Context, singular: str, plural: str, n: int) -> str:
+        return ctx["language"].translations.ngettext(  # type: ignore[no-any-return]
+            singular, plural, n)
+
+    @jinja2.pass_context
+    def pgettext(ctx: Context, context: str, message: str) -> str:
+        return ctx["language"].translations.pgettext(  # type: ignore[no-any-return]
+            context, message)
+
+    @jinja2.pass_context
+    def npgettext(ctx: Context, context: str, singular: str, plural: str, n: int) -> str:
+        return ctx["language"].translations.npgettext(  # type: ignore[no-any-return]
+            context, singular, plural, n)
+
+    @jinja2.pass_context
+    def label_of(ctx: Context, context: str, value: str) -> str:
+        return label(ctx["language"].translations, context, value)
+
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        gettext, ngettext, newstyle=True, pgettext=pgettext, npgettext=npgettext)
+    env.globals["label"] = label_of
     return env
+
+
+def language_of(request: Request, languages: Languages | None = None) -> Language:
+    """The language of a request: the picker's cookie, else ``Accept-Language``."""
+    return (languages or load_languages()).choose(request.cookies.get(COOKIE),
+                                                  request.headers.get("accept-language"))
+
+
+def _local_path(target: str) -> str:
+    """``target`` if it is a path on this site (where the picker came from), else ``/``:
+    never ``//host`` or ``/\\host``, which browsers take for another site."""
+    if (not target.startswith("/") or target.startswith("//") or "\\" in target
+            or not target.isprintable() or len(target) > 2000):
+        return "/"
+    return target
 
 
 def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] = (),
@@ -65,10 +115,14 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
     """
     env = _environment()
     web = web if web is not None else WebStore(node.store.data_dir)
+    languages = load_languages()
 
     def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
-        html = env.get_template(template).render(request=request, **context)
-        return HTMLResponse(html, status_code=status)
+        language = language_of(request, languages)
+        html = env.get_template(template).render(request=request, language=language,
+                                                 languages=languages, **context)
+        return HTMLResponse(html, status_code=status, headers={
+            "content-language": language.tag, "vary": "Accept-Language, Cookie"})
 
     pages = MemberPages(node, web, render, secure=secure)
 
@@ -105,6 +159,19 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
                       csrf=member.csrf, me=me,
                       pledged=any(c.author == me for c in item.claims))
 
+    async def choose_language(request: Request) -> Response:
+        """The picker's form: remember the language in a cookie, back to the page."""
+        async with request.form(max_files=0, max_fields=4) as form:
+            tag, target = form.get("lang"), form.get("next")
+        language = languages.get(tag if isinstance(tag, str) else None)
+        if language is None:
+            raise HTTPException(400)
+        response = RedirectResponse(_local_path(target if isinstance(target, str) else "/"),
+                                    status_code=303)
+        response.set_cookie(COOKIE, language.tag, max_age=COOKIE_MAX_AGE, path="/",
+                            samesite="strict", httponly=False)
+        return response
+
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -120,6 +187,7 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
             *pages.routes(),
             Route("/b/{board}", board_page),
             Route("/b/{board}/i/{item}", item_page),
+            Route("/language", choose_language, methods=["POST"]),
             Route("/healthz", health),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],

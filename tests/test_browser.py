@@ -48,6 +48,7 @@ from playwright.sync_api import (
 )
 
 from p2paid.web.pages import PAGE_SIZE
+from p2paid.web.webstore import WebStore
 
 #: The issue's budgets, printed beside the measures (not asserted).
 FIRST_PAGE_BUDGET = 60 * 1024
@@ -62,6 +63,16 @@ _VIOLATIONS = ("window.__csp = []; document.addEventListener('securitypolicyviol
 class Site:
     url: str
     demo: DemoBoard
+    data_dir: Path
+
+    def pair(self, page: Page, name: str = "Chidi") -> None:
+        """Pair ``page``'s phone as a member would: open an invite link, tap Join."""
+        with WebStore(self.data_dir) as web:
+            token, _ = web.create_invite(bytes.fromhex(self.demo.board))
+        page.goto(f"{self.url}/pair/{token}")
+        page.fill("#name", name)
+        page.locator("main button[type=submit]").click()
+        page.wait_for_url(self.board_url)
 
     @property
     def board_url(self) -> str:
@@ -103,7 +114,7 @@ def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     data_dir = tmp_path_factory.mktemp("browser") / "amina"
     demo = seed_demo_board(data_dir)
     with WebThread(data_dir) as web:
-        yield Site(web.url, demo)
+        yield Site(web.url, demo, data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +127,13 @@ def screenshots(request: pytest.FixtureRequest,
 
 
 @pytest.fixture(params=[True, False], ids=["js", "no-js"])
-def phone(request: pytest.FixtureRequest, browser: Browser) -> Iterator[Phone]:
+def phone(request: pytest.FixtureRequest, browser: Browser, site: Site) -> Iterator[Phone]:
+    """A phone paired with the demo board (JavaScript on, then off)."""
     context = phone_context(browser, javascript=request.param)
     context.add_init_script(_VIOLATIONS)
     page = context.new_page()
     phone = Phone(page, request.param)
+    site.pair(page)
 
     def on_dialog(dialog: Dialog) -> None:
         phone.dialogs.append(dialog.message)

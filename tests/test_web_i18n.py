@@ -15,12 +15,14 @@ import pytest
 from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
+from test_web import pair_phone
 
 from p2paid.board.store import open_store
 from p2paid.node.node import open_node
 from p2paid.web import create_app
 from p2paid.web.i18n import LOCALE_DIR, compile_po, load_languages, parse_accept_language
 from p2paid.web.labels import LABELS
+from p2paid.web.webstore import WebStore
 from p2paid.web.zawgyi import looks_like_zawgyi
 
 WEB = LOCALE_DIR.parent
@@ -34,10 +36,15 @@ Msg = tuple[str | tuple[str, ...], str | None]
 
 @asynccontextmanager
 async def client_of(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for the node's web app, paired as a phone (redirects followed, so that
+    ``/`` is the phone's board)."""
     async with open_node(data_dir, listen=None, mdns=False) as node:
-        transport = httpx.ASGITransport(app=create_app(node))
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            yield client
+        with WebStore(data_dir) as web:
+            transport = httpx.ASGITransport(app=create_app(node, web=web))
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1",
+                                         follow_redirects=True) as client:
+                await pair_phone(client, web, node.board().id, "Chidi")
+                yield client
 
 
 def _board(data_dir: Path, name: str = "Riverside") -> str:

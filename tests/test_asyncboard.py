@@ -40,8 +40,8 @@ def _parameters(function: Callable[..., object]) -> list[tuple[str, object, obje
             (fields,) = get_args(hints[name])
             keys = fields.__required_keys__ | fields.__optional_keys__
             out.extend((key, "keyword field", None) for key in sorted(keys))
-        elif p.kind is p.KEYWORD_ONLY and function.__qualname__.startswith("Board.") and (
-                function.__name__ in ("post", "edit")):
+        elif p.kind is p.KEYWORD_ONLY and function.__qualname__.startswith(
+                ("Board.", "MemberBoard.")) and function.__name__ in ("post", "edit"):
             out.append((name, "keyword field", None))
         else:
             out.append((name, p.kind, p.default))

@@ -89,10 +89,10 @@ class DeviceRegistry:
     def all(self, board_id: bytes | None = None) -> list[Device]:
         """Every device (of one board), oldest first, revoked ones included."""
         if board_id is None:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM devices ORDER BY created, id")
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM devices ORDER BY created, rowid")
         else:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM devices WHERE board_id = ? ORDER BY created, id",
+                f"SELECT {_COLUMNS} FROM devices WHERE board_id = ? ORDER BY created, rowid",
                 (board_id,))
         return [_device(r) for r in rows]
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Final, final
@@ -21,6 +22,7 @@ from playwright.sync_api import Browser, BrowserContext, Playwright
 from p2paid.board.store import open_store
 from p2paid.node.node import open_node
 from p2paid.web import serve_web
+from p2paid.web.limits import WebLimits
 
 __all__ = [
     "CHROMIUM",
@@ -183,7 +185,10 @@ class WebThread:
         with trio.CancelScope() as scope:
             async with open_node(self._data_dir, listen=None, mdns=False) as node, \
                     trio.open_nursery() as nursery:
-                host, port = await nursery.start(serve_web, node, "127.0.0.1", 0)
+                # (every test pairs a phone from 127.0.0.1: no pairing limit here)
+                host, port = await nursery.start(partial(
+                    serve_web, node, "127.0.0.1", 0,
+                    limits=WebLimits(pairing_per_minute=6000, pairing_burst=1000)))
                 self.url = f"http://{host}:{port}"
                 self._token = trio.lowlevel.current_trio_token()
                 self._scope = scope

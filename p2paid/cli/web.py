@@ -92,10 +92,11 @@ def cmd_web_invite(args: argparse.Namespace) -> int:
 
 def cmd_web_invites(args: argparse.Namespace) -> int:
     with open_store(args.data_dir, create=False) as store, WebStore(store.data_dir) as web:
-        names = {b.id: b.name for b in store.boards()}
+        names: dict[bytes, str] = {bytes(b.id): b.name for b in store.boards()}
         invites = web.invites()
     now = int(time.time())
-    rows = [{"id": i.id, "board": i.board_id.hex(), "name": names.get(i.board_id, "?"),
+    rows: list[dict[str, Any]] = [
+            {"id": i.id, "board": i.board_id.hex(), "name": names.get(i.board_id, "?"),
              "uses_left": i.uses_left, "uses": i.uses, "expires": i.expires,
              "state": "revoked" if i.revoked else "expired" if now >= i.expires
              else "used up" if i.uses_left == 0 else "open", "label": i.label}
@@ -114,10 +115,10 @@ def cmd_web_invites(args: argparse.Namespace) -> int:
 
 def cmd_web_devices(args: argparse.Namespace) -> int:
     with open_store(args.data_dir, create=False) as store:
-        names = {b.id: b.name for b in store.boards()}
+        names: dict[bytes, str] = {bytes(b.id): b.name for b in store.boards()}
         devices = store.devices()
-        posts = {b.id: _posts_by_author(b.items()) for b in store.boards()}
-    rows = [{"id": d.id, "name": d.name, "board": d.board_id.hex(),
+        posts = {bytes(b.id): _posts_by_author(b.items()) for b in store.boards()}
+    rows: list[dict[str, Any]] = [{"id": d.id, "name": d.name, "board": d.board_id.hex(),
              "board_name": names.get(d.board_id, "?"), "fingerprint": d.fingerprint,
              "last_seen": d.last_seen, "revoked": d.revoked,
              "posts": posts.get(d.board_id, {}).get(d.author.hex(), 0)} for d in devices]

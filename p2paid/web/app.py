@@ -28,9 +28,10 @@ from p2paid.errors import P2paidError
 from p2paid.node.node import Node
 from p2paid.web.guard import Guard
 from p2paid.web.hosts import HostAllowList
-from p2paid.web.member_pages import MemberPages
 from p2paid.web.i18n import COOKIE, Language, Languages, load_languages
 from p2paid.web.labels import label
+from p2paid.web.limits import WebLimits
+from p2paid.web.member_pages import MemberPages
 from p2paid.web.pages import STATUSES, BoardQuery, page_of
 from p2paid.web.webstore import WebStore
 
@@ -99,7 +100,8 @@ def _local_path(target: str) -> str:
 
 
 def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] = (),
-               any_address: bool = True, secure: bool = False) -> Guard:
+               any_address: bool = True, secure: bool = False,
+               limits: WebLimits | None = None) -> Guard:
     """The web interface of ``node``, as an ASGI application. Only paired phones see a
     board (each its own: :mod:`p2paid.web.member_pages`); everyone else sees how to
     pair.
@@ -124,7 +126,7 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
         return HTMLResponse(html, status_code=status, headers={
             "content-language": language.tag, "vary": "Accept-Language, Cookie"})
 
-    pages = MemberPages(node, web, render, secure=secure)
+    pages = MemberPages(node, web, render, secure=secure, limits=limits)
 
     async def home(request: Request) -> Response:
         member = pages.member(request)
@@ -138,10 +140,13 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
         assert member is not None
         query = BoardQuery.parse(request.query_params)
         now = now_ms()
-        page = page_of(board.items(), query, now)
+        items = board.items()
+        page = page_of(items, query, now)
+        needs = sum(i.kind is ItemKind.NEED for i in items)
         return render(request, "board.html", board=board, query=query, page=page, now=now,
                       kinds=list(ItemKind), categories=list(Category),
-                      urgencies=list(Urgency), statuses=STATUSES, csrf=member.csrf)
+                      urgencies=list(Urgency), statuses=STATUSES, csrf=member.csrf,
+                      needs=needs, offers=len(items) - needs)
 
     async def item_page(request: Request) -> Response:
         member = pages.member(request)

@@ -8,9 +8,23 @@ flood of fresh addresses cannot grow the node's memory.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import final
 
-__all__ = ["Limiter"]
+
+@final
+@dataclass(frozen=True, slots=True)
+class WebLimits:
+    """How fast one phone or address may act (per minute, after a burst)."""
+
+    #: pairing attempts per address: a poster's 200 uses are not one script's to take
+    pairing_per_minute: float = 6
+    pairing_burst: int = 10
+    #: changes (posts, pledges, edits) per phone and per address
+    posting_per_minute: float = 30
+    posting_burst: int = 20
+
+__all__ = ["Limiter", "WebLimits"]
 
 
 @final

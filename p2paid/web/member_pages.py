@@ -22,8 +22,9 @@ from starlette.routing import Route
 from p2paid.board.model import ItemKind
 from p2paid.errors import P2paidError, ValidationError
 from p2paid.node.asyncboard import AsyncBoard
+from p2paid.node.asyncmember import AsyncDeviceBoard
 from p2paid.node.node import Node
-from p2paid.web.limits import Limiter
+from p2paid.web.limits import Limiter, WebLimits
 from p2paid.web.session import (
     PAIR_COOKIE,
     Member,
@@ -51,18 +52,21 @@ class MemberPages:
         web: invites and sessions.
         render: renders a template into a response.
         secure: cookies only over HTTPS.
+        limits: the rate limits.
         clock: seconds (for the rate limits).
     """
 
     def __init__(self, node: Node, web: WebStore, render: Render, *, secure: bool = False,
+                 limits: WebLimits | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._node = node
         self._web = web
         self._render = render
         self._secure = secure
         self._clock = clock
-        self.pairing_limit = Limiter(per_minute=6, burst=10)
-        self.posting_limit = Limiter(per_minute=30, burst=20)
+        limits = limits or WebLimits()
+        self.pairing_limit = Limiter(limits.pairing_per_minute, limits.pairing_burst)
+        self.posting_limit = Limiter(limits.posting_per_minute, limits.posting_burst)
 
     def routes(self) -> list[Route]:
         return [
@@ -102,7 +106,7 @@ class MemberPages:
         except P2paidError:
             raise HTTPException(404) from None
 
-    def _writer(self, request: Request, member: Member) -> AsyncBoard:
+    def _writer(self, request: Request, member: Member) -> AsyncDeviceBoard:
         board = self.board_for(request, member)
         device = self._node.store.device(member.session.device_id)
         return board.as_device(device)

@@ -15,6 +15,7 @@ from hypercorn.trio import serve
 from p2paid.net.tcp import format_address
 from p2paid.node.node import Node
 from p2paid.web.app import create_app
+from p2paid.web.limits import WebLimits
 from p2paid.web.webstore import WebStore
 
 __all__ = ["base_url", "serve_web"]
@@ -35,7 +36,7 @@ def base_url(address: tuple[str, int]) -> str:
 
 
 async def serve_web(node: Node, host: str, port: int, *, hosts: Iterable[str] = (),
-                    web: WebStore | None = None,
+                    web: WebStore | None = None, limits: WebLimits | None = None,
                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
     """Serve :func:`~p2paid.web.app.create_app` of ``node`` on ``host:port`` (0 picks a
@@ -60,7 +61,7 @@ async def serve_web(node: Node, host: str, port: int, *, hosts: Iterable[str] = 
 
     try:
         async with trio.open_nursery() as nursery:
-            app = create_app(node, web=web, hosts=allowed)
+            app = create_app(node, web=web, hosts=allowed, limits=limits)
             # (Hypercorn types ASGI apps by its own TypedDicts; Guard is plain ASGI)
             binds = await nursery.start(partial(serve, cast(Any, app), config,
                                                 shutdown_trigger=shutdown_trigger))

@@ -4,6 +4,7 @@ check and the security headers; through the ASGI app and through a real socket."
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -231,3 +232,57 @@ def test_names_are_checked_even_when_any_address_is_allowed() -> None:
     strict = HostAllowList(["10.0.0.7"], any_address=False)
     assert strict.allows("10.0.0.7:8080") and not strict.allows("10.0.0.8")
     assert strict.allows("[::1]:8080")
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (as a group's own would be)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "web.crt", folder / "web.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_https_with_the_group_s_certificate_and_secure_cookies(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    board_hex = _board(data_dir)
+    cert, key = _self_signed(tmp_path)
+    with trio.fail_after(20):
+        async with open_node(data_dir, listen=None, mdns=False) as node, \
+                trio.open_nursery() as nursery:
+            web = WebStore(data_dir)
+            host, port = await nursery.start(partial(
+                serve_web, node, "127.0.0.1", 0, web=web, certfile=str(cert),
+                keyfile=str(key)))
+            trusted = ssl.create_default_context(cafile=str(cert))
+            async with httpx.AsyncClient(base_url=f"https://{host}:{port}",
+                                         verify=trusted) as client:
+                token, _ = web.create_invite(node.board().id)
+                page = await client.get(f"/pair/{token}")
+                nonce = re.search(r'name="nonce" value="([^"]+)"', page.text)
+                assert nonce
+                done = await client.post(f"/pair/{token}", data={"nonce": nonce.group(1)})
+                cookie = done.headers["set-cookie"]
+                assert "secure" in cookie.lower() and "httponly" in cookie.lower()
+                assert (await client.get(f"/b/{board_hex}")).status_code == 200
+            nursery.cancel_scope.cancel()
+            web.close()

@@ -164,3 +164,29 @@ async def test_hostile_text_posted_by_a_phone_is_shown_as_text(tmp_path: Path) -
         page = await amal.get(done.headers["location"])
         assert "<script>alert" not in page.text and "<img src=x" not in page.text
         assert "&lt;script&gt;" in page.text and "&lt;b&gt;Amal&lt;/b&gt;" in page.text
+
+
+async def test_the_coordinator_s_phone_posts_as_the_node_s_own_member(tmp_path: Path) -> None:
+    board_hex = _board(tmp_path)
+    async with serving(tmp_path) as (node, web, transport), phone(transport) as mine:
+        token, _ = web.create_invite(node.board().id, as_me=True)
+        page = await mine.get(f"/pair/{token}")
+        nonce = re.search(r'name="nonce" value="([^"]+)"', page.text)
+        assert nonce
+        assert (await mine.post(f"/pair/{token}", data={"nonce": nonce.group(1)})
+                ).status_code == 303
+        done = await post_need(mine, board_hex, "Generator fuel")
+        item = node.board().get(done.headers["location"].rsplit("/", 1)[-1])
+        assert item.author == node.board().author.hex() and node.store.devices() == []
+
+
+async def test_zawgyi_text_is_refused_with_a_hint(tmp_path: Path) -> None:
+    board_hex = _board(tmp_path)
+    zawgyi = "လူတိုင္းသည္ တူညီ လြတ္လပ္ေသာ ဂုဏ္သိကၡာ"  # (Zawgyi-encoded Burmese)
+    async with serving(tmp_path) as (node, web, transport), phone(transport) as amal:
+        await pair_phone(amal, web, node.board().id, "Amal")
+        refused = await post_need(amal, board_hex, zawgyi)
+        assert refused.status_code == 400 and "Zawgyi" in refused.text
+        unicode = await post_need(amal, board_hex, "ရေသန့် လိုအပ်သည်")
+        assert unicode.status_code == 303
+        assert [i.title for i in node.board().items()] == ["ရေသန့် လိုအပ်သည်"]

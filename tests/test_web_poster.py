@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import segno
 
+from p2paid.errors import UsageError
 from p2paid.web.poster import invite_url, poster_svg, write_poster
 
 URL = invite_url("http://10.0.0.1:8080/", "Zm9vYmFyYmF6cXV4")
@@ -40,5 +41,5 @@ def test_posters_of_each_kind(tmp_path: Path, suffix: str, magic: bytes) -> None
 
 
 def test_another_kind_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="a poster is"):
+    with pytest.raises(UsageError, match="a poster is"):
         write_poster(tmp_path / "poster.jpg", URL, "Camp")

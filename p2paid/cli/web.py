@@ -28,6 +28,8 @@ __all__ = ["add_web_commands", "duration"]
 
 _UNITS: Final = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_TTL_S: Final = 90 * 86400
+#: An invite to post as the node's own member is short-lived: it is shown on screen.
+PAIR_AS_ME_TTL_S: Final = 15 * 60
 
 
 def duration(text: str) -> int:
@@ -87,6 +89,26 @@ def cmd_web_invite(args: argparse.Namespace) -> int:
         import segno
 
         segno.make(url, error="m").terminal(compact=True)
+    return 0
+
+
+def cmd_web_pair(args: argparse.Namespace) -> int:
+    if not args.as_me:
+        raise UsageError("'web pair' pairs your own phone with --as-me; for members' "
+                         "phones, use 'p2paid web invite'")
+    with open_store(args.data_dir, create=False) as store, WebStore(store.data_dir) as web:
+        board = store.board(args.board)
+        base = _web_address(args)
+        token, invite = web.create_invite(board.id, uses=1, expires_in=PAIR_AS_ME_TTL_S,
+                                          label="your own phone", as_me=True)
+    url = invite_url(base, token)
+    print(f"scan this with your own phone within 15 minutes: it will post on "
+          f"{safe(board.name)} as you (this node's member, {board.author_fingerprint})")
+    print(url)
+    import segno
+
+    segno.make(url, error="m").terminal(compact=True)
+    print(f"(revoke it with 'p2paid web invite --revoke {invite.id}')")
     return 0
 
 
@@ -177,6 +199,15 @@ def add_web_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> N
     p.add_argument("--label", metavar="TEXT", help="a note for 'web invites' (where it hangs)")
     p.add_argument("--revoke", metavar="INVITE_ID",
                    help="revoke this invite instead of making one")
+    p = cmd("pair", cmd_web_pair, "pair your own phone with the node's member key (--as-me): "
+            "a QR code in the terminal, valid for 15 minutes", wsub)
+    p.add_argument("--as-me", action="store_true", required=True,
+                   help="your phone posts as this node's member (you), not as a new one")
+    p.add_argument("--board", metavar="ID", help="board id prefix or name (needed only when "
+                   "several boards are joined)")
+    p.add_argument("--url", metavar="http://ADDRESS:PORT",
+                   help="the address your phone reaches the node at (default: what the "
+                        "running node's --web says)")
     cmd("invites", cmd_web_invites, "list invites (uses left, expiry, state)", wsub, True)
     cmd("devices", cmd_web_devices, "list paired phones (name, board, last seen, posts)",
         wsub, True)

@@ -50,6 +50,7 @@ from p2paid.node.storewatch import StoreWatcher
 from p2paid.node.syncprogress import SyncProgress
 from p2paid.node.syncrecord import SyncRecorder
 from p2paid.storage.lock import DataDirLock
+from p2paid.storage.runtime import encode_runtime
 
 __all__ = ["Node", "PeerInfo", "open_node"]
 
@@ -326,6 +327,10 @@ class Node:
         """The node's services ended: write what is still pending."""
         with contextlib.suppress(P2paidError):
             self._sync_record.flush(everything=True)
+
+    def publish_status(self) -> None:
+        """Publish :meth:`status` now (it is also published every few seconds)."""
+        self.store.write_runtime(encode_runtime(self.status()))
 
     def status(self) -> dict[str, object]:
         """What ``p2paid status`` and ``peers`` show of a running node: its connected

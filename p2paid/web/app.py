@@ -159,7 +159,7 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
             item = board.get(item_id)
         except P2paidError:
             raise HTTPException(404) from None
-        me = str(node.store.device(member.session.device_id).author.hex())
+        me = pages.author_of(member)
         return render(request, "item.html", board=board, item=item, now=now_ms(),
                       csrf=member.csrf, me=me,
                       pledged=any(c.author == me for c in item.claims))

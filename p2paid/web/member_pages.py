@@ -22,8 +22,10 @@ from starlette.routing import Route
 from p2paid.board.model import ItemKind
 from p2paid.errors import P2paidError, ValidationError
 from p2paid.node.asyncboard import AsyncBoard
-from p2paid.node.asyncmember import AsyncDeviceBoard
+from p2paid.node.asyncmember import AsyncMemberBoard
 from p2paid.node.node import Node
+from p2paid.web.i18n import COOKIE as LANGUAGE_COOKIE
+from p2paid.web.i18n import Language, load_languages
 from p2paid.web.limits import Limiter, WebLimits
 from p2paid.web.session import (
     PAIR_COOKIE,
@@ -34,14 +36,26 @@ from p2paid.web.session import (
 )
 from p2paid.web.tokens import MAX_TOKEN_TEXT, new_token
 from p2paid.web.webstore import PairingError, WebStore
+from p2paid.web.zawgyi import ZAWGYI_HINT, zawgyi_fields
 
-__all__ = ["MemberPages"]
+__all__ = ["AS_ME", "MemberPages"]
+
+
+def _language(request: Request) -> Language:
+    return load_languages().choose(request.cookies.get(LANGUAGE_COOKIE),
+                                   request.headers.get("accept-language"))
 
 Render = Callable[..., Response]
 #: Field names a post form may carry, and the longest value taken of each.
 _FIELDS: Final = {"title": 200, "details": 2000, "category": 20, "urgency": 20,
                   "quantity": 12, "unit": 40, "location": 200}
 _SEE_OTHER: Final = 303
+#: The device id of a session that posts as the node's own member (``web pair --as-me``).
+AS_ME: Final = "@me"
+#: A device's "last seen" is written at most this often.
+TOUCH_EVERY_MS: Final = 60_000
+#: Form fields whose text is checked for Zawgyi (Burmese in the legacy encoding).
+_TEXT_FIELDS: Final = ("title", "details", "location", "unit", "note", "name")
 
 
 class MemberPages:
@@ -87,13 +101,24 @@ class MemberPages:
         session = self._web.session(token)
         if token is None or session is None:
             return None
-        try:
-            device = self._node.store.device(session.device_id)
-        except P2paidError:
-            return None
-        if device.revoked is not None:
-            return None
+        if session.device_id != AS_ME:
+            try:
+                device = self._node.store.device(session.device_id)
+            except P2paidError:
+                return None
+            if device.revoked is not None:
+                return None
+            now = int(time.time() * 1000)
+            if device.last_seen is None or now - device.last_seen > TOUCH_EVERY_MS:
+                self._node.store.touch_device(device.id)  # (for 'p2paid web devices')
+        self._web.touch(token)
         return Member(token, session)
+
+    def author_of(self, member: Member) -> str:
+        """The author key (hex) the member's phone posts with."""
+        if member.session.device_id == AS_ME:
+            return bytes(self._node.board(member.session.board_id).author).hex()
+        return bytes(self._node.store.device(member.session.device_id).author).hex()
 
     def board_for(self, request: Request, member: Member | None) -> AsyncBoard:
         """The board the URL names, if ``member`` is paired with it (else 404, so that
@@ -106,10 +131,11 @@ class MemberPages:
         except P2paidError:
             raise HTTPException(404) from None
 
-    def _writer(self, request: Request, member: Member) -> AsyncDeviceBoard:
+    def _writer(self, request: Request, member: Member) -> AsyncMemberBoard:
         board = self.board_for(request, member)
-        device = self._node.store.device(member.session.device_id)
-        return board.as_device(device)
+        if member.session.device_id == AS_ME:
+            return board  # the coordinator's phone: the node's own member
+        return board.as_device(self._node.store.device(member.session.device_id))
 
     async def _form(self, request: Request, member: Member | None) -> tuple[Member, FormData]:
         if member is None:
@@ -117,6 +143,9 @@ class MemberPages:
         form = await request.form(max_files=0, max_fields=20, max_part_size=4096)
         if not member.form_ok(_text(form, "csrf", MAX_TOKEN_TEXT)):
             raise HTTPException(403, "this form has expired; reload the page and try again")
+        typed = {n: v for n in _TEXT_FIELDS if isinstance(v := form.get(n), str)}
+        if zawgyi_fields(typed):
+            raise HTTPException(400, _language(request).translations.gettext(ZAWGYI_HINT))
         client = request.client.host if request.client else "?"
         if not (self.posting_limit.allow(member.session.device_id, self._clock())
                 and self.posting_limit.allow(f"addr {client}", self._clock())):
@@ -157,10 +186,15 @@ class MemberPages:
         except PairingError as exc:
             return self._render(request, "pair.html", status=410, board=None, usable=False,
                                 nonce="", token="", reason=str(exc))
-        device = self._node.store.add_device(invite.board_id, name or "phone")
-        if name:
-            await self._node.board(invite.board_id).as_device(device).set_display_name(name)
-        session = self._web.create_session(device.id, invite.board_id)
+        if invite.as_me:
+            device_id = AS_ME
+        else:
+            device = self._node.store.add_device(invite.board_id, name or "phone")
+            device_id = device.id
+            if name:
+                await self._node.board(invite.board_id).as_device(device).set_display_name(
+                    name)
+        session = self._web.create_session(device_id, invite.board_id)
         response = RedirectResponse(f"/b/{invite.board_id.hex()}", status_code=_SEE_OTHER)
         set_session(response, session, secure=self._secure)
         response.delete_cookie(PAIR_COOKIE, path="/pair")

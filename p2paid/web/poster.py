@@ -16,6 +16,9 @@ from xml.sax.saxutils import escape
 
 import segno
 
+from p2paid.errors import UsageError
+from p2paid.storage.files import file_error
+
 __all__ = ["POSTER_KINDS", "invite_url", "poster_svg", "write_poster"]
 
 POSTER_KINDS: Final = (".svg", ".png", ".pdf")
@@ -84,14 +87,18 @@ def write_poster(path: str | Path, url: str, board_name: str,
     the kind.
 
     Raises:
-        ValueError: another suffix.
+        UsageError: another suffix.
+        FileError: the file cannot be written.
     """
     out = Path(path)
     suffix = out.suffix.lower()
     if suffix not in POSTER_KINDS:
-        raise ValueError(f"a poster is {', '.join(POSTER_KINDS)}, not {suffix or 'nothing'}")
-    if suffix == ".svg":
-        out.write_text(poster_svg(url, board_name, languages), encoding="utf-8")
-    else:
-        _qr(url).save(str(out), kind=suffix[1:], scale=12, border=4)
+        raise UsageError(f"a poster is {', '.join(POSTER_KINDS)}, not {suffix or 'nothing'}")
+    try:
+        if suffix == ".svg":
+            out.write_text(poster_svg(url, board_name, languages), encoding="utf-8")
+        else:
+            _qr(url).save(str(out), kind=suffix[1:], scale=12, border=4)
+    except OSError as exc:
+        raise file_error(out, exc, "write the poster") from exc
     return out

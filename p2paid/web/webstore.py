@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS invites (
     created     INTEGER NOT NULL,
     expires     INTEGER NOT NULL,
     revoked     INTEGER NOT NULL DEFAULT 0,
-    label       TEXT NOT NULL DEFAULT ''
+    label       TEXT NOT NULL DEFAULT '',
+    as_me       INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS sessions (
     token_hash  BLOB PRIMARY KEY,
@@ -62,6 +63,8 @@ class InviteRow:
     expires: int
     revoked: bool
     label: str
+    #: pairs the phone to the node's own member key (the coordinator's phone)
+    as_me: bool = False
 
     def usable(self, now: int) -> bool:
         return not self.revoked and self.uses_left > 0 and now < self.expires
@@ -122,9 +125,12 @@ class WebStore:
     # ------------------------------------------------------------------ invites
 
     def create_invite(self, board_id: bytes, *, uses: int = 1, expires_in: int = 7 * 86400,
-                      label: str = "") -> tuple[str, InviteRow]:
+                      label: str = "", as_me: bool = False) -> tuple[str, InviteRow]:
         """A new invite for ``uses`` phones, valid for ``expires_in`` seconds; returns
-        its token (shown once, in the poster's URL) and its row."""
+        its token (shown once, in the poster's URL) and its row. ``as_me``: the phone
+        posts as the node's own member (one use, for the coordinator's phone)."""
+        if as_me and uses != 1:
+            raise ValueError("an invite to post as the node's member pairs one phone")
         if uses < 1 or expires_in < 1:
             raise ValueError("an invite needs at least one use and a time to live")
         token = new_token()
@@ -132,16 +138,16 @@ class WebStore:
         invite_id = token_hash(token).hex()[:8]
         with self._write() as con:
             con.execute("INSERT INTO invites (id, token_hash, board_id, uses_left, uses, created,"
-                        " expires, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " expires, label, as_me) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (invite_id, token_hash(token), board_id, uses, uses, now,
-                         now + expires_in, label))
+                         now + expires_in, label, int(as_me)))
         return token, InviteRow(invite_id, board_id, uses, uses, now, now + expires_in, False,
-                                label)
+                                label, as_me)
 
     def invite(self, token: str) -> InviteRow | None:
         """The invite a token names (None for an unknown token)."""
         row = self._con.execute("SELECT id, board_id, uses_left, uses, created, expires, "
-                                "revoked, label FROM invites WHERE token_hash = ?",
+                                "revoked, label, as_me FROM invites WHERE token_hash = ?",
                                 (token_hash(token),)).fetchone()
         return None if row is None else _invite(row)
 
@@ -163,7 +169,7 @@ class WebStore:
 
     def invites(self) -> list[InviteRow]:
         rows = self._con.execute("SELECT id, board_id, uses_left, uses, created, expires, "
-                                 "revoked, label FROM invites ORDER BY created").fetchall()
+                                 "revoked, label, as_me FROM invites ORDER BY created").fetchall()
         return [_invite(r) for r in rows]
 
     def revoke_invite(self, invite_id: str) -> bool:
@@ -210,12 +216,12 @@ class WebStore:
 
 
 def _invite(row: tuple[object, ...]) -> InviteRow:
-    invite_id, board_id, uses_left, uses, created, expires, revoked, label = row
+    invite_id, board_id, uses_left, uses, created, expires, revoked, label, as_me = row
     assert isinstance(board_id, bytes) and isinstance(invite_id, str)
     assert isinstance(uses_left, int) and isinstance(uses, int) and isinstance(label, str)
     assert isinstance(created, int) and isinstance(expires, int)
     return InviteRow(invite_id, board_id, uses_left, uses, created, expires, bool(revoked),
-                     label)
+                     label, bool(as_me))
 
 
 def _why_not(invite: InviteRow | None, now: int) -> str:

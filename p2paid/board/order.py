@@ -7,19 +7,20 @@ from typing import Final
 
 from p2paid.board.model import Item, ItemKind, Urgency
 
-__all__ = ["coordinator_order"]
+__all__ = ["coordinator_key", "coordinator_order"]
 
 _STATUS_RANK: Final = {"open": 0, "expired": 1, "fulfilled": 2, "withdrawn": 3}
 _URGENCY_RANK: Final = {Urgency.CRITICAL: 0, Urgency.HIGH: 1, Urgency.NORMAL: 2,
                         Urgency.LOW: 3}
 
 
+def coordinator_key(item: Item, status: str) -> tuple[int, int, int, str]:
+    """The sort key of :func:`coordinator_order`, given the item's display status."""
+    urgency = item.urgency if item.kind is ItemKind.NEED else Urgency.NORMAL
+    return (_STATUS_RANK.get(status, 4), _URGENCY_RANK[urgency], -item.created, item.id)
+
+
 def coordinator_order(items: Sequence[Item], now: int) -> list[Item]:
     """Open items first (then expired, fulfilled, withdrawn), each group by urgency
     (critical, high, normal, low; offers count as normal), newest first within that."""
-    def key(item: Item) -> tuple[int, int, int, str]:
-        urgency = item.urgency if item.kind is ItemKind.NEED else Urgency.NORMAL
-        return (_STATUS_RANK.get(item.display_status(now), 4), _URGENCY_RANK[urgency],
-                -item.created, item.id)
-
-    return sorted(items, key=key)
+    return sorted(items, key=lambda item: coordinator_key(item, item.display_status(now)))

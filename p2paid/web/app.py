@@ -32,7 +32,7 @@ from p2paid.web.i18n import COOKIE, Language, Languages, load_languages
 from p2paid.web.labels import label
 from p2paid.web.limits import WebLimits
 from p2paid.web.member_pages import MemberPages
-from p2paid.web.pages import STATUSES, BoardQuery, page_of
+from p2paid.web.pages import STATUSES, BoardQuery, RankedItems, page_of
 from p2paid.web.webstore import WebStore
 
 __all__ = ["create_app", "language_of"]
@@ -127,6 +127,7 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
             "content-language": language.tag, "vary": "Accept-Language, Cookie"})
 
     pages = MemberPages(node, web, render, secure=secure, limits=limits)
+    ranked_items = RankedItems()
 
     async def home(request: Request) -> Response:
         member = pages.member(request)
@@ -140,13 +141,15 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
         assert member is not None
         query = BoardQuery.parse(request.query_params)
         now = now_ms()
-        items = board.items()
-        page = page_of(items, query, now)
-        needs = sum(i.kind is ItemKind.NEED for i in items)
+        inner = board.board
+        ranked = ranked_items.of(bytes(board.id), (inner.seen_id, inner.applied_count),
+                                 board.items, now)
+        page = page_of(ranked, query, now)
+        needs = sum(i.kind is ItemKind.NEED for _, i in ranked)
         return render(request, "board.html", board=board, query=query, page=page, now=now,
                       kinds=list(ItemKind), categories=list(Category),
                       urgencies=list(Urgency), statuses=STATUSES, csrf=member.csrf,
-                      needs=needs, offers=len(items) - needs)
+                      needs=needs, offers=len(ranked) - needs)
 
     async def item_page(request: Request) -> Response:
         member = pages.member(request)

@@ -310,3 +310,54 @@ def test_bytes_of_a_10000_item_board_for_the_record(
         for asset, size in sorted(sizes.items()):
             print(f"  {size:>8,} B  {asset.removeprefix(web.url)}")
         print(f"  {total:>8,} B  in all ({len(sizes)} requests; goal < {ALL_ASSETS_BUDGET:,})")
+
+
+def test_a_member_posts_a_need_and_another_phone_pledges_on_it(
+        site: Site, phone: Phone, browser: Browser, screenshots: Path) -> None:
+    """The issue's flow on real pages: a phone paired from its invite link posts a
+    need with the form; a second phone (another browser context, another member)
+    pledges on it; the first sees the pledge, with the second's name, on its page."""
+    page = phone.page
+    title = f"Tarpaulins ({'js' if phone.javascript else 'no-js'})"
+    page.goto(site.board_url)
+    page.locator("details.post summary").tap()
+    page.fill("#title", title)
+    page.select_option("#category", "shelter")
+    page.select_option("#urgency", "high")
+    page.fill("#quantity", "12")
+    page.locator("details.post button[type=submit]").tap()
+    page.wait_for_url(re.compile(r"/i/[0-9a-f]{32}$"))
+    expect(page.locator("h1")).to_have_text(title)
+    item_url = page.url
+    other = phone_context(browser, javascript=phone.javascript)
+    try:
+        second = other.new_page()
+        site.pair(second, "Dana")
+        second.goto(item_url)
+        second.fill("#quantity", "5")
+        second.locator("form[action$='/pledge'] button[type=submit]").tap()
+        second.wait_for_url(item_url)
+        expect(second.get_by_role("button", name="Cancel my pledge")).to_be_visible()
+    finally:
+        other.close()
+    page.goto(item_url)
+    expect(page.locator(".claims li")).to_contain_text("Dana")
+    expect(page.locator("dl")).to_contain_text("7 of 12")
+    phone.shoot(screenshots, "item-with-pledge")
+
+
+def test_an_arabic_phone_gets_a_right_to_left_page(site: Site, browser: Browser,
+                                                   screenshots: Path) -> None:
+    context = browser.new_context(
+        viewport={"width": 360, "height": 740}, device_scale_factor=2, is_mobile=True,
+        has_touch=True, locale="ar-EG", extra_http_headers={"accept-language": "ar-EG,ar"})
+    try:
+        page = context.new_page()
+        site.pair(page, "ليلى")
+        page.goto(site.board_url)
+        assert page.evaluate("document.documentElement.dir") == "rtl"
+        assert page.evaluate("getComputedStyle(document.body).direction") == "rtl"
+        _assert_fits_the_phone(page)
+        (screenshots / "board-ar.png").write_bytes(page.screenshot())
+    finally:
+        context.close()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import gzip
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,3 +363,76 @@ def test_an_arabic_phone_gets_a_right_to_left_page(site: Site, browser: Browser,
         (screenshots / "board-ar.png").write_bytes(page.screenshot())
     finally:
         context.close()
+
+
+@pytest.fixture
+def live_site(browser: Browser, tmp_path: Path) -> Iterator[Site]:
+    """A board of its own for the live tests (they change it), served by a node."""
+    data_dir = tmp_path / "amina"
+    demo = seed_demo_board(data_dir, fillers=0)
+    with WebThread(data_dir) as web:
+        yield Site(web.url, demo, data_dir)
+
+
+def _live_phone(browser: Browser, site: Site, name: str) -> Page:
+    context = phone_context(browser)
+    context.add_init_script(_VIOLATIONS)
+    page = context.new_page()
+    site.pair(page, name)
+    return page
+
+
+def _mark(page: Page) -> None:
+    """Mark the loaded document: a reload would lose the mark."""
+    page.evaluate("window.__here = true")
+    page.wait_for_function("() => document.querySelector('[data-live]') !== null")
+
+
+def _not_reloaded(page: Page) -> None:
+    assert page.evaluate("window.__here") is True, "the page was reloaded"
+    assert page.evaluate("window.__csp") == []
+
+
+def test_a_need_from_another_process_appears_without_reloading(
+        browser: Browser, live_site: Site) -> None:
+    page = _live_phone(browser, live_site, "Chidi")
+    page.goto(live_site.board_url)
+    _mark(page)
+    page.locator("details.post summary").tap()
+    page.fill("#title", "Half-typed")  # outside the live regions: never touched
+    expect(page.locator("p.totals")).to_contain_text("7 needs")
+    page.wait_for_function("() => !!window.EventSource")
+    # the CLI on the node's data dir (as a coordinator at the laptop would post)
+    cli = subprocess.run(
+        [sys.executable, "-m", "p2paid", "--data-dir", str(live_site.data_dir), "need",
+         "add", "Sandbags for the river bank", "--urgency", "critical"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert cli.returncode == 0, cli.stderr
+    expect(page.locator(".items strong", has_text="Sandbags for the river bank")
+           ).to_be_visible(timeout=10_000)
+    expect(page.locator("p.totals")).to_contain_text("8 needs")
+    expect(page.locator("#title")).to_have_value("Half-typed")
+    _not_reloaded(page)
+    page.context.close()
+
+
+def test_a_pledge_from_another_phone_appears_on_the_item_page(
+        browser: Browser, live_site: Site) -> None:
+    watcher = _live_phone(browser, live_site, "Chidi")
+    pledger = _live_phone(browser, live_site, "Dara")
+    water = live_site.item_url(live_site.demo.pledged)
+    watcher.goto(water)
+    _mark(watcher)
+    watcher.fill("#note", "I could bring some too")  # typing while the pledge comes
+    expect(watcher.locator(".claims li")).to_have_count(1)
+    pledger.goto(water)
+    pledger.fill("#quantity", "5")
+    pledger.get_by_role("button", name="Pledge").tap()
+    pledger.wait_for_url(water)
+    expect(watcher.locator(".claims li")).to_have_count(2, timeout=10_000)
+    expect(watcher.locator(".claims")).to_contain_text("Dara")
+    expect(watcher.locator("dl")).to_contain_text("25 of 40 litres")
+    expect(watcher.locator("#note")).to_have_value("I could bring some too")
+    _not_reloaded(watcher)
+    watcher.context.close()
+    pledger.context.close()

@@ -209,6 +209,11 @@ class AsyncBoard(AsyncMemberBoard):
         self._subscribers.add(subscription)
         return subscription
 
+    @property
+    def subscribers(self) -> int:
+        """Subscriptions open now (:meth:`events` and :meth:`subscribe`)."""
+        return sum(not s.closed for s in self._subscribers)
+
     def publish_events(self) -> None:
         """Hand the board's new events to every subscriber (called by the node)."""
         events = self.board.take_events()

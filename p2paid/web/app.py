@@ -31,6 +31,7 @@ from p2paid.web.hosts import HostAllowList
 from p2paid.web.i18n import COOKIE, Language, Languages, load_languages
 from p2paid.web.labels import label
 from p2paid.web.limits import WebLimits
+from p2paid.web.live import LiveStreams
 from p2paid.web.member_pages import MemberPages
 from p2paid.web.pages import STATUSES, BoardQuery, RankedItems, page_of
 from p2paid.web.webstore import WebStore
@@ -128,6 +129,7 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
 
     pages = MemberPages(node, web, render, secure=secure, limits=limits)
     ranked_items = RankedItems()
+    live = LiveStreams(pages.member, pages.board_for, limits)
 
     async def home(request: Request) -> Response:
         member = pages.member(request)
@@ -194,6 +196,7 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
             Route("/", home),
             *pages.routes(),
             Route("/b/{board}", board_page),
+            Route("/b/{board}/live", live.endpoint),
             Route("/b/{board}/i/{item}", item_page),
             Route("/language", choose_language, methods=["POST"]),
             Route("/healthz", health),

@@ -23,6 +23,11 @@ class WebLimits:
     #: changes (posts, pledges, edits) per phone and per address
     posting_per_minute: float = 30
     posting_burst: int = 20
+    #: live-update streams (``/b/{board}/live``) open at once per phone, and in all
+    live_per_device: int = 4
+    live_total: int = 512
+    #: seconds between a stream's keep-alive comments (and session checks)
+    live_keepalive: float = 15.0
 
 __all__ = ["Limiter", "WebLimits"]
 

@@ -190,3 +190,29 @@ async def test_zawgyi_text_is_refused_with_a_hint(tmp_path: Path) -> None:
         unicode = await post_need(amal, board_hex, "ရေသန့် လိုအပ်သည်")
         assert unicode.status_code == 303
         assert [i.title for i in node.board().items()] == ["ရေသန့် လိုအပ်သည်"]
+
+
+async def test_a_phone_edits_its_own_need_and_not_another_s(tmp_path: Path) -> None:
+    board_hex = _board(tmp_path)
+    async with serving(tmp_path) as (node, web, transport), \
+            phone(transport) as amal, phone(transport) as bo:
+        await pair_phone(amal, web, node.board().id, "Amal")
+        await pair_phone(bo, web, node.board().id, "Bo")
+        done = await post_need(amal, board_hex, "Rice", quantity="10", unit="kg")
+        item_url = done.headers["location"]
+        item_id = item_url.rsplit("/", 1)[-1]
+        page = await amal.get(item_url)
+        assert 'value="Rice"' in page.text  # the edit form, filled in
+        edited = await amal.post(f"{item_url}/edit", data={
+            "csrf": csrf_of(page), "title": "Rice, white", "details": "", "category": "food",
+            "urgency": "critical", "quantity": "", "unit": "kg", "location": "school"})
+        assert edited.status_code == 303
+        item = node.board().get(item_id)
+        assert (item.title, item.quantity, item.location) == ("Rice, white", None, "school")
+        assert item.urgency.value == "critical"
+        other = await bo.get(item_url)
+        assert "Rice, white" in other.text and 'action="' + item_url + '/edit"' not in other.text
+        refused = await bo.post(f"{item_url}/edit", data={
+            "csrf": csrf_of(other), "title": "mine now"})
+        assert refused.status_code == 400
+        assert node.board().get(item_id).title == "Rice, white"

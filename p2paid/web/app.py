@@ -166,7 +166,8 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
             raise HTTPException(404) from None
         me = pages.author_of(member)
         return render(request, "item.html", board=board, item=item, now=now_ms(),
-                      csrf=member.csrf, me=me,
+                      csrf=member.csrf, me=me, categories=list(Category),
+                      urgencies=list(Urgency),
                       pledged=any(c.author == me for c in item.claims))
 
     async def choose_language(request: Request) -> Response:

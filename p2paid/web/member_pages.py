@@ -90,6 +90,7 @@ class MemberPages:
             Route("/b/{board}/i/{item}/pledge", self.pledge, methods=["POST"]),
             Route("/b/{board}/i/{item}/unpledge", self.unpledge, methods=["POST"]),
             Route("/b/{board}/i/{item}/status", self.set_status, methods=["POST"]),
+            Route("/b/{board}/i/{item}/edit", self.edit, methods=["POST"]),
             Route("/leave", self.leave, methods=["POST"]),
         ]
 
@@ -248,6 +249,29 @@ class MemberPages:
             raise HTTPException(400, "no such change")
         try:
             await op(item_id)
+        except P2paidError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return RedirectResponse(f"/b/{board.id.hex()}/i/{item_id}", status_code=_SEE_OTHER)
+
+    async def edit(self, request: Request) -> Response:
+        """Change one's own need or offer (every field of the form; empty clears)."""
+        member, form = await self._form(request, self.member(request))
+        board = self._writer(request, member)
+        item_id = request.path_params["item"]
+        try:
+            item = board.get(item_id)
+            changes: dict[str, Any] = {
+                name: _text(form, name, _FIELDS[name]).strip()
+                for name in ("title", "details", "category", "unit", "location")}
+            quantity = _text(form, "quantity", _FIELDS["quantity"]).strip()
+            if quantity and not quantity.isdigit():
+                raise HTTPException(400, "the quantity is a whole number")
+            changes["quantity"] = int(quantity) if quantity else None
+            if item.kind is ItemKind.NEED and _text(form, "urgency", _FIELDS["urgency"]):
+                changes["urgency"] = _text(form, "urgency", _FIELDS["urgency"]).strip()
+            if not changes["category"]:
+                del changes["category"]
+            await board.edit(item_id, **changes)
         except P2paidError as exc:
             raise HTTPException(400, str(exc)) from None
         return RedirectResponse(f"/b/{board.id.hex()}/i/{item_id}", status_code=_SEE_OTHER)

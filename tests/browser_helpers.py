@@ -155,6 +155,7 @@ class WebThread:
         self._scope: trio.CancelScope | None = None
         self._error: BaseException | None = None
         self.url = ""
+        self.node_address: tuple[str, int] = ("", 0)
 
     def __enter__(self) -> WebThread:
         self._thread.start()
@@ -183,13 +184,15 @@ class WebThread:
 
     async def _serve(self) -> None:
         with trio.CancelScope() as scope:
-            async with open_node(self._data_dir, listen=None, mdns=False) as node, \
+            async with open_node(self._data_dir, listen=("127.0.0.1", 0), mdns=False) as node, \
                     trio.open_nursery() as nursery:
                 # (every test pairs a phone from 127.0.0.1: no pairing limit here)
                 host, port = await nursery.start(partial(
                     serve_web, node, "127.0.0.1", 0,
                     limits=WebLimits(pairing_per_minute=6000, pairing_burst=1000)))
                 self.url = f"http://{host}:{port}"
+                assert node.listen_address is not None
+                self.node_address = node.listen_address  # (peers sync with it here)
                 self._token = trio.lowlevel.current_trio_token()
                 self._scope = scope
                 self._ready.set()

@@ -19,6 +19,7 @@ README's.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from browser_helpers import (
     seed_big_board,
     seed_demo_board,
 )
+from cli_helpers import Service, run
 from playwright.sync_api import (
     Browser,
     ConsoleMessage,
@@ -49,6 +51,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from p2paid.board.store import open_store
 from p2paid.web.pages import PAGE_SIZE
 from p2paid.web.webstore import WebStore
 
@@ -66,6 +69,8 @@ class Site:
     url: str
     demo: DemoBoard
     data_dir: Path
+    #: where the serving node accepts peers (live tests only)
+    node_address: tuple[str, int] = ("", 0)
 
     def pair(self, page: Page, name: str = "Chidi") -> None:
         """Pair ``page``'s phone as a member would: open an invite link, tap Join."""
@@ -371,7 +376,7 @@ def live_site(browser: Browser, tmp_path: Path) -> Iterator[Site]:
     data_dir = tmp_path / "amina"
     demo = seed_demo_board(data_dir, fillers=0)
     with WebThread(data_dir) as web:
-        yield Site(web.url, demo, data_dir)
+        yield Site(web.url, demo, data_dir, web.node_address)
 
 
 def _live_phone(browser: Browser, site: Site, name: str) -> Page:
@@ -436,3 +441,33 @@ def test_a_pledge_from_another_phone_appears_on_the_item_page(
     _not_reloaded(watcher)
     watcher.context.close()
     pledger.context.close()
+
+
+def test_a_need_posted_on_another_node_appears_without_reloading(
+        browser: Browser, live_site: Site, tmp_path: Path) -> None:
+    """The issue's flow: a post made with the CLI on another node (its own process and
+    data dir, syncing with the serving node over 127.0.0.1) reaches the phone's open
+    page by itself."""
+    other = tmp_path / "other-node"
+    with open_store(live_site.data_dir) as store:
+        invite = store.board().invite()
+    with open_store(other) as store:
+        store.join(invite, display_name="Esi")
+    host, port = live_site.node_address
+    node = Service.p2paid(["run", "--no-mdns", "--listen", "127.0.0.1:0", "--peer",
+                           f"{host}:{port}", "--data-dir", str(other)], tmp_path / "other.log")
+    try:
+        node.wait_for(r"synced \d+ new needs")  # (the first sync with the serving node)
+        page = _live_phone(browser, live_site, "Chidi")
+        page.goto(live_site.board_url)
+        _mark(page)
+        page.wait_for_function("() => !!window.EventSource")
+        posted = run(["need", "add", "Boats for the flooded street", "--urgency", "critical",
+                      "--data-dir", str(other)], os.environ)
+        assert posted.returncode == 0, posted.stderr
+        expect(page.locator(".items strong", has_text="Boats for the flooded street")
+               ).to_be_visible(timeout=15_000)
+        _not_reloaded(page)
+        page.context.close()
+    finally:
+        node.kill()

@@ -22,6 +22,7 @@ from p2paid.errors import LocalProtocolError as LocalProtocolError
 from p2paid.errors import NotFoundError as NotFoundError
 from p2paid.errors import P2paidError as P2paidError
 from p2paid.errors import RemoteProtocolError as RemoteProtocolError
+from p2paid.errors import RevokedDeviceError as RevokedDeviceError
 from p2paid.errors import StorageError as StorageError
 from p2paid.errors import UsageError as UsageError
 from p2paid.errors import ValidationError as ValidationError
@@ -29,6 +30,7 @@ from p2paid.errors import ValidationError as ValidationError
 if TYPE_CHECKING:
     from p2paid.board.board import Board as Board
     from p2paid.board.board import ReceiveReport as ReceiveReport
+    from p2paid.board.deviceboard import DeviceBoard as DeviceBoard
     from p2paid.board.model import BoardEvent as BoardEvent
     from p2paid.board.model import Category as Category
     from p2paid.board.model import Claim as Claim
@@ -44,9 +46,11 @@ if TYPE_CHECKING:
     from p2paid.board.store import open_store as open_store
     from p2paid.core.invite import Invite as Invite
     from p2paid.node.asyncboard import AsyncBoard as AsyncBoard
+    from p2paid.node.asyncboard import AsyncDeviceBoard as AsyncDeviceBoard
     from p2paid.node.node import Node as Node
     from p2paid.node.node import PeerInfo as PeerInfo
     from p2paid.node.node import open_node as open_node
+    from p2paid.storage.devices import Device as Device
 
 __version__ = "0.2.0"
 
@@ -60,9 +64,10 @@ _LAZY = {
     "ItemKind": "board.model", "Status": "board.model", "Urgency": "board.model",
     "ImportReport": "board.store", "Store": "board.store",
     "default_data_dir": "board.store", "open_store": "board.store",
+    "DeviceBoard": "board.deviceboard", "Device": "storage.devices",
     "Invite": "core.invite",
-    "AsyncBoard": "node.asyncboard", "Node": "node.node", "PeerInfo": "node.node",
-    "open_node": "node.node",
+    "AsyncBoard": "node.asyncboard", "AsyncDeviceBoard": "node.asyncboard",
+    "Node": "node.node", "PeerInfo": "node.node", "open_node": "node.node",
 }
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "OwnershipError",
     "P2paidError",
     "RemoteProtocolError",
+    "RevokedDeviceError",
     "SignatureError",
     "StorageError",
     "UsageError",
@@ -78,6 +79,10 @@ class ValidationError(UsageError):
 
 class NotFoundError(UsageError):
     """No board, item or key matches what was asked for."""
+
+
+class RevokedDeviceError(UsageError):
+    """A paired device was revoked: it can no longer write (its past posts stay)."""
 
 
 class FileError(UsageError):

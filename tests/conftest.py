@@ -25,6 +25,13 @@ settings.register_profile("dev", deadline=None, max_examples=10)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshots", metavar="DIR", default=None,
+        help="save the browser tests' screenshots in DIR (default: a temporary folder); "
+             "the README's come from --screenshots docs/screenshots")
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     """An empty directory to use as a p2paid data dir."""

@@ -14,10 +14,12 @@ from mypy import api as mypy_api
 from node_helpers import make_member, start_node, wait_until
 
 from p2paid.board.board import Board
+from p2paid.board.deviceboard import DeviceBoard
 from p2paid.board.store import open_store
 from p2paid.core.identity import NodeKey
 from p2paid.core.relayaddr import RelayAddress
-from p2paid.node.asyncboard import AsyncBoard
+from p2paid.errors import RevokedDeviceError, UsageError
+from p2paid.node.asyncboard import AsyncBoard, AsyncDeviceBoard
 
 #: Board's domain API (the replica-engine methods stay the node's business).
 DOMAIN = (
@@ -28,6 +30,12 @@ DOMAIN = (
     "remove_relay",
 )
 PROPERTIES = ("id", "name", "author", "author_fingerprint", "member_count")
+#: What a paired device can do (replication, relays and invites stay the node's).
+DEVICE_DOMAIN = (
+    "items", "needs", "offers", "get", "my_claims", "display_name", "members", "me", "post",
+    "post_need", "post_offer", "edit", "fulfil", "withdraw", "reopen", "claim", "unclaim",
+    "set_display_name",
+)
 
 
 def _parameters(function: Callable[..., object]) -> list[tuple[str, object, object]]:
@@ -40,8 +48,8 @@ def _parameters(function: Callable[..., object]) -> list[tuple[str, object, obje
             (fields,) = get_args(hints[name])
             keys = fields.__required_keys__ | fields.__optional_keys__
             out.extend((key, "keyword field", None) for key in sorted(keys))
-        elif p.kind is p.KEYWORD_ONLY and function.__qualname__.startswith("Board.") and (
-                function.__name__ in ("post", "edit")):
+        elif p.kind is p.KEYWORD_ONLY and function.__name__ in ("post", "edit") and (
+                function.__qualname__.startswith(("Board.", "MemberBoard.", "DeviceBoard."))):
             out.append((name, "keyword field", None))
         else:
             out.append((name, p.kind, p.default))
@@ -116,3 +124,58 @@ async def test_writes_reach_the_store_and_the_peer(tmp_path: Path) -> None:
     with open_store(tmp_path / "a") as store:
         stored = store.board().get(need.id)
         assert (stored.title, stored.status.value) == ("rice and beans", "open")
+
+
+def test_a_device_board_mirrors_the_domain_api() -> None:
+    for name in DEVICE_DOMAIN:
+        sync, mirror = getattr(DeviceBoard, name), getattr(AsyncDeviceBoard, name)
+        assert mirror.__doc__ == sync.__doc__ and sync.__doc__, name
+        assert _parameters(mirror) == _parameters(sync), name
+    for name in PROPERTIES:
+        assert hasattr(AsyncDeviceBoard, name), name
+
+
+async def test_a_device_writes_through_the_nodes_writer(tmp_path: Path) -> None:
+    """A running node posts as a paired phone through its board's writer task (durable
+    when it returns); the node's member claims it, the phone claims back; the peer sees
+    the phone as a member of its own; a revoked phone's writes are refused, alone."""
+    invite = make_member(tmp_path / "a", None, "Ana")
+    make_member(tmp_path / "b", invite, "Ben")
+    with open_store(tmp_path / "a") as store:
+        device = store.add_device(store.board().id, "Ana's phone")
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, tmp_path / "a")
+        b = await start_node(nursery, tmp_path / "b", peers=[a.address])
+        board = a.node.board()
+        phone = board.as_device(device)
+        assert phone.device == device and phone.author == device.author
+        await phone.set_display_name("Ana (phone)")
+        water = await phone.post_need("water", quantity=4)
+        assert water.author == device.author.hex()
+        async with trio.open_nursery() as writers:  # two members' writes at once
+            writers.start_soon(lambda: board.claim(water.id, quantity=2))
+            writers.start_soon(lambda: phone.post_offer("bread"))
+        bread = next(i for i in phone.offers() if i.title == "bread")
+        await board.claim(bread.id)
+        with pytest.raises(UsageError, match="cannot claim your own"):
+            await phone.claim(water.id)
+        assert phone.me().name == "Ana (phone)" and board.me().name == "Ana"
+        other = b.node.board()
+        with trio.fail_after(10):
+            await wait_until(lambda: len(other.members()) == 3 and len(other.items()) == 2)
+        names = {m.author: m.name for m in other.members()}
+        assert names[device.author.hex()] == "Ana (phone)"
+        assert other.get(water.id).claims[0].author == board.author.hex()
+        a.node.store.revoke_device(device.id)
+        async with trio.open_nursery() as writers:
+            async def refused() -> None:
+                with pytest.raises(RevokedDeviceError):
+                    await phone.post_need("more water")
+            writers.start_soon(refused)
+            writers.start_soon(lambda: board.post_need("soap"))
+        await a.stop()
+        await b.stop()
+    with open_store(tmp_path / "a") as store:
+        items = {i.title: i.author for i in store.board().items()}
+        assert items == {"water": device.author.hex(), "bread": device.author.hex(),
+                         "soap": store.board().author.hex()}

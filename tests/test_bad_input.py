@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 import pytest
 
-import p2paid.board.board
+import p2paid.board.member
 from p2paid import (
     AmbiguousIdError,
     Board,
@@ -379,7 +379,7 @@ def test_ambiguous_prefix(
     """Two items sharing a prefix: the prefix -> AmbiguousIdError listing both; a
     longer prefix finds each one."""
     ids = iter(["beef" + "0" * 27 + "1", "beef" + "0" * 27 + "2"])
-    monkeypatch.setattr(p2paid.board.board, "new_item_id", lambda: next(ids))
+    monkeypatch.setattr(p2paid.board.member, "new_item_id", lambda: next(ids))
     one = alice_board.post_need("first")
     two = alice_board.post_need("second")
     with pytest.raises(AmbiguousIdError) as info:

@@ -169,7 +169,8 @@ BAD: dict[tuple[str, ...], list[list[str]]] = {
                ["run", "--listen", "foo"], ["run", "--listen", "::1:0"],
                ["run", "--listen", "999.1.1.1:5"], ["run", "--listen", ""],
                ["run", "--listen", "127.0.0.1:99999"], ["run", "--listen", "[::1"],
-               ["run", "--peer", "host:x"], ["run", "--peer", "2001:db8::5"]],
+               ["run", "--peer", "host:x"], ["run", "--peer", "2001:db8::5"],
+               ["run", "--web", "foo"], ["run", "--web", "127.0.0.1:99999"]],
     ("peers",): [["peers"], ["peers", "--bogus"]],
     ("status",): [["status", "--bogus"]],
     ("relay",): [["relay", "--max-connections", "-1"], ["relay", "--rate-kib", "0"],
@@ -190,6 +191,15 @@ BAD: dict[tuple[str, ...], list[list[str]]] = {
     ("relay", "token", "list"): [["relay", "token", "list", "--bogus"]],
     ("relay", "token", "revoke"): [["relay", "token", "revoke", "nope"]],
     ("bench",): [["bench", "--only", "bogus"], ["bench", "--only", ","]],
+    ("web",): [["web"], ["web", "bogus"]],
+    ("web", "invite"): [["web", "invite"], ["web", "invite", "--uses", "0"],
+                        ["web", "invite", "--expires", "soon"],
+                        ["web", "invite", "--url", "http://10.0.0.1:8080", "-o", "p.jpg"],
+                        ["web", "invite", "--revoke", "nothing"]],
+    ("web", "pair"): [["web", "pair"], ["web", "pair", "--as-me"]],  # no node serves it
+    ("web", "invites"): [["web", "invites", "--bogus"]],
+    ("web", "devices"): [["web", "devices", "--bogus"]],
+    ("web", "revoke"): [["web", "revoke"], ["web", "revoke", "nothing"]],
 }
 
 
@@ -275,6 +285,7 @@ def test_run_and_relay_refuse_addresses_in_one_line(setup: Setup, tmp_path: Path
         ("run", "--listen", "::1:0", *node): (2, "write an IPv6 address in brackets, then "
                                                  "the port: [::1]:0"),
         ("run", "--listen", "999.1.1.1:5", *node): (2, "'999.1.1.1' is neither an IPv4"),
+        ("run", "--web", "foo", *node): (2, "p2paid run: argument --web: 'foo' is not an IP"),
         ("run", "--peer", "::::", *node): (2, "p2paid run: argument --peer: '::::': write "
                                               "an IPv6 address in brackets"),
         ("relay", "--listen", held, *relay):

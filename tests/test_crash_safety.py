@@ -13,7 +13,8 @@ write transaction or an fsync. Then it reopens the store and checks:
 * nothing was recorded as rejected (no fork of our own feed);
 * a new post still works and continues the feed at ``n + 1``.
 
-A third test kills a process in the middle of bundle imports (the receive path).
+A third test kills a process in the middle of bundle imports (the receive path), a
+fourth one posting as a paired device (two local feeds, one process).
 The data dir is reused across kills, so the state (and any damage) accumulates.
 Seeds are printed in assertion messages; set ``P2PAID_CRASH_SEED`` to replay one.
 """
@@ -61,6 +62,33 @@ LIBRARY_WRITER = textwrap.dedent(
         sys.stdout.flush()
         i += 1
         if snapshot_every and i % snapshot_every == 0:
+            board.save_snapshot()
+    """
+)
+
+#: The device writer. argv: data_dir, device id, title prefix. Posts as the paired
+#: device, every third post as the node's own member, a snapshot every seventh; prints
+#: "ready", then one item id per committed post.
+DEVICE_WRITER = textwrap.dedent(
+    """
+    import sys
+    import p2paid
+
+    data_dir, device_id, prefix = sys.argv[1:4]
+    store = p2paid.open_store(data_dir, create=False)
+    board = store.board()
+    phone = board.as_device(device_id)
+    board.items()
+    sys.stdout.write("ready\\n")
+    sys.stdout.flush()
+    i = 0
+    while True:
+        member = board if i % 3 == 2 else phone
+        item = member.post_need(f"{prefix} {i}", category="water", quantity=i + 1)
+        sys.stdout.write(item.id + "\\n")
+        sys.stdout.flush()
+        i += 1
+        if i % 7 == 0:
             board.save_snapshot()
     """
 )
@@ -345,3 +373,36 @@ def test_a_store_of_schema_1_is_upgraded_and_checked_again(tmp_path: Path) -> No
     with sqlite3.connect(tmp_path / "d" / DB_FILENAME) as con:
         assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (
             SCHEMA_VERSION,)
+
+
+def test_device_writer_survives_sigkill(tmp_path: Path) -> None:
+    """SIGKILLs of a process posting as a paired device (and now and then as the node's
+    own member, saving snapshots as it goes) lose no returned post, and leave both
+    feeds contiguous; both continue after each kill."""
+    seed = _seed()
+    rng = random.Random(seed)
+    data_dir = tmp_path / "node"
+    with p2paid.open_store(data_dir) as store:
+        device = store.add_device(store.create_board(BOARD_NAME).id, "phone")
+    script = tmp_path / "device_writer.py"
+    script.write_text(DEVICE_WRITER)
+    log = CrashLog()
+    for round_ in range(4):
+        context = f"seed={seed} round={round_} (device)"
+        _run_and_kill([sys.executable, str(script), str(data_dir), device.id, f"r{round_}"],
+                      log, rng, min_ids=3, max_ids=30, max_delay=0.05, context=context)
+        with p2paid.open_store(data_dir, create=False) as store:
+            assert store._db.integrity_check() == [], context
+            board = store.board()
+            ids = {item.id for item in board.items()}
+            assert not (log.printed | log.after_kill_posts) - ids, context
+            assert len(ids - log.printed - log.after_kill_posts) <= log.kills, context
+            for author in (board.author, device.author):
+                seqs = _author_seqs_of(board, author)
+                assert sorted(seqs) == list(range(1, len(seqs) + 1)), context
+                assert board.version_vector().get(author, 0) == len(seqs), context
+            assert store._db.rejections(board.id) == [], context
+            n = len(_author_seqs_of(board, device.author))
+            log.after_kill_posts.add(board.as_device(device).post_need("after kill").id)
+            assert board.version_vector()[device.author] == n + 1, context
+    assert len(log.printed) >= 12

@@ -8,8 +8,8 @@ against its layer's rules:
 * ``core``, ``automerge``, ``storage`` and ``board`` are sans-I/O: no trio, sockets,
   zeroconf or asyncio; ``core``, ``automerge`` (the change format, in Python) and
   ``storage`` load no Automerge library either, so relays never do;
-* no layer loads one above it: core < automerge < storage < board < net < node,
-  relay < cli < bench (a relay needs no board, a node no relay server).
+* no layer loads one above it: core < automerge < storage < board < net < node <
+  web, relay < cli < bench (a relay needs no board, a node no relay server or web).
 """
 
 from __future__ import annotations
@@ -28,16 +28,17 @@ AUTOMERGE = ("automerge",)
 #: package -> (libraries it must not load, p2paid packages it must not load)
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "": (IO + AUTOMERGE, ("core", "automerge", "storage", "board", "net", "node", "relay",
-                          "cli", "bench")),  # errors.py and the lazy __init__
-    "core": (IO + AUTOMERGE, ("automerge", "storage", "board", "net", "node", "relay", "cli",
-                              "bench")),
-    "automerge": (IO + AUTOMERGE, ("storage", "board", "net", "node", "relay", "cli",
+                          "web", "cli", "bench")),  # errors.py and the lazy __init__
+    "core": (IO + AUTOMERGE, ("automerge", "storage", "board", "net", "node", "relay", "web",
+                              "cli", "bench")),
+    "automerge": (IO + AUTOMERGE, ("storage", "board", "net", "node", "relay", "web", "cli",
                                    "bench")),
-    "storage": (IO + AUTOMERGE, ("board", "net", "node", "relay", "cli", "bench")),
-    "board": (IO, ("net", "node", "relay", "cli", "bench")),
-    "net": (AUTOMERGE, ("board", "node", "relay", "cli", "bench")),
-    "relay": (AUTOMERGE, ("board", "node", "cli", "bench")),
-    "node": ((), ("relay", "cli", "bench")),
+    "storage": (IO + AUTOMERGE, ("board", "net", "node", "relay", "web", "cli", "bench")),
+    "board": (IO, ("net", "node", "relay", "web", "cli", "bench")),
+    "net": (AUTOMERGE, ("board", "node", "relay", "web", "cli", "bench")),
+    "relay": (AUTOMERGE, ("board", "node", "web", "cli", "bench")),
+    "node": ((), ("relay", "web", "cli", "bench")),
+    "web": ((), ("relay", "cli", "bench")),
     "cli": ((), ("bench",)),
     "bench": ((), ()),
 }

@@ -2,9 +2,10 @@
 
 ``python -m p2paid.bench.sync_node DATA_DIR PEER_PORT|- idle|live``. It prints its port
 and memory, then takes commands on stdin: ``post`` (``n`` needs, ``gap`` seconds apart
-or ``concurrency`` at once; prints when each was posted) and ``rss`` (after ``idle``
-seconds). With ``live`` it prints every remote item event with its arrival time. At
-the end it prints its replica's stats.
+or ``concurrency`` at once; prints when each was posted), ``post_ids`` (``n`` needs
+``gap`` seconds apart; prints each one's item id and wall-clock time as it returned)
+and ``rss`` (after ``idle`` seconds). With ``live`` it prints every remote item event
+with its arrival time. At the end it prints its replica's stats.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ async def _commands(board: AsyncBoard, done: trio.CancelScope) -> None:
         cmd = json.loads(line)
         if cmd["op"] == "post":
             say({"posted": await _post(board, cmd)})
+        elif cmd["op"] == "post_ids":
+            say({"posted_ids": await _post_ids(board, cmd)})
         elif cmd["op"] == "rss":
             await trio.sleep(cmd.get("idle", 0))
             say({"rss_mib": rss_mib()})
@@ -80,6 +83,18 @@ async def _post(board: AsyncBoard, cmd: dict[str, Any]) -> dict[str, float]:
         for i in range(cmd["n"]):
             nursery.start_soon(limited, i)
     return stamps
+
+
+async def _post_ids(board: AsyncBoard, cmd: dict[str, Any]) -> list[tuple[str, float]]:
+    """Post ``cmd["n"]`` needs ``gap`` seconds apart; each one's item id and when its
+    post returned (``time.time()``, to compare with another process's clock)."""
+    posted = []
+    for i in range(cmd["n"]):
+        item = await board.post_need(f"live {cmd['tag']} {i}", category="water", quantity=5,
+                                     unit="litres")
+        posted.append((item.id, time.time()))
+        await trio.sleep(cmd["gap"])
+    return posted
 
 
 def main(argv: list[str]) -> None:

@@ -13,8 +13,10 @@ author's changes form a feed of their own. Remote changes arrive already checked
 (signature, chain, ownership, :mod:`p2paid.automerge.rules`) as ``(ChangeHeader, bytes)``, in
 each author's seq order; whatever is ready is applied in one call, because each
 apply call costs O(document size). Local changes are made in a small document that
-holds only the local author's own changes (forked from this one on first use), so
+holds only that local author's own changes (forked from this one on first use), so
 that they depend on nothing but the author's previous change, and then applied here.
+A node may write as several local authors on one board (its own member and each
+paired device, :mod:`p2paid.board.devices`): each has an own document of its own.
 
 Reads are validated with :mod:`p2paid.board.model` and cached per author; the cache of
 an author is dropped whenever a change of that author is applied.
@@ -184,10 +186,10 @@ class SectionWriter:
 
 @final
 class BoardDocument:
-    """The Automerge document of one board, as seen by one local author.
+    """The Automerge document of one board, written by one or more local authors.
 
     Args:
-        author: the local author key (Automerge actor id of local changes).
+        author: the node's own local author (the default author of :meth:`write`).
         doc: a loaded document (from a snapshot), or None for an empty one.
         last_hashes: ``author -> hash`` of the newest change ``doc`` holds of each author.
         vector: ``author -> highest seq`` that ``doc`` holds.
@@ -208,15 +210,17 @@ class BoardDocument:
         self._doc = doc if doc is not None else Document(actor_id=author)
         if doc is not None:
             self._doc.set_actor(author)
-        #: the local author's own changes only, for making new ones (see write)
-        self._own: Document | None = None
+        #: each local author's own changes only, for making new ones (see write)
+        self._own: dict[bytes, Document] = {}
+        #: authors whose changes are made on this node (events call them local)
+        self.local_authors: set[bytes] = {author}
         #: local changes made in ``_own`` that ``_doc`` does not hold yet
         self._unmerged: list[tuple[ChangeHeader, bytes]] = []
         self.last_hashes: dict[bytes, bytes] = dict(last_hashes or {})
         self.start_ops: dict[bytes, int] = dict(sections or {})
         self.applied_seq: dict[bytes, int] = dict(vector or {})
         self.max_ops: dict[bytes, int] = dict(max_ops or {})
-        self.view = ReadModel(self._read_from, self.start_ops, author)
+        self.view = ReadModel(self._read_from, self.start_ops, self.local_authors)
         self._heads = self._current_heads()
         self._refused: list[tuple[ChangeHeader, str]] = []
         self._bad_seq: set[tuple[bytes, int]] = set()
@@ -235,7 +239,7 @@ class BoardDocument:
 
     def _read_from(self, author: bytes) -> Document:
         """The document that holds ``author``'s section as it is now."""
-        return self._own if author == self.author and self._own is not None else self._doc
+        return self._own.get(author, self._doc)
 
     def merge_local(self) -> None:
         """Give the board's document the local changes made since the last merge, in
@@ -251,11 +255,11 @@ class BoardDocument:
         try:
             ok = self._receive([data for _, data in pending])
         except DocumentBrokenError:
-            self._own = None
+            self._own.clear()
             raise
         heads = self._current_heads()
         if not ok or heads != expected:
-            self._own = None
+            self._own.clear()
             raise DocumentBrokenError("the board's document refused a local change")
         self._heads = heads
 
@@ -397,8 +401,9 @@ class BoardDocument:
         self.max_ops[actor] = header.max_op
         if header.seq == 1:
             self.start_ops.setdefault(actor, header.start_op)
-        if actor == self.author and not local:
-            self._own = None  # arrived from elsewhere (a restored backup): fork again
+        if not local:
+            # arrived from elsewhere (another process, a restored backup): fork again
+            self._own.pop(actor, None)
 
     def author_state(self, author: bytes) -> AuthorState:
         """What :mod:`p2paid.automerge.rules` needs to know of ``author``, read from this document
@@ -436,20 +441,25 @@ class BoardDocument:
 
     # ------------------------------------------------------------------ writing
 
-    def _own_document(self) -> Document:
-        """The local author's changes alone: new ones then depend only on the
+    def _own_document(self, author: bytes) -> Document:
+        """A local author's changes alone: new ones then depend only on the
         author's previous change and start after its max op."""
-        if self._own is None:
-            head = self.last_hashes.get(self.author)
+        own = self._own.get(author)
+        if own is None:
+            head = self.last_hashes.get(author)
+            if head is not None:
+                self.merge_local()  # (the head is then in the board's document)
             # (fork_at exists in automerge-py 0.2.0.dev4 but not in its type stubs)
-            own = (Document(actor_id=self.author) if head is None
+            own = (Document(actor_id=author) if head is None
                    else self._doc.fork_at([head]))  # type: ignore[attr-defined]
-            own.set_actor(self.author)
-            self._own = own
-        return self._own
+            own.set_actor(author)
+            self._own[author] = own
+        return own
 
-    def write(self, edit: Callable[[SectionWriter], None]) -> tuple[ChangeHeader, bytes] | None:
-        """Run ``edit`` in one transaction on the local author's section.
+    def write(self, edit: Callable[[SectionWriter], None], author: bytes | None = None
+              ) -> tuple[ChangeHeader, bytes] | None:
+        """Run ``edit`` in one transaction on a local author's section (by default
+        :attr:`author`'s; another one becomes one of :attr:`local_authors`).
 
         The first write also creates the section, as the first op of the
         author's first change (the ownership rule depends on it).
@@ -462,12 +472,14 @@ class BoardDocument:
             Whatever ``edit`` raises (the transaction is rolled back).
             DocumentBrokenError: Automerge would not take the change (a bug).
         """
-        before = self.applied_seq.get(self.author, 0)
-        own = self._own_document()
+        author = self.author if author is None else author
+        self.local_authors.add(author)
+        before = self.applied_seq.get(author, 0)
+        own = self._own_document(author)
         with own.transaction() as tx:
-            section = self._section_id()
+            section = self._section_id(author)
             if section is None:
-                section = bytes(tx.put_object(ROOT, self.author.hex(), ObjType.Map))
+                section = bytes(tx.put_object(ROOT, author.hex(), ObjType.Map))
                 tx.put(section, "v", ScalarType.Int, SCHEMA_VERSION)
             writer = SectionWriter(tx, section)
             edit(writer)
@@ -481,7 +493,7 @@ class BoardDocument:
         self._unmerged.append((header, data))
         self._note_applied(header, local=True)
         full = header.seq == 1 or any(coll == PROFILE for coll, _ in writer.touched)
-        self.view.local_write(self.author, writer.touched, full)
+        self.view.local_write(author, writer.touched, full)
         return header, data
 
     def _section_id(self, author: bytes | None = None) -> bytes | None:

@@ -3,7 +3,8 @@ kept in step.
 
 :class:`BoardLog` verifies, stores and applies what arrives (a peer's batch, a
 bundle, what another process on the same data dir stored), makes the local
-author's changes durable as the next envelopes of its feed, and keeps snapshots.
+authors' changes (the node's own member's and each paired device's) durable as the
+next envelopes of their feeds, and keeps snapshots.
 The domain (needs, offers, claims, relays) is :class:`p2paid.board.board.Board`,
 which reads and writes through it.
 
@@ -146,7 +147,8 @@ class BoardLog:
     Args:
         db: the store.
         board_id: the board.
-        author_key: the local author's key (it signs the local feed).
+        author_key: the node's own member's key (it signs that member's feed; a paired
+            device's key is given to :meth:`write`).
         cipher: ``ChaCha20Poly1305(content_key)`` of the board.
         name: the board's name, for log lines.
         clock: milliseconds since the epoch.
@@ -174,6 +176,8 @@ class BoardLog:
         self._purged: list[tuple[ChangeHeader, str]] = []
         self._deferred: list[tuple[ChangeHeader, bytes]] = []
         self._rules = FeedRules(self._author_state, self._has_changes)
+        #: authors this node writes as: its own member and the devices it holds keys of
+        self._local_authors: set[bytes] = {self.author}
 
     # ------------------------------------------------------------------ states
 
@@ -283,6 +287,7 @@ class BoardLog:
         # snapshot says: nothing may sit in a joined board unchecked.
         tail = [i for i, a, s, h in index if s > vector.get(a, 0) or h is None]
         doc = BoardDocument(self.author, automerge_doc, last_hashes, vector, sections, max_ops)
+        doc.local_authors.update(self._local_authors)
         doc.careful = self._careful
         if self._tracking:
             doc.track_events()
@@ -680,22 +685,47 @@ class BoardLog:
         finally:
             self._grouped = False
 
-    def write(self, edit: Callable[[SectionWriter], None]) -> Envelope | None:
-        """Make one change durable as the next envelope of our feed (None: no change)."""
+    def add_local_author(self, author: bytes) -> None:
+        """Count ``author`` (a paired device's) as local: its changes are made here."""
+        self._local_authors.add(author)
+        if self._doc is not None:
+            self._doc.local_authors.add(author)
+
+    def write(self, edit: Callable[[SectionWriter], None], *, key: AuthorKey | None = None,
+              authorize: Callable[[], None] | None = None) -> Envelope | None:
+        """Make one change durable as the next envelope of a local author's feed.
+
+        Args:
+            edit: the ops, on the author's own section.
+            key: the author's key (default: the node's own member's); the change
+                depends only on that author's previous one and is sealed with it.
+            authorize: called under the write lock after catching up; what it raises
+                refuses the write (nothing is written).
+
+        Returns:
+            The envelope, or None if ``edit`` changed nothing.
+        """
+        key = self._author_key if key is None else key
+        author = key.public
         self.document  # noqa: B018 - load, and apply what is deferred, before the lock
         changed = False
         try:
             with self._db.write():
                 if not self._grouped:  # a group caught up once, under the same lock
                     self._catch_up()
-                if self.author in self._forked:
+                if authorize is not None:
+                    authorize()
+                if author in self._forked:
+                    whose, remedy = (("your key", "join the board again as a new member")
+                                     if author == self.author else
+                                     ("this device's key", "pair the device again"))
                     raise UsageError(
-                        f"your key on board {self.name!r} was used to sign two versions of "
+                        f"{whose} on board {self.name!r} was used to sign two versions of "
                         "one change (was this data dir copied to another device?); other "
-                        "members ignore your new posts: join the board again as a new member")
+                        f"members ignore its new posts: {remedy}")
                 doc = self.document
-                head = self._heads.get(self.author, EMPTY_HEAD)
-                written = doc.write(edit)
+                head = self._heads.get(author, EMPTY_HEAD)
+                written = doc.write(edit, author)
                 if written is None:
                     return None
                 header, change = written
@@ -706,18 +736,19 @@ class BoardLog:
                         f"stored head {head.seq}); reopen the store"
                     )
                 env = seal_envelope(
-                    board_id=self.id, cipher=self._cipher, author_key=self._author_key,
+                    board_id=self.id, cipher=self._cipher, author_key=key,
                     seq=header.seq, prev=head.hash, change=change,
                 )
                 self._seen_id = self._db.insert_envelopes(
-                    self.id, [(self.author, env.seq, env.hash, env.raw, header.hash)]
+                    self.id, [(author, env.seq, env.hash, env.raw, header.hash)]
                 )
         except BaseException:
             if changed:
                 self._discard("it holds a change the store did not take")
             raise
-        self._heads[self.author] = FeedHead(env.seq, env.hash)
-        self._rules.forget(self.author)
+        self._local_authors.add(author)
+        self._heads[author] = FeedHead(env.seq, env.hash)
+        self._rules.forget(author)
         self._since_snapshot += 1
         if self._since_snapshot >= SNAPSHOT_EVERY:
             self.save_snapshot()

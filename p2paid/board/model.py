@@ -81,6 +81,7 @@ LIMITS: Final = {
     "location": 200,
     "note": 500,
     "name": 60,
+    "device name": 60,
 }
 #: Fields that may hold several lines (newline and tab allowed).
 MULTILINE_FIELDS: Final = frozenset({"details", "note"})

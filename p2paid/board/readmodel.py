@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar, final
 
@@ -145,13 +145,16 @@ class ReadModel:
 
     Args:
         doc: the Automerge document (read only here), or a function giving the
-            document to read one author's section from (the local author's own
+            document to read one author's section from (a local author's own
             changes may live in a document of their own: see BoardDocument.write).
         start_ops: ``author -> start_op`` of each section, kept current by the caller.
+        local_authors: authors whose changes are made on this node (their events are
+            ``local``), kept current by the caller.
     """
 
     def __init__(self, doc: Document | Callable[[bytes], Document],
-                 start_ops: Mapping[bytes, int], local_author: bytes = b"") -> None:
+                 start_ops: Mapping[bytes, int], local_authors: Set[bytes] = frozenset()
+                 ) -> None:
         if isinstance(doc, Document):
             only = doc
 
@@ -161,8 +164,8 @@ class ReadModel:
             self._doc_of: Callable[[bytes], Document] = the_document
         else:
             self._doc_of = doc
-        #: changes by this author count as local (made here, or by another process here)
-        self.local_author = local_author
+        #: changes by these authors count as local (made here, or by another process here)
+        self.local_authors = local_authors
         self._start_ops = start_ops
         self._cache: dict[bytes, Section] = {}
         #: name_key of each cached section's display name, and how many cached sections
@@ -270,13 +273,13 @@ class ReadModel:
         sec = self._cache.get(author)
         if sec is None:
             if self.tracking and new_author:
-                self._refresh(author, None, new_author=True, local=author == self.local_author)
+                self._refresh(author, None, new_author=True, local=author in self.local_authors)
             return
         if not self.tracking:
             self._cache_drop(author)  # re-read lazily
             return
         touched = None if ops is None else self._touched(author, sec, ops)
-        self._refresh(author, touched, new_author=False, local=author == self.local_author)
+        self._refresh(author, touched, new_author=False, local=author in self.local_authors)
 
     def wants_ops(self, author: bytes, changes: int) -> bool:
         """Whether decoding ``changes`` changes of ``author`` is worth it."""

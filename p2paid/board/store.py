@@ -1,4 +1,4 @@
-"""The synchronous library API: a data dir with its boards, keys and bundles.
+"""The synchronous library API: a data dir with its boards, keys, devices and bundles.
 
 >>> import p2paid
 >>> with p2paid.open_store("/tmp/aid") as store:              # doctest: +SKIP
@@ -27,7 +27,7 @@ from platformdirs import user_data_dir
 from p2paid.automerge.rules import AuthorState, FeedRules, check_change
 from p2paid.board.board import Board, ReceiveReport
 from p2paid.board.bundle import check_bundle, read_bundle, write_bundle
-from p2paid.board.model import now_ms
+from p2paid.board.model import clean_text, now_ms
 from p2paid.board.relayplan import RelaySuggestion, configured_for
 from p2paid.core.envelope import Envelope, open_envelope
 from p2paid.core.feed import Rejection
@@ -42,6 +42,7 @@ from p2paid.errors import (
     NotFoundError,
     UsageError,
 )
+from p2paid.storage.devices import Device, DeviceRegistry
 from p2paid.storage.files import existing_kind
 from p2paid.storage.ingest import ingest
 from p2paid.storage.peerbook import PeerBook
@@ -136,6 +137,7 @@ class Store:
             self._db.close()
             raise
         self._boards: dict[bytes, Board] = {}
+        self._devices = DeviceRegistry(self._db)
 
     def __enter__(self) -> Store:
         return self
@@ -323,6 +325,52 @@ class Store:
         self._db.set_change_hashes(updates)
         for author, seq in refused_from.items():
             self._db.delete_feed_from(board_id, author, seq)
+
+    # ------------------------------------------------------------------ devices
+
+    def add_device(self, board_id: bytes, name: str) -> Device:
+        """Pair a device (a phone) with a joined board: make it a new author key,
+        held by this node, so that it posts as a member of its own (see
+        :meth:`Board.as_device`).
+
+        Raises:
+            NotFoundError: the board is not joined.
+            ValidationError: the name is empty or too long.
+        """
+        board = self.board(bytes(board_id))
+        device = self._devices.add(board.id, clean_text(name, "device name", required=True),
+                                   now_ms())
+        board.log.add_local_author(device.author)
+        return device
+
+    def devices(self, board_id: bytes | None = None) -> list[Device]:
+        """Every paired device (of one board), oldest first, revoked ones included."""
+        return self._devices.all(None if board_id is None else bytes(board_id))
+
+    def device(self, device_id: str) -> Device:
+        """The paired device with this id.
+
+        Raises:
+            NotFoundError: there is none.
+        """
+        return self._devices.get(device_id)
+
+    def revoke_device(self, device_id: str) -> Device:
+        """Cut a device off: it can no longer write (its key is erased); its past
+        posts stay, signed by it. Revoking it again changes nothing.
+
+        Raises:
+            NotFoundError: there is no such device.
+        """
+        return self._devices.revoke(device_id, now_ms())
+
+    def touch_device(self, device_id: str) -> Device:
+        """Note that a device was seen now (:attr:`Device.last_seen`).
+
+        Raises:
+            NotFoundError: there is no such device.
+        """
+        return self._devices.touch(device_id, now_ms())
 
     # ------------------------------------------------------------------ relays
 

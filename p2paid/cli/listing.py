@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Final
 
 from p2paid.board.board import Board
-from p2paid.board.model import Item, ItemKind, Urgency
+from p2paid.board.model import Item, ItemKind
+from p2paid.board.order import coordinator_order
 from p2paid.cli.render import safe
 from p2paid.core.text import plural
 
@@ -14,20 +15,6 @@ __all__ = ["DEFAULT_LIMIT", "board_summary", "coordinator_order"]
 
 #: Items shown per board on a terminal unless ``--limit`` or ``--all`` says otherwise.
 DEFAULT_LIMIT: Final = 50
-_STATUS_RANK: Final = {"open": 0, "expired": 1, "fulfilled": 2, "withdrawn": 3}
-_URGENCY_RANK: Final = {Urgency.CRITICAL: 0, Urgency.HIGH: 1, Urgency.NORMAL: 2,
-                        Urgency.LOW: 3}
-
-
-def coordinator_order(items: Sequence[Item], now: int) -> list[Item]:
-    """Open items first (then expired, fulfilled, withdrawn), each group by urgency
-    (critical, high, normal, low; offers count as normal), newest first within that."""
-    def key(item: Item) -> tuple[int, int, int, str]:
-        urgency = item.urgency if item.kind is ItemKind.NEED else Urgency.NORMAL
-        return (_STATUS_RANK.get(item.display_status(now), 4), _URGENCY_RANK[urgency],
-                -item.created, item.id)
-
-    return sorted(items, key=key)
 
 
 def board_summary(board: Board, items: Sequence[Item], shown: int, now: int, *,

@@ -27,6 +27,7 @@ from p2paid.cli.pager import show
 from p2paid.cli.progress import PROGRESS_ENV, DeferredInterrupt, ProgressLine
 from p2paid.cli.relay import add_relay_commands
 from p2paid.cli.render import item_detail, item_table, json_text, safe
+from p2paid.cli.web import add_web_commands
 from p2paid.core.text import plural
 from p2paid.errors import AmbiguousIdError, NotFoundError, P2paidError, UsageError
 from p2paid.storage.files import file_error
@@ -549,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_node_commands(sub, cmd)
     add_relay_commands(sub, cmd)
+    add_web_commands(sub, cmd)
 
     p = cmd("bench", cmd_bench, "measure this machine: apply, open and post figures", json_opt=True)
     p.add_argument("--quick", action="store_true", help="smaller workload (1,000 changes)")

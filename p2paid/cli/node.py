@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,15 @@ async def _run(args: argparse.Namespace, listen: tuple[str, int] | None,
                 trio.open_nursery() as nursery:
             _greet(node, args)
             nursery.start_soon(_log_events, node)
+            if args.web is not None:
+                from p2paid.web.server import base_url, serve_web
+
+                bound = await nursery.start(partial(
+                    serve_web, node, *args.web, certfile=args.web_cert, keyfile=args.web_key))
+                node.status_extras["web"] = base_url(bound, https=args.web_cert is not None)
+                node.publish_status()  # ('p2paid web invite' reads it at once)
+                log.info("web interface for members' phones at %s (pair one with "
+                         "'p2paid web invite')", node.status_extras["web"])
             async for signum in signals:
                 log.info("stopping (%s)", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -214,6 +224,12 @@ def add_node_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> 
                         f"0.0.0.0:{DEFAULT_PORT}; if that port is in use, a free one; port "
                         "0 = any; IPv6 in brackets: [::]:7446)")
     p.add_argument("--no-listen", action="store_true", help="only dial out")
+    p.add_argument("--web", metavar="HOST:PORT", type=listen_address(8080),
+                   help="serve the web interface for members' phones here (e.g. "
+                        "0.0.0.0:8080; plain HTTP on the local network: see the README)")
+    p.add_argument("--web-cert", metavar="FILE", help="serve the web interface over HTTPS "
+                   "with this certificate (PEM; with --web-key)")
+    p.add_argument("--web-key", metavar="FILE", help="the certificate's private key (PEM)")
     p.add_argument("--peer", action="append", metavar="HOST:PORT", type=peer_address(DEFAULT_PORT),
                    help=f"keep a connection to this peer (repeatable; port defaults to "
                         f"{DEFAULT_PORT}; IPv6 in brackets: [2001:db8::5]:7446); if it cannot "

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, Final, TypeVar, Unpack, final
+from typing import Any, Final, TypeVar, final
 
 import trio
 
-from p2paid.board.board import Board, ItemChanges, ItemFields, ItemFilters
-from p2paid.board.model import BoardEvent, Category, Claim, Item, ItemKind, Member
+from p2paid.board.board import Board
+from p2paid.board.model import BoardEvent
 from p2paid.board.relayplan import RelaySuggestion
-from p2paid.core.identity import AuthorId
-from p2paid.core.invite import BoardId
 from p2paid.errors import UsageError
+from p2paid.node.asyncmember import AsyncDeviceBoard, AsyncMemberBoard, like
 from p2paid.node.subscription import EventSubscription
+from p2paid.storage.devices import Device
 
-__all__ = ["AsyncBoard"]
+__all__ = ["AsyncBoard", "AsyncDeviceBoard"]
 
 log = logging.getLogger("p2paid.node.node")
 
@@ -28,7 +28,6 @@ EVENT_BUFFER: Final = 4096
 MAX_GROUP: Final = 256
 
 _T = TypeVar("_T")
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class _Pending:
@@ -43,19 +42,13 @@ class _Pending:
         self.error: BaseException | None = None
 
 
-def _like(sync: Callable[..., object]) -> Callable[[_F], _F]:
-    """Give an async mirror the docstring of the :class:`Board` method it runs."""
-    def decorate(method: _F) -> _F:
-        method.__doc__ = sync.__doc__
-        return method
-    return decorate
-
-
 @final
-class AsyncBoard:
+class AsyncBoard(AsyncMemberBoard):
     """One joined board of a running node. Obtain it from :class:`~p2paid.Node`.
 
-    The same methods as :class:`~p2paid.Board`, with the same arguments. Every write
+    The same methods as :class:`~p2paid.Board`, with the same arguments (the domain
+    ones from :class:`~p2paid.node.asyncmember.AsyncMemberBoard`; :meth:`as_device`
+    gives them as a paired device). Every write
     is a coroutine that returns once the change is durable; connected peers get it
     at once. Concurrent writes share one commit. Reads are the board's own (quick,
     from memory).
@@ -70,6 +63,7 @@ class AsyncBoard:
     def __init__(self, board: Board, changed: Callable[[bytes], None],
                  relays_changed: Callable[[], None]) -> None:
         self.board = board
+        self.member: Board = board
         self._changed = changed
         self._relays_changed = relays_changed
         self._subscribers: set[EventSubscription] = set()
@@ -79,80 +73,37 @@ class AsyncBoard:
     def __repr__(self) -> str:
         return f"<AsyncBoard {self.board.name!r}>"
 
-    @property
-    def id(self) -> BoardId:
-        return self.board.id
+    def as_device(self, device: Device | str) -> AsyncDeviceBoard:
+        """This board as a paired device (see :meth:`Board.as_device`): the same reads
+        and writes, acting as the device's own member; its writes go through this
+        board's writer task.
 
-    @property
-    def name(self) -> str:
-        return self.board.name
-
-    @property
-    def author(self) -> AuthorId:
-        """The local member's author id on this board."""
-        return self.board.author
-
-    @property
-    def author_fingerprint(self) -> str:
-        return self.board.author_fingerprint
+        Raises:
+            NotFoundError: no such device, or it was paired for another board.
+            RevokedDeviceError: the device was revoked.
+        """
+        return AsyncDeviceBoard(self, self.board.as_device(device))
 
     @property
     def relays(self) -> tuple[str, ...]:
         """The board's own relays (from its invite, added or accepted here)."""
         return self.board.relays
 
-    @_like(Board.invite)
+    @like(Board.invite)
     def invite(self, relays: Iterable[str] | None = None) -> str:
         return self.board.invite(relays)
 
     # ------------------------------------------------------------------ reads
 
-    @_like(Board.items)
-    def items(self, *, kind: ItemKind | str | None = None, status: str | None = None,
-              category: Category | str | None = None) -> list[Item]:
-        return self.board.items(kind=kind, status=status, category=category)
-
-    @_like(Board.needs)
-    def needs(self, **filters: Unpack[ItemFilters]) -> list[Item]:
-        return self.board.needs(**filters)
-
-    @_like(Board.offers)
-    def offers(self, **filters: Unpack[ItemFilters]) -> list[Item]:
-        return self.board.offers(**filters)
-
-    @_like(Board.get)
-    def get(self, item_id: str) -> Item:
-        return self.board.get(item_id)
-
-    @_like(Board.my_claims)
-    def my_claims(self) -> list[Claim]:
-        return self.board.my_claims()
-
-    @_like(Board.display_name)
-    def display_name(self, author: bytes | None = None) -> str:
-        return self.board.display_name(author)
-
-    @property
-    def member_count(self) -> int:
-        return self.board.member_count
-
-    @_like(Board.members)
-    def members(self) -> list[Member]:
-        return self.board.members()
-
-    @_like(Board.me)
-    def me(self) -> Member:
-        return self.board.me()
-
-    @_like(Board.relays_in_use)
+    @like(Board.relays_in_use)
     def relays_in_use(self) -> list[str]:
         return self.board.relays_in_use()
 
-    @_like(Board.suggested_relays)
+    @like(Board.suggested_relays)
     def suggested_relays(self, *, rejected: bool = False) -> list[RelaySuggestion]:
         return self.board.suggested_relays(rejected=rejected)
 
-    @_like(Board.export_automerge)
+    @like(Board.export_automerge)
     def export_automerge(self) -> bytes:
         return self.board.export_automerge()
 
@@ -206,65 +157,24 @@ class AsyncBoard:
         self._relays_changed()
         return result
 
-    @_like(Board.post)
-    async def post(self, kind: ItemKind | str, title: str, **fields: Unpack[ItemFields]) -> Item:
-        return await self._submit(lambda: self.board.post(kind, title, **fields))
-
-    @_like(Board.post_need)
-    async def post_need(self, title: str, **fields: Unpack[ItemFields]) -> Item:
-        return await self._submit(lambda: self.board.post_need(title, **fields))
-
-    @_like(Board.post_offer)
-    async def post_offer(self, title: str, **fields: Unpack[ItemFields]) -> Item:
-        return await self._submit(lambda: self.board.post_offer(title, **fields))
-
-    @_like(Board.edit)
-    async def edit(self, item_id: str, **changes: Unpack[ItemChanges]) -> Item:
-        return await self._submit(lambda: self.board.edit(item_id, **changes))
-
-    @_like(Board.fulfil)
-    async def fulfil(self, item_id: str) -> Item:
-        return await self._submit(lambda: self.board.fulfil(item_id))
-
-    @_like(Board.withdraw)
-    async def withdraw(self, item_id: str) -> Item:
-        return await self._submit(lambda: self.board.withdraw(item_id))
-
-    @_like(Board.reopen)
-    async def reopen(self, item_id: str) -> Item:
-        return await self._submit(lambda: self.board.reopen(item_id))
-
-    @_like(Board.claim)
-    async def claim(self, item_id: str, *, quantity: int | None = None, note: str = "") -> Claim:
-        return await self._submit(
-            lambda: self.board.claim(item_id, quantity=quantity, note=note))
-
-    @_like(Board.unclaim)
-    async def unclaim(self, item_id: str) -> list[Claim]:
-        return await self._submit(lambda: self.board.unclaim(item_id))
-
-    @_like(Board.set_display_name)
-    async def set_display_name(self, name: str) -> None:
-        await self._submit(lambda: self.board.set_display_name(name))
-
-    @_like(Board.publish_relays)
+    @like(Board.publish_relays)
     async def publish_relays(self, relays: Iterable[str]) -> None:
         hints = tuple(relays)
         await self._relay_op(lambda: self.board.publish_relays(hints))
 
-    @_like(Board.add_relay)
+    @like(Board.add_relay)
     async def add_relay(self, address: str) -> None:
         await self._relay_op(lambda: self.board.add_relay(address))
 
-    @_like(Board.accept_relay)
+    @like(Board.accept_relay)
     async def accept_relay(self, address: str) -> str:
         return await self._relay_op(lambda: self.board.accept_relay(address))
 
-    @_like(Board.reject_relay)
+    @like(Board.reject_relay)
     async def reject_relay(self, address: str) -> str:
         return await self._relay_op(lambda: self.board.reject_relay(address))
 
-    @_like(Board.remove_relay)
+    @like(Board.remove_relay)
     async def remove_relay(self, address: str) -> bool:
         return await self._relay_op(lambda: self.board.remove_relay(address))
 
@@ -298,6 +208,11 @@ class AsyncBoard:
         subscription = EventSubscription(self.board.name, buffer)
         self._subscribers.add(subscription)
         return subscription
+
+    @property
+    def subscribers(self) -> int:
+        """Subscriptions open now (:meth:`events` and :meth:`subscribe`)."""
+        return sum(not s.closed for s in self._subscribers)
 
     def publish_events(self) -> None:
         """Hand the board's new events to every subscriber (called by the node)."""

@@ -50,6 +50,7 @@ from p2paid.node.storewatch import StoreWatcher
 from p2paid.node.syncprogress import SyncProgress
 from p2paid.node.syncrecord import SyncRecorder
 from p2paid.storage.lock import DataDirLock
+from p2paid.storage.runtime import encode_runtime
 
 __all__ = ["Node", "PeerInfo", "open_node"]
 
@@ -86,6 +87,8 @@ class Node:
         self._boards: dict[bytes, AsyncBoard] = {}
         self.listen_address: tuple[str, int] | None = None
         self.last_sync: dict[bytes, float] = {}
+        #: more to publish with the status (the web interface's address, say)
+        self.status_extras: dict[str, object] = {}
         self._sync_record = SyncRecorder(store)
         self._sync_progress = SyncProgress()
         #: how its connections run: big batches are applied once a link falls quiet
@@ -325,6 +328,10 @@ class Node:
         with contextlib.suppress(P2paidError):
             self._sync_record.flush(everything=True)
 
+    def publish_status(self) -> None:
+        """Publish :meth:`status` now (it is also published every few seconds)."""
+        self.store.write_runtime(encode_runtime(self.status()))
+
     def status(self) -> dict[str, object]:
         """What ``p2paid status`` and ``peers`` show of a running node: its connected
         ``peers`` (each with its ``kind``, ``peer`` or ``relay``), each configured peer
@@ -337,6 +344,7 @@ class Node:
             "peers": [asdict(p) for p in self.peers()],
             "targets": [asdict(t) for t in self.dialer.states()],
             "last_sync": {b.hex(): t for b, t in self.last_sync.items()},
+            **self.status_extras,
         }
 
 

@@ -47,6 +47,10 @@ class EventSubscription:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unsubscribe (as leaving the ``with`` block does)."""
         self.closed = True
 
     @property

@@ -35,7 +35,10 @@ __all__ = ["DB_FILENAME", "BoardRow", "Database", "EnvelopeRow", "ForkRow", "Sna
 DB_FILENAME: Final = "p2paid.sqlite3"
 #: 1: p2paid 0.1. 2: forks table; snapshots from 1 are dropped on upgrade, so that
 #: every stored change is checked again under the own-feed rule (SPEC 5).
-SCHEMA_VERSION: Final = 2
+#: 3: devices table (:mod:`p2paid.storage.devices`); nothing else changes.
+SCHEMA_VERSION: Final = 3
+#: Stores older than this drop their snapshots on upgrade (see SCHEMA_VERSION).
+_SNAPSHOTS_KEPT_FROM: Final = 2
 BUSY_TIMEOUT_MS: Final = 30_000
 
 _SCHEMA: Final = """
@@ -91,6 +94,17 @@ CREATE TABLE IF NOT EXISTS forks (
     at       INTEGER NOT NULL,
     PRIMARY KEY (board_id, author)
 );
+CREATE TABLE IF NOT EXISTS devices (
+    id         TEXT PRIMARY KEY,
+    board_id   BLOB NOT NULL,
+    name       TEXT NOT NULL,
+    author     BLOB NOT NULL,
+    author_key BLOB NOT NULL,
+    created    INTEGER NOT NULL,
+    last_seen  INTEGER,
+    revoked    INTEGER
+);
+CREATE INDEX IF NOT EXISTS devices_by_board ON devices (board_id);
 """
 
 
@@ -210,9 +224,11 @@ class Database:
                     f"({SCHEMA_VERSION}); upgrade p2paid"
                 )
             elif int(row[0]) < SCHEMA_VERSION:
-                # Snapshots are an optimisation; without them every stored change is
-                # applied (and checked) again on the next open.
-                con.execute("DELETE FROM snapshots")
+                # The CREATE statements above added the tables a newer schema has.
+                if int(row[0]) < _SNAPSHOTS_KEPT_FROM:
+                    # Snapshots are an optimisation; without them every stored change
+                    # is applied (and checked) again on the next open.
+                    con.execute("DELETE FROM snapshots")
                 con.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
 
     def close(self) -> None:

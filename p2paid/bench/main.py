@@ -37,8 +37,8 @@ from p2paid.errors import UsageError
 __all__ = ["BENCHMARKS", "run_benchmarks"]
 
 #: What ``--only`` may name, in the order they run.
-BENCHMARKS = ("apply", "open", "post", "sync", "stall", "insync", "live", "web", "relay",
-              "fanout", "relaymem", "attacks")
+BENCHMARKS = ("apply", "open", "post", "sync", "stall", "insync", "live", "peer", "web",
+              "relay", "fanout", "relaymem", "attacks")
 
 perf = time.perf_counter
 
@@ -247,6 +247,10 @@ def run_benchmarks(*, quick: bool = False, as_json: bool = False, only: str | No
             from p2paid.bench.net import run_network_benchmarks
 
             run_network_benchmarks(report, root, n, selected)
+        if "peer" in selected:  # (after sync: the ratios are taken against its figures)
+            from p2paid.bench.peer import run_peer_benchmark
+
+            run_peer_benchmark(report, n)
         if "web" in selected:
             from p2paid.bench.web import run_web_benchmarks
 

@@ -65,8 +65,7 @@ def _initial_sync(report: Report, root: Path, n: int, reps: int, stall: bool) ->
     stats, sstats = result["stats"], sent["stats"]
     spread = ", ".join(f"{r['applied_s']:.2f}" for r in runs)
     report.add(Figure(f"initial sync of {n:,} needs to an empty peer: applied", result["applied_s"],
-                      "s", "<= 0.6 s", f"median of {reps} ({spread} s); peers: JS automerge-repo "
-                      "1.6-2.1 s, Python 0.64 s (../shared/bench)"))
+                      "s", "<= 0.6 s", f"median of {reps} ({spread} s)"))
     report.add(Figure("  ... and one need read back from the document", result["readable_s"], "s"))
     report.add(Figure("  stage: dial + handshake + hello until the first batch stored",
                       result["first_s"] or 0.0, "s"))

@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller workload (1,000 changes)")
     p.add_argument("--only", metavar="NAMES",
                    help="comma-separated subset: apply, open, post, sync, stall, insync, live, "
-                        "relay, fanout, relaymem, attacks (default: all)")
+                        "peer, web, relay, fanout, relaymem, attacks (default: all)")
     return parser
 
 

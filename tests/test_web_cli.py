@@ -62,6 +62,22 @@ def test_a_coordinator_serves_phones_invites_and_revokes_one(tmp_path: Path) -> 
         node.kill()
 
 
+def test_a_web_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    env = cli_env(tmp_path)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = run(["run", "--no-mdns", "--listen", "127.0.0.1:0", "--web",
+                    f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "node")], env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"p2paid: port {port} on 127.0.0.1 is in use (another program?); choose another "
+        "with --web HOST:PORT")
+
+
 def test_web_commands_refuse_mistakes_in_one_line(tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     data = tmp_path / "node"

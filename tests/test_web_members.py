@@ -216,3 +216,13 @@ async def test_a_phone_edits_its_own_need_and_not_another_s(tmp_path: Path) -> N
             "csrf": csrf_of(other), "title": "mine now"})
         assert refused.status_code == 400
         assert node.board().get(item_id).title == "Rice, white"
+
+
+async def test_digits_a_form_cannot_convert_are_refused_not_a_crash(tmp_path: Path) -> None:
+    board_hex = _board(tmp_path)
+    async with serving(tmp_path) as (node, web, transport), phone(transport) as amal:
+        await pair_phone(amal, web, node.board().id, "Amal")
+        for quantity in ("²", "٣", "1e3", "-4"):  # superscript, Arabic-Indic, float, sign
+            refused = await post_need(amal, board_hex, "Oil", quantity=quantity)
+            assert refused.status_code == 400, quantity
+        assert node.board().items() == []

@@ -28,7 +28,7 @@ from p2paid.errors import P2paidError
 from p2paid.node.node import Node
 from p2paid.web.guard import Guard
 from p2paid.web.hosts import HostAllowList
-from p2paid.web.i18n import COOKIE, Language, Languages, load_languages
+from p2paid.web.i18n import COOKIE, language_of, load_languages
 from p2paid.web.labels import label
 from p2paid.web.limits import WebLimits
 from p2paid.web.live import LiveStreams
@@ -85,10 +85,6 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def language_of(request: Request, languages: Languages | None = None) -> Language:
-    """The language of a request: the picker's cookie, else ``Accept-Language``."""
-    return (languages or load_languages()).choose(request.cookies.get(COOKIE),
-                                                  request.headers.get("accept-language"))
 
 
 def _local_path(target: str) -> str:

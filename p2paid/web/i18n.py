@@ -26,9 +26,20 @@ from babel import Locale
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
+from starlette.requests import Request
 
-__all__ = ["COOKIE", "DEFAULT", "LOCALE_DIR", "N_", "Language", "Languages", "load_languages",
-           "parse_accept_language", "pgettext_noop"]
+__all__ = [
+    "COOKIE",
+    "DEFAULT",
+    "LOCALE_DIR",
+    "N_",
+    "Language",
+    "Languages",
+    "language_of",
+    "load_languages",
+    "parse_accept_language",
+    "pgettext_noop",
+]
 
 LOCALE_DIR: Final = Path(__file__).parent / "locale"
 #: The language of the source strings, and the fallback.
@@ -158,3 +169,9 @@ def pgettext_noop(context: str, message: str) -> tuple[str, str]:
     """Mark ``message`` in ``context`` for translation; translate it later with
     ``translations.pgettext(*marked)``."""
     return context, message
+
+
+def language_of(request: Request, languages: Languages | None = None) -> Language:
+    """The language of a request: the picker's cookie, else ``Accept-Language``."""
+    return (languages or load_languages()).choose(request.cookies.get(COOKIE),
+                                                  request.headers.get("accept-language"))

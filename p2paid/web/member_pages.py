@@ -10,7 +10,7 @@ choosing. Posting and pairing are rate-limited per device and per address.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from starlette.datastructures import FormData
@@ -20,12 +20,11 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from p2paid.board.model import ItemKind
-from p2paid.errors import P2paidError, ValidationError
+from p2paid.errors import P2paidError
 from p2paid.node.asyncboard import AsyncBoard
 from p2paid.node.asyncmember import AsyncMemberBoard
 from p2paid.node.node import Node
-from p2paid.web.i18n import COOKIE as LANGUAGE_COOKIE
-from p2paid.web.i18n import Language, load_languages
+from p2paid.web.i18n import language_of
 from p2paid.web.limits import Limiter, WebLimits
 from p2paid.web.session import (
     PAIR_COOKIE,
@@ -41,9 +40,6 @@ from p2paid.web.zawgyi import ZAWGYI_HINT, zawgyi_fields
 __all__ = ["AS_ME", "MemberPages"]
 
 
-def _language(request: Request) -> Language:
-    return load_languages().choose(request.cookies.get(LANGUAGE_COOKIE),
-                                   request.headers.get("accept-language"))
 
 Render = Callable[..., Response]
 #: Field names a post form may carry, and the longest value taken of each.
@@ -112,7 +108,8 @@ class MemberPages:
             now = int(time.time() * 1000)
             if device.last_seen is None or now - device.last_seen > TOUCH_EVERY_MS:
                 self._node.store.touch_device(device.id)  # (for 'p2paid web devices')
-        self._web.touch(token)
+        if int(time.time()) - session.last_seen >= TOUCH_EVERY_MS // 1000:
+            self._web.touch(token)  # (a write: not on every page view)
         return Member(token, session)
 
     def author_of(self, member: Member) -> str:
@@ -146,7 +143,7 @@ class MemberPages:
             raise HTTPException(403, "this form has expired; reload the page and try again")
         typed = {n: v for n in _TEXT_FIELDS if isinstance(v := form.get(n), str)}
         if zawgyi_fields(typed):
-            raise HTTPException(400, _language(request).translations.gettext(ZAWGYI_HINT))
+            raise HTTPException(400, language_of(request).translations.gettext(ZAWGYI_HINT))
         client = request.client.host if request.client else "?"
         if not (self.posting_limit.allow(member.session.device_id, self._clock())
                 and self.posting_limit.allow(f"addr {client}", self._clock())):
@@ -212,69 +209,63 @@ class MemberPages:
         fields = _item_fields(form, ItemKind(kind))
         try:
             item = await board.post(kind, _text(form, "title", _FIELDS["title"]), **fields)
-        except ValidationError as exc:
+        except P2paidError as exc:
             raise HTTPException(400, str(exc)) from None
         return RedirectResponse(f"/b/{board.id.hex()}/i/{item.id}", status_code=_SEE_OTHER)
 
-    async def pledge(self, request: Request) -> Response:
+    async def _item_change(self, request: Request,
+                           change: Callable[[AsyncMemberBoard, str, FormData], Awaitable[object]]
+                           ) -> Response:
+        """Run ``change`` on the URL's item as the member's phone; a refusal (not one's
+        own item, a bad value) is a 400 with its reason, then back to the item."""
         member, form = await self._form(request, self.member(request))
         board = self._writer(request, member)
         item_id = request.path_params["item"]
-        quantity_text = _text(form, "quantity", 12).strip()
         try:
-            quantity = int(quantity_text) if quantity_text else None
-            await board.claim(item_id, quantity=quantity, note=_text(form, "note", 500))
-        except (ValueError, P2paidError) as exc:
+            await change(board, item_id, form)
+        except P2paidError as exc:
             raise HTTPException(400, str(exc)) from None
         return RedirectResponse(f"/b/{board.id.hex()}/i/{item_id}", status_code=_SEE_OTHER)
+
+    async def pledge(self, request: Request) -> Response:
+        async def claim(board: AsyncMemberBoard, item_id: str, form: FormData) -> object:
+            return await board.claim(item_id, quantity=_quantity(form),
+                                     note=_text(form, "note", 500))
+
+        return await self._item_change(request, claim)
 
     async def unpledge(self, request: Request) -> Response:
-        member, _ = await self._form(request, self.member(request))
-        board = self._writer(request, member)
-        item_id = request.path_params["item"]
-        try:
-            await board.unclaim(item_id)
-        except P2paidError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return RedirectResponse(f"/b/{board.id.hex()}/i/{item_id}", status_code=_SEE_OTHER)
+        async def unclaim(board: AsyncMemberBoard, item_id: str, form: FormData) -> object:
+            return await board.unclaim(item_id)
+
+        return await self._item_change(request, unclaim)
 
     async def set_status(self, request: Request) -> Response:
-        member, form = await self._form(request, self.member(request))
-        board = self._writer(request, member)
-        item_id = request.path_params["item"]
-        action = _text(form, "action", 10)
-        ops = {"fulfil": board.fulfil, "withdraw": board.withdraw, "reopen": board.reopen}
-        op = ops.get(action)
-        if op is None:
-            raise HTTPException(400, "no such change")
-        try:
-            await op(item_id)
-        except P2paidError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return RedirectResponse(f"/b/{board.id.hex()}/i/{item_id}", status_code=_SEE_OTHER)
+        async def set_status(board: AsyncMemberBoard, item_id: str, form: FormData) -> object:
+            ops = {"fulfil": board.fulfil, "withdraw": board.withdraw, "reopen": board.reopen}
+            op = ops.get(_text(form, "action", 10))
+            if op is None:
+                raise HTTPException(400, "no such change")
+            return await op(item_id)
+
+        return await self._item_change(request, set_status)
 
     async def edit(self, request: Request) -> Response:
         """Change one's own need or offer (every field of the form; empty clears)."""
-        member, form = await self._form(request, self.member(request))
-        board = self._writer(request, member)
-        item_id = request.path_params["item"]
-        try:
+        async def edit(board: AsyncMemberBoard, item_id: str, form: FormData) -> object:
             item = board.get(item_id)
             changes: dict[str, Any] = {
                 name: _text(form, name, _FIELDS[name]).strip()
                 for name in ("title", "details", "category", "unit", "location")}
-            quantity = _text(form, "quantity", _FIELDS["quantity"]).strip()
-            if quantity and not quantity.isdigit():
-                raise HTTPException(400, "the quantity is a whole number")
-            changes["quantity"] = int(quantity) if quantity else None
-            if item.kind is ItemKind.NEED and _text(form, "urgency", _FIELDS["urgency"]):
-                changes["urgency"] = _text(form, "urgency", _FIELDS["urgency"]).strip()
+            changes["quantity"] = _quantity(form)
+            urgency = _text(form, "urgency", _FIELDS["urgency"]).strip()
+            if item.kind is ItemKind.NEED and urgency:
+                changes["urgency"] = urgency
             if not changes["category"]:
                 del changes["category"]
-            await board.edit(item_id, **changes)
-        except P2paidError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return RedirectResponse(f"/b/{board.id.hex()}/i/{item_id}", status_code=_SEE_OTHER)
+            return await board.edit(item_id, **changes)
+
+        return await self._item_change(request, edit)
 
     async def leave(self, request: Request) -> Response:
         """"Leave and forget this phone": end the session, clear the site's data."""
@@ -309,9 +300,18 @@ def _item_fields(form: FormData, kind: ItemKind) -> Mapping[str, Any]:
         urgency = _text(form, "urgency", _FIELDS["urgency"]).strip()
         if urgency:
             fields["urgency"] = urgency
-    quantity = _text(form, "quantity", _FIELDS["quantity"]).strip()
-    if quantity:
-        if not quantity.isdigit():
-            raise HTTPException(400, "the quantity is a whole number")
-        fields["quantity"] = int(quantity)
+    quantity = _quantity(form)
+    if quantity is not None:
+        fields["quantity"] = quantity
     return fields
+
+
+def _quantity(form: FormData) -> int | None:
+    """The form's ``quantity``: None when empty; ASCII digits only (``int`` would take
+    other scripts' digits, and ``str.isdigit`` superscripts it cannot convert)."""
+    text = _text(form, "quantity", _FIELDS["quantity"]).strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise HTTPException(400, "the quantity is a whole number")
+    return int(text)

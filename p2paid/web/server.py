@@ -13,7 +13,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from p2paid.errors import UsageError
-from p2paid.net.tcp import format_address
+from p2paid.net.groups import unwrap
+from p2paid.net.tcp import format_address, listen_error
 from p2paid.node.node import Node
 from p2paid.web.app import create_app
 from p2paid.web.limits import WebLimits
@@ -46,7 +47,7 @@ async def serve_web(node: Node, host: str, port: int, *, hosts: Iterable[str] = 
     address bound.
 
     Raises:
-        OSError: the address cannot be bound.
+        ListenError: the address cannot be bound (in use, privileged, not this machine's).
     """
     config = Config()
     config.bind = [format_address(host, port)]
@@ -70,8 +71,15 @@ async def serve_web(node: Node, host: str, port: int, *, hosts: Iterable[str] = 
             app = create_app(node, web=web, hosts=allowed, limits=limits,
                              secure=certfile is not None)
             # (Hypercorn types ASGI apps by its own TypedDicts; Guard is plain ASGI)
-            binds = await nursery.start(partial(serve, cast(Any, app), config,
-                                                shutdown_trigger=shutdown_trigger))
+            try:
+                binds = await nursery.start(partial(serve, cast(Any, app), config,
+                                                    shutdown_trigger=shutdown_trigger))
+            except BaseException as exc:  # (Hypercorn binds inside its own nurseries)
+                leaf = unwrap(exc) if isinstance(exc, BaseExceptionGroup) else exc
+                if isinstance(leaf, OSError):
+                    raise listen_error(host, port, leaf, option="--web",
+                                       holder="another program") from leaf
+                raise
             address = _bound(binds[0])
             log.info("web interface on http://%s/", format_address(*address))
             task_status.started(address)

@@ -28,6 +28,7 @@ __all__ = [
     "BundleError",
     "ChainError",
     "ChangeMismatchError",
+    "CheckpointMismatchError",
     "DataDirBusyError",
     "DecodeError",
     "DecryptError",
@@ -277,6 +278,12 @@ class ForbiddenOpError(EnvelopeError):
     object or predecessor that no honest member makes; SPEC 5)."""
 
     code = "bad-op"
+
+
+class CheckpointMismatchError(EnvelopeError):
+    """A checkpoint's content is not the history its head envelope depends on."""
+
+    code = "bad-checkpoint"
 
 
 class ForkedFeedError(EnvelopeError):

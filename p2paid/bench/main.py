@@ -37,8 +37,8 @@ from p2paid.errors import UsageError
 __all__ = ["BENCHMARKS", "run_benchmarks"]
 
 #: What ``--only`` may name, in the order they run.
-BENCHMARKS = ("apply", "open", "post", "sync", "stall", "insync", "live", "peer", "web",
-              "relay", "fanout", "relaymem", "attacks")
+BENCHMARKS = ("apply", "open", "post", "sync", "stall", "insync", "live", "peer", "checkpoint",
+              "web", "relay", "fanout", "relaymem", "attacks")
 
 perf = time.perf_counter
 
@@ -80,6 +80,12 @@ def _need_fields(i: int) -> dict[str, str | int | None]:
 
 def make_feed(keys: BoardKeys, author: AuthorKey, n: int, start: int = 0) -> list[Envelope]:
     """``n`` envelopes, one need each, in one author's feed (as a peer would send them)."""
+    return make_feed_and_document(keys, author, n, start)[0]
+
+
+def make_feed_and_document(keys: BoardKeys, author: AuthorKey, n: int, start: int = 0
+                           ) -> tuple[list[Envelope], BoardDocument]:
+    """:func:`make_feed`, and the author's document that made it (for its checkpoints)."""
     doc = BoardDocument(author.public)
     cipher = ChaCha20Poly1305(keys.content_key)
     prev = ZERO_HASH
@@ -97,7 +103,7 @@ def make_feed(keys: BoardKeys, author: AuthorKey, n: int, start: int = 0) -> lis
                             seq=i + 1, prev=prev, change=change)
         prev = env.hash
         out.append(env)
-    return out
+    return out, doc
 
 
 def _best(fn: Callable[[], object], reps: int) -> float:
@@ -251,6 +257,10 @@ def run_benchmarks(*, quick: bool = False, as_json: bool = False, only: str | No
             from p2paid.bench.peer import run_peer_benchmark
 
             run_peer_benchmark(report, n)
+        if "checkpoint" in selected:  # (after peer: its ratio is taken against the peer's)
+            from p2paid.bench.checkpoint import run_checkpoint_benchmarks
+
+            run_checkpoint_benchmarks(report, quick)
         if "web" in selected:
             from p2paid.bench.web import run_web_benchmarks
 

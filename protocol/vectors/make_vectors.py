@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from p2paid.automerge.chunk import parse_change
 from p2paid.board.bundle import write_bundle
 from p2paid.board.document import section_object_id
-from p2paid.core.envelope import ZERO_HASH, associated_data, seal_envelope
+from p2paid.core.checkpoint import associated_data as checkpoint_ad
+from p2paid.core.checkpoint import seal_checkpoint
+from p2paid.core.envelope import ZERO_HASH, Envelope, associated_data, seal_envelope
 from p2paid.core.identity import AuthorKey, fingerprint
 from p2paid.core.invite import Invite, derive_board_keys
 from p2paid.core.relayaddr import RelayAddress
@@ -170,7 +172,59 @@ def feed() -> None:
     })
 
 
+def checkpoints() -> None:
+    """A checkpoint of envelopes.json's feed at seq 2, and checkpoints to refuse."""
+    vectors = json.loads((HERE / "envelopes.json").read_text())
+    secret = bytes.fromhex(vectors["board_secret"])
+    k = derive_board_keys(secret)
+    cipher = ChaCha20Poly1305(k.content_key)
+    author = AuthorKey(bytes.fromhex(vectors["author_seed"]))
+    first = bytes.fromhex(vectors["feed"][0]["change"])
+    head = Envelope.decode(bytes.fromhex(vectors["feed"][1]["envelope"]))
+    content = bytes(Document.load(first).save())
+    nonce = fixed("checkpoint-nonce")[:12]
+    cp = seal_checkpoint(cipher=cipher, author_key=author, head=head, content=content,
+                         nonce=nonce)
+
+    def resigned(body: bytes) -> str:
+        """``body`` (everything before the signature) signed by the author again."""
+        return (body + author.sign(b"p2paid/1 checkpoint\x00"
+                                   + hashlib.sha256(body).digest())).hex()
+
+    raw = cp.raw
+    doc = Document(actor_id=author.public)
+    with doc.transaction() as tx:  # another first change: a history the head does not know
+        sec = tx.put_object(ROOT, author.public.hex(), ObjType.Map)
+        tx.put(sec, "v", ScalarType.Int, 1)
+    elsewhere = seal_checkpoint(cipher=cipher, author_key=author, head=head,
+                                content=bytes(doc.save()), nonce=nonce)
+    assert bytes(Document.load(content).save()) == content, "one history saves one way"
+    refuse = [
+        {"why": "one byte of the content altered: the checkpoint's signature fails",
+         "code": "bad-signature", "by": "every replica",
+         "checkpoint": (raw[:-80] + bytes([raw[-80] ^ 1]) + raw[-79:]).hex()},
+        {"why": "version 2", "code": "malformed", "by": "every replica",
+         "checkpoint": resigned(raw[:4] + b"\x02" + raw[5:-64])},
+        {"why": "seq 3 with the envelope at seq 2 as head", "code": "malformed",
+         "by": "every replica",
+         "checkpoint": resigned(raw[:69] + (3).to_bytes(8, "big") + raw[77:-64])},
+        {"why": "validly signed, but the content is another history than the head's",
+         "code": "bad-checkpoint", "by": "members", "checkpoint": elsewhere.raw.hex()},
+    ]
+    write("checkpoints.json", {
+        "description": "A checkpoint of envelopes.json's feed up to seq 2 (protocol/SPEC.md "
+                       "8a): the content is Automerge's saved document of change 1, the head "
+                       "is envelope 2; then checkpoints every replica or every member refuses.",
+        "board_secret": secret.hex(), "author": author.public.hex(),
+        "content": content.hex(), "nonce": nonce.hex(),
+        "associated_data": checkpoint_ad(k.board_id, author.public, 2, head.raw).hex(),
+        "signing_input": cp.signing_input().hex(), "checkpoint": raw.hex(),
+        "checkpoint_hash": cp.hash.hex(), "refuse": refuse,
+    })
+
+
 if __name__ == "__main__":
     keys_and_invites()
     feed()
+    checkpoints()
     print("wrote", ", ".join(p.name for p in sorted(HERE.glob("*.json"))))

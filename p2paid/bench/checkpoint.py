@@ -1,0 +1,117 @@
+"""Checkpoint figures for ``p2paid bench``: bytes, sealing, and what each checker spends.
+
+For 1,000, 10,000 and 50,000 needs of one author, and 10,000 needs of 1,000 authors:
+the feed as envelopes against the same feed as checkpoints (``protocol/SPEC.md`` 8a);
+the author's time to seal; a relay's time to verify (no secret); a member's time to
+check (decrypt, the chunk's header, Automerge's load, every change through the rules)
+and to apply the result to an empty board's document. When ``peer`` ran in the same
+run, the bytes are also given as a ratio to the Python automerge-repo peer's.
+
+A feed too large for one checkpoint (MAX_CHECKPOINT_BYTES) is checkpointed as far as
+fits; the rest stays envelopes, and is counted as such.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from p2paid.bench.main import Figure, Report, make_feed_and_document
+from p2paid.board.checkpoint import check_checkpoint, seal_feed_checkpoint
+from p2paid.board.document import BoardDocument
+from p2paid.core.checkpoint import Checkpoint, verify_checkpoint
+from p2paid.core.envelope import Envelope
+from p2paid.core.identity import AuthorKey
+from p2paid.core.invite import BoardKeys, derive_board_keys, new_board_secret
+from p2paid.errors import LocalProtocolError
+
+__all__ = ["run_checkpoint_benchmarks"]
+
+perf = time.perf_counter
+PEER_BYTES = "  peer: bytes on the wire to the receiver"
+
+
+def _seal_fitting(keys: BoardKeys, key: AuthorKey, feed: list[Envelope], doc: BoardDocument
+                  ) -> tuple[Checkpoint, float]:
+    """The checkpoint of the longest prefix of ``feed`` that fits; seconds to seal it."""
+    cipher = ChaCha20Poly1305(keys.content_key)
+    upto = len(feed)
+    while True:
+        t0 = perf()
+        try:
+            cp = seal_feed_checkpoint(cipher=cipher, author_key=key, head=feed[upto - 1],
+                                      own=doc.automerge)
+            return cp, perf() - t0
+        except LocalProtocolError:
+            upto = int(upto * 0.9)
+
+
+def _one_author(report: Report, n: int) -> float:
+    keys = derive_board_keys(new_board_secret())
+    key = AuthorKey.generate()
+    feed, doc = make_feed_and_document(keys, key, n)
+    cipher = ChaCha20Poly1305(keys.content_key)
+    cp, seal_s = _seal_fitting(keys, key, feed, doc)
+    rest = feed[cp.seq:]
+    as_envelopes = sum(len(e.raw) for e in feed)
+    sent = len(cp.raw) + sum(len(e.raw) for e in rest)
+    t0 = perf()
+    verify_checkpoint(Checkpoint.decode(cp.raw))
+    relay_s = perf() - t0
+    t0 = perf()
+    checked = check_checkpoint(Checkpoint.decode(cp.raw), cipher)
+    check_s = perf() - t0
+    t0 = perf()
+    member = BoardDocument(AuthorKey.generate().public)
+    applied = member.add_changes(checked.changes)
+    apply_s = perf() - t0
+    assert len(applied) == cp.seq, (len(applied), cp.seq)
+    note = (f"{sent / n:.0f} B per need; envelopes: {as_envelopes / 1e6:.2f} MB "
+            f"({as_envelopes / sent:.1f}x)")
+    if rest:
+        note += f"; {cp.seq:,} in the checkpoint, {len(rest):,} after it as envelopes"
+    report.add(Figure(f"checkpoint of {n:,} needs (1 author): bytes", sent / 1e6, "MB",
+                      "bundle < 0.4 MB" if n == 10_000 else "", note))
+    report.add(Figure("  author: seal (save own feed, encrypt, sign)", seal_s * 1e3, "ms"))
+    report.add(Figure("  relay: decode + verify both signatures", relay_s * 1e3, "ms"))
+    report.add(Figure("  member: decrypt + check + load + rules on every change", check_s, "s",
+                      "", f"{check_s / cp.seq * 1e6:.1f} us per change"))
+    report.add(Figure("  member: apply to an empty board's document", apply_s, "s"))
+    return sent
+
+
+def _many_authors(report: Report, n: int, authors: int) -> None:
+    keys = derive_board_keys(new_board_secret())
+    cipher = ChaCha20Poly1305(keys.content_key)
+    total = envelopes = 0
+    check_s = 0.0
+    for a in range(authors):
+        key = AuthorKey.generate()
+        feed, doc = make_feed_and_document(keys, key, n // authors, a * n)
+        cp = seal_feed_checkpoint(cipher=cipher, author_key=key, head=feed[-1],
+                                  own=doc.automerge)
+        total += len(cp.raw)
+        envelopes += sum(len(e.raw) for e in feed)
+        t0 = perf()
+        check_checkpoint(Checkpoint.decode(cp.raw), cipher)
+        check_s += perf() - t0
+    report.add(Figure(f"checkpoints of {n:,} needs by {authors:,} authors: bytes", total / 1e6,
+                      "MB", "", f"{total / n:.0f} B per need, {total / authors:.0f} B per "
+                      f"author; envelopes: {envelopes / 1e6:.2f} MB ({envelopes / total:.1f}x)"))
+    report.add(Figure("  member: check them all", check_s, "s"))
+
+
+def run_checkpoint_benchmarks(report: Report, quick: bool) -> None:
+    """Print the checkpoint figures (1,000 and 10,000 needs only when ``quick``)."""
+    sizes = (1_000, 10_000) if quick else (1_000, 10_000, 50_000)
+    ten = 0.0
+    for n in sizes:
+        sent = _one_author(report, n)
+        if n == 10_000:
+            ten = sent
+    _many_authors(report, 1_000 if quick else 10_000, 100 if quick else 1_000)
+    peer = next((f for f in report.figures if f.name == PEER_BYTES), None)
+    if peer is not None and ten:
+        report.add(Figure("ratio checkpoint/peer: bytes of 10,000 needs", ten / (peer.value * 1e6),
+                          "x", "<= 1.0x", f"{ten / 1e6:.2f} MB / {peer.value:.2f} MB"))

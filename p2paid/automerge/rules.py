@@ -99,6 +99,8 @@ class FeedRules:
         self._load = load
         self._has_history = has_history
         self._states: dict[bytes, AuthorState] = {}
+        #: authors whose state :meth:`adopt` set since the last commit
+        self._adopted: list[bytes] = []
         #: undo records of the open batch: (state, seq, last_hash, max_op, maps added,
         #: slots before)
         self._journal: list[tuple[AuthorState, int, bytes, int, list[int],
@@ -107,6 +109,12 @@ class FeedRules:
     def forget(self, author: bytes) -> None:
         """Drop what is known of ``author`` (it is loaded again when next needed)."""
         self._states.pop(author, None)
+
+    def adopt(self, author: bytes, state: AuthorState) -> None:
+        """Take ``state`` as what is known of ``author`` (checked elsewhere: a checkpoint's
+        changes, say); a rollback forgets it again."""
+        self._states[author] = state
+        self._adopted.append(author)
 
     def state(self, author: bytes) -> AuthorState:
         state = self._states.get(author)
@@ -120,6 +128,7 @@ class FeedRules:
     def commit(self) -> None:
         """Keep everything checked since the last commit or rollback."""
         self._journal.clear()
+        self._adopted.clear()
 
     def rollback(self) -> None:
         """Undo the effect of every change checked since the last commit."""
@@ -132,6 +141,9 @@ class FeedRules:
                 else:
                     state.slots[key] = old
         self._journal.clear()
+        for author in self._adopted:
+            self._states.pop(author, None)
+        self._adopted.clear()
 
     # -------------------------------------------------------------- the check
 

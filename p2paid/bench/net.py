@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from p2paid.bench.child import Child
-from p2paid.bench.main import Figure, Report, make_feed
+from p2paid.bench.main import Figure, Report, make_feed_and_document
+from p2paid.board.checkpoint import seal_feed_checkpoint
 from p2paid.board.store import open_store
 from p2paid.core.identity import AuthorKey
 from p2paid.core.invite import Invite, derive_board_keys, new_board_secret
@@ -25,16 +28,26 @@ __all__ = ["run_network_benchmarks"]
 
 perf = time.perf_counter
 
-def _populate(root: Path, n: int, authors: int) -> tuple[Invite, Path, str, str]:
-    """A data dir holding ``n`` needs by ``authors`` authors; returns invite, dir, last ids."""
+def _populate(root: Path, n: int, authors: int, checkpoints: bool = True
+              ) -> tuple[Invite, Path, str, str]:
+    """A data dir holding ``n`` needs by ``authors`` authors, and (unless not
+    ``checkpoints``) each author's checkpoint; returns invite, dir, last ids."""
     secret = new_board_secret()
     keys = derive_board_keys(secret)
     invite = Invite(secret, "bench")
-    feeds = [make_feed(keys, AuthorKey.generate(), n // authors, a * n) for a in range(authors)]
+    authors_keys = [AuthorKey.generate() for _ in range(authors)]
+    made = [(key, *make_feed_and_document(keys, key, n // authors, a * n))
+            for a, key in enumerate(authors_keys)]
+    feeds = [feed for _, feed, _ in made]
     data_dir = root / "a"
     with open_store(data_dir) as store:
         board = store.join(invite)
         board.receive([e.raw for feed in feeds for e in feed])
+        if checkpoints:  # as the authors' nodes seal them when idle (SPEC 8a)
+            cipher = ChaCha20Poly1305(keys.content_key)
+            board.receive([seal_feed_checkpoint(
+                cipher=cipher, author_key=key, head=feed[-1], own=doc.automerge).raw
+                for key, feed, doc in made])
         last = feeds[-1][-1]
         author = last.author.hex()
         item = next(i for i in board.items() if i.author == author and i.title.endswith(

@@ -3,9 +3,11 @@
 Layout (``protocol/SPEC.md`` "Bundles"), all integers big-endian::
 
     magic    8 bytes   b"P2PAIDBN"
-    version  1 byte    0x01
+    version  1 byte    0x01, or 0x02 when records may be checkpoints (SPEC 8a)
     flags    1 byte    0x00 (reserved; a reader refuses other values)
-    records  repeated: length(4) envelope   (1 <= length <= MAX_ENVELOPE_BYTES)
+    records  repeated: length(4) record   (an envelope, 1 <= length <= MAX_ENVELOPE_BYTES;
+                                           in version 2 also a checkpoint, up to
+                                           MAX_CHECKPOINT_BYTES)
     end      length(4) = 0
     count    8 bytes   number of records
     sha256   32 bytes  over every byte before it
@@ -26,24 +28,32 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from p2paid.core.checkpoint import MAX_CHECKPOINT_BYTES
 from p2paid.core.envelope import MAX_ENVELOPE_BYTES
 from p2paid.errors import BundleError, LocalProtocolError
 from p2paid.storage.files import existing_kind, file_error
 
-__all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "check_bundle", "read_bundle", "write_bundle"]
+__all__ = ["BUNDLE_CHECKPOINTS_VERSION", "BUNDLE_MAGIC", "BUNDLE_VERSION", "check_bundle",
+           "read_bundle", "write_bundle"]
 
 BUNDLE_MAGIC: Final = b"P2PAIDBN"
 BUNDLE_VERSION: Final = 1
+#: The version of a bundle whose records may be checkpoints.
+BUNDLE_CHECKPOINTS_VERSION: Final = 2
 _LEN = struct.Struct(">I")
 _COUNT = struct.Struct(">Q")
-_HEADER = BUNDLE_MAGIC + bytes([BUNDLE_VERSION, 0])
+_HEADER_BYTES: Final = 10
+_MAX_RECORD: Final = {BUNDLE_VERSION: MAX_ENVELOPE_BYTES,
+                      BUNDLE_CHECKPOINTS_VERSION: MAX_CHECKPOINT_BYTES}
 #: :func:`write_bundle` reports progress every this many records.
 PROGRESS_EVERY: Final = 1000
 
 
 def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes],
-                 progress: Callable[[int], None] | None = None) -> int:
-    """Write envelopes to ``path`` atomically (temp file, fsync, rename).
+                 progress: Callable[[int], None] | None = None, *,
+                 checkpoints: bool = False) -> int:
+    """Write envelopes to ``path`` atomically (temp file, fsync, rename); with
+    ``checkpoints``, a version-2 bundle whose records may also be checkpoints.
 
     ``progress`` is called with the number of records written so far, every
     :data:`PROGRESS_EVERY` records.
@@ -76,9 +86,10 @@ def write_bundle(path: str | os.PathLike[str], envelopes: Iterable[bytes],
                 digest.update(data)
                 f.write(data)
 
-            put(_HEADER)
+            version = BUNDLE_CHECKPOINTS_VERSION if checkpoints else BUNDLE_VERSION
+            put(BUNDLE_MAGIC + bytes([version, 0]))
             for raw in envelopes:
-                if not 0 < len(raw) <= MAX_ENVELOPE_BYTES:
+                if not 0 < len(raw) <= _MAX_RECORD[version]:
                     raise LocalProtocolError(
                         f"a bundle record of {len(raw)} bytes is not an envelope"
                     )
@@ -110,16 +121,17 @@ def _records(f: BinaryIO, digest: hashlib._Hash) -> Iterator[bytes]:
         digest.update(data)
         return data
 
-    header = take(len(_HEADER))
+    header = take(_HEADER_BYTES)
     if header[:8] != BUNDLE_MAGIC:
         raise BundleError("not a p2paid bundle (bad magic)")
     if header[8] < BUNDLE_VERSION:
         raise BundleError(f"bundle version {header[8]} is not a valid p2paid bundle version")
-    if header[8] != BUNDLE_VERSION:
+    if header[8] not in _MAX_RECORD:
         raise BundleError(
-            f"bundle version {header[8]} is newer than this p2paid reads ({BUNDLE_VERSION}); "
-            "upgrade p2paid"
+            f"bundle version {header[8]} is newer than this p2paid reads "
+            f"({BUNDLE_CHECKPOINTS_VERSION}); upgrade p2paid"
         )
+    max_record = _MAX_RECORD[header[8]]
     if header[9] != 0:
         raise BundleError("the bundle uses flags this p2paid does not know")
     count = 0
@@ -127,8 +139,8 @@ def _records(f: BinaryIO, digest: hashlib._Hash) -> Iterator[bytes]:
         (length,) = _LEN.unpack(take(4))
         if length == 0:
             break
-        if length > MAX_ENVELOPE_BYTES:
-            raise BundleError(f"bundle record {count + 1} is larger than any envelope")
+        if length > max_record:
+            raise BundleError(f"bundle record {count + 1} is larger than any record")
         yield take(length)
         count += 1
     (declared,) = _COUNT.unpack(take(8))

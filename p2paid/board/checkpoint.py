@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from p2paid.automerge.chunk import ChangeHeader, parse_change
 from p2paid.automerge.docchunk import inspect_document
-from p2paid.automerge.rules import FeedRules, check_change
+from p2paid.automerge.rules import AuthorState, FeedRules, check_change
 from p2paid.core.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
 from p2paid.core.envelope import Envelope, open_envelope
 from p2paid.core.identity import AuthorKey
@@ -53,6 +53,8 @@ class CheckedCheckpoint:
     document: Document = field(repr=False)
     #: every change, ``1..seq`` in order, the head's last, as a received envelope's would be
     changes: list[tuple[ChangeHeader, bytes]] = field(repr=False)
+    #: what the rules know of the author after change ``seq``
+    state: AuthorState = field(repr=False)
 
 
 def feed_content(own: Document, parent: bytes) -> bytes:
@@ -141,7 +143,7 @@ def check_checkpoint(checkpoint: Checkpoint, cipher: ChaCha20Poly1305) -> Checke
         changes.append((header, data))
     rules.check(head)
     changes.append((head, head_change))
-    return CheckedCheckpoint(checkpoint, document, changes)
+    return CheckedCheckpoint(checkpoint, document, changes, rules.state(author))
 
 
 def _unreachable() -> Any:

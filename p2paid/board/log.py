@@ -43,8 +43,10 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from p2paid.automerge.chunk import ChangeHeader
 from p2paid.automerge.rules import AuthorState, FeedRules, check_change
+from p2paid.board.checkpoint import check_checkpoint, seal_feed_checkpoint
 from p2paid.board.document import BoardDocument, DocumentBrokenError, SectionWriter
 from p2paid.board.model import BoardEvent
+from p2paid.core.checkpoint import CHECKPOINT_MAGIC, Checkpoint
 from p2paid.core.envelope import Envelope, open_envelope, seal_envelope
 from p2paid.core.feed import EMPTY_HEAD, FeedHead, ForkProof, Rejection
 from p2paid.core.identity import AuthorKey, fingerprint
@@ -52,12 +54,21 @@ from p2paid.core.memory import release_freed_memory
 from p2paid.errors import (
     EnvelopeError,
     InvalidChangeError,
+    LocalProtocolError,
     P2paidError,
     StorageError,
     UsageError,
 )
 from p2paid.storage.base import ForkRow
-from p2paid.storage.ingest import CONTENT_REFUSALS, Accepted, ingest, record_fork
+from p2paid.storage.ingest import (
+    CONTENT_REFUSALS,
+    Accepted,
+    IngestResult,
+    ingest,
+    ingest_checkpoint,
+    merge_results,
+    record_fork,
+)
 from p2paid.storage.sqlite import Database, EnvelopeRow, SnapshotRow
 
 __all__ = [
@@ -84,6 +95,9 @@ SNAPSHOT_EVERY: Final = 2000
 MAX_HELD_BYTES: Final = 16 * 1024 * 1024
 MAX_HELD_BYTES_PER_AUTHOR: Final = 2 * 1024 * 1024
 _MAX_RELOADS: Final = 50
+#: A local author's feed is checkpointed (SPEC 8a) when idle, once it grew by this many
+#: envelopes since its last checkpoint.
+CHECKPOINT_AFTER: Final = 64
 
 Clock = Callable[[], int]
 
@@ -178,6 +192,10 @@ class BoardLog:
         self._rules = FeedRules(self._author_state, self._has_changes)
         #: authors this node writes as: its own member and the devices it holds keys of
         self._local_authors: set[bytes] = {self.author}
+        #: the keys of local authors this log has written with (to seal checkpoints)
+        self._local_keys: dict[bytes, AuthorKey] = {self.author: author_key}
+        #: rules state after each checkpoint checked in the open write, by its hash
+        self._checked_states: dict[bytes, AuthorState] = {}
 
     # ------------------------------------------------------------------ states
 
@@ -378,9 +396,21 @@ class BoardLog:
             self._heads = self._db.heads(self.id)
 
     def _open_rows(self, rows: Iterable[EnvelopeRow]) -> list[tuple[ChangeHeader, bytes]]:
-        """Decrypt envelopes this store already verified (bad ones are logged and skipped)."""
-        out = []
+        """Decrypt envelopes this store already verified (bad ones are logged and skipped).
+
+        A row that starts a feed held from a checkpoint (SPEC 8a: nothing stored before
+        it) brings the checkpoint's changes before its own."""
+        out: list[tuple[ChangeHeader, bytes]] = []
+        doc = self._doc
+        last: dict[bytes, int] = {}
         for row in rows:
+            before = last.get(row.author, doc.applied_seq.get(row.author, 0) if doc else 0)
+            last[row.author] = row.seq
+            if row.seq > before + 1:
+                changes = self._checkpoint_changes(row.author, row.seq)
+                if changes:
+                    out.extend(c for c in changes if c[0].seq > before)
+                    continue
             try:
                 env = Envelope.decode(row.data)
                 change = open_envelope(env, self._cipher)
@@ -492,12 +522,16 @@ class BoardLog:
                  ) -> ReceiveReport:
         report = ReceiveReport()
         decoded: list[Envelope] = []
+        checkpoints: list[Checkpoint] = []
         for item in envelopes:
             if isinstance(item, Envelope):
                 decoded.append(item)
                 continue
             try:
-                decoded.append(Envelope.decode(item))
+                if item[:4] == CHECKPOINT_MAGIC:
+                    checkpoints.append(Checkpoint.decode(item))
+                else:
+                    decoded.append(Envelope.decode(item))
             except EnvelopeError as exc:
                 report.rejected.append(Rejection(None, exc))
         if self._doc is None:
@@ -505,17 +539,29 @@ class BoardLog:
         try:
             with self._db.write():
                 self._catch_up()
+                # A checkpoint starts a feed held nothing of, unless the batch starts
+                # it with envelopes; the others meet the feeds as this batch left them.
+                starts = {env.author for env in decoded if env.seq == 1}
+                first = [cp for cp in checkpoints if cp.author not in starts
+                         and not self._heads.get(cp.author, EMPTY_HEAD).seq]
+                later = [cp for cp in checkpoints if cp not in first]
+                heads_offered: list[Envelope] = []
+                from_checkpoints = self._take_checkpoints(first, heads_offered, report)
+                decoded.extend(heads_offered)  # (offered by this batch's sender)
                 batch = list(self._held.values()) + decoded
                 self._held.clear()
                 result = ingest(self._db, self.id, batch, self._heads, self._open,
                                 forked=self._forked)
-                for acc in result.accepted:
-                    env = acc.envelope
-                    self._heads[env.author] = FeedHead(env.seq, env.hash)
-                if result.forks:
-                    self._heads = self._db.heads(self.id)
-                if result.last_id:
-                    self._seen_id = result.last_id
+                self._note_ingested(result)
+                if later:
+                    heads_offered = []
+                    from_checkpoints += self._take_checkpoints(later, heads_offered, report)
+                    if heads_offered:
+                        more = ingest(self._db, self.id, heads_offered, self._heads,
+                                      self._open, forked=self._forked)
+                        self._note_ingested(more)
+                        decoded.extend(heads_offered)  # (offered by this batch's sender)
+                        result = merge_results(result, more)
         except BaseException:
             self._rules.rollback()
             raise
@@ -534,7 +580,8 @@ class BoardLog:
             else:
                 log.info("board %s: a held envelope was refused: %s", self.name,
                          rejection.error)
-        changes = [(a.header, a.change) for a in result.accepted if a.header and a.change]
+        changes = from_checkpoints + [(a.header, a.change) for a in result.accepted
+                                      if a.header and a.change]
         if result.forks:
             self._end_forked_feeds(result.forks)
         if defer_apply:
@@ -548,6 +595,92 @@ class BoardLog:
         if self._since_snapshot >= SNAPSHOT_EVERY:
             self.save_snapshot()
         return report
+
+    def _note_ingested(self, result: IngestResult) -> None:
+        """Move the heads (and the arrival counter) past what an ingest stored."""
+        for acc in result.accepted:
+            env = acc.envelope
+            self._heads[env.author] = FeedHead(env.seq, env.hash)
+        if result.forks:
+            self._heads = self._db.heads(self.id)
+        if result.last_id:
+            self._seen_id = max(self._seen_id, result.last_id)
+
+    def _take_checkpoints(self, checkpoints: list[Checkpoint], heads: list[Envelope],
+                          report: ReceiveReport) -> list[tuple[ChangeHeader, bytes]]:
+        """Store checkpoints (inside the write); the heads to offer as envelopes instead
+        join ``heads``. Returns the changes to apply."""
+        changes: list[tuple[ChangeHeader, bytes]] = []
+        for cp in checkpoints:
+            result = ingest_checkpoint(self._db, self.id, cp, self._heads,
+                                       self._check_checkpoint, self._forked)
+            if result.head is not None:
+                heads.append(result.head)
+            elif result.rejected is not None:
+                report.rejected.append(result.rejected)
+            elif result.duplicate or result.kept:
+                report.duplicates += 1
+            elif result.taken:
+                self._heads[cp.author] = FeedHead(cp.seq, cp.head.hash)
+                self._rules.adopt(cp.author, self._checked_states.pop(cp.hash))
+                self._seen_id = max(self._seen_id, result.last_id)
+                report.accepted += cp.seq
+                changes.extend(result.changes)
+        self._checked_states.clear()
+        return changes
+
+    def _check_checkpoint(self, cp: Checkpoint) -> list[tuple[ChangeHeader, bytes]]:
+        if cp.head.hash in self._refused_envelopes:
+            raise InvalidChangeError(f"seq {cp.seq} was refused before: it cannot be applied")
+        checked = check_checkpoint(cp, self._cipher)
+        self._checked_states[cp.hash] = checked.state
+        return checked.changes
+
+    def _checkpoint_changes(self, author: bytes, seq: int) -> list[tuple[ChangeHeader, bytes]]:
+        """The changes ``1..seq`` of a stored checkpoint (checked when it was stored; the
+        caller checks them against the rules again, as it does stored envelopes)."""
+        held = self._db.checkpoint(self.id, author)
+        if held is None or held[0] != seq:
+            return []
+        try:
+            return check_checkpoint(Checkpoint.decode(held[1]), self._cipher).changes
+        except P2paidError as exc:
+            log.error("board %s: stored checkpoint of %s unreadable: %s", self.name,
+                      fingerprint(author), exc)
+            return []
+
+    def checkpoint(self, author: bytes) -> bytes | None:
+        """The stored checkpoint of ``author``'s feed, if any."""
+        held = self._db.checkpoint(self.id, author)
+        return None if held is None else held[1]
+
+    def maybe_checkpoint(self, min_new: int = CHECKPOINT_AFTER) -> bool:
+        """Seal a checkpoint of each local author's feed that grew by at least ``min_new``
+        envelopes since its last one (SPEC 8a); True if one was sealed."""
+        if self._doc is None:
+            return False
+        sealed = False
+        have = self._db.checkpoint_seqs(self.id)
+        for author in sorted(self._local_authors):
+            key = self._local_keys.get(author)
+            head = self._heads.get(author, EMPTY_HEAD).seq
+            if key is None or head < 2 or head - have.get(author, 0) < min_new:
+                continue
+            raw = self._db.envelope_at(self.id, author, head)
+            if raw is None:
+                continue
+            try:
+                cp = seal_feed_checkpoint(cipher=self._cipher, author_key=key,
+                                          head=Envelope.decode(raw),
+                                          own=self.document.automerge)
+            except LocalProtocolError as exc:
+                log.info("board %s: no checkpoint of %s: %s", self.name, fingerprint(author),
+                         exc)
+                continue
+            with self._db.write():
+                self._db.put_checkpoint(self.id, author, cp.seq, cp.hash, cp.raw)
+            sealed = True
+        return sealed
 
     def _hold(self, gaps: Iterable[Envelope]) -> None:
         """Keep envelopes beyond a gap, within a byte budget per author and per board."""
@@ -707,6 +840,7 @@ class BoardLog:
         """
         key = self._author_key if key is None else key
         author = key.public
+        self._local_keys[author] = key
         self.document  # noqa: B018 - load, and apply what is deferred, before the lock
         changed = False
         try:

@@ -27,13 +27,16 @@ from platformdirs import user_data_dir
 from p2paid.automerge.rules import AuthorState, FeedRules, check_change
 from p2paid.board.board import Board, ReceiveReport
 from p2paid.board.bundle import check_bundle, read_bundle, write_bundle
+from p2paid.board.checkpoint import check_checkpoint
 from p2paid.board.model import clean_text, now_ms
 from p2paid.board.relayplan import RelaySuggestion, configured_for
+from p2paid.core.checkpoint import CHECKPOINT_MAGIC, Checkpoint
 from p2paid.core.envelope import Envelope, open_envelope
-from p2paid.core.feed import Rejection
+from p2paid.core.feed import FeedHead, Rejection
 from p2paid.core.identity import AuthorKey, NodeKey, fingerprint
 from p2paid.core.invite import Invite, derive_board_keys, new_board_secret, validate_board_name
 from p2paid.core.relayaddr import RelayAddress
+from p2paid.core.replication import peek_envelope
 from p2paid.errors import (
     AmbiguousIdError,
     ChainError,
@@ -44,7 +47,7 @@ from p2paid.errors import (
 )
 from p2paid.storage.devices import Device, DeviceRegistry
 from p2paid.storage.files import existing_kind
-from p2paid.storage.ingest import ingest
+from p2paid.storage.ingest import ingest, ingest_checkpoint
 from p2paid.storage.peerbook import PeerBook
 from p2paid.storage.roles import NODE_KEY, refuse_relay_dir
 from p2paid.storage.sqlite import DB_FILENAME, BoardRow, Database
@@ -309,17 +312,28 @@ class Store:
         updates: list[tuple[bytes, int]] = []
         rows = self._db.envelopes_by_id([i for i, *_ in self._db.change_index(board_id)])
         refused_from: dict[bytes, int] = {}
+        checkpoints = self._db.checkpoint_seqs(board_id)
         for r in rows:
             if r.author in refused_from:
                 continue
             try:
+                if r.seq == checkpoints.get(r.author) and rules.state(r.author).seq < r.seq:
+                    # The feed starts with a checkpoint (SPEC 8a): check it as a member.
+                    held = self._db.checkpoint(board_id, r.author)
+                    assert held is not None
+                    checked = check_checkpoint(Checkpoint.decode(held[1]), cipher)
+                    rules.adopt(r.author, checked.state)
+                    updates.append((checked.changes[-1][0].hash, r.id))
+                    continue
                 env = Envelope.decode(r.data)
                 header = check_change(env, open_envelope(env, cipher))
                 rules.check(header)
             except EnvelopeError as exc:
-                refused_from[r.author] = r.seq
-                self._db.record_rejection(board_id, r.author, r.seq, r.hash, exc.code, str(exc),
-                                         None, now_ms())
+                from_checkpoint = r.seq == checkpoints.get(r.author)
+                refused_from[r.author] = 1 if from_checkpoint else r.seq
+                if not from_checkpoint:  # (a checkpoint's head may be a valid envelope)
+                    self._db.record_rejection(board_id, r.author, r.seq, r.hash, exc.code,
+                                             str(exc), None, now_ms())
                 continue
             updates.append((header.hash, r.id))
         self._db.set_change_hashes(updates)
@@ -486,15 +500,31 @@ class Store:
 
         def all_envelopes() -> Iterator[bytes]:
             for board_id in ids:
-                yield from self._db.envelopes(board_id)
+                yield from self._board_records(board_id)
                 for fork in self._db.forks(board_id).values():
                     yield fork.first
                     yield fork.second
 
         with self._db.read():
-            count = write_bundle(path, all_envelopes(), report)
+            has_checkpoints = any(self._db.checkpoint_seqs(b) for b in ids)
+            count = write_bundle(path, all_envelopes(), report, checkpoints=has_checkpoints)
         report(count)
         return count
+
+    def _board_records(self, board_id: bytes) -> Iterator[bytes]:
+        """A board's feeds as bundle records: each author's checkpoint (SPEC 8a), if one
+        is held, in place of its envelopes up to its seq; then the envelopes after it."""
+        reach = self._db.checkpoint_seqs(board_id)
+        author = b""
+        for raw in self._db.envelopes(board_id):
+            _, this, seq = peek_envelope(raw)
+            if this != author:
+                author = this
+                held = self._db.checkpoint(board_id, author) if author in reach else None
+                if held is not None:
+                    yield held[1]
+            if seq > reach.get(author, 0):
+                yield raw
 
     def import_bundle(self, path: str | os.PathLike[str], *,
                       progress: Callable[[Progress], None] | None = None) -> ImportReport:
@@ -520,16 +550,18 @@ class Store:
                 progress(Progress(done, total, report))
 
         advance(0)
-        batch: dict[bytes, list[Envelope]] = {}
+        batch: dict[bytes, list[Envelope | Checkpoint]] = {}
         pending = done = 0
         for raw in read_bundle(path, checked=True):
             done += 1
             try:
-                env = Envelope.decode(raw)
+                record: Envelope | Checkpoint = (
+                    Checkpoint.decode(raw) if raw[:4] == CHECKPOINT_MAGIC
+                    else Envelope.decode(raw))
             except EnvelopeError as exc:
                 report.boards.setdefault(b"", BoardReport(b"", None)).rejected[exc.code] += 1
                 continue
-            batch.setdefault(env.board_id, []).append(env)
+            batch.setdefault(record.board_id, []).append(record)
             pending += 1
             if pending >= IMPORT_BATCH:
                 self._import_batch(batch, report)
@@ -540,33 +572,50 @@ class Store:
         advance(done)
         return report
 
-    def _import_batch(self, batch: dict[bytes, list[Envelope]], report: ImportReport) -> None:
-        for board_id, envelopes in batch.items():
-            carried = self._carry(board_id, envelopes)
+    def _import_batch(self, batch: dict[bytes, list[Envelope | Checkpoint]],
+                      report: ImportReport) -> None:
+        for board_id, records in batch.items():
+            carried = self._carry(board_id, records)
             if carried is None:
                 board = self.board(board_id)
                 entry = report.boards.setdefault(board_id, BoardReport(board_id, board.name))
-                entry.add(board.receive(envelopes))
+                entry.add(board.receive(
+                    [r.raw if isinstance(r, Checkpoint) else r for r in records]))
             else:
                 entry = report.boards.setdefault(board_id, BoardReport(board_id, None))
                 entry.add(carried)
 
-    def _carry(self, board_id: bytes, envelopes: list[Envelope]) -> ReceiveReport | None:
-        """Store envelopes of a board not joined, blind; None if it is joined.
+    def _carry(self, board_id: bytes, records: list[Envelope | Checkpoint]
+               ) -> ReceiveReport | None:
+        """Store envelopes and checkpoints of a board not joined, blind (as a relay
+        does); None if it is joined.
 
         The check runs under the write lock, so a join by another process
         cannot slip in between and leave unopened envelopes in a joined board.
         """
+        envelopes = [r for r in records if isinstance(r, Envelope)]
+        checkpoints = [r for r in records if isinstance(r, Checkpoint)]
+        taken = 0
+        rejected: list[Rejection] = []
         with self._db.write():
             if any(row.board_id == board_id for row in self._db.boards()):
                 return None
             forked = {a: f.seq for a, f in self._db.forks(board_id).items()}
-            result = ingest(self._db, board_id, envelopes, self._db.heads(board_id), None,
-                            forked=forked)
+            heads = self._db.heads(board_id)
+            for cp in checkpoints:  # (a bundle has each checkpoint before its envelopes)
+                got = ingest_checkpoint(self._db, board_id, cp, heads, None, forked)
+                if got.head is not None:
+                    envelopes.append(got.head)
+                elif got.rejected is not None:
+                    rejected.append(got.rejected)
+                elif got.taken:
+                    heads[cp.author] = FeedHead(cp.seq, cp.head.hash)
+                    taken += cp.seq
+            result = ingest(self._db, board_id, envelopes, heads, None, forked=forked)
         gaps = [Rejection(e, ChainError(f"seq {e.seq}: earlier envelopes missing"))
                 for e in result.gaps]
-        return ReceiveReport(len(result.accepted), result.duplicates, 0,
-                             result.rejected + gaps)
+        return ReceiveReport(len(result.accepted) + taken, result.duplicates, 0,
+                             rejected + result.rejected + gaps)
 
 
 def open_store(data_dir: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:

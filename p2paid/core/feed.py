@@ -238,6 +238,10 @@ def plan_batch(
                     f"its author forked the feed at seq {ends}")) for env in candidates)
                 continue
             held_hash = known.get(seq) if seq <= head.seq else None
+            if seq <= head.seq and held_hash is None:
+                # Held only inside a checkpoint (SPEC 8a.4): nothing to compare it with.
+                plan.duplicates += len(candidates)
+                continue
             if held_hash is not None:
                 fresh = [env for env in candidates if env.hash != held_hash]
                 plan.duplicates += len(candidates) - len(fresh)

@@ -17,12 +17,14 @@ from typing import Any, ClassVar, Final, Union, final
 
 import msgpack
 
+from p2paid.core.checkpoint import MAX_CHECKPOINT_BYTES
 from p2paid.core.envelope import MAX_ENVELOPE_BYTES
 from p2paid.core.relayaddr import MAX_TOKEN_BYTES
 from p2paid.core.strictpack import MAX_SKIPPED_VALUES, CutShort, StrictReader
 from p2paid.errors import DecodeError, FrameTooLargeError
 
 __all__ = [
+    "CHECKPOINTS_VERSION",
     "HEAD_BYTES",
     "MAX_EVIDENCE_BYTES",
     "MAX_HELLO_BYTES",
@@ -30,6 +32,7 @@ __all__ = [
     "MAX_SMALL_BYTES",
     "PROTOCOL_VERSION",
     "Ack",
+    "CheckpointMessage",
     "Close",
     "Envelopes",
     "Evidence",
@@ -46,6 +49,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
+#: The Hello version of a side that also takes Checkpoint messages (SPEC 8a, 12.3).
+CHECKPOINTS_VERSION: Final = 2
 #: Hard cap on one message (a batch of envelopes is kept well below it).
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 
@@ -301,10 +306,34 @@ class Evidence:
         return cls(board, (first, second)), cls.REQUIRED
 
 
-Message = Union[Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence]  # noqa: UP007
+@final
+@dataclass(frozen=True, slots=True)
+class CheckpointMessage:
+    """One checkpoint of ``board`` (SPEC 8a), numbered and acknowledged as a batch."""
+
+    TYPE: ClassVar[int] = 10
+    REQUIRED: ClassVar[int] = 3
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
+    board: int
+    batch: int
+    checkpoint: bytes = field(repr=False)
+
+    def fields(self) -> list[Any]:
+        return [self.board, self.batch, self.checkpoint]
+
+    @classmethod
+    def read(cls, r: StrictReader, count: int) -> tuple[CheckpointMessage, int]:
+        board, batch = r.uint("checkpoint board"), r.uint("checkpoint batch")
+        raw = r.binary(MAX_CHECKPOINT_BYTES, "checkpoint", too_large=FrameTooLargeError)
+        return cls(board, batch, raw), cls.REQUIRED
+
+
+Message = Union[Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence,  # noqa: UP007
+                CheckpointMessage]
 _TYPES: Final[dict[int, Any]] = {
     cls.TYPE: cls
-    for cls in (Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence)
+    for cls in (Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence,
+                CheckpointMessage)
 }
 
 

@@ -46,16 +46,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
+from p2paid.core.checkpoint import CHECKPOINT_MAGIC
 from p2paid.core.codes import CloseReason, RefusedCode, Role, SyncEventKind
 from p2paid.core.envelope import HEADER_BYTES
 from p2paid.core.feed import FeedHead
 from p2paid.core.wire import (
+    CHECKPOINTS_VERSION,
     PROTOCOL_VERSION,
     Ack,
+    CheckpointMessage,
     Close,
     Envelopes,
     Evidence,
@@ -84,6 +87,7 @@ __all__ = [
     "Replica",
     "SyncEvent",
     "SyncSession",
+    "peek_checkpoint",
     "peek_envelope",
     "vector_digest",
 ]
@@ -211,6 +215,21 @@ def peek_envelope(raw: bytes) -> tuple[bytes, bytes, int]:
     return raw[1:33], raw[33:65], int.from_bytes(raw[65:73], "big")
 
 
+def peek_checkpoint(raw: bytes) -> tuple[bytes, bytes, int]:
+    """``(board_id, author, seq)`` from raw checkpoint bytes without full decoding.
+
+    Raises:
+        MalformedEnvelopeError: not a checkpoint, or too short to hold its header.
+    """
+    if len(raw) < 77 or raw[:4] != CHECKPOINT_MAGIC:
+        raise MalformedEnvelopeError("not a checkpoint, or truncated")
+    return raw[5:37], raw[37:69], int.from_bytes(raw[69:77], "big")
+
+
+#: ``(board_id, author) -> checkpoint bytes or None``: a replica's ``checkpoint_for``.
+CheckpointSource = Callable[[bytes, bytes], bytes | None]
+
+
 def _vector_entries(heads: Mapping[bytes, FeedHead]) -> tuple[tuple[bytes, int, bytes], ...]:
     """The entries to send, at most Vector.MAX_ENTRIES (the longest feeds first: the
     peer then resends at worst the short feeds left out, which is correct, only slower)."""
@@ -249,6 +268,8 @@ class _Link:
     stalled: bool = False
     #: ``author -> forked seq`` whose evidence the peer has (sent by us, or by it)
     evidence: dict[bytes, int] = field(default_factory=dict)
+    #: authors whose feed the peer holds in another version: sent whole, as envelopes
+    whole: set[bytes] = field(default_factory=set)
 
 
 @final
@@ -286,6 +307,10 @@ class SyncSession:
         self._hello_sent = False
         self._hello_received = False
         self.peer_role: str | None = None
+        #: the replica's checkpoints (SPEC 8a), if it keeps any: it then takes them too
+        self._checkpoint_for: CheckpointSource | None = getattr(replica, "checkpoint_for",
+                                                                None)
+        self._peer_takes_checkpoints = False
         self.events: list[SyncEvent] = []
         self.closed_reason: str | None = None
 
@@ -340,7 +365,7 @@ class SyncSession:
         Raises:
             RemoteProtocolError: the peer broke the protocol; drop it.
         """
-        if isinstance(message, Envelopes):
+        if isinstance(message, Envelopes | CheckpointMessage):
             pending = self.begin_batch(message)
             return self.end_batch(
                 pending, self._replica.receive(pending.board_id, pending.envelopes))
@@ -377,7 +402,7 @@ class SyncSession:
             return []
         if isinstance(message, Vector):
             return self._on_vector(message)
-        if isinstance(message, Envelopes):
+        if isinstance(message, Envelopes | CheckpointMessage):
             raise LocalProtocolError("an Envelopes batch goes to begin_batch(), not handle()")
         if isinstance(message, Ack):
             return self._on_ack(message)
@@ -406,7 +431,8 @@ class SyncSession:
             ident = acc.board_id if self._by_id else board_tag(key, self._initiator, self._h)
             entries.append(HelloBoard(ident, digest))
         self._hello_sent = True
-        return Hello(PROTOCOL_VERSION, str(self._replica.role), self._by_id, tuple(entries))
+        version = PROTOCOL_VERSION if self._checkpoint_for is None else CHECKPOINTS_VERSION
+        return Hello(version, str(self._replica.role), self._by_id, tuple(entries))
 
     def _on_hello(self, hello: Hello) -> list[Message]:
         if self._hello_received:
@@ -419,6 +445,7 @@ class SyncSession:
             raise RemoteProtocolError("hello lists a board twice")
         self._hello_received = True
         self.peer_role = hello.role
+        self._peer_takes_checkpoints = hello.version >= CHECKPOINTS_VERSION
         out: list[Message] = []
         if not self._hello_sent:  # we are a relay: answer for the boards asked about
             accepted: list[BoardAccess] = []
@@ -477,9 +504,10 @@ class SyncSession:
                 # Another version of this feed: resend ours whole, so that the peer
                 # finds the lowest seq where they differ (a proof of the fork).
                 link.peer_has[author] = 0
+                link.whole.add(author)
         return self._pump(link)
 
-    def begin_batch(self, message: Envelopes) -> PendingBatch:
+    def begin_batch(self, message: Envelopes | CheckpointMessage) -> PendingBatch:
         """Check a batch from the peer and record what it holds now (so nothing of it is
         echoed back); the caller then has the replica receive ``envelopes`` (all at
         once, or in contiguous slices: they are per author in seq order) and passes
@@ -494,6 +522,16 @@ class SyncSession:
         link = self._remote_link(message.board)
         if not link.live:
             raise RemoteProtocolError("envelopes before the vector")
+        if isinstance(message, CheckpointMessage):
+            if self._checkpoint_for is None:
+                raise RemoteProtocolError("a checkpoint to a side whose hello did not ask "
+                                          "for them")
+            board_id, author, seq = peek_checkpoint(message.checkpoint)
+            if board_id != link.board_id:
+                raise WrongBoardError("checkpoint for another board on this board's link")
+            if seq > link.peer_has.get(author, 0):
+                link.peer_has[author] = seq
+            return PendingBatch(link.board_id, message.batch, (message.checkpoint,))
         for raw in message.envelopes:
             board_id, author, seq = peek_envelope(raw)
             if board_id != link.board_id:
@@ -572,13 +610,35 @@ class SyncSession:
             return out
         out.extend(self._evidence(link))
         while link.in_flight < self._window:
-            batch = self._next_batch(link)
-            if not batch:
-                break
-            out.append(Envelopes(link.local_index, link.next_batch, tuple(batch)))
+            checkpoint = self._next_checkpoint(link)
+            if checkpoint is not None:
+                out.append(CheckpointMessage(link.local_index, link.next_batch, checkpoint))
+            else:
+                batch = self._next_batch(link)
+                if not batch:
+                    break
+                out.append(Envelopes(link.local_index, link.next_batch, tuple(batch)))
             link.next_batch += 1
             link.in_flight += 1
         return out
+
+    def _next_checkpoint(self, link: _Link) -> bytes | None:
+        """A checkpoint of an author the peer holds nothing of, if the peer takes them
+        (SPEC 12.3): one message in place of the author's envelopes up to its seq."""
+        source = self._checkpoint_for
+        if source is None or not self._peer_takes_checkpoints:
+            return None
+        for author, seq in self._replica.vector(link.board_id).items():
+            if seq < 2 or link.peer_has.get(author, 0) or author in link.whole:
+                continue
+            raw = source(link.board_id, author)
+            if raw is None:
+                continue
+            _, _, reaches = peek_checkpoint(raw)
+            if reaches <= seq:
+                link.peer_has[author] = reaches
+                return raw
+        return None
 
     def _next_batch(self, link: _Link) -> list[bytes]:
         batch: list[bytes] = []
@@ -587,7 +647,9 @@ class SyncSession:
             have = link.peer_has.get(author, 0)
             while seq > have and budget > 0:
                 envs = self._replica.read(link.board_id, author, have, budget)
-                if not envs:
+                if not envs or peek_envelope(envs[0])[2] != have + 1:
+                    # (a feed held from a checkpoint has nothing stored before its
+                    # head: a peer that cannot take the checkpoint cannot be served it)
                     break
                 batch.extend(envs)
                 budget -= sum(len(e) for e in envs)

@@ -30,11 +30,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from p2paid.core.codes import CloseReason
 from p2paid.core.messages import (
+    CHECKPOINTS_VERSION,
     HEAD_BYTES,
     MAX_HELLO_BYTES,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     Ack,
+    CheckpointMessage,
     Close,
     Envelopes,
     Evidence,
@@ -59,6 +61,7 @@ from p2paid.errors import (
 )
 
 __all__ = [  # the messages are re-exported: most callers need both
+    "CHECKPOINTS_VERSION",
     "MAX_HELLO_BYTES",
     "MAX_MESSAGE_BYTES",
     "MAX_QUEUED_EVENTS",
@@ -66,6 +69,7 @@ __all__ = [  # the messages are re-exported: most callers need both
     "PROLOGUE",
     "PROTOCOL_VERSION",
     "Ack",
+    "CheckpointMessage",
     "Close",
     "ConnectionClosed",
     "Envelopes",

@@ -13,6 +13,7 @@ from typing import final
 
 from p2paid.board.board import Board
 from p2paid.board.store import Store
+from p2paid.core.checkpoint import CHECKPOINT_MAGIC
 from p2paid.core.codes import RefusedCode, Role
 from p2paid.core.feed import FeedHead
 from p2paid.core.replication import BoardAccess, Received
@@ -113,11 +114,16 @@ class StoreReplica:
         self.stats["sent"] += len(envelopes)
         return envelopes
 
+    def checkpoint_for(self, board_id: bytes, author: bytes) -> bytes | None:
+        """The author's checkpoint, to send a peer that holds nothing of the author."""
+        return self.board(board_id).log.checkpoint(author)
+
     def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
         t0 = time.perf_counter()
-        # Large batches (an initial sync) are applied together once the link is idle;
-        # small ones (live posts) at once.
-        defer = len(envelopes) >= DEFER_APPLY_FROM
+        # Large batches (an initial sync, a checkpoint) are applied together once the
+        # link is idle; small ones (live posts) at once.
+        defer = len(envelopes) >= DEFER_APPLY_FROM or any(
+            raw[:4] == CHECKPOINT_MAGIC for raw in envelopes)
         report = self.board(board_id).receive(envelopes, defer_apply=defer)
         if defer:
             self.deferred.add(board_id)

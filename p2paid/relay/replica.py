@@ -15,14 +15,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
+from p2paid.core.checkpoint import CHECKPOINT_MAGIC, Checkpoint
 from p2paid.core.codes import RefusedCode, Role
 from p2paid.core.envelope import Envelope
-from p2paid.core.feed import FeedHead, ForkProof
+from p2paid.core.feed import EMPTY_HEAD, FeedHead, ForkProof
 from p2paid.core.replication import BoardAccess, Received
 from p2paid.errors import EnvelopeError
 from p2paid.relay.state import ClientInfo, Quotas, RelayLedger, RelayTokens
 from p2paid.storage.base import EnvelopeStore, ForkRow
-from p2paid.storage.ingest import ingest, record_fork
+from p2paid.storage.ingest import ingest, ingest_checkpoint, merge_results, record_fork
 from p2paid.storage.sqlite import Database
 
 __all__ = ["ClientReplica", "RelayLimits", "RelayReplica", "RelayStats"]
@@ -107,6 +108,11 @@ class RelayReplica:
         return Role.RELAY
 
     @property
+    def keeps_checkpoints(self) -> bool:
+        """Whether the store keeps checkpoints (SPEC 8a), so clients may send them."""
+        return isinstance(self._store, Database)
+
+    @property
     def total_bytes(self) -> int:
         return sum(self._sizes.values())
 
@@ -188,10 +194,10 @@ class RelayReplica:
         quota applies, as for a local import)."""
         if self.accepts(board_id) is not None:
             return Received(notice=self.accepts(board_id))
-        decoded, rejected = _decode(envelopes)
+        decoded, checkpoints, rejected = _decode(envelopes)
         notice = None
         size = self._sizes.get(board_id, 0)
-        incoming = sum(len(e.raw) for e in decoded)
+        incoming = sum(len(e.raw) for e in decoded) + sum(len(c.raw) for c in checkpoints)
         if (size + incoming > self._limits.max_board_bytes
                 or self.total_bytes + incoming > self._limits.max_total_bytes):
             self.stats.refused_full += len(decoded)
@@ -208,16 +214,32 @@ class RelayReplica:
                     RefusedCode.QUOTA, f"{over}; ask the relay's operator for an access token"))
         heads = self._board_heads(board_id)
         with self._store.write():
+            starts = {env.author for env in decoded if env.seq == 1}
+            first = [cp for cp in checkpoints if cp.author not in starts
+                     and not heads.get(cp.author, EMPTY_HEAD).seq]
+            taken = self._take_checkpoints(board_id, first, heads, decoded, rejected)
             result = ingest(self._store, board_id, decoded, heads, None,
                             forked=self._forked(board_id))
-            stored = sum(len(a.envelope.raw) for a in result.accepted)
-            if result.accepted:
+            for acc in result.accepted:
+                heads[acc.envelope.author] = FeedHead(acc.envelope.seq, acc.envelope.hash)
+            later = [cp for cp in checkpoints if cp not in first]
+            if later:
+                offered: list[Envelope] = []
+                taken += self._take_checkpoints(board_id, later, heads, offered, rejected)
+                if offered:
+                    result = merge_results(result, ingest(
+                        self._store, board_id, offered, heads, None,
+                        forked=self._forked(board_id)))
+            stored = sum(len(a.envelope.raw) for a in result.accepted) + taken
+            if taken:
+                self.changed_boards.add(board_id)
+            if result.accepted or taken:
                 self.ledger.stored(board_id, size, size + stored, client)
             if result.forks:
                 sizes = self._store.board_sizes()
         for acc in result.accepted:
             heads[acc.envelope.author] = FeedHead(acc.envelope.seq, acc.envelope.hash)
-        if result.accepted:
+        if result.accepted or taken:
             self._sizes[board_id] = size + stored
             self.changed_boards.add(board_id)
         if result.forks:
@@ -228,6 +250,39 @@ class RelayReplica:
         self.stats.refused += len(rejected)
         return Received(len(result.accepted), result.duplicates, rejected, notice)
 
+
+    def checkpoint_for(self, board_id: bytes, author: bytes) -> bytes | None:
+        """The author's checkpoint, for a client that holds nothing of the author."""
+        store = self._store
+        if not isinstance(store, Database):
+            return None
+        held = store.checkpoint(board_id, author)
+        return None if held is None else held[1]
+
+    def _take_checkpoints(self, board_id: bytes, checkpoints: list[Checkpoint],
+                          heads: dict[bytes, FeedHead], decoded: list[Envelope],
+                          rejected: list[EnvelopeError]) -> int:
+        """Store, blind, the checkpoints of authors held nothing of (SPEC 8a.4); the heads
+        of the others join ``decoded``. Returns the bytes stored."""
+        store = self._store
+        stored = 0
+        for cp in checkpoints:
+            if not isinstance(store, Database):
+                decoded.append(cp.head)
+                continue
+            result = ingest_checkpoint(store, board_id, cp, heads, None,
+                                       self._forked(board_id))
+            if result.head is not None:
+                decoded.append(result.head)
+            elif result.rejected is not None:
+                rejected.append(result.rejected.error)
+            elif result.taken:
+                heads[cp.author] = FeedHead(cp.seq, cp.head.hash)
+                stored += len(cp.raw) + len(cp.head.raw)
+                self.stats.stored += 1
+            elif result.kept:
+                stored += len(cp.raw)
+        return stored
 
     def _log_once(self, board_id: bytes, message: str, *args: object) -> None:
         """Warn about a refused board at most once a minute."""
@@ -245,6 +300,8 @@ class ClientReplica:
     def __init__(self, replica: RelayReplica, client: ClientInfo) -> None:
         self._replica = replica
         self.client = client
+        if replica.keeps_checkpoints:  # (the session asks for them only then)
+            self.checkpoint_for = replica.checkpoint_for
 
     @property
     def role(self) -> Role:
@@ -281,12 +338,17 @@ class ClientReplica:
         return self._replica.receive(board_id, envelopes, self.client)
 
 
-def _decode(envelopes: Iterable[bytes]) -> tuple[list[Envelope], list[EnvelopeError]]:
+def _decode(envelopes: Iterable[bytes]
+            ) -> tuple[list[Envelope], list[Checkpoint], list[EnvelopeError]]:
     decoded: list[Envelope] = []
+    checkpoints: list[Checkpoint] = []
     rejected: list[EnvelopeError] = []
     for raw in envelopes:
         try:
-            decoded.append(Envelope.decode(raw))
+            if raw[:4] == CHECKPOINT_MAGIC:
+                checkpoints.append(Checkpoint.decode(raw))
+            else:
+                decoded.append(Envelope.decode(raw))
         except EnvelopeError as exc:
             rejected.append(exc)
-    return decoded, rejected
+    return decoded, checkpoints, rejected

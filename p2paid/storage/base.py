@@ -26,7 +26,7 @@ from typing import Protocol, final
 
 from p2paid.core.feed import FeedHead
 
-__all__ = ["EnvelopeStore", "ForkRow", "NewEnvelope"]
+__all__ = ["CheckpointStore", "EnvelopeStore", "ForkRow", "NewEnvelope"]
 
 #: ``(author, seq, envelope hash, envelope bytes, change hash or None)``
 NewEnvelope = tuple[bytes, int, bytes, bytes, bytes | None]
@@ -110,4 +110,18 @@ class EnvelopeStore(Protocol):
 
     def board_sizes(self) -> dict[bytes, int]:
         """Bytes held per board: envelopes, and both envelopes of each fork proof."""
+        ...
+
+
+class CheckpointStore(EnvelopeStore, Protocol):
+    """An envelope store that also keeps checkpoints (SPEC 8a): one per author, the one
+    reaching furthest; ``delete_feed_from`` drops a checkpoint that reaches its seq."""
+
+    def put_checkpoint(self, board_id: bytes, author: bytes, seq: int, hash_: bytes,
+                       data: bytes) -> None:
+        """Keep a verified checkpoint (inside ``write()``)."""
+        ...
+
+    def checkpoint(self, board_id: bytes, author: bytes) -> tuple[int, bytes] | None:
+        """``(seq, bytes)`` of the author's checkpoint, if one is held."""
         ...

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Final, final
 
 from p2paid.automerge.chunk import ChangeHeader
+from p2paid.core.checkpoint import Checkpoint, verify_checkpoint
 from p2paid.core.clock import now_ms
 from p2paid.core.envelope import Envelope
-from p2paid.core.feed import FeedHead, ForkProof, Rejection, plan_batch
+from p2paid.core.feed import EMPTY_HEAD, FeedHead, ForkProof, Rejection, plan_batch
 from p2paid.errors import (
     ChainError,
     ChangeMismatchError,
@@ -27,17 +28,22 @@ from p2paid.errors import (
     EnvelopeDecryptError,
     EnvelopeError,
     ForbiddenOpError,
+    ForkedFeedError,
     ForkError,
     InvalidChangeError,
     OwnershipError,
 )
-from p2paid.storage.base import EnvelopeStore, ForkRow
+from p2paid.storage.base import CheckpointStore, EnvelopeStore, ForkRow
 
-__all__ = ["CONTENT_REFUSALS", "Accepted", "IngestResult", "OpenChange", "ingest",
-           "record_fork"]
+__all__ = ["CONTENT_REFUSALS", "Accepted", "CheckMember", "CheckpointResult", "IngestResult",
+           "OpenChange", "ingest", "ingest_checkpoint", "merge_results", "record_fork"]
 
 #: Opens and checks an envelope's change; None for a blind carrier or relay.
 OpenChange = Callable[[Envelope], tuple[ChangeHeader, bytes]]
+
+#: A member's check of a checkpoint's content (p2paid.board.checkpoint): its changes
+#: ``1..seq``, or an EnvelopeError; None for a blind carrier or relay.
+CheckMember = Callable[[Checkpoint], list[tuple[ChangeHeader, bytes]]]
 
 #: Refusals of a validly signed envelope for its content: every member refuses the
 #: same envelope the same way, so its hash may be remembered and refused again cheaply.
@@ -130,6 +136,84 @@ def ingest(
         )
     _record(db, board_id, result.rejected)
     return result
+
+
+@final
+@dataclass(slots=True)
+class CheckpointResult:
+    """What became of one checkpoint offered (SPEC 8a.4)."""
+
+    #: stored as the author's feed ``1..seq`` (nothing of the author was held)
+    taken: bool = False
+    #: stored beside the author's envelopes, whose head at its seq it shares
+    kept: bool = False
+    #: an equal or longer checkpoint of the author was held already
+    duplicate: bool = False
+    #: (members) the changes ``1..seq`` to apply, when taken
+    changes: list[tuple[ChangeHeader, bytes]] = field(default_factory=list)
+    #: offer this head as an ordinary envelope (a duplicate, a fork proof, one beyond
+    #: a gap): the checkpoint neither starts the feed nor matches what is held
+    head: Envelope | None = None
+    rejected: Rejection | None = None
+    last_id: int = 0
+
+
+def ingest_checkpoint(
+    db: CheckpointStore,
+    board_id: bytes,
+    checkpoint: Checkpoint,
+    heads: Mapping[bytes, FeedHead],
+    check_member: CheckMember | None,
+    forked: Mapping[bytes, int] | None = None,
+) -> CheckpointResult:
+    """Check and store one decoded checkpoint of ``board_id``. Must run inside ``db.write()``.
+
+    A checkpoint is taken as the author's feed when nothing of the author is held, and
+    kept beside the envelopes when the envelope held at its seq is its head (to serve
+    peers that hold nothing). Otherwise its head goes the way of any envelope (the caller
+    offers :attr:`CheckpointResult.head` to :func:`ingest`): a head held is a duplicate,
+    another one proves a fork with two envelopes anyone can check.
+    """
+    author = checkpoint.author
+    ends = (forked or {}).get(author)
+    if ends is not None and checkpoint.seq >= ends:
+        return CheckpointResult(rejected=Rejection(checkpoint.head, ForkedFeedError(
+            f"its author forked the feed at seq {ends}")))
+    head = heads.get(author, EMPTY_HEAD).seq
+    if head:
+        if head < checkpoint.seq or db.held_hashes(
+                board_id, author, checkpoint.seq, checkpoint.seq).get(checkpoint.seq) \
+                != checkpoint.head.hash:
+            return CheckpointResult(head=checkpoint.head)
+        held = db.checkpoint(board_id, author)
+        if held is not None and held[0] >= checkpoint.seq:
+            return CheckpointResult(duplicate=True)
+    try:
+        verify_checkpoint(checkpoint)
+        changes = [] if check_member is None else check_member(checkpoint)
+    except EnvelopeError as exc:
+        # Not remembered by the head's hash: the head may be a valid envelope, which
+        # members holding the feed as envelopes accept (a refused checkpoint is
+        # offered again by a later sync, at its author's cost).
+        return CheckpointResult(rejected=Rejection(checkpoint.head, exc))
+    db.put_checkpoint(board_id, author, checkpoint.seq, checkpoint.hash, checkpoint.raw)
+    if head:
+        return CheckpointResult(kept=True)
+    head_hash = changes[-1][0].hash if changes else None
+    last_id = db.insert_envelopes(board_id, [(author, checkpoint.seq, checkpoint.head.hash,
+                                              checkpoint.head.raw, head_hash)])
+    return CheckpointResult(taken=True, changes=changes, last_id=last_id)
+
+
+def merge_results(first: IngestResult, second: IngestResult) -> IngestResult:
+    """Two ingests of one write, as one result (``first`` is extended and returned)."""
+    first.accepted.extend(second.accepted)
+    first.duplicates += second.duplicates
+    first.rejected.extend(second.rejected)
+    first.gaps.extend(second.gaps)
+    first.forks.extend(second.forks)
+    first.last_id = max(first.last_id, second.last_id)
+    return first
 
 
 def record_fork(db: EnvelopeStore, board_id: bytes, proof: ForkProof) -> bool:

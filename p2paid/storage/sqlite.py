@@ -36,7 +36,7 @@ DB_FILENAME: Final = "p2paid.sqlite3"
 #: 1: p2paid 0.1. 2: forks table; snapshots from 1 are dropped on upgrade, so that
 #: every stored change is checked again under the own-feed rule (SPEC 5).
 #: 3: devices table (:mod:`p2paid.storage.devices`); nothing else changes.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 #: Stores older than this drop their snapshots on upgrade (see SCHEMA_VERSION).
 _SNAPSHOTS_KEPT_FROM: Final = 2
 BUSY_TIMEOUT_MS: Final = 30_000
@@ -105,6 +105,14 @@ CREATE TABLE IF NOT EXISTS devices (
     revoked    INTEGER
 );
 CREATE INDEX IF NOT EXISTS devices_by_board ON devices (board_id);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    board_id BLOB NOT NULL,
+    author   BLOB NOT NULL,
+    seq      INTEGER NOT NULL,
+    hash     BLOB NOT NULL,
+    data     BLOB NOT NULL,
+    PRIMARY KEY (board_id, author)
+);
 """
 
 
@@ -438,9 +446,11 @@ class Database:
             yield bytes(data)
 
     def board_sizes(self) -> dict[bytes, int]:
-        """Bytes held per board id: envelopes, and the two envelopes of each fork proof."""
+        """Bytes held per board id: envelopes, checkpoints, and the two envelopes of each
+        fork proof."""
         rows = self._query(
             "SELECT board_id, SUM(n) FROM (SELECT board_id, LENGTH(data) AS n FROM envelopes "
+            "UNION ALL SELECT board_id, LENGTH(data) FROM checkpoints "
             "UNION ALL SELECT board_id, LENGTH(first) + LENGTH(second) FROM forks) "
             "GROUP BY board_id")
         return {_bytes(b): _int(n) for b, n in rows}
@@ -463,8 +473,33 @@ class Database:
         return None if not rows else _bytes(rows[0][0])
 
     def delete_feed_from(self, board_id: bytes, author: bytes, seq: int) -> None:
+        """Delete the author's envelopes from ``seq`` on, and a checkpoint that reaches it
+        (a checkpoint cannot be cut: it goes whole)."""
         self._exec("DELETE FROM envelopes WHERE board_id = ? AND author = ? AND seq >= ?",
                    (board_id, author, seq))
+        self._exec("DELETE FROM checkpoints WHERE board_id = ? AND author = ? AND seq >= ?",
+                   (board_id, author, seq))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def put_checkpoint(self, board_id: bytes, author: bytes, seq: int, hash_: bytes,
+                       data: bytes) -> None:
+        """Keep a verified checkpoint: one per author, the one reaching furthest."""
+        self._exec(
+            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT (board_id, author) "
+            "DO UPDATE SET seq = excluded.seq, hash = excluded.hash, data = excluded.data "
+            "WHERE excluded.seq > checkpoints.seq", (board_id, author, seq, hash_, data))
+
+    def checkpoint(self, board_id: bytes, author: bytes) -> tuple[int, bytes] | None:
+        """``(seq, bytes)`` of the author's checkpoint, if one is held."""
+        rows = self._query("SELECT seq, data FROM checkpoints WHERE board_id = ? AND author = ?",
+                           (board_id, author))
+        return None if not rows else (_int(rows[0][0]), _bytes(rows[0][1]))
+
+    def checkpoint_seqs(self, board_id: bytes) -> dict[bytes, int]:
+        """``author -> seq`` of every checkpoint held of a board."""
+        return {_bytes(a): _int(s) for a, s in self._query(
+            "SELECT author, seq FROM checkpoints WHERE board_id = ?", (board_id,))}
 
     # ------------------------------------------------------------------ snapshots
 

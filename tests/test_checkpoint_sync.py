@@ -1,0 +1,285 @@
+"""Checkpoints in sync (SPEC 8a.4, 12.3): stores, sessions, relays, restarts.
+
+What must hold: a peer that holds nothing of an author gets the author's checkpoint in
+place of its envelopes, stores it and reads exactly the feed the envelopes give; the
+feed then grows by envelopes as usual; a peer that holds part of the feed, or a side
+that does not take checkpoints, gets envelopes; a relay stores a checkpoint blind and
+serves it; a restart without a snapshot rebuilds from the checkpoint; a forged
+checkpoint drops the peer that sent it, a checkpoint of another history is refused
+without dropping anyone, and a fork at the head is proven with two envelopes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from p2paid.bench.main import make_feed_and_document
+from p2paid.board.checkpoint import seal_feed_checkpoint
+from p2paid.board.store import Store, open_store
+from p2paid.core.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
+from p2paid.core.identity import AuthorKey
+from p2paid.core.invite import Invite, derive_board_keys, new_board_secret
+from p2paid.core.pair import ConnectionPair
+from p2paid.core.replication import PEER_FAULTS
+from p2paid.errors import CheckpointMismatchError, SignatureError
+from p2paid.node.replica import StoreReplica
+from p2paid.relay.replica import RelayLimits, RelayReplica
+from p2paid.storage.sqlite import Database
+
+N = 300
+
+
+class Feed:
+    """An author's feed of ``N`` needs and its checkpoint, made as its node makes them."""
+
+    def __init__(self, invite: Invite, n: int = N) -> None:
+        self.keys = derive_board_keys(invite.secret)
+        self.key = AuthorKey.generate()
+        self.cipher = ChaCha20Poly1305(self.keys.content_key)
+        self.envelopes, self.doc = make_feed_and_document(self.keys, self.key, n)
+        self.checkpoint = self.seal(n)
+
+    def seal(self, upto: int) -> Checkpoint:
+        return seal_feed_checkpoint(cipher=self.cipher, author_key=self.key,
+                                    head=self.envelopes[upto - 1], own=self.doc.automerge)
+
+    @property
+    def raw(self) -> list[bytes]:
+        return [e.raw for e in self.envelopes]
+
+
+@pytest.fixture
+def invite() -> Invite:
+    return Invite(new_board_secret(), "Aid")
+
+
+@pytest.fixture
+def feed(invite: Invite) -> Feed:
+    return Feed(invite)
+
+
+@pytest.fixture
+def stores(tmp_path: Path, invite: Invite) -> Iterator[tuple[Store, Store]]:
+    with open_store(tmp_path / "a") as a, open_store(tmp_path / "b") as b:
+        a.join(invite)
+        b.join(invite)
+        yield a, b
+
+
+def titles(store: Store) -> list[str]:
+    return sorted(i.title for i in store.board().items())
+
+
+def rows(store: Store) -> int:
+    return sum(1 for _ in store.board().log.envelopes())
+
+
+def sync(a: Store | RelayReplica, b: Store | RelayReplica) -> ConnectionPair:
+    pair = ConnectionPair(a if isinstance(a, RelayReplica) else StoreReplica(a),
+                          b if isinstance(b, RelayReplica) else StoreReplica(b),
+                          a_options={"to_relay": isinstance(b, RelayReplica)})
+    pair.flights()
+    for store in (a, b):
+        if isinstance(store, Store):
+            store.board().flush()
+    return pair
+
+
+def test_an_empty_peer_gets_the_checkpoint_in_place_of_the_envelopes(
+        stores: tuple[Store, Store], feed: Feed) -> None:
+    a, b = stores
+    a.board().receive([*feed.raw, feed.checkpoint.raw])
+    pair = sync(a, b)
+    assert titles(b) == titles(a) and len(titles(b)) == N
+    assert rows(b) == 1  # the head; the rest lives in the checkpoint
+    assert b.board().log.checkpoint(feed.key.public) == feed.checkpoint.raw
+    assert pair.bytes_delivered < sum(len(r) for r in feed.raw) / 4
+    head = b.board().log.heads()[feed.key.public]
+    assert (head.seq, head.hash) == (N, feed.envelopes[-1].hash)
+
+
+def test_the_feed_grows_by_envelopes_after_the_checkpoint(
+        stores: tuple[Store, Store], feed: Feed) -> None:
+    a, b = stores
+    a.board().receive([*feed.raw[:200], feed.seal(200).raw])
+    sync(a, b)
+    a.board().receive(feed.raw[200:])
+    sync(a, b)
+    assert titles(b) == titles(a) and len(titles(b)) == N
+    assert rows(b) == N - 199
+
+
+def test_a_peer_holding_part_of_the_feed_gets_envelopes(
+        stores: tuple[Store, Store], feed: Feed) -> None:
+    a, b = stores
+    a.board().receive([*feed.raw, feed.checkpoint.raw])
+    b.board().receive(feed.raw[:100])
+    sync(a, b)
+    assert titles(b) == titles(a)
+    assert rows(b) == N and b.board().log.checkpoint(feed.key.public) is None
+
+
+def test_a_checkpoint_based_peer_serves_what_it_can(tmp_path: Path, invite: Invite,
+                                                    stores: tuple[Store, Store],
+                                                    feed: Feed) -> None:
+    """B holds the feed from a checkpoint: a third, empty peer gets the checkpoint from B;
+    one holding part of the feed cannot be served it by B (nothing before the head is
+    stored there) and is left as it was, neither stuck nor given a gap."""
+    a, b = stores
+    a.board().receive([*feed.raw, feed.checkpoint.raw])
+    sync(a, b)
+    with open_store(tmp_path / "c") as c, open_store(tmp_path / "d") as d:
+        c.join(invite)
+        d.join(invite).receive(feed.raw[:10])
+        sync(b, c)
+        assert titles(c) == titles(a)
+        sync(b, d)
+        assert len(titles(d)) == 10 and rows(d) == 10
+
+
+def test_a_restart_without_snapshot_rebuilds_from_the_checkpoint(
+        tmp_path: Path, invite: Invite, feed: Feed) -> None:
+    with open_store(tmp_path / "a") as a, open_store(tmp_path / "b") as b:
+        a.join(invite).receive([*feed.raw, feed.checkpoint.raw])
+        b.join(invite)
+        sync(a, b)
+        expected = titles(b)
+        b.board().save_snapshot()
+    db = Database(tmp_path / "b")
+    try:
+        with db.write():
+            db.delete_snapshot(feed.keys.board_id)
+    finally:
+        db.close()
+    with open_store(tmp_path / "b") as again:
+        assert titles(again) == expected and len(expected) == N
+
+
+def test_a_relay_stores_a_checkpoint_blind_and_serves_it(
+        tmp_path: Path, invite: Invite, stores: tuple[Store, Store], feed: Feed) -> None:
+    a, b = stores
+    a.board().receive([*feed.raw, feed.checkpoint.raw])
+    db = Database(tmp_path / "relay")
+    try:
+        relay = RelayReplica.open(db, RelayLimits())
+        sync(a, relay)
+        assert db.checkpoint(feed.keys.board_id, feed.key.public) is not None
+        assert sum(1 for _ in db.envelopes(feed.keys.board_id)) == 1
+        sync(b, relay)
+        assert titles(b) == titles(a)
+        assert rows(b) == 1
+    finally:
+        db.close()
+
+
+def test_a_side_that_does_not_take_checkpoints_gets_envelopes(
+        stores: tuple[Store, Store], feed: Feed) -> None:
+    a, b = stores
+    a.board().receive([*feed.raw, feed.checkpoint.raw])
+
+    class Plain:
+        """B's replica without checkpoint_for: its Hello says version 1."""
+
+        def __init__(self, inner: StoreReplica) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> object:
+            if name == "checkpoint_for":
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    pair = ConnectionPair(StoreReplica(a), Plain(StoreReplica(b)))  # type: ignore[arg-type]
+    pair.flights()
+    b.board().flush()
+    assert titles(b) == titles(a) and rows(b) == N
+
+
+def test_a_forged_checkpoint_is_the_senders_fault_and_stores_nothing(
+        stores: tuple[Store, Store], feed: Feed) -> None:
+    _, b = stores
+    raw = feed.checkpoint.raw
+    forged = raw[:-1] + bytes([raw[-1] ^ 1])
+    report = b.board().receive([forged])
+    assert [type(r.error) for r in report.rejected] == [SignatureError]
+    assert isinstance(report.rejected[0].error, PEER_FAULTS)  # a session drops its sender
+    assert rows(b) == 0 and b.board().log.checkpoint(feed.key.public) is None
+
+
+def test_another_history_under_a_valid_head_is_refused_and_the_envelopes_still_come(
+        stores: tuple[Store, Store], feed: Feed) -> None:
+    _, b = stores
+    twin_envelopes, twin_doc = make_feed_and_document(feed.keys, feed.key, N)  # same key
+    twin = seal_feed_checkpoint(cipher=feed.cipher, author_key=feed.key,
+                                head=twin_envelopes[-1], own=twin_doc.automerge)
+    bad = seal_checkpoint(cipher=feed.cipher, author_key=feed.key, head=feed.envelopes[-1],
+                          content=open_checkpoint(twin, feed.cipher))
+    report = b.board().receive([bad.raw])
+    assert [type(r.error) for r in report.rejected] == [CheckpointMismatchError]
+    assert rows(b) == 0
+    b.board().receive(feed.raw)  # the head was not branded: the envelopes are taken
+    assert rows(b) == N
+
+
+def test_a_checkpoint_whose_head_differs_from_the_held_one_proves_a_fork(
+        stores: tuple[Store, Store], feed: Feed) -> None:
+    _, b = stores
+    b.board().receive(feed.raw)
+    other_envelopes, other_doc = make_feed_and_document(feed.keys, feed.key, N)
+    other = seal_feed_checkpoint(cipher=feed.cipher, author_key=feed.key,
+                                 head=other_envelopes[-1], own=other_doc.automerge)
+    report = b.board().receive([other.raw])
+    assert report.forks and report.forks[0].seq == N
+    assert b.board().log.forked == {feed.key.public: N}
+
+
+def test_the_node_checkpoints_its_own_feed(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    board = a.board()
+    for i in range(70):
+        board.post_need(f"need {i}", category="water")
+    assert board.log.maybe_checkpoint()
+    assert not board.log.maybe_checkpoint()  # nothing new since
+    sync(a, b)
+    assert titles(b) == titles(a) and rows(b) == 1
+
+
+def test_a_bundle_carries_the_checkpoint_and_a_fresh_store_reads_it(
+        tmp_path: Path, invite: Invite, stores: tuple[Store, Store], feed: Feed) -> None:
+    a, b = stores
+    a.board().receive([*feed.raw[:250], feed.seal(250).raw])
+    a.board().receive(feed.raw[250:])
+    path = tmp_path / "feed.p2paid"
+    count = a.export_bundle(path)
+    data = path.read_bytes()
+    assert data[8] == 2 and count == 1 + 50  # the checkpoint, then the envelopes after it
+    assert len(data) < sum(len(r) for r in feed.raw) / 4
+    b.import_bundle(path)
+    assert titles(b) == titles(a) and rows(b) == 51
+    assert b.import_bundle(path).boards[feed.keys.board_id].accepted == 0  # twice: nothing
+
+
+def test_a_carrier_keeps_a_checkpoint_blind_and_reads_it_once_it_joins(
+        tmp_path: Path, invite: Invite, stores: tuple[Store, Store], feed: Feed) -> None:
+    a, _ = stores
+    a.board().receive([*feed.raw, feed.checkpoint.raw])
+    path = tmp_path / "feed.p2paid"
+    a.export_bundle(path)
+    with open_store(tmp_path / "carrier") as carrier:
+        carrier.import_bundle(path)
+        assert carrier.boards() == []
+        carrier.join(invite)
+        assert titles(carrier) == titles(a)
+
+
+def test_a_bundle_without_checkpoints_stays_version_1(
+        tmp_path: Path, stores: tuple[Store, Store], feed: Feed) -> None:
+    a, b = stores
+    a.board().receive(feed.raw[:20])
+    path = tmp_path / "feed.p2paid"
+    assert a.export_bundle(path) == 20 and path.read_bytes()[8] == 1
+    b.import_bundle(path)
+    assert titles(b) == titles(a)

@@ -88,5 +88,5 @@ class StoreWatcher:
                 self._active = False
             elif trio.current_time() - quiet_since > SNAPSHOT_WHEN_QUIET:
                 for board in self._store.boards():  # one at a time: each costs O(board)
-                    if board.maybe_snapshot():
+                    if board.maybe_snapshot() or board.log.maybe_checkpoint():
                         break

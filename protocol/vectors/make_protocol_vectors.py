@@ -901,6 +901,11 @@ def refusals() -> None:
 # and no board is shared); every other close is a protocol error of the peer.
 
 
+#: The Hello version of the reference implementation's own side: 2, it takes checkpoints
+#: (SPEC 8a, 12.3); the peers in these scenarios speak version 1, so none is sent.
+OURS = 2
+
+
 def _d(names: Sequence[str], key: bytes = B1.tag_key) -> bytes:
     return spec_digest(key, HH, heads_of(names))
 
@@ -908,7 +913,7 @@ def _d(names: Sequence[str], key: bytes = B1.tag_key) -> bytes:
 def sessions() -> None:
     a, b = A.public, B.public
     tag_i, tag_r = spec_tag(B1.tag_key, True), spec_tag(B1.tag_key, False)
-    our_hello = Hello(1, "node", False, (HelloBoard(tag_r, _d(["a1", "a2"])),))
+    our_hello = Hello(OURS, "node", False, (HelloBoard(tag_r, _d(["a1", "a2"])),))
     our_vector = Vector(0, ((a, 2, tag8("a2")),))
 
     def peer_hello(digest: bytes, *extra: HelloBoard) -> Hello:
@@ -1003,18 +1008,18 @@ def sessions() -> None:
         ("evidence-sent", "We hold a proof of author-a's fork at seq 2 and the peer's Vector "
          "shows it holds author-a's seq 2: we send the proof (once), not the envelopes",
          {**node, "holds": ["a1", "a2", "a2-fork"]},
-         [Hello(1, "node", False, (HelloBoard(tag_r, _d(["a1"])),))], [
+         [Hello(OURS, "node", False, (HelloBoard(tag_r, _d(["a1"])),))], [
              (peer_hello(_d(["a1", "a2"])), [Vector(0, ((a, 1, tag8("a1")),))]),
              (Vector(0, ((a, 2, tag8("a2")),)), [Evidence(0, (A2, RAW["a2-fork"]))]),
              (Envelopes(0, 0, (A2,)), [Ack(0, 0)])]),
         ("initiator", "The dialling side lists board-1 by its initiator tag and recognises "
          "the responder's tag", {**node, "initiator": True},
-         [Hello(1, "node", False, (HelloBoard(tag_i, _d(["a1", "a2"])),))], [
+         [Hello(OURS, "node", False, (HelloBoard(tag_i, _d(["a1", "a2"])),))], [
              (Hello(1, "node", False, (HelloBoard(tag_r, _d([])),)), [our_vector])]),
         ("to-relay", "A node that dialled a relay names boards by id; a quota refusal "
          "instead of an Ack stops it sending that board",
          {"role": "node", "initiator": True, "to_relay": True, "holds": ["a1", "a2"]},
-         [Hello(1, "node", True, (HelloBoard(B1.board_id, _d(["a1", "a2"], B1.board_id)),))],
+         [Hello(OURS, "node", True, (HelloBoard(B1.board_id, _d(["a1", "a2"], B1.board_id)),))],
          [(Hello(1, "relay", True, (HelloBoard(B1.board_id, _d([], B1.board_id)),)),
            [our_vector]),
           (Vector(0, ()), [Envelopes(0, 0, (A1, A2))]),
@@ -1026,7 +1031,7 @@ def sessions() -> None:
           "allowed_boards": [B1.board_id.hex()]}, [], [
              (Hello(1, "node", True, (HelloBoard(B2.board_id, bytes(16)),
                                       HelloBoard(B1.board_id, _d([], B1.board_id)))),
-              [Hello(1, "relay", True, (HelloBoard(B1.board_id, _d(["a1", "a2"],
+              [Hello(OURS, "relay", True, (HelloBoard(B1.board_id, _d(["a1", "a2"],
                                                                    B1.board_id)),)),
                Refused(B2.board_id, "not-allowed", ""), our_vector]),
              (Vector(1, ()), [Envelopes(0, 0, (A1, A2))]),
@@ -1036,7 +1041,7 @@ def sessions() -> None:
           "max_board_bytes": len(A1) + len(A2) + 100}, [], [
              (Hello(1, "node", True, (HelloBoard(B1.board_id, _d(
                  ["a1", "a2", "b1"], B1.board_id)),)),
-              [Hello(1, "relay", True, (HelloBoard(B1.board_id, _d(["a1", "a2"],
+              [Hello(OURS, "relay", True, (HelloBoard(B1.board_id, _d(["a1", "a2"],
                                                                    B1.board_id)),)),
                our_vector]),
              (Vector(0, ((a, 2, tag8("a2")), (b, 1, tag8("b1")))), []),
@@ -1116,10 +1121,10 @@ def transcript() -> None:
     hs, hh, ti, tr = handshake()
     tag_i, tag_r = spec_tag(B1.tag_key, True, hh), spec_tag(B1.tag_key, False, hh)
     a = A.public
-    flow_i = [Hello(1, "node", False, (HelloBoard(tag_i, _d(["a1", "a2"])),)),
+    flow_i = [Hello(OURS, "node", False, (HelloBoard(tag_i, _d(["a1", "a2"])),)),
               Vector(0, ((a, 2, tag8("a2")),)),
               Envelopes(0, 0, (A1, A2))]
-    flow_r = [Hello(1, "node", False, (HelloBoard(tag_r, _d([])),)),
+    flow_r = [Hello(OURS, "node", False, (HelloBoard(tag_r, _d([])),)),
               Vector(0, ()),
               Ack(0, 0)]
 

@@ -1,4 +1,5 @@
-"""Checkpoint figures for ``p2paid bench``: bytes, sealing, and what each checker spends.
+"""Checkpoint figures for ``p2paid bench``: bytes, sealing, what each checker spends, and
+initial syncs between two stores with and without checkpoints.
 
 For 1,000, 10,000 and 50,000 needs of one author, and 10,000 needs of 1,000 authors:
 the feed as envelopes against the same feed as checkpoints (``protocol/SPEC.md`` 8a);
@@ -9,22 +10,32 @@ run, the bytes are also given as a ratio to the Python automerge-repo peer's.
 
 A feed too large for one checkpoint (MAX_CHECKPOINT_BYTES) is checkpointed as far as
 fits; the rest stays envelopes, and is counted as such.
+
+The initial syncs run in one process: two real stores (SQLite files, durable commits)
+joined by an in-memory link carrying the real Noise frames (:class:`ConnectionPair`), so
+they show what checkpoints change without the scheduling of two processes; ``sync``
+measures the same over TCP between two processes.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from p2paid.bench.main import Figure, Report, make_feed_and_document
 from p2paid.board.checkpoint import check_checkpoint, seal_feed_checkpoint
 from p2paid.board.document import BoardDocument
+from p2paid.board.store import open_store
 from p2paid.core.checkpoint import Checkpoint, verify_checkpoint
 from p2paid.core.envelope import Envelope
 from p2paid.core.identity import AuthorKey
-from p2paid.core.invite import BoardKeys, derive_board_keys, new_board_secret
+from p2paid.core.invite import BoardKeys, Invite, derive_board_keys, new_board_secret
+from p2paid.core.pair import ConnectionPair
 from p2paid.errors import LocalProtocolError
+from p2paid.node.replica import StoreReplica
 
 __all__ = ["run_checkpoint_benchmarks"]
 
@@ -102,6 +113,60 @@ def _many_authors(report: Report, n: int, authors: int) -> None:
     report.add(Figure("  member: check them all", check_s, "s"))
 
 
+def _sync_once(root: Path, invite: Invite, records: list[bytes], n: int) -> tuple[
+        int, float, int, float]:
+    """An initial sync from a store holding ``records`` to an empty one: bytes, seconds
+    until all ``n`` needs are applied, bytes of the sender's bundle, seconds to open the
+    receiver's board again (a fresh process's open, less the import)."""
+    with open_store(root / "a") as a, open_store(root / "b") as b:
+        a.join(invite).receive(records)
+        a.board().save_snapshot()
+        b.join(invite)
+        t0 = perf()
+        pair = ConnectionPair(StoreReplica(a), StoreReplica(b))
+        pair.flights()
+        b.board().flush()
+        took = perf() - t0
+        assert b.board().applied_count == n, (b.board().applied_count, n)
+        b.board().save_snapshot()
+        bundle = root / "a.p2paid"
+        a.export_bundle(bundle)
+        size = bundle.stat().st_size
+    t0 = perf()
+    with open_store(root / "b") as again:
+        again.board().load()
+        opened = perf() - t0
+    return pair.bytes_delivered, took, size, opened
+
+
+def _syncs(report: Report, sizes: tuple[int, ...], authors: int) -> None:
+    for n in sizes:
+        for count in (1, authors):
+            invite = Invite(new_board_secret(), "bench")
+            keys = derive_board_keys(invite.secret)
+            envelopes: list[bytes] = []
+            checkpoints: list[bytes] = []
+            for a in range(count):
+                key = AuthorKey.generate()
+                feed, doc = make_feed_and_document(keys, key, n // count, a * n)
+                envelopes.extend(e.raw for e in feed)
+                checkpoints.append(_seal_fitting(keys, key, feed, doc)[0].raw)
+            with tempfile.TemporaryDirectory(prefix="p2paid-bench-") as tmp:
+                plain = _sync_once(Path(tmp) / "plain", invite, envelopes, n)
+                with_cp = _sync_once(Path(tmp) / "cp", invite, envelopes + checkpoints, n)
+            who = f"{count:,} author" + ("s" if count > 1 else "")
+            report.add(Figure(f"sync of {n:,} needs ({who}) with checkpoints: bytes",
+                              with_cp[0] / 1e6, "MB", "", f"without: {plain[0] / 1e6:.2f} MB "
+                              f"({plain[0] / with_cp[0]:.1f}x); in one process, real stores"))
+            report.add(Figure("  time until applied", with_cp[1], "s", "",
+                              f"without: {plain[1]:.2f} s"))
+            report.add(Figure("  bundle of the sender's board", with_cp[2] / 1e6, "MB",
+                              "< 0.4 MB" if n == 10_000 and count == 1 else "",
+                              f"without checkpoints: {plain[2] / 1e6:.2f} MB"))
+            report.add(Figure("  open the receiver's board again", with_cp[3], "s", "",
+                              f"without: {plain[3]:.2f} s"))
+
+
 def run_checkpoint_benchmarks(report: Report, quick: bool) -> None:
     """Print the checkpoint figures (1,000 and 10,000 needs only when ``quick``)."""
     sizes = (1_000, 10_000) if quick else (1_000, 10_000, 50_000)
@@ -111,6 +176,7 @@ def run_checkpoint_benchmarks(report: Report, quick: bool) -> None:
         if n == 10_000:
             ten = sent
     _many_authors(report, 1_000 if quick else 10_000, 100 if quick else 1_000)
+    _syncs(report, sizes, 100 if quick else 1_000)
     peer = next((f for f in report.figures if f.name == PEER_BYTES), None)
     if peer is not None and ten:
         report.add(Figure("ratio checkpoint/peer: bytes of 10,000 needs", ten / (peer.value * 1e6),

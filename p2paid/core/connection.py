@@ -78,7 +78,7 @@ from p2paid.core.replication import PendingBatch, Received, Replica, SyncSession
 from p2paid.core.wire import (
     NEED_DATA,
     Ack,
-    CheckpointMessage,
+    Checkpoints,
     Close,
     ConnectionClosed,
     Envelopes,
@@ -399,7 +399,7 @@ class SyncConnection:
         if isinstance(message, Ack) and message.batch in self._injected_batches:
             self._injected_batches.discard(message.batch)  # the session never sent it
             return
-        if isinstance(message, Envelopes | CheckpointMessage):
+        if isinstance(message, Envelopes | Checkpoints):
             self._batch = session.begin_batch(message)
             self._move(_Input.BATCH)
             self._token += 1

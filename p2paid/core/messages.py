@@ -32,7 +32,7 @@ __all__ = [
     "MAX_SMALL_BYTES",
     "PROTOCOL_VERSION",
     "Ack",
-    "CheckpointMessage",
+    "Checkpoints",
     "Close",
     "Envelopes",
     "Evidence",
@@ -308,32 +308,34 @@ class Evidence:
 
 @final
 @dataclass(frozen=True, slots=True)
-class CheckpointMessage:
-    """One checkpoint of ``board`` (SPEC 8a), numbered and acknowledged as a batch."""
+class Checkpoints:
+    """Checkpoints of ``board`` (SPEC 8a), numbered and acknowledged as a batch."""
 
     TYPE: ClassVar[int] = 10
     REQUIRED: ClassVar[int] = 3
     MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
+    MAX_CHECKPOINTS: ClassVar[int] = 1024
     board: int
     batch: int
-    checkpoint: bytes = field(repr=False)
+    checkpoints: tuple[bytes, ...] = field(repr=False)
 
     def fields(self) -> list[Any]:
-        return [self.board, self.batch, self.checkpoint]
+        return [self.board, self.batch, list(self.checkpoints)]
 
     @classmethod
-    def read(cls, r: StrictReader, count: int) -> tuple[CheckpointMessage, int]:
-        board, batch = r.uint("checkpoint board"), r.uint("checkpoint batch")
-        raw = r.binary(MAX_CHECKPOINT_BYTES, "checkpoint", too_large=FrameTooLargeError)
-        return cls(board, batch, raw), cls.REQUIRED
+    def read(cls, r: StrictReader, count: int) -> tuple[Checkpoints, int]:
+        board, batch = r.uint("checkpoints board"), r.uint("checkpoints batch")
+        raws = tuple(r.binary(MAX_CHECKPOINT_BYTES, "checkpoint", too_large=FrameTooLargeError)
+                     for _ in range(r.array(cls.MAX_CHECKPOINTS, "checkpoints")))
+        return cls(board, batch, raws), cls.REQUIRED
 
 
 Message = Union[Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence,  # noqa: UP007
-                CheckpointMessage]
+                Checkpoints]
 _TYPES: Final[dict[int, Any]] = {
     cls.TYPE: cls
     for cls in (Hello, Vector, Envelopes, Ack, Ping, Pong, Refused, Close, Evidence,
-                CheckpointMessage)
+                Checkpoints)
 }
 
 

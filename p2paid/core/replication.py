@@ -58,7 +58,7 @@ from p2paid.core.wire import (
     CHECKPOINTS_VERSION,
     PROTOCOL_VERSION,
     Ack,
-    CheckpointMessage,
+    Checkpoints,
     Close,
     Envelopes,
     Evidence,
@@ -365,7 +365,7 @@ class SyncSession:
         Raises:
             RemoteProtocolError: the peer broke the protocol; drop it.
         """
-        if isinstance(message, Envelopes | CheckpointMessage):
+        if isinstance(message, Envelopes | Checkpoints):
             pending = self.begin_batch(message)
             return self.end_batch(
                 pending, self._replica.receive(pending.board_id, pending.envelopes))
@@ -402,7 +402,7 @@ class SyncSession:
             return []
         if isinstance(message, Vector):
             return self._on_vector(message)
-        if isinstance(message, Envelopes | CheckpointMessage):
+        if isinstance(message, Envelopes | Checkpoints):
             raise LocalProtocolError("an Envelopes batch goes to begin_batch(), not handle()")
         if isinstance(message, Ack):
             return self._on_ack(message)
@@ -507,7 +507,7 @@ class SyncSession:
                 link.whole.add(author)
         return self._pump(link)
 
-    def begin_batch(self, message: Envelopes | CheckpointMessage) -> PendingBatch:
+    def begin_batch(self, message: Envelopes | Checkpoints) -> PendingBatch:
         """Check a batch from the peer and record what it holds now (so nothing of it is
         echoed back); the caller then has the replica receive ``envelopes`` (all at
         once, or in contiguous slices: they are per author in seq order) and passes
@@ -522,16 +522,17 @@ class SyncSession:
         link = self._remote_link(message.board)
         if not link.live:
             raise RemoteProtocolError("envelopes before the vector")
-        if isinstance(message, CheckpointMessage):
+        if isinstance(message, Checkpoints):
             if self._checkpoint_for is None:
-                raise RemoteProtocolError("a checkpoint to a side whose hello did not ask "
+                raise RemoteProtocolError("checkpoints to a side whose hello did not ask "
                                           "for them")
-            board_id, author, seq = peek_checkpoint(message.checkpoint)
-            if board_id != link.board_id:
-                raise WrongBoardError("checkpoint for another board on this board's link")
-            if seq > link.peer_has.get(author, 0):
-                link.peer_has[author] = seq
-            return PendingBatch(link.board_id, message.batch, (message.checkpoint,))
+            for raw in message.checkpoints:
+                board_id, author, seq = peek_checkpoint(raw)
+                if board_id != link.board_id:
+                    raise WrongBoardError("checkpoint for another board on this board's link")
+                if seq > link.peer_has.get(author, 0):
+                    link.peer_has[author] = seq
+            return PendingBatch(link.board_id, message.batch, message.checkpoints)
         for raw in message.envelopes:
             board_id, author, seq = peek_envelope(raw)
             if board_id != link.board_id:
@@ -610,9 +611,9 @@ class SyncSession:
             return out
         out.extend(self._evidence(link))
         while link.in_flight < self._window:
-            checkpoint = self._next_checkpoint(link)
-            if checkpoint is not None:
-                out.append(CheckpointMessage(link.local_index, link.next_batch, checkpoint))
+            checkpoints = self._next_checkpoints(link)
+            if checkpoints:
+                out.append(Checkpoints(link.local_index, link.next_batch, tuple(checkpoints)))
             else:
                 batch = self._next_batch(link)
                 if not batch:
@@ -622,23 +623,29 @@ class SyncSession:
             link.in_flight += 1
         return out
 
-    def _next_checkpoint(self, link: _Link) -> bytes | None:
-        """A checkpoint of an author the peer holds nothing of, if the peer takes them
-        (SPEC 12.3): one message in place of the author's envelopes up to its seq."""
+    def _next_checkpoints(self, link: _Link) -> list[bytes]:
+        """Checkpoints of authors the peer holds nothing of, if the peer takes them (SPEC
+        12.3), in place of their envelopes up to each one's seq: one batch, filled up to
+        ``batch_bytes`` (at least one)."""
         source = self._checkpoint_for
         if source is None or not self._peer_takes_checkpoints:
-            return None
+            return []
+        out: list[bytes] = []
+        budget = self._batch_bytes
         for author, seq in self._replica.vector(link.board_id).items():
             if seq < 2 or link.peer_has.get(author, 0) or author in link.whole:
                 continue
             raw = source(link.board_id, author)
             if raw is None:
                 continue
+            if out and (len(raw) > budget or len(out) == Checkpoints.MAX_CHECKPOINTS):
+                break
             _, _, reaches = peek_checkpoint(raw)
             if reaches <= seq:
                 link.peer_has[author] = reaches
-                return raw
-        return None
+                out.append(raw)
+                budget -= len(raw)
+        return out
 
     def _next_batch(self, link: _Link) -> list[bytes]:
         batch: list[bytes] = []

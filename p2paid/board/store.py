@@ -141,7 +141,7 @@ class Store:
             self._db = Database(path, unlock=unlocker)
         except DuressUnlock as signal:
             # Wipe silently and open an empty store that this passphrase unlocks.
-            wipe(path)
+            wipe(path, keep_dir=True)
             unlocker.unlocked = start_over(path, signal)
             assert unlocker.unlocked.data_key is not None
             sealer = Sealer(unlocker.unlocked.data_key)

@@ -58,9 +58,10 @@ def data_dir_files(data_dir: Path) -> list[Path]:
 
 
 def wipe(data_dir: str | os.PathLike[str], *, timeout: float = 10.0,
-         on_erased: Callable[[], None] | None = None, stop_node: bool = True) -> WipeReport:
+         on_erased: Callable[[], None] | None = None, stop_node: bool = True,
+         keep_dir: bool = False) -> WipeReport:
     """Wipe ``data_dir`` (see the module docstring). ``on_erased`` is called once the
-    key is gone, before anything slower.
+    key is gone, before anything slower; ``keep_dir`` keeps the (empty) folder.
 
     Raises:
         FileError: a file cannot be overwritten or deleted (the key is gone already,
@@ -77,8 +78,9 @@ def wipe(data_dir: str | os.PathLike[str], *, timeout: float = 10.0,
     for f in files:
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
-    with contextlib.suppress(OSError):
-        path.rmdir()  # (only if nothing else is in it)
+    if not keep_dir:
+        with contextlib.suppress(OSError):
+            path.rmdir()  # (only if nothing else is in it)
     return WipeReport(erased, stopped, len(files))
 
 

@@ -234,3 +234,46 @@ def test_a_duress_slot_looks_like_no_duress_slot(data_dir: Path) -> None:
     set_duress(data_dir, with_duress, unlock_record(with_duress, CREDS), None, None)
     with pytest.raises(PassphraseError):
         unlock_record(_record(data_dir), Credentials(b"duress words"))
+
+
+def test_a_store_open_while_another_process_sets_the_passphrase_writes_nothing(
+        data_dir: Path) -> None:
+    with open_store(data_dir) as store:
+        store.create_board("Aid")
+    with open_store(data_dir, create=False) as before, \
+            open_store(data_dir, create=False) as converting:
+        protect(converting.database, CREDS, FAST)
+        with pytest.raises(StorageError, match="set or removed the data dir's passphrase"):
+            before.create_board("Written plain into a sealed store")
+    with open_store(data_dir, create=False, credentials=CREDS) as store:
+        assert [b.name for b in store.boards()] == ["Aid"]
+
+
+def test_web_labels_follow_the_data_dir(data_dir: Path) -> None:
+    from p2paid.web.webstore import WebStore
+
+    with open_store(data_dir) as store:
+        board = store.create_board("Aid")
+        with WebStore(data_dir) as web:
+            web.create_invite(board.id, label="Ko Aung Min")
+        protect(store.database, CREDS, FAST)
+        with WebStore(data_dir, sealer=store.sealer) as web:
+            assert [i.label for i in web.invites()] == ["Ko Aung Min"]
+        sealed = _labels(data_dir)
+        assert isinstance(sealed[0], bytes) and b"Aung" not in sealed[0]
+        with WebStore(data_dir, sealer=store.sealer):
+            assert _labels(data_dir) == sealed  # (sealed once, not rewritten on each open)
+        with pytest.raises(StorageError, match="sealed invite label"), WebStore(data_dir) as web:
+            web.invites()
+        with WebStore(data_dir, sealer=store.sealer) as web:
+            web.reseal_labels(None)
+        with WebStore(data_dir) as web:
+            assert [i.label for i in web.invites()] == ["Ko Aung Min"]
+
+
+def _labels(data_dir: Path) -> list[object]:
+    con = sqlite3.connect(data_dir / "web.sqlite3")
+    try:
+        return [r[0] for r in con.execute("SELECT label FROM invites")]
+    finally:
+        con.close()

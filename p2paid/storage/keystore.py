@@ -87,8 +87,7 @@ def write_record(data_dir: str | os.PathLike[str], record: KeyRecord) -> None:
             os.pwrite(fd, new + new, 0)
             os.fsync(fd)
         else:
-            first = KeyRecord.decode(raw[:RECORD_SIZE])
-            second = KeyRecord.decode(raw[RECORD_SIZE:])
+            first, second = _decoded(raw[:RECORD_SIZE]), _decoded(raw[RECORD_SIZE:])
             # over the torn or older copy first, the newest intact one last
             older_first = first is None or (second is not None
                                             and first.generation <= second.generation)
@@ -101,6 +100,14 @@ def write_record(data_dir: str | os.PathLike[str], record: KeyRecord) -> None:
     finally:
         os.close(fd)
     _sync_dir(path.parent)
+
+
+def _decoded(raw: bytes) -> KeyRecord | None:
+    """A copy to keep, or None for one that may be overwritten (torn, unknown)."""
+    try:
+        return KeyRecord.decode(raw)
+    except StorageError:
+        return None
 
 
 def erase(data_dir: str | os.PathLike[str]) -> bool:

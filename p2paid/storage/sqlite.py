@@ -176,6 +176,7 @@ class Database:
         self._depth = 0
         #: the data dir's sealer; None while the store is not protected
         self.sealer: Sealer | None = None
+        self._opened = False
         private_dir(self.data_dir)
         writable_dir(self.data_dir, "use the data dir")
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
@@ -215,6 +216,7 @@ class Database:
         except BaseException:
             self._con.close()
             raise
+        self._opened = True
 
     def sealed_on_disk(self) -> bool:
         """Whether the store's values are sealed (the data dir is protected)."""
@@ -291,6 +293,7 @@ class Database:
             raise StorageError(f"cannot lock the store for writing: {exc}") from exc
         self._depth = 1
         try:
+            self._check_sealing()
             yield
         except BaseException:
             self._depth = 0
@@ -304,6 +307,18 @@ class Database:
             with contextlib.suppress(sqlite3.DatabaseError):
                 self._con.execute("ROLLBACK")
             raise StorageError(f"cannot commit to the store: {exc}") from exc
+
+    def _check_sealing(self) -> None:
+        """Refuse to write plain values into a store another process has just sealed
+        (or sealed ones into one it made plain): ``passphrase set`` and ``remove`` run
+        while the CLI may have the store open."""
+        if not self._opened:
+            return  # (opening: the mark is read after the schema transaction)
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (ATREST_KEY,))
+        sealed = bool(rows) and rows[0][0] == _SEALED
+        if sealed != (self.sealer is not None):
+            raise StorageError("another process set or removed the data dir's passphrase "
+                               "meanwhile; nothing was written: run the command again")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:

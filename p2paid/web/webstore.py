@@ -108,10 +108,12 @@ class WebStore:
 
     def reseal_labels(self, sealer: Sealer | None) -> None:
         """Store every invite's label under ``sealer`` (None: plain, for a data dir whose
-        passphrase is removed)."""
+        passphrase is removed); labels already stored so are left as they are."""
         with self._write() as con:
             rows = con.execute("SELECT id, label FROM invites").fetchall()
-            labels = [(i, self._open_label(i, stored)) for i, stored in rows]
+            wrong = bytes if sealer is None else str
+            labels = [(i, self._open_label(i, stored)) for i, stored in rows
+                      if isinstance(stored, wrong)]
             self._sealer = sealer
             for invite_id, label in labels:
                 con.execute("UPDATE invites SET label = ? WHERE id = ?",

@@ -277,3 +277,11 @@ def _labels(data_dir: Path) -> list[object]:
         return [r[0] for r in con.execute("SELECT label FROM invites")]
     finally:
         con.close()
+
+
+def test_argon2_parameters_out_of_range_are_refused_before_anything(data_dir: Path) -> None:
+    with open_store(data_dir) as store:
+        with pytest.raises(UsageError, match="out of range"):
+            protect(store.database, CREDS, KdfParams(8 * 1024 * 1024, 3, 4))
+        assert not store.protected
+    assert not keystore.key_path(data_dir).exists()

@@ -120,10 +120,15 @@ def protect(db: Database, creds: Credentials, params: KdfParams = DEFAULT_PARAMS
     other process may have the store open with its old, plain view.
 
     Raises:
-        UsageError: it is protected already.
+        UsageError: it is protected already, or ``params`` are out of range.
     """
     if db.sealer is not None or db.sealed_on_disk():
         raise UsageError("the data dir is protected already; use 'p2paid passphrase change'")
+    try:
+        params.check()
+    except StorageError:
+        raise UsageError(f"Argon2id parameters out of range ({params}): memory up to 4 GiB, "
+                         "up to 64 passes") from None
     _check_tables(db)
     data_key = os.urandom(KEY_SIZE)
     salt = new_salt()

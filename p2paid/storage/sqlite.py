@@ -425,7 +425,11 @@ class Database:
         try:
             self._con.execute("PRAGMA secure_delete = ON")
             self._con.execute("VACUUM")
-            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            # (busy while another connection reads: wait for it, then truncate)
+            while self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot compact the store: {exc}") from exc
 

@@ -118,6 +118,8 @@ def test_sigkill_right_after_the_key_is_erased_leaves_nothing_readable(tmp_path:
         assert "key is erased" in wiping.stdout.readline()
         wiping.send_signal(signal.SIGKILL)
         wiping.wait(timeout=TIMEOUT)
+        # (killed before or after it sent the node SIGTERM: stop the node either way)
+        node.proc.send_signal(signal.SIGTERM)
         node.proc.wait(timeout=TIMEOUT)
     finally:
         node.kill()

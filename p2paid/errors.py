@@ -53,6 +53,7 @@ __all__ = [
     "OversizedEnvelopeError",
     "OwnershipError",
     "P2paidError",
+    "PassphraseError",
     "RemoteProtocolError",
     "RevokedDeviceError",
     "SignatureError",
@@ -112,6 +113,12 @@ class DataDirBusyError(UsageError):
     def __init__(self, message: str, pid: int | None) -> None:
         super().__init__(message)
         self.pid = pid
+
+
+class PassphraseError(UsageError):
+    """A protected data dir cannot be unlocked: no passphrase was given, it is wrong,
+    the key file is missing or wrong, or the data dir's key was wiped. Nothing was
+    changed."""
 
 
 class ListenError(UsageError):

@@ -131,7 +131,8 @@ def test_global_options_before_or_after_the_command(setup: Setup,
 #: use, a privileged port, the other's data dir) is tested in real processes below.
 BAD: dict[tuple[str, ...], list[list[str]]] = {
     (): [[], ["bogus"], ["-v", "-q", "list"], ["--data-dir"]],
-    ("init",): [["init", "extra"]],
+    ("init",): [["init", "extra"], ["init", "--passphrase", "--argon2-iterations", "0"],
+                ["init", "--passphrase"]],
     ("board",): [["board"], ["board", "bogus"]],
     ("board", "create"): [["board", "create"], ["board", "create", ""],
                           ["board", "create", "X", "--relay", "nonsense"]],
@@ -200,6 +201,14 @@ BAD: dict[tuple[str, ...], list[list[str]]] = {
     ("web", "invites"): [["web", "invites", "--bogus"]],
     ("web", "devices"): [["web", "devices", "--bogus"]],
     ("web", "revoke"): [["web", "revoke"], ["web", "revoke", "nothing"]],
+    # the data dir has no passphrase, and there is no terminal to ask for a new one on
+    ("passphrase",): [["passphrase"], ["passphrase", "bogus"]],
+    ("passphrase", "set"): [["passphrase", "set"], ["passphrase", "set", "--argon2-memory", "0"],
+                            ["passphrase", "set", "--new-passphrase-file", "/nonexistent"]],
+    ("passphrase", "change"): [["passphrase", "change"]],
+    ("passphrase", "remove"): [["passphrase", "remove"]],
+    ("passphrase", "duress"): [["passphrase", "duress"], ["passphrase", "duress", "--clear"]],
+    ("wipe",): [["wipe"], ["wipe", "--bogus"]],  # (no --yes, and no terminal to ask on)
 }
 
 

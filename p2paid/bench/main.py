@@ -38,7 +38,7 @@ __all__ = ["BENCHMARKS", "run_benchmarks"]
 
 #: What ``--only`` may name, in the order they run.
 BENCHMARKS = ("apply", "open", "post", "sync", "stall", "insync", "live", "peer", "checkpoint",
-              "web", "relay", "fanout", "relaymem", "attacks")
+              "web", "relay", "fanout", "relaymem", "attacks", "atrest")
 
 perf = time.perf_counter
 
@@ -273,6 +273,10 @@ def run_benchmarks(*, quick: bool = False, as_json: bool = False, only: str | No
             from p2paid.bench.attacks import run_attack_benchmarks
 
             run_attack_benchmarks(report, root)
+        if "atrest" in selected:
+            from p2paid.bench.atrest import run_atrest_benchmarks
+
+            run_atrest_benchmarks(report, root, invite, single, 50 if quick else 200)
     if as_json:
         print(json.dumps({"meta": meta, "figures": [f.__dict__ for f in report.figures]},
                          indent=2))

@@ -45,12 +45,16 @@ from p2paid.errors import (
     NotFoundError,
     UsageError,
 )
+from p2paid.storage.atrest import Sealer
 from p2paid.storage.devices import Device, DeviceRegistry
 from p2paid.storage.files import existing_kind
 from p2paid.storage.ingest import ingest, ingest_checkpoint
+from p2paid.storage.keystore import key_path
 from p2paid.storage.peerbook import PeerBook
+from p2paid.storage.protect import CredentialSource, DuressUnlock, Unlocker, start_over
 from p2paid.storage.roles import NODE_KEY, refuse_relay_dir
 from p2paid.storage.sqlite import DB_FILENAME, BoardRow, Database
+from p2paid.storage.wipe import wipe
 
 __all__ = ["BoardReport", "ImportReport", "Progress", "Store", "default_data_dir",
            "open_store"]
@@ -124,14 +128,29 @@ class Progress:
 class Store:
     """A p2paid data dir: its boards, keys and envelopes. Use :func:`open_store`."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, create: bool = True,
+                 credentials: CredentialSource = None) -> None:
         path = Path(data_dir)
         if existing_kind(path, "use the data dir") == "file":
             raise FileError(f"cannot use the data dir {path}: it is a file, not a folder", path)
         if not create and existing_kind(path / DB_FILENAME, "use the data dir") is None:
+            if key_path(path).exists():
+                raise NotFoundError(f"no p2paid data in {path} but its key file; the data "
+                                    "dir was damaged or partly wiped")
             raise NotFoundError(f"no p2paid data in {path}; run 'p2paid init' first")
         self.data_dir = path
-        self._db = Database(path)
+        unlocker = Unlocker(path, credentials)
+        try:
+            self._db = Database(path, unlock=unlocker)
+        except DuressUnlock as signal:
+            # Wipe silently and open an empty store that this passphrase unlocks.
+            wipe(path, keep_dir=True)
+            unlocker.unlocked = start_over(path, signal)
+            assert unlocker.unlocked.data_key is not None
+            sealer = Sealer(unlocker.unlocked.data_key)
+            self._db = Database(path, unlock=lambda: sealer)
+        #: what unlocked the store (None: it is not protected, or was started over)
+        self.unlocker = unlocker
         #: True if this open created the store (nothing was there before)
         self.created = self._db.created
         try:
@@ -141,6 +160,22 @@ class Store:
             raise
         self._boards: dict[bytes, Board] = {}
         self._devices = DeviceRegistry(self._db)
+
+    @property
+    def sealer(self) -> Sealer | None:
+        """The data dir's sealer, for a store of its own beside this one (the web
+        interface's); None if the data dir is not protected."""
+        return self._db.sealer
+
+    @property
+    def protected(self) -> bool:
+        """Whether the data dir is protected by a passphrase (encrypted at rest)."""
+        return self._db.sealer is not None
+
+    @property
+    def database(self) -> Database:
+        """The underlying store (for :mod:`p2paid.storage.protect`)."""
+        return self._db
 
     def __enter__(self) -> Store:
         return self
@@ -618,15 +653,20 @@ class Store:
                              rejected + result.rejected + gaps)
 
 
-def open_store(data_dir: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
+def open_store(data_dir: str | os.PathLike[str] | None = None, *, create: bool = True,
+               credentials: CredentialSource = None) -> Store:
     """Open (and by default create) the p2paid store in ``data_dir``.
 
     Args:
         data_dir: defaults to :func:`default_data_dir`.
         create: when False, raise :class:`NotFoundError` if there is no store yet.
+        credentials: the passphrase (and key file) of a protected data dir, or a
+            function returning them, called only if the data dir is protected.
 
     Raises:
         StorageError: the store cannot be opened (corrupt, not writable).
+        PassphraseError: it is protected and ``credentials`` do not unlock it.
     """
-    return Store(default_data_dir() if data_dir is None else data_dir, create=create)
+    return Store(default_data_dir() if data_dir is None else data_dir, create=create,
+                 credentials=credentials)
 

@@ -19,7 +19,8 @@ __all__ = ["GLOBAL_DEFAULTS", "Parser", "at_least", "global_options",
 
 #: Every global option's attribute and its value when not given.
 GLOBAL_DEFAULTS: dict[str, Any] = {"data_dir": None, "verbose": False, "quiet": False,
-                                   "no_pager": False}
+                                   "no_pager": False, "passphrase_file": None,
+                                   "key_file": None}
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,6 +39,13 @@ def global_options() -> argparse.ArgumentParser:
     group.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
                        help="where keys and boards live (env P2PAID_DATA_DIR; default "
                             f"{default_data_dir()})")
+    group.add_argument("--passphrase-file", type=Path, default=argparse.SUPPRESS,
+                       metavar="FILE", help="a protected data dir's passphrase: FILE's first "
+                       "line (env P2PAID_PASSPHRASE_FILE; a systemd credential "
+                       "p2paid-passphrase; default: ask on the terminal)")
+    group.add_argument("--key-file", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                       help="a key file that unlocks the data dir with the passphrase (env "
+                            "P2PAID_KEY_FILE; 'passphrase set' with it makes one needed)")
     group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="say more (run, relay: log debugging detail)")
     group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,

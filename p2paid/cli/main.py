@@ -18,12 +18,18 @@ from typing import Any
 from p2paid import __version__
 from p2paid.board.board import Board
 from p2paid.board.model import Category, Item, Status, Urgency, now_ms
-from p2paid.board.store import ImportReport, Progress, Store, open_store
+from p2paid.board.store import ImportReport, Progress, Store
 from p2paid.cli.args import Parser, at_least, global_options, settle_globals
 from p2paid.cli.csvexport import board_csv
 from p2paid.cli.listing import DEFAULT_LIMIT, board_summary, coordinator_order
 from p2paid.cli.node import add_node_commands
 from p2paid.cli.pager import show
+from p2paid.cli.passphrase import (
+    add_init_options,
+    add_passphrase_commands,
+    cli_store,
+    protect_store,
+)
 from p2paid.cli.progress import PROGRESS_ENV, DeferredInterrupt, ProgressLine
 from p2paid.cli.relay import add_relay_commands
 from p2paid.cli.render import item_detail, item_table, json_text, safe
@@ -42,7 +48,7 @@ def _print_json(value: Any) -> None:
 
 
 def _store(args: argparse.Namespace, *, create: bool = False) -> Store:
-    return open_store(args.data_dir, create=create)
+    return cli_store(args, create=create)
 
 
 def _find_item(store: Store, board_sel: str | None, item_id: str) -> tuple[Board, Item]:
@@ -68,7 +74,12 @@ def _find_item(store: Store, board_sel: str | None, item_id: str) -> tuple[Board
 
 def cmd_init(args: argparse.Namespace) -> int:
     with _store(args, create=True) as store:
-        print(f"p2paid data dir: {store.data_dir}")
+        if args.passphrase:
+            if store.protected:
+                raise UsageError(f"the data dir {store.data_dir} is protected already")
+            protect_store(args, store)
+        print(f"p2paid data dir: {store.data_dir}"
+              + (" (encrypted at rest under your passphrase)" if store.protected else ""))
         print(f"node key fingerprint: {store.node_fingerprint}")
         print("next: 'p2paid board create NAME' or 'p2paid board join INVITE'")
     return 0
@@ -434,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
-    cmd("init", cmd_init, "create the data dir and this node's key")
+    p = cmd("init", cmd_init, "create the data dir and this node's key")
+    add_init_options(p)
 
     board = cmd("board", None, "create, join, list boards and show invites")
     bsub = board.add_subparsers(dest="board_command", metavar="ACTION", required=True)
@@ -551,12 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_commands(sub, cmd)
     add_relay_commands(sub, cmd)
     add_web_commands(sub, cmd)
+    add_passphrase_commands(sub, cmd)
 
     p = cmd("bench", cmd_bench, "measure this machine: apply, open and post figures", json_opt=True)
     p.add_argument("--quick", action="store_true", help="smaller workload (1,000 changes)")
     p.add_argument("--only", metavar="NAMES",
                    help="comma-separated subset: apply, open, post, sync, stall, insync, live, "
-                        "peer, web, relay, fanout, relaymem, attacks (default: all)")
+                        "peer, web, relay, fanout, relaymem, attacks, atrest (default: all)")
     return parser
 
 

@@ -16,9 +16,10 @@ from typing import Any
 import trio
 
 from p2paid.board.model import ItemKind, now_ms
-from p2paid.board.store import default_data_dir, open_store
+from p2paid.board.store import default_data_dir
 from p2paid.cli.args import at_least, listen_address, peer_address
 from p2paid.cli.eventlog import log_board_events
+from p2paid.cli.passphrase import cli_store, credentials
 from p2paid.cli.render import SafeFormatter, safe, when
 from p2paid.core.identity import fingerprint
 from p2paid.core.text import plural
@@ -31,6 +32,7 @@ from p2paid.node.node import (
     open_node,
 )
 from p2paid.node.status import read_runtime
+from p2paid.storage.runtime import fresh_runtime
 
 __all__ = ["add_node_commands"]
 
@@ -51,7 +53,8 @@ async def _run(args: argparse.Namespace, listen: tuple[str, int] | None,
                peers: list[tuple[str, int]]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, \
             collapse_single_errors():
-        async with open_node(args.data_dir, listen=listen, peers=peers,
+        async with open_node(args.data_dir, credentials=credentials(args),
+                             listen=listen, peers=peers,
                              mdns=not args.no_mdns, advertise=not args.no_advertise,
                              max_connections=args.max_connections,
                              max_per_address=args.max_per_address) as node, \
@@ -115,7 +118,7 @@ def _listed(runtime: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
 
 def cmd_peers(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or _default_dir()
-    status = read_runtime(data_dir)
+    status = read_runtime(data_dir, credentials(args))
     if status is None:
         print("p2paid: no node is running on this data dir (start one with 'p2paid run')",
               file=sys.stderr)
@@ -143,13 +146,12 @@ def _last_sync(runtime_at: float | None, recorded: tuple[int, str] | None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    data_dir = args.data_dir or _default_dir()
-    runtime = read_runtime(data_dir)
     boards: list[dict[str, Any]] = []
-    peers = _peers(runtime)
-    with open_store(data_dir, create=False) as store:
+    with cli_store(args) as store:
+        runtime = fresh_runtime(store.read_runtime())
+        peers = _peers(runtime)
         now = now_ms()
-        live_sync: dict[str, float] = dict(runtime.get("last_sync") or {}) if runtime else {}  # type: ignore[call-overload]
+        live_sync: dict[str, float] = dict(runtime.get("last_sync") or {}) if runtime else {}
         recorded = store.last_syncs()
         for board in store.boards():
             items = board.items()
@@ -172,6 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "peers": sum(p["kind"] == "peer" for p in peers),
             "relays": sum(p["kind"] == "relay" for p in peers),
             "targets": _listed(runtime, "targets"),
+            "protected": store.protected,
         }
     if args.json:
         print(json.dumps({"node": node, "boards": boards}, indent=2))
@@ -180,7 +183,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"running, listening on {node['listen']}" if node["listen"] else "running, not listening")
     print(f"node {node['fingerprint']} ({state}; connected to {plural(node['peers'], 'peer')} "
           f"and {plural(node['relays'], 'relay')})")
-    print(f"data dir {node['data_dir']}")
+    print(f"data dir {node['data_dir']}" + (
+        " (protected: encrypted at rest under a passphrase)" if node["protected"] else
+        " (NOT protected: anyone with this disk can read its boards and keys; see "
+        "'p2paid passphrase set')"))
     for t in node["targets"]:
         print(_target_line(t))
     for b in boards:

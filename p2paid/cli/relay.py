@@ -16,8 +16,9 @@ import trio
 
 from p2paid.board.model import Member
 from p2paid.board.relayplan import normal_address
-from p2paid.board.store import default_data_dir, open_store
+from p2paid.board.store import default_data_dir
 from p2paid.cli.args import at_least, listen_address, positive_number
+from p2paid.cli.passphrase import cli_store
 from p2paid.cli.render import SafeFormatter, json_text, safe
 from p2paid.core.hosts import normalize_host
 from p2paid.core.relayaddr import RelayAddress, decode_token, encode_token
@@ -139,7 +140,7 @@ def cmd_relay_add(args: argparse.Namespace) -> int:
         print("p2paid: note: this relay address has no checksum (it was written by p2paid "
               "0.2.0 or earlier): compare its key with the one the relay's operator gave",
               file=sys.stderr)
-    with open_store(args.data_dir, create=False) as store:
+    with cli_store(args) as store:
         if args.board:
             board = store.board(args.board)
             board.add_relay(args.address)
@@ -203,7 +204,7 @@ def cmd_relay_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_remove(args: argparse.Namespace) -> int:
-    with open_store(args.data_dir, create=False) as store:
+    with cli_store(args) as store:
         address = str(RelayAddress.parse(args.address))
         boards = [store.board(args.board)] if args.board else store.boards()
         removed = [b.name for b in boards if b.remove_relay(address)]
@@ -225,7 +226,7 @@ def _suggesters(members: Sequence[Member]) -> str:
 
 
 def cmd_relay_list(args: argparse.Namespace) -> int:
-    with open_store(args.data_dir, create=False) as store:
+    with cli_store(args) as store:
         rows: list[dict[str, Any]] = []
         for address, only in store.relays().items():
             rows.append({"relay": address, "source": "configured",
@@ -276,7 +277,7 @@ def cmd_relay_list(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_accept(args: argparse.Namespace) -> int:
-    with open_store(args.data_dir, create=False) as store:
+    with cli_store(args) as store:
         board_id = store.board(args.board).id if args.board else None
         address = str(RelayAddress.parse(args.address))
         suggested = {s.board_id: s for s in store.suggested_relays(rejected=True)
@@ -289,7 +290,7 @@ def cmd_relay_accept(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_reject(args: argparse.Namespace) -> int:
-    with open_store(args.data_dir, create=False) as store:
+    with cli_store(args) as store:
         board_id = store.board(args.board).id if args.board else None
         address = str(RelayAddress.parse(args.address))
         for board in store.reject_relay(address, board_id):

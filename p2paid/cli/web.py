@@ -15,12 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from p2paid.board.store import default_data_dir, open_store
+from p2paid.board.store import Store, default_data_dir
 from p2paid.cli.args import at_least
+from p2paid.cli.passphrase import cli_store
 from p2paid.cli.render import safe
 from p2paid.core.text import plural
 from p2paid.errors import UsageError
-from p2paid.node.status import read_runtime
+from p2paid.storage.runtime import fresh_runtime
 from p2paid.web.poster import POSTER_KINDS, invite_url, write_poster
 from p2paid.web.webstore import WebStore
 
@@ -48,10 +49,10 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir) if args.data_dir else default_data_dir()
 
 
-def _web_address(args: argparse.Namespace) -> str:
+def _web_address(args: argparse.Namespace, store: Store) -> str:
     if args.url:
         return str(args.url)
-    runtime = read_runtime(_data_dir(args))
+    runtime = fresh_runtime(store.read_runtime())
     web = runtime.get("web") if runtime else None
     if not isinstance(web, str):
         raise UsageError("no node serves the web interface on this data dir: start "
@@ -61,7 +62,7 @@ def _web_address(args: argparse.Namespace) -> str:
 
 
 def cmd_web_invite(args: argparse.Namespace) -> int:
-    with open_store(args.data_dir, create=False) as store, WebStore(store.data_dir) as web:
+    with cli_store(args) as store, WebStore(store.data_dir, sealer=store.sealer) as web:
         if args.revoke:
             if not web.revoke_invite(args.revoke.strip().lower()):
                 raise UsageError(f"no invite with id {args.revoke!r} ('p2paid web invites' "
@@ -69,7 +70,7 @@ def cmd_web_invite(args: argparse.Namespace) -> int:
             print(f"invite {args.revoke} revoked: it pairs no more phones")
             return 0
         board = store.board(args.board)
-        base = _web_address(args)
+        base = _web_address(args, store)
         token, invite = web.create_invite(board.id, uses=args.uses, expires_in=args.expires,
                                           label=args.label or "")
     url = invite_url(base, token)
@@ -96,9 +97,9 @@ def cmd_web_pair(args: argparse.Namespace) -> int:
     if not args.as_me:
         raise UsageError("'web pair' pairs your own phone with --as-me; for members' "
                          "phones, use 'p2paid web invite'")
-    with open_store(args.data_dir, create=False) as store, WebStore(store.data_dir) as web:
+    with cli_store(args) as store, WebStore(store.data_dir, sealer=store.sealer) as web:
         board = store.board(args.board)
-        base = _web_address(args)
+        base = _web_address(args, store)
         token, invite = web.create_invite(board.id, uses=1, expires_in=PAIR_AS_ME_TTL_S,
                                           label="your own phone", as_me=True)
     url = invite_url(base, token)
@@ -113,7 +114,7 @@ def cmd_web_pair(args: argparse.Namespace) -> int:
 
 
 def cmd_web_invites(args: argparse.Namespace) -> int:
-    with open_store(args.data_dir, create=False) as store, WebStore(store.data_dir) as web:
+    with cli_store(args) as store, WebStore(store.data_dir, sealer=store.sealer) as web:
         names: dict[bytes, str] = {bytes(b.id): b.name for b in store.boards()}
         invites = web.invites()
     now = int(time.time())
@@ -136,7 +137,7 @@ def cmd_web_invites(args: argparse.Namespace) -> int:
 
 
 def cmd_web_devices(args: argparse.Namespace) -> int:
-    with open_store(args.data_dir, create=False) as store:
+    with cli_store(args) as store:
         names: dict[bytes, str] = {bytes(b.id): b.name for b in store.boards()}
         devices = store.devices()
         posts = {bytes(b.id): _posts_by_author(b.items()) for b in store.boards()}
@@ -166,7 +167,7 @@ def _posts_by_author(items: Any) -> dict[str, int]:
 
 
 def cmd_web_revoke(args: argparse.Namespace) -> int:
-    with open_store(args.data_dir, create=False) as store, WebStore(store.data_dir) as web:
+    with cli_store(args) as store, WebStore(store.data_dir, sealer=store.sealer) as web:
         device = store.revoke_device(args.device)
         ended = web.end_device(device.id)
     print(f"{safe(device.name)} ({device.id}) revoked: {plural(ended, 'session')} ended; "

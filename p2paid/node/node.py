@@ -50,6 +50,7 @@ from p2paid.node.storewatch import StoreWatcher
 from p2paid.node.syncprogress import SyncProgress
 from p2paid.node.syncrecord import SyncRecorder
 from p2paid.storage.lock import DataDirLock
+from p2paid.storage.protect import CredentialSource
 from p2paid.storage.runtime import encode_runtime
 
 __all__ = ["Node", "PeerInfo", "open_node"]
@@ -359,6 +360,7 @@ async def open_node(
     max_connections: int = MAX_CONNECTIONS,
     max_per_address: int = MAX_PER_ADDRESS,
     store: Store | None = None,
+    credentials: CredentialSource = None,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the ``async with`` block.
 
@@ -383,6 +385,7 @@ async def open_node(
         max_per_address: cap on inbound connections from one address (an IPv6 /64)
             that are not known peers.
         store: an already open store to use instead of ``data_dir`` (not closed here).
+        credentials: the passphrase of a protected data dir (see :func:`open_store`).
 
     Raises:
         DataDirBusyError: another node or a relay runs on this data dir.
@@ -394,7 +397,7 @@ async def open_node(
     """
     with collapse_single_errors():
         own_store = store is None
-        st = open_store(data_dir) if store is None else store
+        st = open_store(data_dir, credentials=credentials) if store is None else store
         try:
             with DataDirLock(st.data_dir, "node"):
                 async with _running_node(st, listen, peers, mdns, advertise,

@@ -15,6 +15,7 @@ from typing import final
 import trio
 
 from p2paid.board.store import Store, open_store
+from p2paid.storage.protect import CredentialSource
 from p2paid.storage.runtime import STATUS_INTERVAL, encode_runtime, fresh_runtime
 
 __all__ = ["StatusPublisher", "read_runtime"]
@@ -46,7 +47,8 @@ class StatusPublisher:
                 self._store.write_runtime(b"{}")
 
 
-def read_runtime(data_dir: str | os.PathLike[str]) -> dict[str, object] | None:
+def read_runtime(data_dir: str | os.PathLike[str], credentials: CredentialSource = None
+                 ) -> dict[str, object] | None:
     """The status a running node last published in ``data_dir`` (None if none runs)."""
-    with open_store(Path(data_dir), create=False) as store:
+    with open_store(Path(data_dir), create=False, credentials=credentials) as store:
         return fresh_runtime(store.read_runtime())

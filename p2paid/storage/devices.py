@@ -9,7 +9,8 @@ for a while); the public key stays, so that the device's past posts are still
 shown as its own.
 
 Private keys never leave this module except as an :class:`AuthorKey` (whose
-``repr`` shows only the fingerprint); :class:`Device` holds none.
+``repr`` shows only the fingerprint); :class:`Device` holds none. In a protected
+data dir the name and the private key are sealed (:meth:`Database.seal`).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class Device:
                 f"{self.fingerprint} {state}>")
 
 
-def _device(row: tuple[object, ...]) -> Device:
-    id_, board_id, name, author, created, last_seen, revoked = row
+def _device(db: Database, row: tuple[object, ...]) -> Device:
+    id_, board_id, stored_name, author, created, last_seen, revoked = row
+    name = db.open_text("devices.name", str(id_).encode(), stored_name)
     if not (isinstance(id_, str) and isinstance(board_id, bytes) and isinstance(name, str)
             and isinstance(author, bytes) and isinstance(created, int)
             and isinstance(last_seen, int | None) and isinstance(revoked, int | None)):
@@ -83,7 +85,9 @@ class DeviceRegistry:
             self._db.execute(
                 "INSERT INTO devices (id, board_id, name, author, author_key, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (device.id, board_id, name, key.public, key.private_bytes(), now))
+                (device.id, board_id, self._db.seal_text("devices.name", device.id.encode(), name),
+                 key.public, self._db.seal("devices.author_key", device.id.encode(),
+                                           key.private_bytes()), now))
         return device
 
     def all(self, board_id: bytes | None = None) -> list[Device]:
@@ -94,7 +98,7 @@ class DeviceRegistry:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM devices WHERE board_id = ? ORDER BY created, rowid",
                 (board_id,))
-        return [_device(r) for r in rows]
+        return [_device(self._db, r) for r in rows]
 
     def get(self, device_id: str) -> Device:
         """The device with this id.
@@ -106,7 +110,7 @@ class DeviceRegistry:
                                 (device_id.strip().lower(),))
         if not rows:
             raise NotFoundError(f"no paired device with id {device_id!r}")
-        return _device(rows[0])
+        return _device(self._db, rows[0])
 
     def active(self, device_id: str) -> Device:
         """The device with this id, if it may write.
@@ -133,7 +137,7 @@ class DeviceRegistry:
         raw = rows[0][0] if rows else None
         if not isinstance(raw, bytes):
             raise StorageError("the store holds a device key of the wrong shape")
-        key = AuthorKey(raw)
+        key = AuthorKey(self._db.open("devices.author_key", device.id.encode(), raw))
         if key.public != device.author:
             raise StorageError(f"device {device.id}'s key does not match its author")
         return key

@@ -6,7 +6,8 @@ per-address connection cap and, when every slot is taken, evict a stranger
 (SPEC 11.3). The book lives in the store's SQLite file, in the ``known_peers``
 table this module owns; it keeps at most :data:`MAX_KNOWN_PEERS` node ids, the
 least recently seen dropped first. It records node ids (public keys) and times
-only, nothing of what was synced.
+only, nothing of what was synced; in a protected data dir only a keyed digest of
+each node id (:meth:`Database.blind`), so the book cannot be listed, only asked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from p2paid.storage.sqlite import Database
 __all__ = ["MAX_KNOWN_PEERS", "PeerBook"]
 
 MAX_KNOWN_PEERS: Final = 10_000
+_WHERE: Final = "known_peers.node_id"
 #: A known peer's last-seen time is rewritten at most this often (milliseconds).
 _TOUCH_EVERY: Final = 3600 * 1000
 
@@ -51,17 +53,18 @@ class PeerBook:
                 self._first[node_id] = first
 
     def __contains__(self, node_id: object) -> bool:
-        return node_id in self._seen
+        return isinstance(node_id, bytes) and self._db.blind(_WHERE, node_id) in self._seen
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def first_seen(self, node_id: bytes) -> int | None:
         """When ``node_id`` first became known, in ms since the epoch (None: it is not)."""
-        return self._first.get(node_id)
+        return self._first.get(self._db.blind(_WHERE, node_id))
 
     def add(self, node_id: bytes) -> None:
         """Remember ``node_id`` (or note that it was seen again)."""
+        node_id = self._db.blind(_WHERE, node_id)
         now = int(time.time() * 1000)
         if now - self._seen.get(node_id, -_TOUCH_EVERY) < _TOUCH_EVERY:
             return

@@ -8,6 +8,12 @@ lock (``BEGIN IMMEDIATE``) and callers catch up with rows other processes added
 never forks and nothing is overwritten. See ``protocol/SPEC.md`` "Storage".
 
 This is a thin, typed layer over SQL; policy lives in :mod:`p2paid.board.board`.
+
+In a protected data dir (meta ``atrest`` = ``sealed``) every value that is not
+already ciphertext under a board key is sealed under the data-dir key
+(:class:`~p2paid.storage.atrest.Sealer`): meta values (but for :data:`PLAIN_META`),
+the boards' secrets, names, author keys and relays, snapshots and rejection details;
+other modules seal their own columns through :meth:`Database.seal` and friends.
 :class:`Database` implements the :class:`~p2paid.storage.base.EnvelopeStore` port.
 """
 
@@ -18,7 +24,7 @@ import errno
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
@@ -26,11 +32,13 @@ from typing import Any, Final, TypeVar, final
 import msgpack
 
 from p2paid.core.feed import FeedHead
-from p2paid.errors import StorageError
+from p2paid.errors import PassphraseError, StorageError
+from p2paid.storage.atrest import Sealer
 from p2paid.storage.base import ForkRow, NewEnvelope
 from p2paid.storage.files import file_error, private_dir, writable_dir
 
-__all__ = ["DB_FILENAME", "BoardRow", "Database", "EnvelopeRow", "ForkRow", "SnapshotRow"]
+__all__ = ["DB_FILENAME", "PLAIN_META", "BoardRow", "Database", "EnvelopeRow", "ForkRow",
+           "SnapshotRow", "rejection_row"]
 
 DB_FILENAME: Final = "p2paid.sqlite3"
 #: 1: p2paid 0.1. 2: forks table; snapshots from 1 are dropped on upgrade, so that
@@ -40,6 +48,11 @@ SCHEMA_VERSION: Final = 4
 #: Stores older than this drop their snapshots on upgrade (see SCHEMA_VERSION).
 _SNAPSHOTS_KEPT_FROM: Final = 2
 BUSY_TIMEOUT_MS: Final = 30_000
+#: The meta key that says whether the store is sealed (value :data:`_SEALED`).
+ATREST_KEY: Final = "atrest"
+_SEALED: Final = b"sealed"
+#: Meta keys whose values are never sealed: a process must read them before unlocking.
+PLAIN_META: Final = frozenset({"schema", "role", ATREST_KEY})
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -158,10 +171,20 @@ class Database:
             read-only).
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *,
+                 unlock: Callable[[], Sealer] | None = None) -> None:
+        """``unlock`` is called (once, after the store is open) if the store is sealed;
+        it returns the data dir's :class:`Sealer` or raises.
+
+        Raises:
+            PassphraseError: the store is sealed and ``unlock`` is None.
+        """
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_FILENAME
         self._depth = 0
+        #: the data dir's sealer; None while the store is not protected
+        self.sealer: Sealer | None = None
+        self._opened = False
         private_dir(self.data_dir)
         writable_dir(self.data_dir, "use the data dir")
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
@@ -191,6 +214,21 @@ class Database:
             raise StorageError(f"cannot open the store at {self.path}: {exc}") from exc
         except OSError as exc:
             raise file_error(self.data_dir, exc, "use the data dir") from exc
+        try:
+            if self.sealed_on_disk():
+                if unlock is None:
+                    raise PassphraseError(f"the data dir {self.data_dir} is protected by a "
+                                          "passphrase; give it (--passphrase-file FILE, or "
+                                          "P2PAID_PASSPHRASE_FILE, or on the terminal)")
+                self.sealer = unlock()
+        except BaseException:
+            self._con.close()
+            raise
+        self._opened = True
+
+    def sealed_on_disk(self) -> bool:
+        """Whether the store's values are sealed (the data dir is protected)."""
+        return self.get_meta(ATREST_KEY) == _SEALED
 
     def _enable_wal(self) -> None:
         """Switch to WAL, waiting out other processes that hold a lock meanwhile.
@@ -263,6 +301,7 @@ class Database:
             raise StorageError(f"cannot lock the store for writing: {exc}") from exc
         self._depth = 1
         try:
+            self._check_sealing()
             yield
         except BaseException:
             self._depth = 0
@@ -276,6 +315,18 @@ class Database:
             with contextlib.suppress(sqlite3.DatabaseError):
                 self._con.execute("ROLLBACK")
             raise StorageError(f"cannot commit to the store: {exc}") from exc
+
+    def _check_sealing(self) -> None:
+        """Refuse to write plain values into a store another process has just sealed
+        (or sealed ones into one it made plain): ``passphrase set`` and ``remove`` run
+        while the CLI may have the store open."""
+        if not self._opened:
+            return  # (opening: the mark is read after the schema transaction)
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (ATREST_KEY,))
+        sealed = bool(rows) and rows[0][0] == _SEALED
+        if sealed != (self.sealer is not None):
+            raise StorageError("another process set or removed the data dir's passphrase "
+                               "meanwhile; nothing was written: run the command again")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:
@@ -321,34 +372,106 @@ class Database:
 
     def get_meta(self, key: str) -> bytes | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return None if not rows else _bytes(rows[0][0])
+        if not rows:
+            return None
+        value = rows[0][0]
+        return _bytes(value) if key in PLAIN_META else self.open("meta.value", key.encode(),
+                                                                 value)
 
     def set_meta(self, key: str, value: bytes) -> None:
+        stored = value if key in PLAIN_META else self.seal("meta.value", key.encode(), value)
         with self.write():
-            self._exec("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            self._exec("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, stored))
+
+    # ------------------------------------------------------------------ sealing
+
+    def seal(self, where: str, row: bytes, value: bytes) -> bytes:
+        """``value`` as it is stored: sealed if the store is protected, else as is."""
+        return value if self.sealer is None else self.sealer.seal(where, row, value)
+
+    def open(self, where: str, row: bytes, stored: object) -> bytes:
+        """A value written with :meth:`seal`, as it was given.
+
+        Raises:
+            StorageError: it does not open (damaged, moved to another row) or is not bytes.
+        """
+        raw = _bytes(stored)
+        return raw if self.sealer is None else self.sealer.open(where, row, raw)
+
+    def seal_text(self, where: str, row: bytes, text: str) -> str | bytes:
+        """Text as it is stored: as is (a TEXT value) if not protected, else sealed."""
+        return text if self.sealer is None else self.sealer.seal(where, row, text.encode())
+
+    def open_text(self, where: str, row: bytes, stored: object) -> str:
+        if self.sealer is None:
+            if not isinstance(stored, str):
+                raise StorageError(f"the store holds {type(stored).__name__} where text "
+                                   "belongs; is it corrupt?")
+            return stored
+        try:
+            return self.sealer.open(where, row, _bytes(stored)).decode()
+        except UnicodeDecodeError as exc:
+            raise StorageError("the store holds undecodable text; is it corrupt?") from exc
+
+    def blind(self, where: str, value: bytes) -> bytes:
+        """``value`` as a lookup key: a keyed digest if protected, else as is."""
+        return value if self.sealer is None else self.sealer.blind(where, value)
+
+    def set_sealed(self, sealer: Sealer | None) -> None:
+        """Record that the store is now sealed under ``sealer`` (or plain); must run
+        inside :meth:`write`, after every value was rewritten
+        (:mod:`p2paid.storage.protect`)."""
+        self.sealer = sealer
+        if sealer is None:
+            self._exec("DELETE FROM meta WHERE key = ?", (ATREST_KEY,))
+        else:
+            self._exec("INSERT OR REPLACE INTO meta VALUES (?, ?)", (ATREST_KEY, _SEALED))
+
+    def scrub(self) -> None:
+        """Leave no old value in free pages or the WAL: VACUUM with ``secure_delete``
+        on, then checkpoint and truncate the WAL."""
+        try:
+            self._con.execute("PRAGMA secure_delete = ON")
+            self._con.execute("VACUUM")
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            # (busy while another connection reads: wait for it, then truncate)
+            while self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot compact the store: {exc}") from exc
 
     # ------------------------------------------------------------------ boards
 
     def add_board(self, row: BoardRow) -> None:
         with self.write():
-            self._exec(
-                "INSERT INTO boards VALUES (?, ?, ?, ?, ?, ?)",
-                (row.board_id, row.secret, row.name, row.author_key,
-                 msgpack.packb(list(row.relays)), row.joined_at),
-            )
+            self._exec("INSERT INTO boards VALUES (?, ?, ?, ?, ?, ?)", self.board_values(row))
+
+    def board_values(self, row: BoardRow) -> tuple[object, ...]:
+        """A board's row as stored (sealed if the store is protected)."""
+        b = row.board_id
+        return (b, self.seal("boards.secret", b, row.secret),
+                self.seal_text("boards.name", b, row.name),
+                self.seal("boards.author_key", b, row.author_key),
+                self.seal("boards.relays", b, msgpack.packb(list(row.relays))), row.joined_at)
 
     def set_board_relays(self, board_id: bytes, relays: Iterable[str]) -> None:
         with self.write():
             self._exec("UPDATE boards SET relays = ? WHERE board_id = ?",
-                       (msgpack.packb(list(relays)), board_id))
+                       (self.seal("boards.relays", board_id, msgpack.packb(list(relays))),
+                        board_id))
 
     def boards(self) -> list[BoardRow]:
-        rows = self._query("SELECT * FROM boards ORDER BY joined_at, name")
-        return [
-            BoardRow(_bytes(r[0]), _bytes(r[1]), str(r[2]), _bytes(r[3]),
-                     tuple(str(x) for x in _unpack(r[4], list)), _int(r[5]))
-            for r in rows
-        ]
+        out = []
+        for r in self._query("SELECT * FROM boards"):
+            b = _bytes(r[0])
+            relays = _unpack(self.open("boards.relays", b, r[4]), list)
+            out.append(BoardRow(b, self.open("boards.secret", b, r[1]),
+                                self.open_text("boards.name", b, r[2]),
+                                self.open("boards.author_key", b, r[3]),
+                                tuple(str(x) for x in relays), _int(r[5])))
+        out.sort(key=lambda row: (row.joined_at, row.name))
+        return out
 
     # ------------------------------------------------------------------ envelopes
 
@@ -511,8 +634,12 @@ class Database:
         if not rows:
             return None
         doc, vector, sections, max_ops, changes = rows[0]
-        return SnapshotRow(_bytes(doc), _unpack(vector, dict), _unpack(sections, dict),
-                           _unpack(max_ops, dict), _int(changes))
+        b = board_id
+        return SnapshotRow(self.open("snapshots.doc", b, doc),
+                           _unpack(self.open("snapshots.vector", b, vector), dict),
+                           _unpack(self.open("snapshots.sections", b, sections), dict),
+                           _unpack(self.open("snapshots.max_ops", b, max_ops), dict),
+                           _int(changes))
 
     def delete_snapshot(self, board_id: bytes) -> None:
         self._exec("DELETE FROM snapshots WHERE board_id = ?", (board_id,))
@@ -526,9 +653,17 @@ class Database:
                 "sections = excluded.sections, max_ops = excluded.max_ops, "
                 "changes = excluded.changes, saved_at = excluded.saved_at "
                 "WHERE excluded.changes > snapshots.changes",
-                (board_id, snap.doc, msgpack.packb(snap.vector), msgpack.packb(snap.sections),
-                 msgpack.packb(snap.max_ops), snap.changes, now),
+                self.snapshot_values(board_id, snap, now),
             )
+
+    def snapshot_values(self, board_id: bytes, snap: SnapshotRow, now: int) -> tuple[object, ...]:
+        """A snapshot's row as stored (sealed if the store is protected)."""
+        b = board_id
+        return (b, self.seal("snapshots.doc", b, snap.doc),
+                self.seal("snapshots.vector", b, msgpack.packb(snap.vector)),
+                self.seal("snapshots.sections", b, msgpack.packb(snap.sections)),
+                self.seal("snapshots.max_ops", b, msgpack.packb(snap.max_ops)),
+                snap.changes, now)
 
     # ------------------------------------------------------------------ rejections
 
@@ -538,7 +673,9 @@ class Database:
     ) -> None:
         self._exec(
             "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (board_id, author, seq, hash_, code, detail, data, change_hash, now),
+            (board_id, author, seq, hash_, code,
+             self.seal_text("rejections.detail", rejection_row(board_id, author, seq, hash_),
+                            detail), data, change_hash, now),
         )
 
     def rejection_count(self, board_id: bytes, author: bytes) -> int:
@@ -576,10 +713,13 @@ class Database:
 
     def rejections(self, board_id: bytes) -> list[tuple[bytes, int, str, str]]:
         rows = self._query(
-            "SELECT author, seq, code, detail FROM rejections WHERE board_id = ? "
+            "SELECT author, seq, code, detail, hash FROM rejections WHERE board_id = ? "
             "ORDER BY at, author, seq", (board_id,),
         )
-        return [(_bytes(a), _int(s), str(c), str(d)) for a, s, c, d in rows]
+        return [(_bytes(a), _int(s), str(c),
+                 self.open_text("rejections.detail",
+                                rejection_row(board_id, _bytes(a), _int(s), _bytes(h)), d))
+                for a, s, c, d, h in rows]
 
     # ------------------------------------------------------------------ maintenance
 
@@ -596,6 +736,11 @@ class Database:
         )
         boards, envelopes, rejections = (_int(x) for x in rows[0])
         return {"boards": boards, "envelopes": envelopes, "rejections": rejections}
+
+
+def rejection_row(board_id: bytes, author: bytes, seq: int, hash_: bytes) -> bytes:
+    """The row a rejection's sealed detail is bound to."""
+    return board_id + author + seq.to_bytes(8, "big", signed=True) + hash_
 
 
 def _envelope_row(r: tuple[object, ...]) -> EnvelopeRow:

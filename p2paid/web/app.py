@@ -113,7 +113,7 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
             which is what defeats DNS rebinding.
     """
     env = _environment()
-    web = web if web is not None else WebStore(node.store.data_dir)
+    web = web if web is not None else WebStore(node.store.data_dir, sealer=node.store.sealer)
     languages = load_languages()
 
     def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:

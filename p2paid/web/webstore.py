@@ -4,7 +4,9 @@ One SQLite file beside the store (``web.sqlite3`` in the data dir), so that the
 ``p2paid web`` commands can make and revoke invites while the node runs. Tokens
 are stored hashed (:mod:`p2paid.web.tokens`). An invite is counted (``uses``) and
 expires; redeeming one is a single statement, so two phones racing for the last
-use cannot both win.
+use cannot both win. In a protected data dir an invite's label is sealed under the
+data-dir key (:class:`~p2paid.storage.atrest.Sealer`); a label still plain (from
+before the passphrase was set) is sealed when the file is opened.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
 
-from p2paid.errors import P2paidError
+from p2paid.errors import P2paidError, StorageError
+from p2paid.storage.atrest import Sealer
 from p2paid.web.tokens import new_token, token_hash
 
 __all__ = ["InviteRow", "PairingError", "SessionRow", "WebStore"]
@@ -89,9 +92,10 @@ class WebStore:
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, sealer: Sealer | None = None) -> None:
         self.path = Path(data_dir) / FILE_NAME
         self._clock = clock
+        self._sealer = sealer
         fresh = not self.path.exists()
         self._con = sqlite3.connect(self.path, isolation_level=None, timeout=10)
         if fresh:
@@ -99,6 +103,35 @@ class WebStore:
         self._con.execute("PRAGMA journal_mode = WAL")
         self._con.execute("PRAGMA synchronous = FULL")
         self._con.executescript(SCHEMA)
+        if sealer is not None:
+            self.reseal_labels(sealer)
+
+    def reseal_labels(self, sealer: Sealer | None) -> None:
+        """Store every invite's label under ``sealer`` (None: plain, for a data dir whose
+        passphrase is removed); labels already stored so are left as they are."""
+        with self._write() as con:
+            rows = con.execute("SELECT id, label FROM invites").fetchall()
+            wrong = bytes if sealer is None else str
+            labels = [(i, self._open_label(i, stored)) for i, stored in rows
+                      if isinstance(stored, wrong)]
+            self._sealer = sealer
+            for invite_id, label in labels:
+                con.execute("UPDATE invites SET label = ? WHERE id = ?",
+                            (self._seal_label(invite_id, label), invite_id))
+
+    def _seal_label(self, invite_id: str, label: str) -> str | bytes:
+        if self._sealer is None:
+            return label
+        return self._sealer.seal("invites.label", invite_id.encode(), label.encode())
+
+    def _open_label(self, invite_id: str, stored: object) -> str:
+        if isinstance(stored, str):
+            return stored
+        if not isinstance(stored, bytes) or self._sealer is None:
+            raise StorageError(f"{self.path} holds a sealed invite label but no key was "
+                               "given; is it from a protected data dir?")
+        return self._sealer.open("invites.label", invite_id.encode(), stored).decode(
+            "utf-8", "replace")
 
     def close(self) -> None:
         self._con.close()
@@ -140,7 +173,7 @@ class WebStore:
             con.execute("INSERT INTO invites (id, token_hash, board_id, uses_left, uses, created,"
                         " expires, label, as_me) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (invite_id, token_hash(token), board_id, uses, uses, now,
-                         now + expires_in, label, int(as_me)))
+                         now + expires_in, self._seal_label(invite_id, label), int(as_me)))
         return token, InviteRow(invite_id, board_id, uses, uses, now, now + expires_in, False,
                                 label, as_me)
 
@@ -149,7 +182,7 @@ class WebStore:
         row = self._con.execute("SELECT id, board_id, uses_left, uses, created, expires, "
                                 "revoked, label, as_me FROM invites WHERE token_hash = ?",
                                 (token_hash(token),)).fetchone()
-        return None if row is None else _invite(row)
+        return None if row is None else self._invite(row)
 
     def redeem(self, token: str) -> InviteRow:
         """Use one of the invite's uses.
@@ -170,13 +203,21 @@ class WebStore:
     def invites(self) -> list[InviteRow]:
         rows = self._con.execute("SELECT id, board_id, uses_left, uses, created, expires, "
                                  "revoked, label, as_me FROM invites ORDER BY created").fetchall()
-        return [_invite(r) for r in rows]
+        return [self._invite(r) for r in rows]
 
     def revoke_invite(self, invite_id: str) -> bool:
         """Revoke the invite with this id (its first 8 hex digits); True if it existed."""
         with self._write() as con:
             return con.execute("UPDATE invites SET revoked = 1 WHERE id = ?",
                                (invite_id,)).rowcount == 1
+
+    def _invite(self, row: tuple[object, ...]) -> InviteRow:
+        invite_id, board_id, uses_left, uses, created, expires, revoked, stored, as_me = row
+        assert isinstance(board_id, bytes) and isinstance(invite_id, str)
+        assert isinstance(uses_left, int) and isinstance(uses, int)
+        assert isinstance(created, int) and isinstance(expires, int)
+        return InviteRow(invite_id, board_id, uses_left, uses, created, expires, bool(revoked),
+                         self._open_label(invite_id, stored), bool(as_me))
 
     # ------------------------------------------------------------------ sessions
 
@@ -213,15 +254,6 @@ class WebStore:
         with self._write() as con:
             return con.execute("DELETE FROM sessions WHERE device_id = ?",
                                (device_id,)).rowcount
-
-
-def _invite(row: tuple[object, ...]) -> InviteRow:
-    invite_id, board_id, uses_left, uses, created, expires, revoked, label, as_me = row
-    assert isinstance(board_id, bytes) and isinstance(invite_id, str)
-    assert isinstance(uses_left, int) and isinstance(uses, int) and isinstance(label, str)
-    assert isinstance(created, int) and isinstance(expires, int)
-    return InviteRow(invite_id, board_id, uses_left, uses, created, expires, bool(revoked),
-                     label, bool(as_me))
 
 
 def _why_not(invite: InviteRow | None, now: int) -> str:

@@ -65,7 +65,8 @@ async def _run(args: argparse.Namespace, listen: tuple[str, int] | None,
                 from p2paid.web.server import base_url, serve_web
 
                 bound = await nursery.start(partial(
-                    serve_web, node, *args.web, certfile=args.web_cert, keyfile=args.web_key))
+                    serve_web, node, *args.web, certfile=args.web_cert, keyfile=args.web_key,
+                    allow_remote_wipe=args.allow_remote_wipe))
                 node.status_extras["web"] = base_url(bound, https=args.web_cert is not None)
                 node.publish_status()  # ('p2paid web invite' reads it at once)
                 log.info("web interface for members' phones at %s (pair one with "
@@ -74,6 +75,10 @@ async def _run(args: argparse.Namespace, listen: tuple[str, int] | None,
                 log.info("stopping (%s)", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+    if node.wiped:
+        log.warning("stopped: the owner's phone wiped this node's data dir (%s)",
+                    node.store.data_dir)
+        return
     log.info("stopped; everything confirmed is in the store")
 
 
@@ -236,6 +241,10 @@ def add_node_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> 
     p.add_argument("--web-cert", metavar="FILE", help="serve the web interface over HTTPS "
                    "with this certificate (PEM; with --web-key)")
     p.add_argument("--web-key", metavar="FILE", help="the certificate's private key (PEM)")
+    p.add_argument("--allow-remote-wipe", action="store_true",
+                   help="let the phone paired with 'p2paid web pair --as-me' wipe this "
+                        "node's data dir from the web interface (a panic button for a node "
+                        "that may be seized while you are away; off by default)")
     p.add_argument("--peer", action="append", metavar="HOST:PORT", type=peer_address(DEFAULT_PORT),
                    help=f"keep a connection to this peer (repeatable; port defaults to "
                         f"{DEFAULT_PORT}; IPv6 in brackets: [2001:db8::5]:7446); if it cannot "

@@ -52,6 +52,7 @@ from p2paid.node.syncrecord import SyncRecorder
 from p2paid.storage.lock import DataDirLock
 from p2paid.storage.protect import CredentialSource
 from p2paid.storage.runtime import encode_runtime
+from p2paid.storage.wipe import wipe
 
 __all__ = ["Node", "PeerInfo", "open_node"]
 
@@ -104,6 +105,8 @@ class Node:
         #: deferred work whose connection ended before its link fell quiet
         self._orphaned_work = False
         self._flush_step = StepSizer(FLUSH_STEP_S, first=256, minimum=32, maximum=8192)
+        #: the data dir was wiped while the node ran (see :meth:`stop`)
+        self.wiped = False
 
     def __repr__(self) -> str:
         return f"<Node {fingerprint(self.node_id)} {len(self._peers)} peers>"
@@ -324,6 +327,18 @@ class Node:
             while self.has_deferred() and self.flush_deferred():
                 await trio.lowlevel.checkpoint()
 
+    def stop(self, *, after: float = 0.0, wiped: bool = False) -> None:
+        """End the node's services in ``after`` seconds: the block of :func:`open_node`
+        is cancelled and returns. ``wiped``: its data dir was wiped (a remote wipe, say),
+        so :func:`open_node` wipes what the stopping node writes meanwhile too."""
+        self.wiped = self.wiped or wiped
+
+        async def later() -> None:
+            await trio.sleep(after)
+            self._nursery.cancel_scope.cancel()
+
+        self._nursery.start_soon(later)
+
     def stopped(self) -> None:
         """The node's services ended: write what is still pending."""
         with contextlib.suppress(P2paidError):
@@ -398,16 +413,20 @@ async def open_node(
     with collapse_single_errors():
         own_store = store is None
         st = open_store(data_dir, credentials=credentials) if store is None else store
+        ran: list[Node] = []
         try:
             with DataDirLock(st.data_dir, "node"):
                 async with _running_node(st, listen, peers, mdns, advertise,
                                          max_connections, max_per_address) as node:
+                    ran.append(node)
                     if own_store and st.created:  # (a mistyped data dir, say)
                         log.info("created a new data dir at %s", st.data_dir)
                     yield node
         finally:
             if own_store:
                 st.close()
+            if ran and ran[0].wiped:  # what the node wrote while it stopped goes too
+                wipe(st.data_dir, stop_node=False)
 
 
 @contextlib.asynccontextmanager

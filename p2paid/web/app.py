@@ -32,8 +32,9 @@ from p2paid.web.i18n import COOKIE, language_of, load_languages
 from p2paid.web.labels import label
 from p2paid.web.limits import WebLimits
 from p2paid.web.live import LiveStreams
-from p2paid.web.member_pages import MemberPages
+from p2paid.web.member_pages import AS_ME, MemberPages
 from p2paid.web.pages import STATUSES, BoardQuery, RankedItems, page_of
+from p2paid.web.remote_wipe import RemoteWipe
 from p2paid.web.webstore import WebStore
 
 __all__ = ["create_app", "language_of"]
@@ -98,7 +99,7 @@ def _local_path(target: str) -> str:
 
 def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] = (),
                any_address: bool = True, secure: bool = False,
-               limits: WebLimits | None = None) -> Guard:
+               limits: WebLimits | None = None, allow_remote_wipe: bool = False) -> Guard:
     """The web interface of ``node``, as an ASGI application. Only paired phones see a
     board (each its own: :mod:`p2paid.web.member_pages`); everyone else sees how to
     pair.
@@ -111,6 +112,8 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
         any_address: also answer requests for any IP address (a node on a hotspot
             rarely knows its address in advance); host *names* are always checked,
             which is what defeats DNS rebinding.
+        allow_remote_wipe: the owner's phone (paired ``--as-me``) may wipe the node's
+            data dir (:mod:`p2paid.web.remote_wipe`); off by default.
     """
     env = _environment()
     web = web if web is not None else WebStore(node.store.data_dir, sealer=node.store.sealer)
@@ -147,7 +150,8 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
         return render(request, "board.html", board=board, query=query, page=page, now=now,
                       kinds=list(ItemKind), categories=list(Category),
                       urgencies=list(Urgency), statuses=STATUSES, csrf=member.csrf,
-                      needs=needs, offers=len(ranked) - needs)
+                      needs=needs, offers=len(ranked) - needs,
+                      can_wipe=allow_remote_wipe and member.session.device_id == AS_ME)
 
     async def item_page(request: Request) -> Response:
         member = pages.member(request)
@@ -192,6 +196,7 @@ def create_app(node: Node, *, web: WebStore | None = None, hosts: Iterable[str] 
         routes=[
             Route("/", home),
             *pages.routes(),
+            *(RemoteWipe(node, pages, render).routes() if allow_remote_wipe else ()),
             Route("/b/{board}", board_page),
             Route("/b/{board}/live", live.endpoint),
             Route("/b/{board}/i/{item}", item_page),

@@ -40,6 +40,7 @@ def base_url(address: tuple[str, int], *, https: bool = False) -> str:
 async def serve_web(node: Node, host: str, port: int, *, hosts: Iterable[str] = (),
                     web: WebStore | None = None, limits: WebLimits | None = None,
                     certfile: str | None = None, keyfile: str | None = None,
+                    allow_remote_wipe: bool = False,
                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
     """Serve :func:`~p2paid.web.app.create_app` of ``node`` on ``host:port`` (0 picks a
@@ -69,7 +70,7 @@ async def serve_web(node: Node, host: str, port: int, *, hosts: Iterable[str] = 
     try:
         async with trio.open_nursery() as nursery:
             app = create_app(node, web=web, hosts=allowed, limits=limits,
-                             secure=certfile is not None)
+                             secure=certfile is not None, allow_remote_wipe=allow_remote_wipe)
             # (Hypercorn types ASGI apps by its own TypedDicts; Guard is plain ASGI)
             try:
                 binds = await nursery.start(partial(serve, cast(Any, app), config,

@@ -283,3 +283,20 @@ def test_a_bundle_without_checkpoints_stays_version_1(
     assert a.export_bundle(path) == 20 and path.read_bytes()[8] == 1
     b.import_bundle(path)
     assert titles(b) == titles(a)
+
+
+def test_a_board_with_other_feeds_applies_a_checkpoint_and_one_without_adopts_it(
+        invite: Invite, stores: tuple[Store, Store], feed: Feed) -> None:
+    """An empty board takes a checkpoint's document as its own; a board holding another
+    author's feed applies the checkpoint's changes: both read the same, and both go on
+    taking envelopes and local posts."""
+    a, b = stores
+    other = Feed(invite, 20)
+    b.board().receive(other.raw)
+    a.board().receive([feed.checkpoint.raw])  # adopted: a held nothing
+    b.board().receive([feed.checkpoint.raw])  # applied
+    for store in (a, b):
+        store.board().flush()
+        store.board().post_need("after the checkpoint", category="water")
+    assert len(titles(a)) == N + 1 and len(titles(b)) == N + 21
+    assert set(titles(a)) <= set(titles(b))

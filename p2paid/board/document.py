@@ -307,6 +307,27 @@ class BoardDocument:
             return []
         return self._apply_ready(ready)
 
+    def adopt(self, document: Document, changes: list[tuple[ChangeHeader, bytes]]) -> bool:
+        """Take ``document`` as this board's document if this one holds no change yet:
+        it holds exactly ``changes`` (one author's, checked: a checkpoint's content), so
+        Automerge need not apply them again. Returns whether it was taken.
+
+        The copy kept is made with ``fork_at`` of its heads: Automerge applies later
+        changes to a document it built itself much faster than to a loaded one.
+        """
+        if self.applied_seq or self._unmerged or not changes:
+            return False
+        heads = [h for h, _ in changes[-1:]]
+        fork: Any = document.fork_at([heads[0].hash])  # type: ignore[attr-defined]
+        fork.set_actor(self.author)
+        self._doc = fork
+        self._own.clear()
+        for header, _ in changes:
+            self._note_applied(header)
+        self._heads = self._current_heads()
+        self._update_view(changes)
+        return True
+
     def _refuse(self, header: ChangeHeader, reason: str) -> None:
         if (header.actor, header.seq) not in self._bad_seq:
             self._refused.append((header, reason))

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from p2paid.automerge.chunk import ChangeHeader
 from p2paid.automerge.rules import AuthorState, FeedRules, check_change
-from p2paid.board.checkpoint import check_checkpoint, seal_feed_checkpoint
+from p2paid.board.checkpoint import CheckedCheckpoint, check_checkpoint, seal_feed_checkpoint
 from p2paid.board.document import BoardDocument, DocumentBrokenError, SectionWriter
 from p2paid.board.model import BoardEvent
 from p2paid.core.checkpoint import CHECKPOINT_MAGIC, Checkpoint
@@ -195,7 +195,9 @@ class BoardLog:
         #: the keys of local authors this log has written with (to seal checkpoints)
         self._local_keys: dict[bytes, AuthorKey] = {self.author: author_key}
         #: rules state after each checkpoint checked in the open write, by its hash
-        self._checked_states: dict[bytes, AuthorState] = {}
+        self._checked: dict[bytes, CheckedCheckpoint] = {}
+        #: the open write adopted a checkpoint's document (see _take_checkpoints)
+        self._adopted = False
 
     # ------------------------------------------------------------------ states
 
@@ -564,7 +566,11 @@ class BoardLog:
                         result = merge_results(result, more)
         except BaseException:
             self._rules.rollback()
+            if self._adopted:  # (the document holds what the store does not)
+                self._discard("a checkpoint's document was adopted, then not stored")
+            self._adopted = False
             raise
+        self._adopted = False
         self._rules.commit()
         self._hold(result.gaps)
         report.accepted = len(result.accepted)
@@ -621,19 +627,28 @@ class BoardLog:
             elif result.duplicate or result.kept:
                 report.duplicates += 1
             elif result.taken:
+                checked = self._checked.pop(cp.hash)
                 self._heads[cp.author] = FeedHead(cp.seq, cp.head.hash)
-                self._rules.adopt(cp.author, self._checked_states.pop(cp.hash))
+                self._rules.adopt(cp.author, checked.state)
                 self._seen_id = max(self._seen_id, result.last_id)
                 report.accepted += cp.seq
-                changes.extend(result.changes)
-        self._checked_states.clear()
+                doc = self.document
+                if not changes and not self._deferred and doc.adopt(checked.document,
+                                                                     result.changes[:-1]):
+                    # An empty board takes the checkpoint's document as its own: Automerge
+                    # need not apply the changes again (SPEC 7 allows any route).
+                    self._adopted = True
+                    changes.append(result.changes[-1])
+                else:
+                    changes.extend(result.changes)
+        self._checked.clear()
         return changes
 
     def _check_checkpoint(self, cp: Checkpoint) -> list[tuple[ChangeHeader, bytes]]:
         if cp.head.hash in self._refused_envelopes:
             raise InvalidChangeError(f"seq {cp.seq} was refused before: it cannot be applied")
         checked = check_checkpoint(cp, self._cipher)
-        self._checked_states[cp.hash] = checked.state
+        self._checked[cp.hash] = checked
         return checked.changes
 
     def _checkpoint_changes(self, author: bytes, seq: int) -> list[tuple[ChangeHeader, bytes]]:

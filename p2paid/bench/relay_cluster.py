@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from p2paid.bench.child import Child, rss_mib
@@ -118,24 +119,31 @@ def run_cluster_benchmarks(report: Report, root: Path, quick: bool) -> None:
             server.destroy()  # type: ignore[attr-defined]
 
 
+#: Readers per child, started one child at a time (a relay takes at most 256 handshakes at
+#: once, and a reader child does not retry).
+_READERS_PER_CHILD = 200
+
+
 def _idle(report: Report, root: Path, url: str, connections: int) -> None:
     procs = _processes(root, url, 2, ["--max-connections", str(connections)])
+    clients: list[Child] = []
     try:
         board_id = bytes(32).hex()
-        clients = [Child("relay_readers", address, board_id, str(connections // 2))
-                   for _, address in procs]
-        for child in clients:
-            child.read(lambda v: "ready" in v)
-        import time
-
+        per_process = connections // 2
+        for _, address in procs:
+            for _ in range(max(1, per_process // _READERS_PER_CHILD)):
+                child = Child("relay_readers", address, board_id,
+                              str(min(per_process, _READERS_PER_CHILD)))
+                child.read(lambda v: "ready" in v)
+                clients.append(child)
         time.sleep(2.0)
         rss = [rss_mib(p.pid) for p, _ in procs]
+    finally:
         for child in clients:
             child.send({"op": "arrivals"})
             child.read(lambda v: "arrivals" in v)
             child.send({"op": "stop"})
             child.proc.wait(timeout=60)
-    finally:
         _stop(procs)
     report.add(Figure(f"PostgreSQL relay memory, {connections:,} idle connections over 2 "
                       "processes", max(rss), "MiB", "", "per process: "

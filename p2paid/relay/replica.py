@@ -20,13 +20,13 @@ from p2paid.core.envelope import Envelope
 from p2paid.core.feed import FeedHead, ForkProof
 from p2paid.core.replication import BoardAccess, Received
 from p2paid.errors import EnvelopeError
-from p2paid.relay.state import ClientInfo, Quotas, RelayLedger, RelayTokens
+from p2paid.relay.state import ClientInfo, Quotas, RelayLedger, RelayTokens, TokenInfo
 from p2paid.storage.base import EnvelopeStore, ForkRow
 from p2paid.storage.ingest import ingest, record_fork
 from p2paid.storage.sqlite import Database
 
 __all__ = ["Carrier", "ClientReplica", "RelayLimits", "RelayReplica", "RelayStats",
-           "decode_batch"]
+           "TokenStore", "decode_batch"]
 
 log = logging.getLogger("p2paid.relay.replica")
 
@@ -243,11 +243,23 @@ class RelayReplica:
             log.warning(message, *args)
 
 
+class TokenStore(Protocol):
+    """The operator's access tokens: :class:`RelayTokens`, or a cluster's."""
+
+    def create(self, note: str = "") -> tuple[bytes, TokenInfo]: ...
+    def list(self) -> list[TokenInfo]: ...
+    def revoke(self, token_id: str) -> TokenInfo: ...
+    def check(self, token: bytes) -> bytes | None: ...
+
+
 class Carrier(Protocol):
     """What a relay's connections need of its replica: :class:`RelayReplica` (SQLite, one
     process) or :class:`~p2paid.relay.cluster.ClusterReplica` (PostgreSQL, a cluster)."""
 
     stats: RelayStats
+
+    @property
+    def tokens(self) -> TokenStore: ...
 
     @property
     def role(self) -> Role: ...

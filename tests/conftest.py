@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 GUARD_SITE = Path(__file__).with_name("guard_site")
 sys.path.insert(0, str(GUARD_SITE))
 import p2paid_test_guard as multicast_guard  # noqa: E402
+from pgfix import new_pg_url, pg_cluster, pg_url  # noqa: E402, F401  (PostgreSQL fixtures)
 
 settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True

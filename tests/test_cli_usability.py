@@ -191,6 +191,9 @@ BAD: dict[tuple[str, ...], list[list[str]]] = {
     ("relay", "token", "create"): [["relay", "token", "create"]],  # a node's data dir
     ("relay", "token", "list"): [["relay", "token", "list", "--bogus"]],
     ("relay", "token", "revoke"): [["relay", "token", "revoke", "nope"]],
+    ("relay", "migrate"): [["relay", "migrate"], ["relay", "migrate", "--store", "mysql://x"]],
+    ("relay", "key"): [["relay", "key"]],
+    ("relay", "key", "export"): [["relay", "key", "export"]],  # a node's data dir
     ("bench",): [["bench", "--only", "bogus"], ["bench", "--only", ","]],
     ("web",): [["web"], ["web", "bogus"]],
     ("web", "invite"): [["web", "invite"], ["web", "invite", "--uses", "0"],

@@ -129,7 +129,7 @@ class Feeds:
 
 
 @contextmanager
-def replica_fixture(root: Path, kind: str) -> Iterator[ReplicaFixture]:
+def replica_fixture(root: Path, kind: str, pg_url: str | None = None) -> Iterator[ReplicaFixture]:
     with Store(root / "founder") as founder:
         invite = founder.create_board("Aid").invite()
         foreign_invite = founder.create_board("Elsewhere").invite()
@@ -149,6 +149,15 @@ def replica_fixture(root: Path, kind: str) -> Iterator[ReplicaFixture]:
             closers.append(db.close)
             board_id = bytes(feeds(0, 1, 0)[0][1:33])
             replica = RelayReplica.open(db, RelayLimits())
+        elif kind == "cluster":
+            from p2paid.relay.cluster import ClusterReplica
+            from p2paid.storage.pg.store import PgStore
+
+            assert pg_url is not None
+            pg = PgStore(pg_url, pool_size=2)
+            closers.append(pg.close)
+            board_id = bytes(feeds(0, 1, 0)[0][1:33])
+            replica = ClusterReplica(pg, RelayLimits(), "test")
         else:
             with Store(root / "keys") as keys_store:
                 keys = keys_store.join(invite).keys
@@ -161,13 +170,16 @@ def replica_fixture(root: Path, kind: str) -> Iterator[ReplicaFixture]:
             close()
 
 
-KINDS = ("node", "relay", "memory")
+KINDS = ("node", "relay", "memory", "cluster")
 
 
 @pytest.mark.parametrize("check", REPLICA_CHECKS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("kind", KINDS)
-def test_replica(tmp_path: Path, kind: str, check: Callable[[ReplicaFixture], None]) -> None:
-    with replica_fixture(tmp_path, kind) as fixture:
+def test_replica(tmp_path: Path, kind: str, check: Callable[[ReplicaFixture], None],
+                 request: pytest.FixtureRequest) -> None:
+    """``cluster``: a relay process's replica on PostgreSQL."""
+    url = request.getfixturevalue("pg_url") if kind == "cluster" else None
+    with replica_fixture(tmp_path, kind, url) as fixture:
         check(fixture)
 
 
@@ -195,3 +207,34 @@ def test_replica_suite_catches_a_replica_that_stores_forgeries(tmp_path: Path) -
 
     with pytest.raises(ConformanceError, match="refused"), broken() as fixture:
         check_refusals(fixture)
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+@contextmanager
+def pg_store(url: str) -> Iterator[StoreFixture]:
+    from p2paid.storage.pg.store import PgStore
+
+    handles = [PgStore(url, pool_size=2)]
+
+    def reopen() -> PgStore:
+        handles[-1].close()
+        handles.append(PgStore(url, pool_size=2))
+        return handles[-1]
+
+    try:
+        yield StoreFixture(handles[0], reopen)
+    finally:
+        handles[-1].close()
+
+
+@pytest.mark.parametrize("check", ENVELOPE_STORE_CHECKS, ids=lambda c: c.__name__)
+def test_postgresql_envelope_store(pg_url: str, check: Callable[[StoreFixture], None]) -> None:
+    with pg_store(pg_url) as fixture:
+        check(fixture)
+
+
+def test_postgresql_envelope_store_suite(new_pg_url: Callable[[], str]) -> None:
+    names = list(check_envelope_store(lambda: pg_store(new_pg_url())))
+    assert names == [c.__name__ for c in ENVELOPE_STORE_CHECKS]

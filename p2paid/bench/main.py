@@ -38,7 +38,7 @@ __all__ = ["BENCHMARKS", "run_benchmarks"]
 
 #: What ``--only`` may name, in the order they run.
 BENCHMARKS = ("apply", "open", "post", "sync", "stall", "insync", "live", "peer", "checkpoint",
-              "web", "relay", "fanout", "relaymem", "attacks", "atrest")
+              "web", "relay", "fanout", "relaymem", "relaypg", "attacks", "atrest")
 
 perf = time.perf_counter
 
@@ -265,7 +265,7 @@ def run_benchmarks(*, quick: bool = False, as_json: bool = False, only: str | No
             from p2paid.bench.web import run_web_benchmarks
 
             run_web_benchmarks(report, root, n)
-        if selected & {"relay", "fanout", "relaymem"}:
+        if selected & {"relay", "fanout", "relaymem", "relaypg"}:
             from p2paid.bench.relay import run_relay_benchmarks
 
             run_relay_benchmarks(report, single, quick, selected)

@@ -3,9 +3,9 @@
 ``python -m p2paid.bench.relay_readers RELAY_ADDRESS BOARD_HEX COUNT``. ``COUNT`` clients
 connect to the relay for one board, each through the library's own connection driver
 (:func:`~p2paid.net.connection.run_connection`) over a replica that keeps only seqs and
-arrival times, from 127.0.N.1 addresses, four per address (a relay caps connections and
-handshakes per address). Once all are connected it prints ``ready``; the next line on
-stdin prints every reader's arrivals, the one after that ends it.
+arrival times, from 127.0.N.1 (then 127.1.N.1, ...) addresses, four per address (a relay
+caps connections and handshakes per address). Once all are connected it prints ``ready``;
+the next line on stdin prints every reader's arrivals, the one after that ends it.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ async def _run(address_text: str, board_hex: str, count: str) -> None:
     ready: list[int] = []
     async with trio.open_nursery() as nursery:
         for i, reader in enumerate(readers):
-            nursery.start_soon(_client, address, reader, ready, f"127.0.{10 + i // 4}.1")
+            n = 10 + i // 4  # beyond 245 addresses (980 readers): 127.1.x.1, ...
+            nursery.start_soon(_client, address, reader, ready, f"127.{n // 256}.{n % 256}.1")
         while len(ready) < len(readers):
             await trio.sleep(0.05)
         say({"ready": len(ready)})

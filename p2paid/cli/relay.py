@@ -67,9 +67,34 @@ def cmd_relay_run(args: argparse.Namespace) -> int:
         require_token=args.require_token,
     )
     options = RelayOptions(listen=args.listen, public=args.public, metrics=args.metrics,
-                           limits=limits)
-    trio.run(_run, args.data_dir or default_data_dir(), options)
+                           limits=limits, store=_store(args), key_file=args.key_file,
+                           pool_size=args.pool_size)
+    data_dir = None if options.store else args.data_dir or default_data_dir()
+    trio.run(_run, data_dir, options)
     return 0
+
+
+def _store(args: argparse.Namespace) -> str | None:
+    """The ``--store`` URL, or None for the data dir's SQLite file.
+
+    Raises:
+        UsageError: --store is neither ``sqlite`` nor a ``postgresql://`` URL.
+    """
+    store: str | None = getattr(args, "store", None)
+    if store is None or store == "sqlite":
+        return None
+    from p2paid.storage.pg.store import is_postgres_url
+
+    if not is_postgres_url(store):
+        raise UsageError("--store takes 'sqlite' (the data dir, the default) or a "
+                         "postgresql://USER@HOST/DATABASE URL")
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise UsageError("a relay on PostgreSQL needs psycopg: pip install "
+                         "'p2paid[postgresql]'") from None
+    return store
 
 
 async def _run(data_dir: Any, options: RelayOptions) -> None:
@@ -102,6 +127,9 @@ def _public_address(text: str) -> tuple[str, int | None]:
 
 
 def cmd_relay_status(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if store is not None:
+        return _cluster_status(args, store)
     data_dir = args.data_dir or default_data_dir()
     runtime = read_relay_runtime(data_dir)
     db = open_relay_db(data_dir)
@@ -124,12 +152,86 @@ def cmd_relay_status(args: argparse.Namespace) -> int:
         return 0
     state = f"running at {status['address']}" if runtime else "not running"
     print(f"relay {state}; {plural(status['connections'], 'connection')}")
-    print(f"{plural(len(sizes), 'board')}, {plural(status['envelopes'], 'envelope')}, "
-          f"{status['bytes'] / MIB:.1f} MiB")
+    _print_boards(status)
+    return 0
+
+
+def _print_boards(status: dict[str, Any]) -> None:
+    print(f"{plural(len(status['boards']), 'board')}, "
+          f"{plural(status['envelopes'], 'envelope')}, {status['bytes'] / MIB:.1f} MiB")
     for b in status["boards"][:20]:
         print(f"  {b['board'][:16]}  {plural(b['envelopes'], 'envelope')}  "
               f"{b['bytes'] / MIB:.2f} MiB")
+
+
+def _cluster_status(args: argparse.Namespace, store: str) -> int:
+    from p2paid.relay.processes import cluster_status
+
+    cluster = cluster_status(store)
+    boards = sorted(cluster.boards.items(), key=lambda x: -x[1][1])
+    status: dict[str, Any] = {
+        "running": bool(cluster.processes),
+        "processes": cluster.processes,
+        "connections": sum(p["connections"] for p in cluster.processes),
+        "boards": [{"board": b.hex(), "envelopes": n, "bytes": size}
+                   for b, (n, size) in boards],
+        "envelopes": sum(n for n, _ in cluster.boards.values()),
+        "bytes": sum(size for _, size in cluster.boards.values()),
+    }
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    count = len(cluster.processes)
+    print(f"relay cluster: {count} process{'' if count == 1 else 'es'} running; "
+          f"{plural(status['connections'], 'connection')}")
+    for p in cluster.processes:
+        print(safe(f"  {p['host']} pid {p['pid']}  {p['address']}  "
+                   f"{plural(p['connections'], 'connection')}"))
+    _print_boards(status)
     return 0
+
+
+def cmd_relay_migrate(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if store is None:
+        raise UsageError("give the database: p2paid relay migrate --store "
+                         "postgresql://USER@HOST/DATABASE (a SQLite relay upgrades itself)")
+    from p2paid.storage.pg.schema import migrate
+
+    before, after = migrate(store)
+    if before == after:
+        print(f"the relay database is at schema version {after}; nothing to do")
+    else:
+        print(f"the relay database is at schema version {after} (was {before or 'empty'})")
+    return 0
+
+
+def cmd_relay_key_export(args: argparse.Namespace) -> int:
+    from p2paid.relay.keyfile import encode_key
+    from p2paid.relay.server import relay_key
+
+    db = open_relay_db(args.data_dir or default_data_dir())
+    try:
+        key = relay_key(db)
+    finally:
+        db.close()
+    print(encode_key(key))
+    print("p2paid: the relay's secret key; keep the file private (chmod 600) and give it to "
+          "every process of the relay with --key-file", file=sys.stderr)
+    return 0
+
+
+def _tokens(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
+    """The relay's tokens (in its data dir, or in the cluster's database) and a closer."""
+    store = _store(args)
+    if store is not None:
+        from p2paid.relay.pgstate import ClusterTokens
+        from p2paid.storage.pg.store import PgStore
+
+        pg = PgStore(store, pool_size=1)
+        return ClusterTokens(pg), pg.close
+    db = open_relay_db(args.data_dir or default_data_dir())
+    return RelayTokens(db), db.close
 
 
 def cmd_relay_add(args: argparse.Namespace) -> int:
@@ -158,11 +260,11 @@ def _shown(address: str) -> str:
 
 
 def cmd_relay_token_create(args: argparse.Namespace) -> int:
-    db = open_relay_db(args.data_dir or default_data_dir())
+    tokens_store, close = _tokens(args)
     try:
-        token, info = RelayTokens(db).create(args.note or "")
+        token, info = tokens_store.create(args.note or "")
     finally:
-        db.close()
+        close()
     text = encode_token(token)
     if args.json:
         print(json.dumps({"id": info.id, "token": text, "note": info.note}))
@@ -175,11 +277,11 @@ def cmd_relay_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_token_list(args: argparse.Namespace) -> int:
-    db = open_relay_db(args.data_dir or default_data_dir())
+    tokens_store, close = _tokens(args)
     try:
-        tokens = RelayTokens(db).list()
+        tokens = tokens_store.list()
     finally:
-        db.close()
+        close()
     if args.json:
         print(json.dumps([dataclasses.asdict(t) for t in tokens], indent=2))
         return 0
@@ -194,11 +296,11 @@ def cmd_relay_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_relay_token_revoke(args: argparse.Namespace) -> int:
-    db = open_relay_db(args.data_dir or default_data_dir())
+    tokens_store, close = _tokens(args)
     try:
-        info = RelayTokens(db).revoke(args.id)
+        info = tokens_store.revoke(args.id)
     finally:
-        db.close()
+        close()
     print(f"token {info.id} revoked: clients presenting it are refused from now on")
     return 0
 
@@ -299,8 +401,15 @@ def cmd_relay_reject(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
+                        help="the relay cluster's postgresql:// database (default: the data "
+                             "dir's SQLite file)")
+
+
 _USAGE = """%(prog)s [--listen HOST:PORT] [--public HOST[:PORT]] [OPTIONS]
-       %(prog)s ACTION ...      (ACTION: status, add, remove, list, accept, reject, token)"""
+       %(prog)s ACTION ...      (ACTION: status, add, remove, list, accept, reject, token,
+                                migrate, key)"""
 _DESCRIPTION = ("Without an ACTION: run a relay (a blind store-and-forward server for boards "
                 "it cannot read) until Ctrl-C or SIGTERM. With an ACTION: manage the relays "
                 "this node uses, or show the status and tokens of the relay on this data dir. "
@@ -351,10 +460,26 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
                      help="the same per client address, IPv6 by /64 (default %(default).0f)")
     run.add_argument("--require-token", action="store_true",
                      help="serve only clients with an access token ('relay token create')")
+    run.add_argument("--key-file", metavar="FILE",
+                     help="the relay's key, from 'relay key export' (every process of a "
+                          "cluster presents the same one)")
+    run.add_argument("--pool-size", type=at_least(1), default=8, metavar="N",
+                     help="connections to PostgreSQL per process (default %(default)s)")
+    p.add_argument("--store", metavar="URL", default=None,
+                   help="where envelopes are kept: 'sqlite' (the data dir; default) or "
+                        "postgresql://USER@HOST/DATABASE, shared by several relay processes")
     actions = p.add_subparsers(dest="relay_command", metavar="ACTION", prog=p.prog,
                                title="actions (optional; without one, the relay runs)")
-    cmd("status", cmd_relay_status, "boards, envelopes, bytes and connections of the relay "
-        "on this data dir", actions, True)
+    a = cmd("status", cmd_relay_status, "boards, envelopes, bytes and connections of the "
+            "relay on this data dir (or of the cluster with --store)", actions, True)
+    _store_option(a)
+    a = cmd("migrate", cmd_relay_migrate, "create or upgrade a relay cluster's PostgreSQL "
+            "tables (--store URL)", actions)
+    _store_option(a)
+    k = cmd("key", None, "the relay's key (key export)", actions)
+    keys = k.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    cmd("export", cmd_relay_key_export, "print the relay key of this data dir (made if "
+        "missing) for --key-file", keys)
     a = cmd("add", cmd_relay_add, "sync through a relay (all boards, or one with --board)",
             actions)
     a.add_argument("address", help="p2paid-relay://HOST:PORT/KEY, as the relay printed it")
@@ -375,8 +500,9 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
             "listing it", actions)
     a.add_argument("address", help="the p2paid-relay://... address, as 'relay list' shows it")
     a.add_argument("--board", metavar="ID", help="only this board")
-    t = cmd("token", None, "access tokens of the relay on this data dir (token "
-            "create|list|revoke)", actions)
+    t = cmd("token", None, "access tokens of the relay on this data dir, or of the cluster "
+            "with --store (token create|list|revoke)", actions)
+    _store_option(t)
     tokens = t.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     a = cmd("create", cmd_relay_token_create, "make an access token (shown once) to hand "
             "to a group", tokens, True)

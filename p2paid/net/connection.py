@@ -295,8 +295,12 @@ async def _read_loop(host: ConnectionHost, conn: Connection, replica: Replica,
             data = await _receive(conn, opts.deferred)
             core.receive_data(data, trio.current_time())
         elif isinstance(event, BatchReceived):
-            received = await receive_in_slices(replica, event.board_id, event.envelopes,
-                                               opts.receive_slice)
+            if opts.receive_in_thread:
+                received = await trio.to_thread.run_sync(replica.receive, event.board_id,
+                                                         event.envelopes)
+            else:
+                received = await receive_in_slices(replica, event.board_id, event.envelopes,
+                                                   opts.receive_slice)
             core.batch_done(event.token, received)
             host.after_receive(conn)
         elif isinstance(event, HelloReceived):

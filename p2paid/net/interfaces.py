@@ -86,6 +86,9 @@ class ConnectionOptions:
     #: envelopes per ``replica.receive`` call; None: a batch in one call (a relay: its
     #: quotas refuse a batch whole, and it only verifies and stores)
     receive_slice: int | None = RECEIVE_SLICE
+    #: call ``replica.receive`` in a worker thread (a replica whose store blocks on the
+    #: network, such as a relay cluster's PostgreSQL); it must then be thread-safe
+    receive_in_thread: bool = False
 
 
 class DialHost(ConnectionHost, Protocol):

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, final
+from typing import Final, Protocol, final
 
 from p2paid.core.checkpoint import CHECKPOINT_MAGIC, Checkpoint
 from p2paid.core.codes import RefusedCode, Role
@@ -21,12 +21,13 @@ from p2paid.core.envelope import Envelope
 from p2paid.core.feed import EMPTY_HEAD, FeedHead, ForkProof
 from p2paid.core.replication import BoardAccess, Received
 from p2paid.errors import EnvelopeError
-from p2paid.relay.state import ClientInfo, Quotas, RelayLedger, RelayTokens
+from p2paid.relay.state import ClientInfo, Quotas, RelayLedger, RelayTokens, TokenInfo
 from p2paid.storage.base import EnvelopeStore, ForkRow
 from p2paid.storage.ingest import ingest, ingest_checkpoint, merge_results, record_fork
 from p2paid.storage.sqlite import Database
 
-__all__ = ["ClientReplica", "RelayLimits", "RelayReplica", "RelayStats"]
+__all__ = ["Carrier", "ClientReplica", "RelayLimits", "RelayReplica", "RelayStats",
+           "TokenStore", "decode_batch"]
 
 log = logging.getLogger("p2paid.relay.replica")
 
@@ -95,6 +96,11 @@ class RelayReplica:
         self._full_logged: dict[bytes, float] = {}
         self.changed_boards: set[bytes] = set()
         self.stats = RelayStats()
+
+    def take_changed(self) -> set[bytes]:
+        """Boards stored into since the last call."""
+        changed, self.changed_boards = self.changed_boards, set()
+        return changed
 
     @classmethod
     def open(cls, db: Database, limits: RelayLimits) -> RelayReplica:
@@ -194,7 +200,7 @@ class RelayReplica:
         quota applies, as for a local import)."""
         if self.accepts(board_id) is not None:
             return Received(notice=self.accepts(board_id))
-        decoded, checkpoints, rejected = _decode(envelopes)
+        decoded, checkpoints, rejected = _decode_with_checkpoints(envelopes)
         notice = None
         size = self._sizes.get(board_id, 0)
         incoming = sum(len(e.raw) for e in decoded) + sum(len(c.raw) for c in checkpoints)
@@ -292,16 +298,54 @@ class RelayReplica:
             log.warning(message, *args)
 
 
+class TokenStore(Protocol):
+    """The operator's access tokens: :class:`RelayTokens`, or a cluster's."""
+
+    def create(self, note: str = "") -> tuple[bytes, TokenInfo]: ...
+    def list(self) -> list[TokenInfo]: ...
+    def revoke(self, token_id: str) -> TokenInfo: ...
+    def check(self, token: bytes) -> bytes | None: ...
+
+
+class Carrier(Protocol):
+    """What a relay's connections need of its replica: :class:`RelayReplica` (SQLite, one
+    process) or :class:`~p2paid.relay.cluster.ClusterReplica` (PostgreSQL, a cluster)."""
+
+    stats: RelayStats
+
+    @property
+    def tokens(self) -> TokenStore: ...
+
+    @property
+    def role(self) -> Role: ...
+    @property
+    def total_bytes(self) -> int: ...
+    def board_count(self) -> int: ...
+    def boards(self) -> Sequence[BoardAccess]: ...
+    def accepts(self, board_id: bytes) -> tuple[str, str] | None: ...
+    def vector(self, board_id: bytes) -> Mapping[bytes, int]: ...
+    def heads(self, board_id: bytes) -> Mapping[bytes, FeedHead]: ...
+    def hash_at(self, board_id: bytes, author: bytes, seq: int) -> bytes | None: ...
+    def forked(self, board_id: bytes) -> Mapping[bytes, int]: ...
+    def fork_evidence(self, board_id: bytes, author: bytes) -> tuple[bytes, bytes] | None: ...
+    def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool: ...
+    def read(self, board_id: bytes, author: bytes, after: int,
+             max_bytes: int) -> list[bytes]: ...
+    def receive(self, board_id: bytes, envelopes: Sequence[bytes],
+                client: ClientInfo | None = None) -> Received: ...
+    def take_changed(self) -> set[bytes]: ...
+
+
 @final
 class ClientReplica:
     """The relay's replica as one client's session sees it: uploads are attributed
     to that client (for the quotas and the known-client record)."""
 
-    def __init__(self, replica: RelayReplica, client: ClientInfo) -> None:
+    def __init__(self, replica: Carrier, client: ClientInfo) -> None:
         self._replica = replica
         self.client = client
-        if replica.keeps_checkpoints:  # (the session asks for them only then)
-            self.checkpoint_for = replica.checkpoint_for
+        if isinstance(replica, RelayReplica) and replica.keeps_checkpoints:
+            self.checkpoint_for = replica.checkpoint_for  # (then the session takes them)
 
     @property
     def role(self) -> Role:
@@ -338,8 +382,22 @@ class ClientReplica:
         return self._replica.receive(board_id, envelopes, self.client)
 
 
-def _decode(envelopes: Iterable[bytes]
-            ) -> tuple[list[Envelope], list[Checkpoint], list[EnvelopeError]]:
+def decode_batch(envelopes: Iterable[bytes]) -> tuple[list[Envelope], list[EnvelopeError]]:
+    """The envelopes of a batch that decode, and why the others did not (a checkpoint
+    is refused as an envelope that does not decode: stores without checkpoints)."""
+    decoded: list[Envelope] = []
+    rejected: list[EnvelopeError] = []
+    for raw in envelopes:
+        try:
+            decoded.append(Envelope.decode(raw))
+        except EnvelopeError as exc:
+            rejected.append(exc)
+    return decoded, rejected
+
+
+def _decode_with_checkpoints(envelopes: Iterable[bytes]
+                             ) -> tuple[list[Envelope], list[Checkpoint], list[EnvelopeError]]:
+    """:func:`decode_batch`, with the checkpoints (SPEC 8a) of the batch apart."""
     decoded: list[Envelope] = []
     checkpoints: list[Checkpoint] = []
     rejected: list[EnvelopeError] = []

@@ -43,9 +43,10 @@ def global_options() -> argparse.ArgumentParser:
                        metavar="FILE", help="a protected data dir's passphrase: FILE's first "
                        "line (env P2PAID_PASSPHRASE_FILE; a systemd credential "
                        "p2paid-passphrase; default: ask on the terminal)")
-    group.add_argument("--key-file", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+    group.add_argument("--data-key-file", type=Path, default=argparse.SUPPRESS, metavar="FILE",
                        help="a key file that unlocks the data dir with the passphrase (env "
-                            "P2PAID_KEY_FILE; 'passphrase set' with it makes one needed)")
+                            "P2PAID_DATA_KEY_FILE; a systemd credential p2paid-data-key-file; "
+                            "'passphrase set' with it makes one needed)")
     group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="say more (run, relay: log debugging detail)")
     group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,

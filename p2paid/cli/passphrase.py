@@ -10,8 +10,8 @@ process). Where the passphrase comes from, first found wins:
    ``LoadCredential=p2paid-passphrase:/etc/p2paid/passphrase``);
 4. the terminal (asked once; twice for a new passphrase).
 
-A key file, if the data dir needs one, likewise: ``--key-file``, ``$P2PAID_KEY_FILE``,
-``$CREDENTIALS_DIRECTORY/p2paid-key-file``. Nothing is asked for a data dir without
+A key file, if the data dir needs one, likewise: ``--data-key-file``, ``$P2PAID_DATA_KEY_FILE``,
+``$CREDENTIALS_DIRECTORY/p2paid-data-key-file``. Nothing is asked for a data dir without
 a passphrase.
 """
 
@@ -40,9 +40,9 @@ __all__ = ["add_passphrase_commands", "cli_store", "credentials", "new_credentia
            "read_secret_file"]
 
 PASSPHRASE_ENV: Final = "P2PAID_PASSPHRASE_FILE"
-KEY_FILE_ENV: Final = "P2PAID_KEY_FILE"
+KEY_FILE_ENV: Final = "P2PAID_DATA_KEY_FILE"
 SYSTEMD_PASSPHRASE: Final = "p2paid-passphrase"
-SYSTEMD_KEY_FILE: Final = "p2paid-key-file"
+SYSTEMD_KEY_FILE: Final = "p2paid-data-key-file"
 _MAX_SECRET_FILE: Final = 1 << 16
 
 
@@ -80,7 +80,7 @@ def _credential_file(explicit: Path | None, env: str, systemd: str) -> Path | No
 
 
 def key_file_bytes(args: argparse.Namespace) -> bytes | None:
-    path = _credential_file(args.key_file, KEY_FILE_ENV, SYSTEMD_KEY_FILE)
+    path = _credential_file(args.data_key_file, KEY_FILE_ENV, SYSTEMD_KEY_FILE)
     return None if path is None else read_secret_file(path, first_line=False)
 
 
@@ -262,7 +262,7 @@ def add_passphrase_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser
                 "change it, remove it, or set a duress passphrase")
     psub = group.add_subparsers(dest="passphrase_command", metavar="ACTION", required=True)
     p = cmd("set", cmd_passphrase_set, "encrypt the data dir under a new passphrase (and "
-            "--key-file, if given); the node must be stopped", psub)
+            "--data-key-file, if given); the node must be stopped", psub)
     _params_options(p)
     p = cmd("change", cmd_passphrase_change, "change the passphrase (rewrites the key file "
             "only; works while a node runs)", psub)

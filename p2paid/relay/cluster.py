@@ -46,6 +46,8 @@ log = logging.getLogger("p2paid.relay.cluster")
 CHANNEL: Final = "p2paid_envelopes"
 #: Attempts of a write that met a conflict (a deadlock victim, a taken position).
 _ATTEMPTS: Final = 5
+#: Bytes of recent reads kept for the other readers of a board.
+READ_CACHE_BYTES: Final = 8 * 1024 * 1024
 
 
 def encode_notice(board_id: bytes, origin: str) -> str:
@@ -94,6 +96,10 @@ class ClusterReplica:
         self._changed: set[bytes] = set()
         self._sizes: dict[bytes, int] = store.board_sizes()
         self._full_logged: dict[bytes, float] = {}
+        #: recent reads: ``(board, author, after, max_bytes) -> (generation, envelopes)``
+        self._reads: dict[tuple[bytes, bytes, int, int],
+                          tuple[tuple[int, int], list[bytes]]] = {}
+        self._read_bytes = 0
         self.stats = RelayStats()
 
     # ------------------------------------------------------------------ caches
@@ -187,7 +193,25 @@ class ClusterReplica:
         return None if fork is None else (fork.first, fork.second)
 
     def read(self, board_id: bytes, author: bytes, after: int, max_bytes: int) -> list[bytes]:
-        return self._store.read_feed(board_id, author, after, max_bytes)
+        """Envelopes after ``after``: one query for all the readers of a board that ask
+        for the same (a live post goes to every reader connected here), dropped when the
+        board changes."""
+        key = (board_id, author, after, max_bytes)
+        with self._lock:
+            generation = self._gen(board_id)
+            cached = self._reads.get(key)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        envelopes = self._store.read_feed(board_id, author, after, max_bytes)
+        size = sum(len(e) for e in envelopes)
+        with self._lock:
+            if self._gen(board_id) == generation and size <= READ_CACHE_BYTES:
+                if self._read_bytes + size > READ_CACHE_BYTES:
+                    self._reads.clear()
+                    self._read_bytes = 0
+                self._reads[key] = (generation, envelopes)
+                self._read_bytes += size
+        return envelopes
 
     def record_fork(self, board_id: bytes, first: bytes, second: bytes) -> bool:
         """Learn a fork from evidence a client sent.

@@ -218,8 +218,8 @@ def unlock_record(rec: KeyRecord, creds: Credentials) -> Unlocked:
             wrong).
     """
     if rec.key_file and creds.key_file is None:
-        raise PassphraseError("this data dir needs its key file too (--key-file FILE, or "
-                              "P2PAID_KEY_FILE)")
+        raise PassphraseError("this data dir needs its key file too (--data-key-file FILE, or "
+                              "P2PAID_DATA_KEY_FILE)")
     if not rec.key_file and creds.key_file is not None:
         creds = Credentials(creds.passphrase)  # (a key file given needlessly is ignored)
     wrap_key = derive_wrap_key(creds, rec.salt, rec.params)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -43,7 +44,7 @@ def member(keys: BoardKeys, *envelopes: object, name: str = "") -> MemoryReplica
     return replica
 
 
-def raws(envelopes: list[object]) -> set[bytes]:
+def raws(envelopes: Sequence[object]) -> set[bytes]:
     return {e.raw for e in envelopes}  # type: ignore[attr-defined]
 
 
@@ -139,7 +140,7 @@ async def test_one_feed_uploaded_to_two_processes_at_once_is_stored_once(
         await cluster.stop()
     positions = db_positions(pg_url, keys.board_id)
     assert len(positions) == len(set(positions)) == 3000
-    assert db_envelopes(pg_url, keys.board_id) == raws(envelopes)  # type: ignore[arg-type]
+    assert db_envelopes(pg_url, keys.board_id) == raws(envelopes)
     assert db_forks(pg_url, keys.board_id) == []
     with psycopg.connect(pg_url) as con:
         assert con.execute("SELECT COUNT(*) FROM rejections").fetchone() == (0,)
@@ -260,7 +261,7 @@ async def test_sigkilled_process_loses_nothing_acknowledged_and_the_client_resum
                 await resumed.aclose()
     finally:
         await cluster.stop()
-    assert db_envelopes(pg_url, keys.board_id) == raws(envelopes)  # type: ignore[arg-type]
+    assert db_envelopes(pg_url, keys.board_id) == raws(envelopes)
 
 
 async def test_postgresql_restart_during_uploads(tmp_path: Path, pg_cluster: PgCluster,
@@ -315,7 +316,7 @@ async def test_postgresql_restart_during_uploads(tmp_path: Path, pg_cluster: PgC
             assert p1.proc.poll() is None and p2.proc.poll() is None
     finally:
         await cluster.stop()
-    assert db_envelopes(url, keys.board_id) >= raws(envelopes)  # type: ignore[arg-type]
+    assert db_envelopes(url, keys.board_id) >= raws(envelopes)
 
 
 # ---------------------------------------------------------------------- failover
@@ -411,3 +412,49 @@ async def test_migrate_status_and_schema_versions(tmp_path: Path, pg_cluster: Pg
                              extra=["--store", url, "--key-file", str(key)])
         assert await newer.wait() != 0
         assert "newer than this p2paid" in newer.stderr()
+
+
+# ---------------------------------------------------------------------- load
+
+
+async def test_load_200_clients_on_20_boards_across_two_processes(
+        tmp_path: Path, pg_url: str) -> None:
+    """The SQLite relay's load test on a cluster: 200 concurrent clients (20 boards x 10,
+    each posting 3 envelopes of its own author), every other client of a board on the
+    other process; every client converges to everything posted to its board (so half of
+    it arrived through the other process), and no process logs a warning or an error."""
+    n_boards, per_board, posts = 20, 10, 3
+    boards = [board_keys(200 + i) for i in range(n_boards)]
+    expected: dict[bytes, set[bytes]] = {k.board_id: set() for k in boards}
+    cluster = ClusterProcesses(pg_url, tmp_path, levels=True)
+    try:
+        with trio.fail_after(120):
+            await cluster.wait()
+            async with trio.open_nursery() as nursery:
+                clients: list[tuple[bytes, object]] = []
+
+                async def connect(keys: BoardKeys, k: int) -> None:
+                    envs = FeedWriter(keys).many(posts)
+                    expected[keys.board_id] |= raws(envs)
+                    client = await open_client(
+                        nursery, cluster.procs[k % 2].hostport, member(keys, *envs),
+                        local_address=f"127.0.{10 + k // 4}.1")
+                    clients.append((keys.board_id, client))
+
+                async with trio.open_nursery() as connecting:
+                    for i, keys in enumerate(boards):
+                        for j in range(per_board):
+                            connecting.start_soon(connect, keys, i * per_board + j)
+                await poll(lambda: all(c.holds(b) == expected[b]  # type: ignore[attr-defined]
+                                       for b, c in clients), 0.05)
+                for _, c in clients:
+                    assert not c.is_closed and not c.refused  # type: ignore[attr-defined]
+                nursery.cancel_scope.cancel()
+    finally:
+        await cluster.stop()
+    for proc in cluster.procs:
+        bad = [line for line in proc.stderr().splitlines()
+               if line.startswith(("WARNING", "ERROR", "CRITICAL")) or "Traceback" in line]
+        assert not bad, bad[:5]
+    for keys in boards:
+        assert db_envelopes(pg_url, keys.board_id) == expected[keys.board_id]

@@ -20,7 +20,7 @@ __all__ = ["GLOBAL_DEFAULTS", "Parser", "at_least", "global_options",
 #: Every global option's attribute and its value when not given.
 GLOBAL_DEFAULTS: dict[str, Any] = {"data_dir": None, "verbose": False, "quiet": False,
                                    "no_pager": False, "passphrase_file": None,
-                                   "key_file": None}
+                                   "data_key_file": None}
 
 
 class Parser(argparse.ArgumentParser):

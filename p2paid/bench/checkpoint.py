@@ -45,10 +45,16 @@ PEER_BYTES = "  peer: bytes on the wire to the receiver"
 
 def _seal_fitting(keys: BoardKeys, key: AuthorKey, feed: list[Envelope], doc: BoardDocument
                   ) -> tuple[Checkpoint, float]:
-    """The checkpoint of the longest prefix of ``feed`` that fits; seconds to seal it."""
+    """The checkpoint of the longest prefix of ``feed`` that fits; seconds to seal it.
+
+    Raises:
+        LocalProtocolError: the feed is too short to checkpoint (one change).
+    """
     cipher = ChaCha20Poly1305(keys.content_key)
     upto = len(feed)
     while True:
+        if upto < 2:
+            raise LocalProtocolError("a feed of one change has no checkpoint")
         t0 = perf()
         try:
             cp = seal_feed_checkpoint(cipher=cipher, author_key=key, head=feed[upto - 1],
@@ -141,7 +147,7 @@ def _sync_once(root: Path, invite: Invite, records: list[bytes], n: int) -> tupl
 
 def _syncs(report: Report, sizes: tuple[int, ...], authors: int) -> None:
     for n in sizes:
-        for count in (1, authors):
+        for count in (1, authors) if n >= 2 * authors else (1,):
             invite = Invite(new_board_secret(), "bench")
             keys = derive_board_keys(invite.secret)
             envelopes: list[bytes] = []
@@ -150,7 +156,8 @@ def _syncs(report: Report, sizes: tuple[int, ...], authors: int) -> None:
                 key = AuthorKey.generate()
                 feed, doc = make_feed_and_document(keys, key, n // count, a * n)
                 envelopes.extend(e.raw for e in feed)
-                checkpoints.append(_seal_fitting(keys, key, feed, doc)[0].raw)
+                if len(feed) >= 2:
+                    checkpoints.append(_seal_fitting(keys, key, feed, doc)[0].raw)
             with tempfile.TemporaryDirectory(prefix="p2paid-bench-") as tmp:
                 plain = _sync_once(Path(tmp) / "plain", invite, envelopes, n)
                 with_cp = _sync_once(Path(tmp) / "cp", invite, envelopes + checkpoints, n)

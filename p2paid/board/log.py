@@ -546,7 +546,8 @@ class BoardLog:
                 starts = {env.author for env in decoded if env.seq == 1}
                 first = [cp for cp in checkpoints if cp.author not in starts
                          and not self._heads.get(cp.author, EMPTY_HEAD).seq]
-                later = [cp for cp in checkpoints if cp not in first]
+                taken_first = {id(cp) for cp in first}
+                later = [cp for cp in checkpoints if id(cp) not in taken_first]
                 heads_offered: list[Envelope] = []
                 from_checkpoints = self._take_checkpoints(first, heads_offered, report)
                 decoded.extend(heads_offered)  # (offered by this batch's sender)

@@ -228,7 +228,8 @@ class RelayReplica:
                             forked=self._forked(board_id))
             for acc in result.accepted:
                 heads[acc.envelope.author] = FeedHead(acc.envelope.seq, acc.envelope.hash)
-            later = [cp for cp in checkpoints if cp not in first]
+            taken_first = {id(cp) for cp in first}
+            later = [cp for cp in checkpoints if id(cp) not in taken_first]
             if later:
                 offered: list[Envelope] = []
                 taken += self._take_checkpoints(board_id, later, heads, offered, rejected)

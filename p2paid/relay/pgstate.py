@@ -24,12 +24,12 @@ from p2paid.relay.state import (
     Quotas,
     TokenInfo,
     token_hash,
+    token_note,
 )
 from p2paid.storage.pg.store import PgStore
 
 __all__ = ["ClusterLedger", "ClusterTokens", "advisory_key"]
 
-_MAX_NOTE: Final = 200
 
 
 def advisory_key(kind: bytes, value: bytes) -> int:
@@ -55,9 +55,7 @@ class ClusterTokens:
         Raises:
             UsageError: the note is too long or has control characters.
         """
-        note = note.strip()
-        if len(note) > _MAX_NOTE or any(ord(c) < 32 or ord(c) == 127 for c in note):
-            raise UsageError(f"a token note is at most {_MAX_NOTE} characters, one line")
+        note = token_note(note)
         token = os.urandom(TOKEN_BYTES)
         now = int(time.time())
         with self._store.write():

@@ -42,6 +42,7 @@ __all__ = [
     "RelayTokens",
     "TokenInfo",
     "token_hash",
+    "token_note",
 ]
 
 #: Random bytes in a new access token (160 bits; 32 base32 characters).
@@ -50,6 +51,18 @@ TOKEN_BYTES: Final = 20
 MIN_BOARD_CHARGE: Final = 64 * 1024
 _TOKEN_DOMAIN: Final = b"p2paid relay token\x00"
 _MAX_NOTE: Final = 200
+
+
+def token_note(note: str) -> str:
+    """A token's note, stripped and checked: one line of at most 200 characters.
+
+    Raises:
+        UsageError: it is too long or has control characters.
+    """
+    note = note.strip()
+    if len(note) > _MAX_NOTE or any(ord(c) < 32 or ord(c) == 127 for c in note):
+        raise UsageError(f"a token note is at most {_MAX_NOTE} characters, one line")
+    return note
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS relay_tokens (
@@ -119,9 +132,7 @@ class RelayTokens:
         Raises:
             UsageError: the note is too long or has control characters.
         """
-        note = note.strip()
-        if len(note) > _MAX_NOTE or any(ord(c) < 32 or ord(c) == 127 for c in note):
-            raise UsageError(f"a token note is at most {_MAX_NOTE} characters, one line")
+        note = token_note(note)
         token = os.urandom(TOKEN_BYTES)
         now = int(time.time())
         with self._db.write():

@@ -633,9 +633,10 @@ class BoardLog:
                 self._rules.adopt(cp.author, checked.state)
                 self._seen_id = max(self._seen_id, result.last_id)
                 report.accepted += cp.seq
-                doc = self.document
-                if not changes and not self._deferred and doc.adopt(checked.document,
-                                                                     result.changes[:-1]):
+                # (self.document applies deferred changes first: only without any, so
+                # that they and these still go to Automerge together, in one call)
+                if not changes and not self._deferred and self.document.adopt(
+                        checked.document, result.changes[:-1]):
                     # An empty board takes the checkpoint's document as its own: Automerge
                     # need not apply the changes again (SPEC 7 allows any route).
                     self._adopted = True

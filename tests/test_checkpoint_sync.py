@@ -25,7 +25,8 @@ from p2paid.core.identity import AuthorKey
 from p2paid.core.invite import Invite, derive_board_keys, new_board_secret
 from p2paid.core.pair import ConnectionPair
 from p2paid.core.replication import PEER_FAULTS
-from p2paid.errors import CheckpointMismatchError, SignatureError
+from p2paid.core.wire import Checkpoints
+from p2paid.errors import CheckpointMismatchError, RemoteProtocolError, SignatureError
 from p2paid.node.replica import StoreReplica
 from p2paid.relay.replica import RelayLimits, RelayReplica
 from p2paid.storage.sqlite import Database
@@ -300,3 +301,54 @@ def test_a_board_with_other_feeds_applies_a_checkpoint_and_one_without_adopts_it
         store.board().post_need("after the checkpoint", category="water")
     assert len(titles(a)) == N + 1 and len(titles(b)) == N + 21
     assert set(titles(a)) <= set(titles(b))
+
+
+# ---------------------------------------------------------------- hostile peers
+
+
+def test_a_peer_sending_a_forged_checkpoint_is_dropped_and_nothing_is_stored(
+        stores: tuple[Store, Store], feed: Feed) -> None:
+    """A peer (not the author) alters a valid checkpoint and sends it as a Checkpoints
+    batch: the receiver closes the connection with the refusal code and stores nothing."""
+    a, b = stores
+    pair = ConnectionPair(StoreReplica(a), StoreReplica(b))
+    pair.flights()
+    raw = feed.checkpoint.raw
+    forged = raw[:-1] + bytes([raw[-1] ^ 1])
+    pair.inject(pair.a, Checkpoints(0, 1_000_000, (forged,)))
+    with pytest.raises(RemoteProtocolError) as dropped:
+        pair.flights()
+    assert dropped.value.close_reason == "bad-signature"
+    assert pair.b.conn.close_reason == "bad-signature"
+    assert rows(b) == 0 and b.board().log.checkpoint(feed.key.public) is None
+
+
+def test_checkpoints_of_another_board_or_to_a_side_that_asked_none_are_refused(
+        tmp_path: Path, invite: Invite, stores: tuple[Store, Store], feed: Feed) -> None:
+    a, b = stores
+    other = Feed(Invite(new_board_secret(), "other"), 5)
+    pair = ConnectionPair(StoreReplica(a), StoreReplica(b))
+    pair.flights()
+    pair.inject(pair.a, Checkpoints(0, 1_000_000, (other.checkpoint.raw,)))
+    with pytest.raises(RemoteProtocolError):
+        pair.flights()
+    assert pair.b.conn.close_reason == "wrong-board"
+
+    class Plain:
+        """A side whose Hello says version 1 (it takes no checkpoints)."""
+
+        def __init__(self, inner: StoreReplica) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> object:
+            if name == "checkpoint_for":
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    plain = ConnectionPair(StoreReplica(a), Plain(StoreReplica(b)))  # type: ignore[arg-type]
+    plain.flights()
+    plain.inject(plain.a, Checkpoints(0, 1_000_000, (feed.checkpoint.raw,)))
+    with pytest.raises(RemoteProtocolError):
+        plain.flights()
+    assert plain.b.conn.close_reason == "protocol-error"
+    assert rows(b) == 0

@@ -263,6 +263,10 @@ def test_a_seq_1_checkpoint_cannot_be_made_or_read(author: Author) -> None:
     with pytest.raises(LocalProtocolError):
         seal_checkpoint(cipher=author.cipher, author_key=author.key,
                         head=author.envelopes[0], content=b"")
+    raw = author.checkpoint().raw
+    at_one = _resign(raw[:69] + (1).to_bytes(8, "big") + raw[77:-64], author.key)
+    with pytest.raises(MalformedEnvelopeError, match="seq out of range"):
+        Checkpoint.decode(at_one)
 
 
 @settings(max_examples=300, deadline=None)

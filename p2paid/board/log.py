@@ -46,7 +46,7 @@ from p2paid.automerge.rules import AuthorState, FeedRules, check_change
 from p2paid.board.checkpoint import CheckedCheckpoint, check_checkpoint, seal_feed_checkpoint
 from p2paid.board.document import BoardDocument, DocumentBrokenError, SectionWriter
 from p2paid.board.model import BoardEvent
-from p2paid.core.checkpoint import CHECKPOINT_MAGIC, Checkpoint
+from p2paid.core.checkpoint import Checkpoint, decode_record
 from p2paid.core.envelope import Envelope, open_envelope, seal_envelope
 from p2paid.core.feed import EMPTY_HEAD, FeedHead, ForkProof, Rejection
 from p2paid.core.identity import AuthorKey, fingerprint
@@ -196,6 +196,8 @@ class BoardLog:
         self._local_keys: dict[bytes, AuthorKey] = {self.author: author_key}
         #: rules state after each checkpoint checked in the open write, by its hash
         self._checked: dict[bytes, CheckedCheckpoint] = {}
+        #: ``author -> seq`` each local author's feed was last checkpointed to (or tried)
+        self._sealed_to: dict[bytes, int] | None = None
         #: the open write adopted a checkpoint's document (see _take_checkpoints)
         self._adopted = False
 
@@ -530,12 +532,14 @@ class BoardLog:
                 decoded.append(item)
                 continue
             try:
-                if item[:4] == CHECKPOINT_MAGIC:
-                    checkpoints.append(Checkpoint.decode(item))
-                else:
-                    decoded.append(Envelope.decode(item))
+                record = decode_record(item)
             except EnvelopeError as exc:
                 report.rejected.append(Rejection(None, exc))
+                continue
+            if isinstance(record, Checkpoint):
+                checkpoints.append(record)
+            else:
+                decoded.append(record)
         if self._doc is None:
             self._load()  # (deferred changes stay deferred: each author's order is kept)
         try:
@@ -677,12 +681,15 @@ class BoardLog:
         if self._doc is None:
             return False
         sealed = False
-        have = self._db.checkpoint_seqs(self.id)
+        if self._sealed_to is None:  # (then kept here: an idle node asks every poll)
+            self._sealed_to = self._db.checkpoint_seqs(self.id)
+        have = self._sealed_to
         for author in sorted(self._local_authors):
             key = self._local_keys.get(author)
             head = self._heads.get(author, EMPTY_HEAD).seq
             if key is None or head < 2 or head - have.get(author, 0) < min_new:
                 continue
+            have[author] = head  # (a feed that cannot be sealed is tried again later)
             raw = self._db.envelope_at(self.id, author, head)
             if raw is None:
                 continue

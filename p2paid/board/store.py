@@ -30,7 +30,7 @@ from p2paid.board.bundle import check_bundle, read_bundle, write_bundle
 from p2paid.board.checkpoint import check_checkpoint
 from p2paid.board.model import clean_text, now_ms
 from p2paid.board.relayplan import RelaySuggestion, configured_for
-from p2paid.core.checkpoint import CHECKPOINT_MAGIC, Checkpoint
+from p2paid.core.checkpoint import Checkpoint, decode_record
 from p2paid.core.envelope import Envelope, open_envelope
 from p2paid.core.feed import FeedHead, Rejection
 from p2paid.core.identity import AuthorKey, NodeKey, fingerprint
@@ -590,9 +590,7 @@ class Store:
         for raw in read_bundle(path, checked=True):
             done += 1
             try:
-                record: Envelope | Checkpoint = (
-                    Checkpoint.decode(raw) if raw[:4] == CHECKPOINT_MAGIC
-                    else Envelope.decode(raw))
+                record = decode_record(raw)
             except EnvelopeError as exc:
                 report.boards.setdefault(b"", BoardReport(b"", None)).rejected[exc.code] += 1
                 continue

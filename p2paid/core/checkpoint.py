@@ -56,6 +56,8 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "MAX_CHECKPOINT_BYTES",
     "Checkpoint",
+    "decode_record",
+    "is_checkpoint",
     "open_checkpoint",
     "seal_checkpoint",
     "verify_checkpoint",
@@ -139,6 +141,21 @@ class Checkpoint:
     def content_bytes(self) -> int:
         """Length of the (plaintext) content."""
         return len(self.ciphertext) - TAG_BYTES
+
+
+def is_checkpoint(raw: bytes) -> bool:
+    """Whether a record (of a batch, a bundle) is a checkpoint rather than an envelope."""
+    return raw[:4] == CHECKPOINT_MAGIC
+
+
+def decode_record(raw: bytes) -> Envelope | Checkpoint:
+    """A batch's or a bundle's record, decoded: a checkpoint or an envelope.
+
+    Raises:
+        EnvelopeError: it decodes as neither (see :meth:`Checkpoint.decode` and
+            :meth:`Envelope.decode`).
+    """
+    return Checkpoint.decode(raw) if is_checkpoint(raw) else Envelope.decode(raw)
 
 
 def associated_data(board_id: bytes, author: bytes, seq: int, head: bytes) -> bytes:

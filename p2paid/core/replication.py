@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
-from p2paid.core.checkpoint import CHECKPOINT_MAGIC
+from p2paid.core.checkpoint import is_checkpoint
 from p2paid.core.codes import CloseReason, RefusedCode, Role, SyncEventKind
 from p2paid.core.envelope import HEADER_BYTES
 from p2paid.core.feed import FeedHead
@@ -221,7 +221,7 @@ def peek_checkpoint(raw: bytes) -> tuple[bytes, bytes, int]:
     Raises:
         MalformedEnvelopeError: not a checkpoint, or too short to hold its header.
     """
-    if len(raw) < 77 or raw[:4] != CHECKPOINT_MAGIC:
+    if len(raw) < 77 or not is_checkpoint(raw):
         raise MalformedEnvelopeError("not a checkpoint, or truncated")
     return raw[5:37], raw[37:69], int.from_bytes(raw[69:77], "big")
 
@@ -270,6 +270,8 @@ class _Link:
     evidence: dict[bytes, int] = field(default_factory=dict)
     #: authors whose feed the peer holds in another version: sent whole, as envelopes
     whole: set[bytes] = field(default_factory=set)
+    #: authors whose checkpoint was looked up on this link (each is, once at most)
+    asked: set[bytes] = field(default_factory=set)
 
 
 @final
@@ -633,13 +635,16 @@ class SyncSession:
         out: list[bytes] = []
         budget = self._batch_bytes
         for author, seq in self._replica.vector(link.board_id).items():
-            if seq < 2 or link.peer_has.get(author, 0) or author in link.whole:
+            if (seq < 2 or link.peer_has.get(author, 0) or author in link.whole
+                    or author in link.asked):
                 continue
             raw = source(link.board_id, author)
+            if raw is not None and out and (
+                    len(raw) > budget or len(out) == Checkpoints.MAX_CHECKPOINTS):
+                break  # (for the next batch: not asked yet)
+            link.asked.add(author)
             if raw is None:
                 continue
-            if out and (len(raw) > budget or len(out) == Checkpoints.MAX_CHECKPOINTS):
-                break
             _, _, reaches = peek_checkpoint(raw)
             if reaches <= seq:
                 link.peer_has[author] = reaches

@@ -13,7 +13,7 @@ from typing import final
 
 from p2paid.board.board import Board
 from p2paid.board.store import Store
-from p2paid.core.checkpoint import CHECKPOINT_MAGIC
+from p2paid.core.checkpoint import is_checkpoint
 from p2paid.core.codes import RefusedCode, Role
 from p2paid.core.feed import FeedHead
 from p2paid.core.replication import BoardAccess, Received
@@ -123,7 +123,7 @@ class StoreReplica:
         # Large batches (an initial sync, a checkpoint) are applied together once the
         # link is idle; small ones (live posts) at once.
         defer = len(envelopes) >= DEFER_APPLY_FROM or any(
-            raw[:4] == CHECKPOINT_MAGIC for raw in envelopes)
+            is_checkpoint(raw) for raw in envelopes)
         report = self.board(board_id).receive(envelopes, defer_apply=defer)
         if defer:
             self.deferred.add(board_id)

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, final
 
-from p2paid.core.checkpoint import CHECKPOINT_MAGIC, Checkpoint
+from p2paid.core.checkpoint import Checkpoint, decode_record
 from p2paid.core.codes import RefusedCode, Role
 from p2paid.core.envelope import Envelope
 from p2paid.core.feed import EMPTY_HEAD, FeedHead, ForkProof
 from p2paid.core.replication import BoardAccess, Received
-from p2paid.errors import EnvelopeError
+from p2paid.errors import EnvelopeError, MalformedEnvelopeError
 from p2paid.relay.state import ClientInfo, Quotas, RelayLedger, RelayTokens, TokenInfo
 from p2paid.storage.base import EnvelopeStore, ForkRow
 from p2paid.storage.ingest import ingest, ingest_checkpoint, merge_results, record_fork
@@ -384,15 +384,11 @@ class ClientReplica:
 
 
 def decode_batch(envelopes: Iterable[bytes]) -> tuple[list[Envelope], list[EnvelopeError]]:
-    """The envelopes of a batch that decode, and why the others did not (a checkpoint
-    is refused as an envelope that does not decode: stores without checkpoints)."""
-    decoded: list[Envelope] = []
-    rejected: list[EnvelopeError] = []
-    for raw in envelopes:
-        try:
-            decoded.append(Envelope.decode(raw))
-        except EnvelopeError as exc:
-            rejected.append(exc)
+    """The envelopes of a batch that decode, and why the others did not (for a store
+    that keeps no checkpoints: one offered is refused, as the session never asked)."""
+    decoded, checkpoints, rejected = _decode_with_checkpoints(envelopes)
+    rejected.extend(MalformedEnvelopeError("a checkpoint to a relay that keeps none")
+                    for _ in checkpoints)
     return decoded, rejected
 
 
@@ -404,10 +400,12 @@ def _decode_with_checkpoints(envelopes: Iterable[bytes]
     rejected: list[EnvelopeError] = []
     for raw in envelopes:
         try:
-            if raw[:4] == CHECKPOINT_MAGIC:
-                checkpoints.append(Checkpoint.decode(raw))
-            else:
-                decoded.append(Envelope.decode(raw))
+            record = decode_record(raw)
         except EnvelopeError as exc:
             rejected.append(exc)
+            continue
+        if isinstance(record, Checkpoint):
+            checkpoints.append(record)
+        else:
+            decoded.append(record)
     return decoded, checkpoints, rejected

@@ -15,7 +15,12 @@ import psycopg
 
 from p2paid.errors import StorageError
 
-__all__ = ["SCHEMA_VERSION", "check_version", "migrate", "schema_version"]
+
+def pg_message(exc: psycopg.Error) -> str:
+    """libpq's message on one line (it spans several, with hints on the next)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+__all__ = ["SCHEMA_VERSION", "check_version", "migrate", "pg_message", "schema_version"]
 
 #: 1: envelopes, rejections, forks, byte counters, tokens, introductions, clients, processes.
 SCHEMA_VERSION: Final = 1
@@ -126,4 +131,4 @@ def migrate(url: str) -> tuple[int, int]:
                 con.execute("UPDATE p2paid_schema SET version = %s", (version,))
             return before, SCHEMA_VERSION
     except psycopg.Error as exc:
-        raise StorageError(f"cannot migrate the relay database: {exc}") from exc
+        raise StorageError(f"cannot migrate the relay database: {pg_message(exc)}") from exc

@@ -28,7 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from p2paid.core.feed import FeedHead
 from p2paid.errors import StorageError
 from p2paid.storage.base import ForkRow, NewEnvelope
-from p2paid.storage.pg.schema import check_version
+from p2paid.storage.pg.schema import check_version, pg_message
 
 __all__ = ["ConflictError", "PgStore", "TotalFullError", "is_postgres_url"]
 
@@ -64,8 +64,8 @@ class _Tx:
 
 def _error(exc: psycopg.Error, what: str) -> StorageError:
     if isinstance(exc, _CONFLICTS):
-        return ConflictError(f"{what}: {exc}")
-    return StorageError(f"{what}: {exc}")
+        return ConflictError(f"{what}: {pg_message(exc)}")
+    return StorageError(f"{what}: {pg_message(exc)}")
 
 
 def _configure(con: psycopg.Connection[Row]) -> None:

@@ -15,10 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from automerge.core import Document
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from p2paid.bench.main import make_feed_and_document
-from p2paid.board.checkpoint import seal_feed_checkpoint
+from p2paid.board.checkpoint import (
+    CheckedCheckpoint,
+    adoptable_document,
+    check_checkpoint,
+    seal_feed_checkpoint,
+)
 from p2paid.board.store import Store, open_store
 from p2paid.core.checkpoint import Checkpoint, open_checkpoint, seal_checkpoint
 from p2paid.core.identity import AuthorKey
@@ -301,6 +307,71 @@ def test_a_board_with_other_feeds_applies_a_checkpoint_and_one_without_adopts_it
         store.board().post_need("after the checkpoint", category="water")
     assert len(titles(a)) == N + 1 and len(titles(b)) == N + 21
     assert set(titles(a)) <= set(titles(b))
+
+
+def test_an_empty_board_takes_many_authors_checkpoints_as_one_document(
+        tmp_path: Path, invite: Invite, stores: tuple[Store, Store],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints of several authors arriving together on an empty board are loaded as
+    one document (not applied change by change); the board reads as the envelopes' would,
+    survives a restart, and goes on taking envelopes and posts."""
+    import p2paid.board.log as log
+
+    loaded: list[int] = []
+
+    def spy(checked: list[CheckedCheckpoint]) -> Document | None:
+        document = adoptable_document(checked)
+        loaded.append(len(checked) if document is not None else 0)
+        return document
+
+    monkeypatch.setattr(log, "adoptable_document", spy)
+    a, b = stores
+    feeds = [Feed(invite, 12 + i) for i in range(4)]
+    a.board().receive([f.checkpoint.raw for f in feeds])
+    assert loaded == [4]
+    a.board().flush()
+    b.board().receive([e for f in feeds for e in f.raw])
+    b.board().flush()
+    assert titles(a) == titles(b) and len(titles(a)) == sum(12 + i for i in range(4))
+    a.board().post_need("after the checkpoints", category="water")
+    a.close()
+    with open_store(tmp_path / "a") as again:
+        assert len(titles(again)) == len(titles(b)) + 1
+        later = Feed(invite, 3)
+        again.board().receive(later.raw)
+        again.board().flush()
+        assert len(titles(again)) == len(titles(b)) + 4
+
+
+def test_checkpoints_checked_ahead_are_not_checked_again(
+        stores: tuple[Store, Store], feed: Feed, invite: Invite,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node checks a batch's checkpoints in a worker thread before receiving it
+    (precheck); the receive then uses those verdicts, refusals included, and stores
+    exactly what it would have without them."""
+    calls: list[bytes] = []
+
+    def counted(cp: Checkpoint, cipher: ChaCha20Poly1305) -> CheckedCheckpoint:
+        calls.append(cp.author)
+        return check_checkpoint(cp, cipher)
+
+    monkeypatch.setattr("p2paid.board.log.check_checkpoint", counted)
+    a, _ = stores
+    other = Feed(invite, 5)
+    content = open_checkpoint(other.checkpoint, other.cipher)
+    forged = seal_checkpoint(cipher=other.cipher, author_key=other.key,
+                             head=other.envelopes[2], content=content)  # (another seq)
+    replica = StoreReplica(a)
+    batch = [feed.checkpoint.raw, forged.raw]
+    replica.precheck(invite_board(a), batch)
+    assert len(calls) == 2
+    replica.receive(invite_board(a), batch)
+    assert len(calls) == 2, "the receive checked a checkpoint again"
+    assert len(titles(a)) == N and rows(a) == 1
+
+
+def invite_board(store: Store) -> bytes:
+    return store.board().id
 
 
 # ---------------------------------------------------------------- hostile peers

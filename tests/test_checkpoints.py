@@ -133,9 +133,9 @@ def test_a_checkpoint_gives_a_member_exactly_the_feed(author: Author) -> None:
     again = Checkpoint.decode(cp.raw)
     verify_checkpoint(again)
     checked = check_checkpoint(again, author.cipher)
-    assert [h.seq for h, _ in checked.changes] == list(range(1, 14))
+    assert [h.seq for h, _ in checked.changes()] == list(range(1, 14))
     expected = [open_envelope(e, author.cipher) for e in author.envelopes]
-    assert [data for _, data in checked.changes] == expected
+    assert [data for _, data in checked.changes()] == expected
     assert titles(receive(expected)) == titles(from_envelopes(author))
     assert (cp.author, cp.seq, cp.head.hash) == (author.key.public, 13,
                                                  author.envelopes[-1].hash)
@@ -155,7 +155,7 @@ def test_a_checkpoint_at_any_point_then_envelopes_converges(author: Author) -> N
     for upto in range(2, len(author.envelopes) + 1):
         checked = check_checkpoint(author.checkpoint(upto), author.cipher)
         rest = [open_envelope(e, author.cipher) for e in author.envelopes[upto:]]
-        assert titles(receive([d for _, d in checked.changes] + rest)) == whole, upto
+        assert titles(receive([d for _, d in checked.changes()] + rest)) == whole, upto
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -175,7 +175,7 @@ def test_checkpoints_at_random_points_converge(steps: list[tuple[bool, int]],
     upto = data.draw(st.integers(2, len(a.envelopes)))
     checked = check_checkpoint(Checkpoint.decode(a.checkpoint(upto).raw), a.cipher)
     rest = [open_envelope(e, a.cipher) for e in a.envelopes[upto:]]
-    assert titles(receive([d for _, d in checked.changes] + rest)) == titles(from_envelopes(a))
+    assert titles(receive([d for _, d in checked.changes()] + rest)) == titles(from_envelopes(a))
 
 
 def test_the_content_is_a_document_of_the_author_alone(author: Author) -> None:
@@ -295,7 +295,7 @@ def test_resigned_byte_flips_never_pass_a_member(author: Author, data: st.DataOb
         checked = check_checkpoint(cp, author.cipher)
     except P2paidError:
         return
-    assert [d for _, d in checked.changes] == [open_envelope(e, author.cipher)
+    assert [d for _, d in checked.changes()] == [open_envelope(e, author.cipher)
                                                 for e in author.envelopes]
 
 
@@ -394,7 +394,7 @@ def test_vector_checkpoint_decodes_verifies_and_opens() -> None:
     assert cp.signing_input().hex() == VECTORS["signing_input"]
     assert open_checkpoint(cp, cipher).hex() == VECTORS["content"]
     checked = check_checkpoint(cp, cipher)
-    assert [h.seq for h, _ in checked.changes] == [1, 2]
+    assert [h.seq for h, _ in checked.changes()] == [1, 2]
 
 
 @pytest.mark.parametrize("case", VECTORS["refuse"], ids=lambda c: c["code"])

@@ -11,6 +11,8 @@ without building anything large:
 * every DEFLATE-compressed column inflates to at most a bounded size in all, so a
   small checkpoint cannot make the loader expand gigabytes.
 
+It returns the columns, inflated, for :mod:`p2paid.automerge.feedproof` to read.
+
 Layout (Automerge's binary format, document chunk)::
 
     magic(4) checksum(4) type(1)=0 uLEB(len) body
@@ -48,6 +50,9 @@ class DocumentChunk(NamedTuple):
     heads: tuple[bytes, ...]
     #: bytes of every column once inflated
     column_bytes: int
+    #: ``(spec, data)`` of each change column and each op column, inflated, in order
+    change_columns: tuple[tuple[int, bytes], ...] = ()
+    op_columns: tuple[tuple[int, bytes], ...] = ()
 
 
 def _read_columns(body: bytes, pos: int) -> tuple[list[tuple[int, int]], int]:
@@ -62,15 +67,15 @@ def _read_columns(body: bytes, pos: int) -> tuple[list[tuple[int, int]], int]:
     return columns, pos
 
 
-def _inflated_size(data: bytes, budget: int) -> int:
+def _inflate(data: bytes, budget: int) -> bytes:
     inflater = zlib.decompressobj(-15)
     try:
-        size = len(inflater.decompress(data, budget + 1))
+        inflated = inflater.decompress(data, budget + 1)
     except zlib.error as exc:
         raise ChangeMismatchError("a column of the document chunk does not inflate") from exc
-    if size > budget or inflater.unconsumed_tail:
+    if len(inflated) > budget or inflater.unconsumed_tail:
         raise ChangeMismatchError("the document chunk's columns inflate beyond the cap")
-    return size
+    return inflated
 
 
 def inspect_document(chunk: bytes, max_inflated: int) -> DocumentChunk:
@@ -111,15 +116,18 @@ def inspect_document(chunk: bytes, max_inflated: int) -> DocumentChunk:
     change_columns, pos = _read_columns(body, pos)
     op_columns, pos = _read_columns(body, pos)
     total = 0
+    columns: list[tuple[int, bytes]] = []
     for spec, size in change_columns + op_columns:
         if pos + size > len(body):
             raise ChangeMismatchError("document chunk is truncated (a column)")
         data = body[pos:pos + size]
         pos += size
         if spec & _DEFLATE_BIT:
-            total += _inflated_size(data, max_inflated - total)
-        else:
-            total += size
+            data = _inflate(data, max_inflated - total)
+        total += len(data)
         if total > max_inflated:
             raise ChangeMismatchError("the document chunk's columns exceed the cap")
-    return DocumentChunk(tuple(actors), heads, total)
+        columns.append((spec, data))
+    split = len(change_columns)
+    return DocumentChunk(tuple(actors), heads, total, tuple(columns[:split]),
+                         tuple(columns[split:]))

@@ -99,6 +99,8 @@ class FeedRules:
         self._load = load
         self._has_history = has_history
         self._states: dict[bytes, AuthorState] = {}
+        #: states adopted but not built yet (see :meth:`adopt`)
+        self._unbuilt: dict[bytes, Callable[[], AuthorState]] = {}
         #: authors whose state :meth:`adopt` set since the last commit
         self._adopted: list[bytes] = []
         #: undo records of the open batch: (state, seq, last_hash, max_op, maps added,
@@ -109,17 +111,28 @@ class FeedRules:
     def forget(self, author: bytes) -> None:
         """Drop what is known of ``author`` (it is loaded again when next needed)."""
         self._states.pop(author, None)
+        self._unbuilt.pop(author, None)
 
-    def adopt(self, author: bytes, state: AuthorState) -> None:
+    def adopt(self, author: bytes, state: AuthorState | Callable[[], AuthorState]) -> None:
         """Take ``state`` as what is known of ``author`` (checked elsewhere: a checkpoint's
-        changes, say); a rollback forgets it again."""
-        self._states[author] = state
+        changes, say), or a function building it when first needed; a rollback forgets
+        it again."""
+        self._states.pop(author, None)
+        self._unbuilt.pop(author, None)
+        if isinstance(state, AuthorState):
+            self._states[author] = state
+        else:
+            self._unbuilt[author] = state
         self._adopted.append(author)
 
     def state(self, author: bytes) -> AuthorState:
         state = self._states.get(author)
         if state is None:
-            state = self._load(author) if self._has_history(author) else AuthorState()
+            build = self._unbuilt.pop(author, None)
+            if build is not None:
+                state = build()
+            else:
+                state = self._load(author) if self._has_history(author) else AuthorState()
             self._states[author] = state
         return state
 
@@ -143,6 +156,7 @@ class FeedRules:
         self._journal.clear()
         for author in self._adopted:
             self._states.pop(author, None)
+            self._unbuilt.pop(author, None)
         self._adopted.clear()
 
     # -------------------------------------------------------------- the check

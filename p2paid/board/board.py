@@ -111,6 +111,11 @@ class Board(MemberBoard):
         :meth:`BoardLog.receive`)."""
         return self._log.receive(envelopes, defer_apply=defer_apply)
 
+    def precheck(self, records: Iterable[bytes]) -> None:
+        """Check checkpoints a later :meth:`receive` will take (see
+        :meth:`BoardLog.precheck`)."""
+        self._log.precheck(records)
+
     def flush(self, max_changes: int | None = None) -> list[ChangeHeader]:
         """Apply changes that :meth:`receive` stored with ``defer_apply``."""
         return self._log.flush(max_changes)

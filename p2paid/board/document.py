@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, final
 
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncState
@@ -307,25 +307,34 @@ class BoardDocument:
             return []
         return self._apply_ready(ready)
 
-    def adopt(self, document: Document, changes: list[tuple[ChangeHeader, bytes]]) -> bool:
-        """Take ``document`` as this board's document if this one holds no change yet:
-        it holds exactly ``changes`` (one author's, checked: a checkpoint's content), so
-        Automerge need not apply them again. Returns whether it was taken.
+    def is_empty(self) -> bool:
+        """Whether this document holds no change (applied or waiting to merge)."""
+        return not self.applied_seq and not self._unmerged
 
-        The copy kept is made with ``fork_at`` of its heads: Automerge applies later
-        changes to a document it built itself much faster than to a loaded one.
+    def adopt(self, document: Document, feeds: Sequence[tuple[bytes, int, bytes, int]]
+              ) -> bool:
+        """Take ``document`` as this board's document if this one holds no change yet:
+        it holds exactly the feeds ``(author, seq, last_hash, max_op)``, changes
+        ``1..seq`` of each author, the last with hash ``last_hash`` and op ``max_op``
+        its last (checked: checkpoints' content), so Automerge need not apply them
+        again. Returns whether it was taken.
+
+        (Automerge's first ten or so changes to a loaded document take about 1.5 ms
+        each, then 0.03 ms; a ``fork_at`` copy would take 0.15 s at 10,000 changes.)
         """
-        if self.applied_seq or self._unmerged or not changes:
+        if not self.is_empty() or not feeds:
             return False
-        heads = [h for h, _ in changes[-1:]]
-        fork: Any = document.fork_at([heads[0].hash])  # type: ignore[attr-defined]
-        fork.set_actor(self.author)
-        self._doc = fork
+        document.set_actor(self.author)
+        self._doc = document
         self._own.clear()
-        for header, _ in changes:
-            self._note_applied(header)
+        for author, seq, last_hash, max_op in feeds:
+            self.last_hashes[author] = last_hash
+            self.applied_seq[author] = seq
+            self.max_ops[author] = max_op
+            self.start_ops.setdefault(author, 1)
         self._heads = self._current_heads()
-        self._update_view(changes)
+        for author, *_ in feeds:
+            self.view.remote_changes(author, None, True)
         return True
 
     def _refuse(self, header: ChangeHeader, reason: str) -> None:

@@ -43,10 +43,15 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from p2paid.automerge.chunk import ChangeHeader
 from p2paid.automerge.rules import AuthorState, FeedRules, check_change
-from p2paid.board.checkpoint import CheckedCheckpoint, check_checkpoint, seal_feed_checkpoint
+from p2paid.board.checkpoint import (
+    CheckedCheckpoint,
+    adoptable_document,
+    check_checkpoint,
+    seal_feed_checkpoint,
+)
 from p2paid.board.document import BoardDocument, DocumentBrokenError, SectionWriter
 from p2paid.board.model import BoardEvent
-from p2paid.core.checkpoint import Checkpoint, decode_record
+from p2paid.core.checkpoint import Checkpoint, decode_record, is_checkpoint, verify_checkpoint
 from p2paid.core.envelope import Envelope, open_envelope, seal_envelope
 from p2paid.core.feed import EMPTY_HEAD, FeedHead, ForkProof, Rejection
 from p2paid.core.identity import AuthorKey, fingerprint
@@ -98,6 +103,8 @@ _MAX_RELOADS: Final = 50
 #: A local author's feed is checkpointed (SPEC 8a) when idle, once it grew by this many
 #: envelopes since its last checkpoint.
 CHECKPOINT_AFTER: Final = 64
+#: Most checkpoints checked ahead of a receive (one Checkpoints message holds 1,024).
+MAX_PRECHECKED: Final = 1024
 
 Clock = Callable[[], int]
 
@@ -189,6 +196,9 @@ class BoardLog:
         self._refused_envelopes: set[bytes] = set()
         self._purged: list[tuple[ChangeHeader, str]] = []
         self._deferred: list[tuple[ChangeHeader, bytes]] = []
+        #: checkpoints taken for an empty document, whose heads wait in ``_deferred``:
+        #: loaded as one document when the deferred changes are applied (see flush)
+        self._deferred_feeds: list[CheckedCheckpoint] = []
         self._rules = FeedRules(self._author_state, self._has_changes)
         #: authors this node writes as: its own member and the devices it holds keys of
         self._local_authors: set[bytes] = {self.author}
@@ -198,8 +208,10 @@ class BoardLog:
         self._checked: dict[bytes, CheckedCheckpoint] = {}
         #: ``author -> seq`` each local author's feed was last checkpointed to (or tried)
         self._sealed_to: dict[bytes, int] | None = None
-        #: the open write adopted a checkpoint's document (see _take_checkpoints)
-        self._adopted = False
+        #: member checks of checkpoints made ahead, by checkpoint hash (see precheck)
+        self._prechecked: dict[bytes, CheckedCheckpoint | EnvelopeError] = {}
+        #: checkpoints the open write takes for an empty document (see _take_checkpoints)
+        self._taking: list[CheckedCheckpoint] = []
 
     # ------------------------------------------------------------------ states
 
@@ -208,6 +220,7 @@ class BoardLog:
         if self._doc is not None:
             log.debug("board %s: dropping the document in memory (%s)", self.name, why)
         self._doc = None
+        self._deferred_feeds.clear()  # (loading reads them from the store)
 
     def _recover(self, exc: DocumentBrokenError) -> None:
         """Automerge panicked: refuse the culprit if known, and reload carefully."""
@@ -220,7 +233,7 @@ class BoardLog:
     @property
     def has_deferred(self) -> bool:
         """Stored, checked changes wait to be applied (see :meth:`flush`)."""
-        return bool(self._deferred)
+        return bool(self._deferred or self._deferred_feeds)
 
     @property
     def document(self) -> BoardDocument:
@@ -246,6 +259,7 @@ class BoardLog:
         :attr:`has_deferred`)."""
         if not self._deferred or self._doc is None:
             return []
+        self._adopt_deferred_feeds()
         if max_changes is None or max_changes >= len(self._deferred):
             changes, self._deferred = self._deferred, []
         else:
@@ -470,6 +484,7 @@ class BoardLog:
     def _apply_guarded(self, changes: list[tuple[ChangeHeader, bytes]]) -> list[ChangeHeader]:
         """:meth:`_apply` (after the deferred changes, which come first in each author's
         feed), reloading the document if Automerge panics."""
+        self._adopt_deferred_feeds()
         if self._deferred:
             changes = [*self._deferred, *changes]
             self._deferred = []
@@ -542,6 +557,7 @@ class BoardLog:
                 decoded.append(record)
         if self._doc is None:
             self._load()  # (deferred changes stay deferred: each author's order is kept)
+        self._taking = []
         try:
             with self._db.write():
                 self._catch_up()
@@ -571,12 +587,11 @@ class BoardLog:
                         result = merge_results(result, more)
         except BaseException:
             self._rules.rollback()
-            if self._adopted:  # (the document holds what the store does not)
-                self._discard("a checkpoint's document was adopted, then not stored")
-            self._adopted = False
+            self._taking = []
             raise
-        self._adopted = False
         self._rules.commit()
+        self._deferred_feeds.extend(self._taking)
+        self._taking = []
         self._hold(result.gaps)
         report.accepted = len(result.accepted)
         report.duplicates = result.duplicates
@@ -621,7 +636,7 @@ class BoardLog:
                           report: ReceiveReport) -> list[tuple[ChangeHeader, bytes]]:
         """Store checkpoints (inside the write); the heads to offer as envelopes instead
         join ``heads``. Returns the changes to apply."""
-        changes: list[tuple[ChangeHeader, bytes]] = []
+        taken: list[CheckedCheckpoint] = []
         for cp in checkpoints:
             result = ingest_checkpoint(self._db, self.id, cp, self._heads,
                                        self._check_checkpoint, self._forked)
@@ -637,25 +652,71 @@ class BoardLog:
                 self._rules.adopt(cp.author, checked.state)
                 self._seen_id = max(self._seen_id, result.last_id)
                 report.accepted += cp.seq
-                # (self.document applies deferred changes first: only without any, so
-                # that they and these still go to Automerge together, in one call)
-                if not changes and not self._deferred and self.document.adopt(
-                        checked.document, result.changes[:-1]):
-                    # An empty board takes the checkpoint's document as its own: Automerge
-                    # need not apply the changes again (SPEC 7 allows any route).
-                    self._adopted = True
-                    changes.append(result.changes[-1])
-                else:
-                    changes.extend(result.changes)
+                taken.append(checked)
         self._checked.clear()
-        return changes
+        if not taken:
+            return []
+        assert self._doc is not None
+        if self._doc.is_empty():
+            # An empty board takes the checkpoints' documents as its own, loaded as one
+            # once the write is stored (see _adopt_deferred_feeds): Automerge need not
+            # apply their changes again (SPEC 7 allows any route). Only their heads
+            # remain to apply.
+            self._taking.extend(taken)
+            return [c.head for c in taken]
+        return [change for c in taken for change in c.changes()]
 
-    def _check_checkpoint(self, cp: Checkpoint) -> list[tuple[ChangeHeader, bytes]]:
+    def _adopt_deferred_feeds(self) -> None:
+        """Give an empty document the feeds of checkpoints taken (their heads wait in the
+        deferred changes, after them): one Automerge load of them all, or, if Automerge
+        will not load them as one, their changes applied."""
+        feeds, self._deferred_feeds = self._deferred_feeds, []
+        if not feeds or self._doc is None:
+            return
+        doc = self._doc
+        document = adoptable_document(feeds) if doc.is_empty() else None
+        if document is not None and doc.adopt(document, [
+                (c.checkpoint.author, c.checkpoint.seq - 1, c.head[0].deps[0], c.max_op)
+                for c in feeds]):
+            return
+        log.warning("board %s: %d checkpoints did not load as one document; applying "
+                    "their changes", self.name, len(feeds))
+        self._apply([change for c in feeds for change in c.changes()[:-1]])
+
+    def precheck(self, records: Iterable[bytes]) -> None:
+        """Make the member check of each checkpoint among ``records`` whose author this
+        board holds nothing of, for the next :meth:`receive` of them to use.
+
+        Safe to call from a worker thread while the owning thread runs: it reads the
+        feed heads (a stale read costs only a wasted check) and touches neither the
+        store nor the document. Results wait until the next call (at most
+        :data:`MAX_PRECHECKED` of them); a receive that finds none checks as usual.
+        """
+        self._prechecked.clear()
+        for raw in records:
+            if not is_checkpoint(raw) or len(self._prechecked) >= MAX_PRECHECKED:
+                continue
+            try:
+                cp = Checkpoint.decode(raw)
+                if self._heads.get(cp.author, EMPTY_HEAD).seq or cp.hash in self._prechecked:
+                    continue
+                verify_checkpoint(cp)
+                result: CheckedCheckpoint | EnvelopeError = check_checkpoint(cp, self._cipher)
+            except EnvelopeError as exc:
+                result = exc
+            except P2paidError:
+                continue  # (receive meets it again, and says so)
+            self._prechecked[cp.hash] = result
+
+    def _check_checkpoint(self, cp: Checkpoint) -> bytes:
         if cp.head.hash in self._refused_envelopes:
             raise InvalidChangeError(f"seq {cp.seq} was refused before: it cannot be applied")
-        checked = check_checkpoint(cp, self._cipher)
+        early = self._prechecked.pop(cp.hash, None)
+        if isinstance(early, EnvelopeError):
+            raise early
+        checked = check_checkpoint(cp, self._cipher) if early is None else early
         self._checked[cp.hash] = checked
-        return checked.changes
+        return checked.head[0].hash
 
     def _checkpoint_changes(self, author: bytes, seq: int) -> list[tuple[ChangeHeader, bytes]]:
         """The changes ``1..seq`` of a stored checkpoint (checked when it was stored; the
@@ -664,7 +725,7 @@ class BoardLog:
         if held is None or held[0] != seq:
             return []
         try:
-            return check_checkpoint(Checkpoint.decode(held[1]), self._cipher).changes
+            return check_checkpoint(Checkpoint.decode(held[1]), self._cipher).changes()
         except P2paidError as exc:
             log.error("board %s: stored checkpoint of %s unreadable: %s", self.name,
                       fingerprint(author), exc)
@@ -761,6 +822,8 @@ class BoardLog:
                 e.author == author and e.seq >= seq)}
             self._deferred = [(h, d) for h, d in self._deferred if not (
                 h.actor == author and h.seq >= seq)]
+            if any(c.checkpoint.author == author for c in self._deferred_feeds):
+                rebuild = True  # (the fork cut the checkpoint's feed: read the store)
             self._rules.forget(author)
             doc = self._doc
             if doc is not None and doc.applied_seq.get(author, 0) >= seq:

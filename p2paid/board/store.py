@@ -358,7 +358,7 @@ class Store:
                     assert held is not None
                     checked = check_checkpoint(Checkpoint.decode(held[1]), cipher)
                     rules.adopt(r.author, checked.state)
-                    updates.append((checked.changes[-1][0].hash, r.id))
+                    updates.append((checked.head[0].hash, r.id))
                     continue
                 env = Envelope.decode(r.data)
                 header = check_change(env, open_envelope(env, cipher))

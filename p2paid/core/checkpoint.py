@@ -55,6 +55,7 @@ __all__ = [
     "CHECKPOINT_MAGIC",
     "CHECKPOINT_VERSION",
     "MAX_CHECKPOINT_BYTES",
+    "MAX_CHECKPOINT_OPS",
     "Checkpoint",
     "decode_record",
     "is_checkpoint",
@@ -69,6 +70,11 @@ NONCE_BYTES: Final = 12
 TAG_BYTES: Final = 16
 #: A checkpoint fits one message of the sync protocol (1 MiB) with room for its framing.
 MAX_CHECKPOINT_BYTES: Final = 1024 * 1024 - 4096
+#: Most ops a checkpoint's content may hold (its head's change starts at op
+#: ``MAX_CHECKPOINT_OPS + 1`` at most). Automerge's columns can describe any number of
+#: ops in a few bytes; a reader refuses more before it builds them. An honest feed of
+#: needs takes about 4 bytes an op, so 1 MiB holds about 260,000.
+MAX_CHECKPOINT_OPS: Final = 1 << 19
 _FIXED = struct.Struct(">4sB32s32sQI")
 _CT_LEN = struct.Struct(">12sI")
 _MIN_BYTES: Final = _FIXED.size + HEADER_BYTES + SIG_BYTES + _CT_LEN.size + TAG_BYTES + SIG_BYTES

@@ -118,6 +118,11 @@ class StoreReplica:
         """The author's checkpoint, to send a peer that holds nothing of the author."""
         return self.board(board_id).log.checkpoint(author)
 
+    def precheck(self, board_id: bytes, envelopes: Sequence[bytes]) -> None:
+        """Check the checkpoints among ``envelopes`` ahead of :meth:`receive` (safe in a
+        worker thread: see :meth:`p2paid.board.log.BoardLog.precheck`)."""
+        self.board(board_id).precheck(envelopes)
+
     def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
         t0 = time.perf_counter()
         # Large batches (an initial sync, a checkpoint) are applied together once the

@@ -43,7 +43,9 @@ OpenChange = Callable[[Envelope], tuple[ChangeHeader, bytes]]
 
 #: A member's check of a checkpoint's content (p2paid.board.checkpoint): its changes
 #: ``1..seq``, or an EnvelopeError; None for a blind carrier or relay.
-CheckMember = Callable[[Checkpoint], list[tuple[ChangeHeader, bytes]]]
+#: a member's check of a checkpoint's content (SPEC 8a.3); returns the Automerge hash of
+#: the head's change
+CheckMember = Callable[[Checkpoint], bytes]
 
 #: Refusals of a validly signed envelope for its content: every member refuses the
 #: same envelope the same way, so its hash may be remembered and refused again cheaply.
@@ -149,8 +151,6 @@ class CheckpointResult:
     kept: bool = False
     #: an equal or longer checkpoint of the author was held already
     duplicate: bool = False
-    #: (members) the changes ``1..seq`` to apply, when taken
-    changes: list[tuple[ChangeHeader, bytes]] = field(default_factory=list)
     #: offer this head as an ordinary envelope (a duplicate, a fork proof, one beyond
     #: a gap): the checkpoint neither starts the feed nor matches what is held
     head: Envelope | None = None
@@ -190,7 +190,7 @@ def ingest_checkpoint(
             return CheckpointResult(duplicate=True)
     try:
         verify_checkpoint(checkpoint)
-        changes = [] if check_member is None else check_member(checkpoint)
+        head_hash = None if check_member is None else check_member(checkpoint)
     except EnvelopeError as exc:
         # Not remembered by the head's hash: the head may be a valid envelope, which
         # members holding the feed as envelopes accept (a refused checkpoint is
@@ -199,10 +199,9 @@ def ingest_checkpoint(
     db.put_checkpoint(board_id, author, checkpoint.seq, checkpoint.hash, checkpoint.raw)
     if head:
         return CheckpointResult(kept=True)
-    head_hash = changes[-1][0].hash if changes else None
     last_id = db.insert_envelopes(board_id, [(author, checkpoint.seq, checkpoint.head.hash,
                                               checkpoint.head.raw, head_hash)])
-    return CheckpointResult(taken=True, changes=changes, last_id=last_id)
+    return CheckpointResult(taken=True, last_id=last_id)
 
 
 def merge_results(first: IngestResult, second: IngestResult) -> IngestResult:

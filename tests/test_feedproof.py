@@ -11,7 +11,6 @@ builds anything.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from functools import partial
 
@@ -38,8 +37,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2paid.automerge.chunk import MAGIC, parse_change
-from p2paid.automerge.docchunk import inspect_document
+from p2paid.automerge.chunk import parse_change
+from p2paid.automerge.docchunk import encode_document, inspect_document
 from p2paid.automerge.feedproof import FeedProof, _OpColumns, prove_feed
 from p2paid.automerge.rules import AuthorState, FeedRules
 from p2paid.board.checkpoint import check_checkpoint, seal_feed_checkpoint
@@ -255,26 +254,6 @@ def test_a_members_real_feed_is_proved() -> None:
 # ---------------------------------------------------------------- hostile columns
 
 
-def document_chunk(actors: Sequence[bytes], heads: Sequence[bytes],
-                   change_columns: Sequence[tuple[int, bytes]],
-                   op_columns: Sequence[tuple[int, bytes]]) -> bytes:
-    """A document chunk (type 0) of uncompressed columns, with a valid checksum."""
-    body = bytearray(uleb(len(actors)))
-    for actor in actors:
-        body += uleb(len(actor)) + actor
-    body += uleb(len(heads)) + b"".join(heads)
-    for columns in (change_columns, op_columns):
-        body += uleb(len(columns))
-        for spec, data in columns:
-            body += uleb(spec & ~0x08) + uleb(len(data))
-    for columns in (change_columns, op_columns):
-        for _, data in columns:
-            body += data
-    body += uleb(0) * len(heads)  # (head indexes)
-    digest = hashlib.sha256(b"\x00" + uleb(len(body)) + bytes(body)).digest()
-    return MAGIC + digest[:4] + b"\x00" + uleb(len(body)) + bytes(body)
-
-
 def honest_feed() -> tuple[list[bytes], bytes]:
     ops: list[list[CraftedOp]] = [[CraftedOp(MAKE_MAP, None, ACTOR.hex()),
                                    CraftedOp(MAKE_MAP, (0, 1), "needs")]]
@@ -298,8 +277,8 @@ def rebuilt(content: bytes, *, changes: dict[int, bytes] | None = None,
         out = {spec & ~0x08: data for spec, data in columns}
         out.update(new or {})
         return sorted((spec, data) for spec, data in out.items() if data)
-    return document_chunk(chunk.actors, chunk.heads, swap(chunk.change_columns, changes),
-                          swap(chunk.op_columns, ops))
+    return encode_document(chunk.actors, chunk.heads, swap(chunk.change_columns, changes),
+                           swap(chunk.op_columns, ops))
 
 
 def test_rebuilt_columns_load_and_prove_as_before() -> None:

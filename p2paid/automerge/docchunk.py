@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Sequence
 from typing import Final, NamedTuple
 
 from p2paid.automerge.chunk import MAGIC, _uleb, uleb_bytes
 from p2paid.errors import ChangeMismatchError
 
-__all__ = ["CHUNK_DOCUMENT", "DocumentChunk", "inspect_document"]
+__all__ = ["CHUNK_DOCUMENT", "DocumentChunk", "encode_document", "inspect_document"]
 
 CHUNK_DOCUMENT: Final = 0
 _DEFLATE_BIT: Final = 0x08
@@ -131,3 +132,24 @@ def inspect_document(chunk: bytes, max_inflated: int) -> DocumentChunk:
     split = len(change_columns)
     return DocumentChunk(tuple(actors), heads, total, tuple(columns[:split]),
                          tuple(columns[split:]))
+
+
+def encode_document(actors: Sequence[bytes], heads: Sequence[bytes],
+                    change_columns: Sequence[tuple[int, bytes]],
+                    op_columns: Sequence[tuple[int, bytes]]) -> bytes:
+    """A document chunk of uncompressed columns (the DEFLATE bit of each spec cleared),
+    with a valid checksum: the inverse of :func:`inspect_document`, for tests and vectors
+    that need a document Automerge would not write."""
+    body = bytearray(uleb_bytes(len(actors)))
+    for actor in actors:
+        body += uleb_bytes(len(actor)) + actor
+    body += uleb_bytes(len(heads)) + b"".join(heads)
+    for columns in (change_columns, op_columns):
+        body += uleb_bytes(len(columns))
+        for spec, data in columns:
+            body += uleb_bytes(spec & ~_DEFLATE_BIT) + uleb_bytes(len(data))
+    for columns in (change_columns, op_columns):
+        body += b"".join(data for _, data in columns)
+    body += uleb_bytes(0) * len(heads)  # (head indexes)
+    checksum = hashlib.sha256(b"\x00" + uleb_bytes(len(body)) + bytes(body)).digest()[:4]
+    return MAGIC + checksum + bytes([CHUNK_DOCUMENT]) + uleb_bytes(len(body)) + bytes(body)

@@ -20,8 +20,8 @@ from typing import Any
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2paid.automerge.chunk import MAGIC, parse_change, sleb_bytes, uleb_bytes
-from p2paid.automerge.docchunk import inspect_document
+from p2paid.automerge.chunk import parse_change, sleb_bytes
+from p2paid.automerge.docchunk import encode_document, inspect_document
 from p2paid.board.bundle import write_bundle
 from p2paid.board.document import section_object_id
 from p2paid.core.checkpoint import associated_data as checkpoint_ad
@@ -177,21 +177,8 @@ def _with_op_column(content: bytes, spec: int, data: bytes) -> bytes:
     """A document chunk like ``content`` (columns uncompressed) with one op column
     replaced, and a valid checksum."""
     chunk = inspect_document(content, 1 << 24)
-    change_columns = [(s & ~0x08, d) for s, d in chunk.change_columns]
-    op_columns = [(s & ~0x08, data if s & ~0x08 == spec else d) for s, d in chunk.op_columns]
-    body = bytearray(uleb_bytes(len(chunk.actors)))
-    for actor in chunk.actors:
-        body += uleb_bytes(len(actor)) + actor
-    body += uleb_bytes(len(chunk.heads)) + b"".join(chunk.heads)
-    for columns in (change_columns, op_columns):
-        body += uleb_bytes(len(columns))
-        for s, d in columns:
-            body += uleb_bytes(s) + uleb_bytes(len(d))
-    for columns in (change_columns, op_columns):
-        body += b"".join(d for _, d in columns)
-    body += uleb_bytes(0) * len(chunk.heads)
-    checksum = hashlib.sha256(b"\x00" + uleb_bytes(len(body)) + bytes(body)).digest()[:4]
-    return MAGIC + checksum + b"\x00" + uleb_bytes(len(body)) + bytes(body)
+    ops = [(s & ~0x08, data if s & ~0x08 == spec else d) for s, d in chunk.op_columns]
+    return encode_document(chunk.actors, chunk.heads, chunk.change_columns, ops)
 
 
 def checkpoints() -> None:

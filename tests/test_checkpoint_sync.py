@@ -134,8 +134,9 @@ def test_a_checkpoint_based_peer_serves_what_it_can(tmp_path: Path, invite: Invi
                                                     stores: tuple[Store, Store],
                                                     feed: Feed) -> None:
     """B holds the feed from a checkpoint: a third, empty peer gets the checkpoint from B;
-    one holding part of the feed cannot be served it by B (nothing before the head is
-    stored there) and is left as it was, neither stuck nor given a gap."""
+    one holding part of the feed gets it too (B stores nothing before the head to send
+    as envelopes), and takes it as the continuation of what it holds: the excess on
+    the wire is the part it had, measured here below the checkpoint's size."""
     a, b = stores
     a.board().receive([*feed.raw, feed.checkpoint.raw])
     sync(a, b)
@@ -144,8 +145,42 @@ def test_a_checkpoint_based_peer_serves_what_it_can(tmp_path: Path, invite: Invi
         d.join(invite).receive(feed.raw[:10])
         sync(b, c)
         assert titles(c) == titles(a)
-        sync(b, d)
-        assert len(titles(d)) == 10 and rows(d) == 10
+        pair = sync(b, d)
+        assert titles(d) == titles(a)
+        assert rows(d) == 11  # (its ten envelopes, then the head; 11..N-1 in the checkpoint)
+        assert pair.bytes_delivered < len(feed.checkpoint.raw) + 2048
+        d.board().post_need("after the continuation", category="water")
+        later = Feed(invite, 3)
+        d.board().receive(later.raw)
+        d.board().flush()
+        assert len(titles(d)) == N + 4
+
+
+def test_a_checkpoint_of_another_history_does_not_continue_a_feed(
+        tmp_path: Path, invite: Invite, stores: tuple[Store, Store], feed: Feed) -> None:
+    """A member holding part of one history of an author is offered a checkpoint of
+    another history signed by the same author (a fork the checkpoint hides): it refuses
+    it and keeps what it held; a blind relay holding part of a feed is not sent one."""
+    a, b = stores
+    twin = Feed(invite)  # (another history, made with the same author key)
+    twin.key = feed.key
+    twin.envelopes, twin.doc = make_feed_and_document(feed.keys, feed.key, N, 7 * N)
+    twin.checkpoint = twin.seal(N)
+    a.board().receive([twin.checkpoint.raw])
+    b.board().receive(feed.raw[:10])
+    sync(a, b)
+    assert rows(b) == 10 and len(titles(b)) == 10
+    assert b.board().log.checkpoint(feed.key.public) is None
+    db = Database(tmp_path / "relay")
+    try:
+        relay = RelayReplica.open(db, RelayLimits())
+        sync(b, relay)
+        assert sum(1 for _ in db.envelopes(feed.keys.board_id)) == 10
+        pair = sync(a, relay)
+        assert pair.bytes_delivered < len(twin.checkpoint.raw)
+        assert db.checkpoint(feed.keys.board_id, feed.key.public) is None
+    finally:
+        db.close()
 
 
 def test_a_restart_without_snapshot_rebuilds_from_the_checkpoint(

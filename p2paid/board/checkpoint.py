@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from p2paid.automerge.chunk import ChangeHeader, parse_change
 from p2paid.automerge.docchunk import inspect_document
-from p2paid.automerge.feedproof import prove_feed
+from p2paid.automerge.feedproof import FeedProof, prove_feed
 from p2paid.automerge.rules import AuthorState, FeedRules, check_change
 from p2paid.core.checkpoint import (
     MAX_CHECKPOINT_OPS,
@@ -49,6 +49,7 @@ __all__ = [
     "CheckedCheckpoint",
     "adoptable_document",
     "check_checkpoint",
+    "check_continuation",
     "feed_content",
     "seal_feed_checkpoint",
 ]
@@ -173,9 +174,23 @@ def check_checkpoint(checkpoint: Checkpoint, cipher: ChaCha20Poly1305) -> Checke
         CheckpointMismatchError: the content is not the history the head depends on,
             or holds more than :data:`~p2paid.core.checkpoint.MAX_CHECKPOINT_OPS` ops.
     """
-    author, seq = checkpoint.author, checkpoint.seq
     head_change = open_envelope(checkpoint.head, cipher)
     head = check_change(checkpoint.head, head_change)
+    document, feed, content = _checked_content(checkpoint, cipher, head)
+    if feed is not None:
+        last_hash = head.deps[0]
+        touched = {(op.obj[1], op.key) for op in head.ops if op.obj is not None}
+        _after_head(feed.state(last_hash, touched), head)  # (the verdict on the head)
+        return CheckedCheckpoint(checkpoint, content, document, (head, head_change),
+                                 lambda: _after_head(feed.state(last_hash), head))
+    return _check_each_change(checkpoint, content, document, head, head_change)
+
+
+def _checked_content(checkpoint: Checkpoint, cipher: ChaCha20Poly1305, head: ChangeHeader
+                     ) -> tuple[Document, FeedProof | None, bytes]:
+    """SPEC 8a.3 steps 2-5: the content decrypted, bounded, read from its columns and
+    loaded; with the proof of its feed (None: check it change by change) and its bytes."""
+    author, seq = checkpoint.author, checkpoint.seq
     max_op = head.start_op - 1
     if max_op > MAX_CHECKPOINT_OPS:
         raise CheckpointMismatchError(
@@ -198,13 +213,44 @@ def check_checkpoint(checkpoint: Checkpoint, cipher: ChaCha20Poly1305) -> Checke
     document = _load(content)
     if {bytes(h) for h in document.get_heads()} != set(head.deps):
         raise CheckpointMismatchError("the checkpoint's content loads with other heads")
-    if proof is not None:
-        last_hash = head.deps[0]
-        touched = {(op.obj[1], op.key) for op in head.ops if op.obj is not None}
-        _after_head(proof.state(last_hash, touched), head)  # (the verdict on the head)
-        return CheckedCheckpoint(checkpoint, content, document, (head, head_change),
-                                 lambda: _after_head(proof.state(last_hash), head))
-    return _check_each_change(checkpoint, content, document, head, head_change)
+    return document, proof, content
+
+
+def check_continuation(checkpoint: Checkpoint, cipher: ChaCha20Poly1305, held: int,
+                       held_hash: bytes) -> list[tuple[ChangeHeader, bytes]]:
+    """The changes ``held+1 .. seq`` (the head's last) of a checkpoint whose signatures
+    were verified, for a member holding the author's feed up to ``held``, whose change
+    there has hash ``held_hash`` (SPEC 8a.4). The caller checks them against the rules,
+    from the state it holds.
+
+    Raises:
+        EnvelopeDecryptError, ChangeMismatchError, OwnershipError, DependencyError: as
+            :func:`check_checkpoint`.
+        CheckpointMismatchError: the content is not the history the head depends on, or
+            not the one held up to ``held``.
+    """
+    author, seq = checkpoint.author, checkpoint.seq
+    head_change = open_envelope(checkpoint.head, cipher)
+    head = check_change(checkpoint.head, head_change)
+    document, _, _ = _checked_content(checkpoint, cipher, head)
+    stored = document.get_changes([])
+    if len(stored) != seq - 1:
+        raise CheckpointMismatchError(
+            f"the checkpoint's content holds {len(stored)} changes, not {seq - 1}")
+    if bytes(stored[held - 1].hash) != held_hash:
+        raise CheckpointMismatchError(
+            f"the checkpoint's content is another history than the feed held up to seq {held}")
+    changes: list[tuple[ChangeHeader, bytes]] = []
+    for expected, change in enumerate(stored[held:], start=held + 1):
+        data = bytes(change.bytes)
+        header = parse_change(data)
+        if header.actor != author or header.seq != expected:
+            raise ChangeMismatchError(f"change {expected} of the checkpoint is out of place")
+        if header.other_actors:
+            raise OwnershipError(f"change seq {expected} references other members")
+        changes.append((header, data))
+    changes.append((head, head_change))
+    return changes
 
 
 def _after_head(state: AuthorState, head: ChangeHeader) -> AuthorState:

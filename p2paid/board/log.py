@@ -47,6 +47,7 @@ from p2paid.board.checkpoint import (
     CheckedCheckpoint,
     adoptable_document,
     check_checkpoint,
+    check_continuation,
     seal_feed_checkpoint,
 )
 from p2paid.board.document import BoardDocument, DocumentBrokenError, SectionWriter
@@ -208,6 +209,8 @@ class BoardLog:
         self._checked: dict[bytes, CheckedCheckpoint] = {}
         #: ``author -> seq`` each local author's feed was last checkpointed to (or tried)
         self._sealed_to: dict[bytes, int] | None = None
+        #: changes of checkpoints that continue a held feed in the open write, by hash
+        self._extended: dict[bytes, list[tuple[ChangeHeader, bytes]]] = {}
         #: member checks of checkpoints made ahead, by checkpoint hash (see precheck)
         self._prechecked: dict[bytes, CheckedCheckpoint | EnvelopeError] = {}
         #: checkpoints the open write takes for an empty document (see _take_checkpoints)
@@ -637,15 +640,23 @@ class BoardLog:
         """Store checkpoints (inside the write); the heads to offer as envelopes instead
         join ``heads``. Returns the changes to apply."""
         taken: list[CheckedCheckpoint] = []
+        continuing: list[tuple[ChangeHeader, bytes]] = []
         for cp in checkpoints:
             result = ingest_checkpoint(self._db, self.id, cp, self._heads,
-                                       self._check_checkpoint, self._forked)
+                                       self._check_checkpoint, self._forked,
+                                       self._extend_checkpoint)
             if result.head is not None:
                 heads.append(result.head)
             elif result.rejected is not None:
                 report.rejected.append(result.rejected)
             elif result.duplicate or result.kept:
                 report.duplicates += 1
+            elif result.extended:
+                held = self._heads[cp.author].seq
+                self._heads[cp.author] = FeedHead(cp.seq, cp.head.hash)
+                self._seen_id = max(self._seen_id, result.last_id)
+                report.accepted += cp.seq - held
+                continuing.extend(self._extended.pop(cp.hash))
             elif result.taken:
                 checked = self._checked.pop(cp.hash)
                 self._heads[cp.author] = FeedHead(cp.seq, cp.head.hash)
@@ -654,8 +665,9 @@ class BoardLog:
                 report.accepted += cp.seq
                 taken.append(checked)
         self._checked.clear()
+        self._extended.clear()
         if not taken:
-            return []
+            return continuing
         assert self._doc is not None
         if self._doc.is_empty():
             # An empty board takes the checkpoints' documents as its own, loaded as one
@@ -663,8 +675,8 @@ class BoardLog:
             # apply their changes again (SPEC 7 allows any route). Only their heads
             # remain to apply.
             self._taking.extend(taken)
-            return [c.head for c in taken]
-        return [change for c in taken for change in c.changes()]
+            return [c.head for c in taken] + continuing
+        return [change for c in taken for change in c.changes()] + continuing
 
     def _adopt_deferred_feeds(self) -> None:
         """Give an empty document the feeds of checkpoints taken (their heads wait in the
@@ -682,6 +694,26 @@ class BoardLog:
         log.warning("board %s: %d checkpoints did not load as one document; applying "
                     "their changes", self.name, len(feeds))
         self._apply([change for c in feeds for change in c.changes()[:-1]])
+
+    def _extend_checkpoint(self, cp: Checkpoint, held: int) -> bytes | None:
+        """Check a checkpoint as the continuation of the author's feed held up to
+        ``held`` (SPEC 8a.4): its content must hold that feed, and its later changes
+        pass the rules from the state held. None if the document does not hold the
+        feed up to ``held`` now (changes of it wait in this batch)."""
+        if cp.head.hash in self._refused_envelopes:
+            raise InvalidChangeError(f"seq {cp.seq} was refused before: it cannot be applied")
+        doc = self.document
+        if doc.applied_seq.get(cp.author, 0) != held or self._rules.state(cp.author).seq != held:
+            return None
+        changes = check_continuation(cp, self._cipher, held, doc.last_hashes[cp.author])
+        try:
+            for header, _ in changes:
+                self._rules.check(header)
+        except EnvelopeError:
+            self._rules.forget(cp.author)  # (read from the document again: it holds ``held``)
+            raise
+        self._extended[cp.hash] = changes
+        return changes[-1][0].hash
 
     def precheck(self, records: Iterable[bytes]) -> None:
         """Make the member check of each checkpoint among ``records`` whose author this

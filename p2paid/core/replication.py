@@ -627,17 +627,23 @@ class SyncSession:
 
     def _next_checkpoints(self, link: _Link) -> list[bytes]:
         """Checkpoints of authors the peer holds nothing of, if the peer takes them (SPEC
-        12.3), in place of their envelopes up to each one's seq: one batch, filled up to
-        ``batch_bytes`` (at least one)."""
+        12.3), in place of their envelopes up to each one's seq; and to a member holding
+        part of a feed that this side holds only as a checkpoint (it cannot send the
+        envelopes that follow the peer's): one batch, filled up to ``batch_bytes`` (at
+        least one)."""
         source = self._checkpoint_for
         if source is None or not self._peer_takes_checkpoints:
             return []
         out: list[bytes] = []
         budget = self._batch_bytes
         for author, seq in self._replica.vector(link.board_id).items():
-            if (seq < 2 or link.peer_has.get(author, 0) or author in link.whole
-                    or author in link.asked):
+            have = link.peer_has.get(author, 0)
+            if seq < 2 or author in link.whole or author in link.asked:
                 continue
+            if have and (have >= seq - 1 or self.peer_role == Role.RELAY
+                         or self._can_send_after(link, author, have)):
+                link.asked.add(author)  # (envelopes serve it; a relay cannot check a
+                continue                # continuation: not looked at again on this link)
             raw = source(link.board_id, author)
             if raw is not None and out and (
                     len(raw) > budget or len(out) == Checkpoints.MAX_CHECKPOINTS):
@@ -646,11 +652,16 @@ class SyncSession:
             if raw is None:
                 continue
             _, _, reaches = peek_checkpoint(raw)
-            if reaches <= seq:
+            if have < reaches <= seq:
                 link.peer_has[author] = reaches
                 out.append(raw)
                 budget -= len(raw)
         return out
+
+    def _can_send_after(self, link: _Link, author: bytes, have: int) -> bool:
+        """Whether this side holds the author's envelope ``have + 1`` to send."""
+        envs = self._replica.read(link.board_id, author, have, 1)
+        return bool(envs) and peek_envelope(envs[0])[2] == have + 1
 
     def _next_batch(self, link: _Link) -> list[bytes]:
         batch: list[bytes] = []

@@ -35,7 +35,8 @@ from p2paid.errors import (
 )
 from p2paid.storage.base import CheckpointStore, EnvelopeStore, ForkRow
 
-__all__ = ["CONTENT_REFUSALS", "Accepted", "CheckMember", "CheckpointResult", "IngestResult",
+__all__ = ["CONTENT_REFUSALS", "Accepted", "CheckMember", "CheckpointResult", "ExtendMember",
+           "IngestResult",
            "OpenChange", "ingest", "ingest_checkpoint", "merge_results", "record_fork"]
 
 #: Opens and checks an envelope's change; None for a blind carrier or relay.
@@ -46,6 +47,10 @@ OpenChange = Callable[[Envelope], tuple[ChangeHeader, bytes]]
 #: a member's check of a checkpoint's content (SPEC 8a.3); returns the Automerge hash of
 #: the head's change
 CheckMember = Callable[[Checkpoint], bytes]
+#: a member's check that a checkpoint continues the feed it holds up to the given seq
+#: (SPEC 8a.4); returns the Automerge hash of the head's change, or None if it cannot
+#: tell now (the head then goes as an envelope)
+ExtendMember = Callable[[Checkpoint, int], bytes | None]
 
 #: Refusals of a validly signed envelope for its content: every member refuses the
 #: same envelope the same way, so its hash may be remembered and refused again cheaply.
@@ -149,6 +154,8 @@ class CheckpointResult:
     taken: bool = False
     #: stored beside the author's envelopes, whose head at its seq it shares
     kept: bool = False
+    #: (members) stored as the continuation of the author's feed held up to a lower seq
+    extended: bool = False
     #: an equal or longer checkpoint of the author was held already
     duplicate: bool = False
     #: offer this head as an ordinary envelope (a duplicate, a fork proof, one beyond
@@ -165,6 +172,7 @@ def ingest_checkpoint(
     heads: Mapping[bytes, FeedHead],
     check_member: CheckMember | None,
     forked: Mapping[bytes, int] | None = None,
+    extend_member: ExtendMember | None = None,
 ) -> CheckpointResult:
     """Check and store one decoded checkpoint of ``board_id``. Must run inside ``db.write()``.
 
@@ -181,6 +189,8 @@ def ingest_checkpoint(
             f"its author forked the feed at seq {ends}")))
     head = heads.get(author, EMPTY_HEAD).seq
     if head:
+        if head < checkpoint.seq and extend_member is not None:
+            return _extend(db, board_id, checkpoint, head, extend_member)
         if head < checkpoint.seq or db.held_hashes(
                 board_id, author, checkpoint.seq, checkpoint.seq).get(checkpoint.seq) \
                 != checkpoint.head.hash:
@@ -202,6 +212,26 @@ def ingest_checkpoint(
     last_id = db.insert_envelopes(board_id, [(author, checkpoint.seq, checkpoint.head.hash,
                                               checkpoint.head.raw, head_hash)])
     return CheckpointResult(taken=True, last_id=last_id)
+
+
+def _extend(db: CheckpointStore, board_id: bytes, checkpoint: Checkpoint, held: int,
+            extend_member: ExtendMember) -> CheckpointResult:
+    """A member holding the author's feed up to ``held`` (below the checkpoint's seq)
+    takes the checkpoint as its continuation, if its content holds that feed (SPEC
+    8a.4): it stores the checkpoint and the head as envelope ``seq``."""
+    try:
+        verify_checkpoint(checkpoint)
+        head_hash = extend_member(checkpoint, held)
+    except EnvelopeError as exc:
+        return CheckpointResult(rejected=Rejection(checkpoint.head, exc))
+    if head_hash is None:
+        return CheckpointResult(head=checkpoint.head)
+    db.put_checkpoint(board_id, checkpoint.author, checkpoint.seq, checkpoint.hash,
+                      checkpoint.raw)
+    last_id = db.insert_envelopes(board_id, [(checkpoint.author, checkpoint.seq,
+                                              checkpoint.head.hash, checkpoint.head.raw,
+                                              head_hash)])
+    return CheckpointResult(extended=True, last_id=last_id)
 
 
 def merge_results(first: IngestResult, second: IngestResult) -> IngestResult:

@@ -378,6 +378,23 @@ def test_an_empty_board_takes_many_authors_checkpoints_as_one_document(
         assert len(titles(again)) == len(titles(b)) + 4
 
 
+def test_past_the_stash_cap_checkpoints_load_at_once_and_later_ones_apply(
+        invite: Invite, stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the bytes an empty board keeps to load as one, checkpoints load at once (so a
+    long sync does not hold them all); later ones then apply their changes. The board
+    reads as the envelopes' would either way."""
+    monkeypatch.setattr("p2paid.board.log.MAX_STASHED_BYTES", 1)
+    a, b = stores
+    feeds = [Feed(invite, 12 + i) for i in range(4)]
+    a.board().receive([f.checkpoint.raw for f in feeds[:2]], defer_apply=True)
+    assert a.board().log.applied_count > 0  # (loaded at once, past the cap)
+    a.board().receive([f.checkpoint.raw for f in feeds[2:]], defer_apply=True)
+    a.board().flush()
+    b.board().receive([e for f in feeds for e in f.raw])
+    b.board().flush()
+    assert titles(a) == titles(b) and len(titles(a)) == sum(12 + i for i in range(4))
+
+
 def test_checkpoints_checked_ahead_are_not_checked_again(
         stores: tuple[Store, Store], feed: Feed, invite: Invite,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,7 +71,7 @@ class CheckedCheckpoint:
         head: the head's change, parsed, and its bytes.
     """
 
-    __slots__ = ("_changes", "_state", "_state_of", "checkpoint", "content", "document",
+    __slots__ = ("_changes", "_document", "_state", "_state_of", "checkpoint", "content",
                  "head")
 
     def __init__(self, checkpoint: Checkpoint, content: bytes, document: Document,
@@ -79,11 +79,23 @@ class CheckedCheckpoint:
                  changes: list[tuple[ChangeHeader, bytes]] | None = None) -> None:
         self.checkpoint = checkpoint
         self.content = content
-        self.document = document
+        self._document: Document | None = document
         self.head = head
         self._state_of = state_of
         self._state: AuthorState | None = None
         self._changes = changes
+
+    @property
+    def document(self) -> Document:
+        """Automerge's document of the content (loaded again if :meth:`release` let it go)."""
+        if self._document is None:
+            self._document = _load(self.content)
+        return self._document
+
+    def release(self) -> None:
+        """Let the loaded document go (a checkpoint waiting to be loaded with others
+        needs only its bytes; a document takes several times as much memory)."""
+        self._document = None
 
     @property
     def max_op(self) -> int:

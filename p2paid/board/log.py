@@ -106,6 +106,8 @@ _MAX_RELOADS: Final = 50
 CHECKPOINT_AFTER: Final = 64
 #: Most checkpoints checked ahead of a receive (one Checkpoints message holds 1,024).
 MAX_PRECHECKED: Final = 1024
+#: Most bytes of checkpoints' content an empty board keeps to load as one document.
+MAX_STASHED_BYTES: Final = 32 * 1024 * 1024
 
 Clock = Callable[[], int]
 
@@ -593,7 +595,7 @@ class BoardLog:
             self._taking = []
             raise
         self._rules.commit()
-        self._deferred_feeds.extend(self._taking)
+        self._stash_feeds(self._taking)
         self._taking = []
         self._hold(result.gaps)
         report.accepted = len(result.accepted)
@@ -677,6 +679,18 @@ class BoardLog:
             self._taking.extend(taken)
             return [c.head for c in taken] + continuing
         return [change for c in taken for change in c.changes()] + continuing
+
+    def _stash_feeds(self, taken: list[CheckedCheckpoint]) -> None:
+        """Keep checkpoints taken for the empty document until the deferred changes are
+        applied (they then load as one); only the first keeps its loaded document (it
+        is all a single one needs), and past :data:`MAX_STASHED_BYTES` of content they
+        are loaded at once, so that a long sync does not hold them all in memory."""
+        for checked in taken:
+            if self._deferred_feeds:
+                checked.release()
+            self._deferred_feeds.append(checked)
+        if sum(len(c.content) for c in self._deferred_feeds) > MAX_STASHED_BYTES:
+            self._adopt_deferred_feeds()
 
     def _adopt_deferred_feeds(self) -> None:
         """Give an empty document the feeds of checkpoints taken (their heads wait in the

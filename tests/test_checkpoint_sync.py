@@ -85,6 +85,19 @@ def rows(store: Store) -> int:
     return sum(1 for _ in store.board().log.envelopes())
 
 
+class Plain:
+    """A replica without ``checkpoint_for``: its Hello says version 1 (it takes no
+    checkpoints)."""
+
+    def __init__(self, inner: StoreReplica) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        if name == "checkpoint_for":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
 def sync(a: Store | RelayReplica, b: Store | RelayReplica) -> ConnectionPair:
     pair = ConnectionPair(a if isinstance(a, RelayReplica) else StoreReplica(a),
                           b if isinstance(b, RelayReplica) else StoreReplica(b),
@@ -222,17 +235,6 @@ def test_a_side_that_does_not_take_checkpoints_gets_envelopes(
         stores: tuple[Store, Store], feed: Feed) -> None:
     a, b = stores
     a.board().receive([*feed.raw, feed.checkpoint.raw])
-
-    class Plain:
-        """B's replica without checkpoint_for: its Hello says version 1."""
-
-        def __init__(self, inner: StoreReplica) -> None:
-            self._inner = inner
-
-        def __getattr__(self, name: str) -> object:
-            if name == "checkpoint_for":
-                raise AttributeError(name)
-            return getattr(self._inner, name)
 
     pair = ConnectionPair(StoreReplica(a), Plain(StoreReplica(b)))  # type: ignore[arg-type]
     pair.flights()
@@ -415,15 +417,14 @@ def test_checkpoints_checked_ahead_are_not_checked_again(
                              head=other.envelopes[2], content=content)  # (another seq)
     replica = StoreReplica(a)
     batch = [feed.checkpoint.raw, forged.raw]
-    replica.precheck(invite_board(a), batch)
+    replica.precheck(a.board().id, batch)
+    assert not calls, "a board not open yet is not read from a worker thread"
+    replica.vector(a.board().id)  # (a session opens it first, in its own thread)
+    replica.precheck(a.board().id, batch)
     assert len(calls) == 2
-    replica.receive(invite_board(a), batch)
+    replica.receive(a.board().id, batch)
     assert len(calls) == 2, "the receive checked a checkpoint again"
     assert len(titles(a)) == N and rows(a) == 1
-
-
-def invite_board(store: Store) -> bytes:
-    return store.board().id
 
 
 # ---------------------------------------------------------------- hostile peers
@@ -456,17 +457,6 @@ def test_checkpoints_of_another_board_or_to_a_side_that_asked_none_are_refused(
     with pytest.raises(RemoteProtocolError):
         pair.flights()
     assert pair.b.conn.close_reason == "wrong-board"
-
-    class Plain:
-        """A side whose Hello says version 1 (it takes no checkpoints)."""
-
-        def __init__(self, inner: StoreReplica) -> None:
-            self._inner = inner
-
-        def __getattr__(self, name: str) -> object:
-            if name == "checkpoint_for":
-                raise AttributeError(name)
-            return getattr(self._inner, name)
 
     plain = ConnectionPair(StoreReplica(a), Plain(StoreReplica(b)))  # type: ignore[arg-type]
     plain.flights()

@@ -384,3 +384,26 @@ def test_help_of_the_main_command_runs_as_a_program(tmp_path: Path) -> None:
     assert done.returncode == 0 and "global options" in done.stdout
     build_parser()  # builds without side effects (no data dir made)
     assert not (tmp_path / "home" / ".local" / "share" / "p2paid").exists()
+
+
+def test_bench_help_names_every_benchmark() -> None:
+    from p2paid.bench.main import BENCHMARKS
+
+    [only] = [a for a in parser_at(["bench"])._actions if "--only" in a.option_strings]
+    assert only.help is not None
+    assert [name for name in BENCHMARKS if name not in only.help] == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["relay", "status", "--store", "postgresql://nobody@127.0.0.1:1/x"],
+    ["relay", "token", "list", "--store", "postgresql://nobody@127.0.0.1:1/x"],
+    ["relay", "token", "--store", "postgresql://nobody@127.0.0.1:1/x", "list"],
+])
+def test_an_unreachable_cluster_database_is_one_line_at_once(
+        capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """Nothing listens on 127.0.0.1:1: PostgreSQL's own reason, in one line, without the
+    pool's 30 s of retries (and --store goes after 'token list' too)."""
+    code, out, err = in_process(capsys, argv)
+    assert code == 1 and not out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("p2paid: cannot connect to"), err

@@ -234,7 +234,3 @@ def test_postgresql_envelope_store(pg_url: str, check: Callable[[StoreFixture], 
     with pg_store(pg_url) as fixture:
         check(fixture)
 
-
-def test_postgresql_envelope_store_suite(new_pg_url: Callable[[], str]) -> None:
-    names = list(check_envelope_store(lambda: pg_store(new_pg_url())))
-    assert names == [c.__name__ for c in ENVELOPE_STORE_CHECKS]

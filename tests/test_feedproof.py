@@ -223,7 +223,6 @@ def _update(writer: SectionWriter, *, item: str, fields: dict[str, str | int | N
 
 def test_a_members_real_feed_is_proved() -> None:
     """A node's own writes (posts, edits, removed fields) take the fast road."""
-    keys = derive_board_keys(new_board_secret())
     key = AuthorKey.generate()
     doc = BoardDocument(key.public)
     items = []
@@ -248,7 +247,6 @@ def test_a_members_real_feed_is_proved() -> None:
     for c in changes:
         verdict.check(parse_change(c))
     assert proof.state(last.hash).slots == verdict.state(bytes(key.public)).slots
-    del keys
 
 
 # ---------------------------------------------------------------- hostile columns

@@ -28,11 +28,10 @@ A column's spec has bit 3 set when its data is raw DEFLATE.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
-from p2paid.automerge.chunk import MAGIC, _uleb, uleb_bytes
+from p2paid.automerge.chunk import MAGIC, _uleb, inflate_capped, uleb_bytes
 from p2paid.errors import ChangeMismatchError
 
 __all__ = ["CHUNK_DOCUMENT", "DocumentChunk", "encode_document", "inspect_document"]
@@ -66,17 +65,6 @@ def _read_columns(body: bytes, pos: int) -> tuple[list[tuple[int, int]], int]:
         length, pos = _uleb(body, pos)
         columns.append((spec, length))
     return columns, pos
-
-
-def _inflate(data: bytes, budget: int) -> bytes:
-    inflater = zlib.decompressobj(-15)
-    try:
-        inflated = inflater.decompress(data, budget + 1)
-    except zlib.error as exc:
-        raise ChangeMismatchError("a column of the document chunk does not inflate") from exc
-    if len(inflated) > budget or inflater.unconsumed_tail:
-        raise ChangeMismatchError("the document chunk's columns inflate beyond the cap")
-    return inflated
 
 
 def inspect_document(chunk: bytes, max_inflated: int) -> DocumentChunk:
@@ -124,7 +112,7 @@ def inspect_document(chunk: bytes, max_inflated: int) -> DocumentChunk:
         data = body[pos:pos + size]
         pos += size
         if spec & _DEFLATE_BIT:
-            data = _inflate(data, max_inflated - total)
+            data = inflate_capped(data, max_inflated - total, "a column of the document chunk")
         total += len(data)
         if total > max_inflated:
             raise ChangeMismatchError("the document chunk's columns exceed the cap")

@@ -569,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller workload (1,000 changes)")
     p.add_argument("--only", metavar="NAMES",
                    help="comma-separated subset: apply, open, post, sync, stall, insync, live, "
-                        "peer, web, relay, fanout, relaymem, attacks, atrest (default: all)")
+                        "peer, checkpoint, web, relay, fanout, relaymem, relaypg, attacks, "
+                        "atrest (default: all)")
     return parser
 
 

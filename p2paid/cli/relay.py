@@ -507,7 +507,10 @@ def add_relay_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) ->
     a = cmd("create", cmd_relay_token_create, "make an access token (shown once) to hand "
             "to a group", tokens, True)
     a.add_argument("--note", metavar="TEXT", help="who it is for (shown in 'token list')")
-    cmd("list", cmd_relay_token_list, "the relay's tokens (ids and notes, never the tokens)",
-        tokens, True)
+    _store_option(a)
+    a = cmd("list", cmd_relay_token_list, "the relay's tokens (ids and notes, never the "
+            "tokens)", tokens, True)
+    _store_option(a)
     a = cmd("revoke", cmd_relay_token_revoke, "refuse a token from now on", tokens)
     a.add_argument("id", help="the token's id, as 'relay token list' shows it")
+    _store_option(a)

@@ -22,6 +22,7 @@ from p2paid.cli.render import safe
 from p2paid.core.text import plural
 from p2paid.errors import UsageError
 from p2paid.storage.runtime import fresh_runtime
+from p2paid.web.member_pages import AS_ME
 from p2paid.web.poster import POSTER_KINDS, invite_url, write_poster
 from p2paid.web.webstore import WebStore
 
@@ -167,6 +168,13 @@ def _posts_by_author(items: Any) -> dict[str, int]:
 
 
 def cmd_web_revoke(args: argparse.Namespace) -> int:
+    if args.device.strip().lower() == AS_ME:
+        with cli_store(args) as store, WebStore(store.data_dir, sealer=store.sealer) as web:
+            ended = web.end_device(AS_ME)
+        print(f"the phones signed in as this node's own member ({AS_ME}): "
+              f"{plural(ended, 'session')} ended; pair one again with "
+              "'p2paid web pair --as-me'")
+        return 0
     with cli_store(args) as store, WebStore(store.data_dir, sealer=store.sealer) as web:
         device = store.revoke_device(args.device)
         ended = web.end_device(device.id)
@@ -213,4 +221,6 @@ def add_web_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> N
     cmd("devices", cmd_web_devices, "list paired phones (name, board, last seen, posts)",
         wsub, True)
     p = cmd("revoke", cmd_web_revoke, "cut one phone off at once (its posts stay)", wsub)
-    p.add_argument("device", help="device id from 'p2paid web devices'")
+    p.add_argument("device", help="device id from 'p2paid web devices', or @me: end the "
+                                  "sessions of phones paired with 'web pair --as-me' (the "
+                                  "ones that can wipe the node with --allow-remote-wipe)")

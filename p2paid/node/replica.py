@@ -120,8 +120,12 @@ class StoreReplica:
 
     def precheck(self, board_id: bytes, envelopes: Sequence[bytes]) -> None:
         """Check the checkpoints among ``envelopes`` ahead of :meth:`receive` (safe in a
-        worker thread: see :meth:`p2paid.board.log.BoardLog.precheck`)."""
-        self.board(board_id).precheck(envelopes)
+        worker thread: see :meth:`p2paid.board.log.BoardLog.precheck`). Only a board
+        already open here is checked: opening one reads the store, which belongs to
+        the owning thread."""
+        board = self._boards.get(board_id)
+        if board is not None:
+            board.precheck(envelopes)
 
     def receive(self, board_id: bytes, envelopes: Sequence[bytes]) -> Received:
         t0 = time.perf_counter()

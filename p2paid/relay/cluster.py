@@ -295,7 +295,7 @@ class ClusterReplica:
                 if over is not None:
                     raise _Full(RefusedCode.QUOTA,
                                 f"{over}; ask the relay's operator for an access token", True)
-            heads = self._store.heads(board_id)
+            heads = self._store.heads_of(board_id, (env.author for env in decoded))
             forked = {a: f.seq for a, f in self._store.forks(board_id).items()}
             result = ingest(self._store, board_id, decoded, heads, None, forked=forked)
             if result.accepted:

@@ -132,9 +132,6 @@ class ClusterLedger:
             since = self._known[node_id] = int(rows[0][0])
         return since
 
-    def is_known(self, node_id: bytes) -> bool:
-        return self.client_since(node_id) is not None
-
     def check(self, board_id: bytes, size: int, incoming: int, client: ClientInfo,
               quotas: Quotas) -> str | None:
         """None if ``incoming`` more bytes of the board (holding ``size``, locked by the

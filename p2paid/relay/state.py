@@ -243,10 +243,6 @@ class RelayLedger:
 
     # ------------------------------------------------------------------ clients
 
-    def is_known(self, node_id: bytes) -> bool:
-        """Whether the relay stored an upload of this client (ever)."""
-        return node_id in self._clients
-
     def client_since(self, node_id: bytes) -> int | None:
         """When the relay first stored an upload of this client, in ms since the epoch
         (None: never)."""

@@ -12,7 +12,6 @@ overwrites and deletes every file (:func:`p2paid.node.node.open_node`). Everyone
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import partial
 from typing import Final, final
 
@@ -24,7 +23,7 @@ from starlette.routing import Route
 
 from p2paid.node.node import Node
 from p2paid.storage.keystore import erase
-from p2paid.web.member_pages import AS_ME, MemberPages
+from p2paid.web.member_pages import AS_ME, MemberPages, Render
 from p2paid.web.session import Member
 
 __all__ = ["RemoteWipe"]
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 #: How long the node keeps running after the wipe, so the phone gets its answer.
 STOP_AFTER: Final = 0.5
 
-Render = Callable[..., Response]
 
 
 @final

@@ -85,6 +85,12 @@ class PgStore:
                  check_schema: bool = True) -> None:
         self.url = url
         self._local = threading.local()
+        # One connection first: a wrong address, name or password is said at once, in
+        # PostgreSQL's words (the pool would retry for ``timeout`` and log each try).
+        try:
+            psycopg.connect(url, connect_timeout=max(1, int(timeout))).close()
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot connect to {safe_url(url)}: {pg_message(exc)}") from exc
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
             configure=_configure, check=ConnectionPool.check_connection, open=False,
@@ -190,6 +196,15 @@ class PgStore:
         rows = self.execute(
             "SELECT DISTINCT ON (author) author, seq, hash FROM envelopes "
             "WHERE board_id = %s ORDER BY author, seq DESC", (board_id,))
+        return {bytes(a): FeedHead(int(s), bytes(h)) for a, s, h in rows}
+
+    def heads_of(self, board_id: bytes, authors: Iterable[bytes]) -> dict[bytes, FeedHead]:
+        """:meth:`heads` of these authors only (a batch's: the board's other feeds need
+        not be read on every upload)."""
+        rows = self.execute(
+            "SELECT DISTINCT ON (author) author, seq, hash FROM envelopes "
+            "WHERE board_id = %s AND author = ANY(%s) ORDER BY author, seq DESC",
+            (board_id, list(set(authors))))
         return {bytes(a): FeedHead(int(s), bytes(h)) for a, s, h in rows}
 
     def held_hashes(self, board_id: bytes, author: bytes, lo: int, hi: int) -> dict[int, bytes]:
